@@ -1,0 +1,5 @@
+//! Store clients, built once per cold start: PostgreSQL for accounting,
+//! MongoDB for accounts and chat.
+
+pub mod mongo;
+pub mod postgres;

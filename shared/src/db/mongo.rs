@@ -1,0 +1,197 @@
+//! The MongoDB client, the two databases (`auth`, `chat`) and their indexes
+//! (SPEC §10), created idempotently at cold start.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use bson::{doc, Document};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Database, IndexModel};
+
+use crate::config::MongoConfig;
+
+/// The client and both databases.
+#[derive(Clone, Debug)]
+pub struct MongoStores {
+    /// The client (a pool; cheap to clone).
+    pub client: Client,
+    /// `MONGODB_AUTH_DB`: users, refresh tokens, email codes.
+    pub auth: Database,
+    /// `MONGODB_CHAT_DB`: users from claims, chatflows, sessions, messages, files.
+    pub chat: Database,
+}
+
+/// Builds the client without waiting for the server (the driver connects
+/// on first use), with short timeouts so a down server is reported quickly.
+pub async fn connect(config: &MongoConfig) -> anyhow::Result<MongoStores> {
+    let mut options = ClientOptions::parse(config.uri.expose())
+        .await
+        .context("MONGODB_URI is not a valid MongoDB URI")?;
+    if let Some(password) = &config.password {
+        let credential = options
+            .credential
+            .as_mut()
+            .context("MONGODB_PASSWORD is set but MONGODB_URI names no user")?;
+        credential.password = Some(password.expose().to_owned());
+    }
+    options
+        .app_name
+        .get_or_insert_with(|| "flowise-gateway".into());
+    options
+        .server_selection_timeout
+        .get_or_insert(Duration::from_secs(5));
+    options
+        .connect_timeout
+        .get_or_insert(Duration::from_secs(5));
+    let client = Client::with_options(options).context("Failed to build the MongoDB client")?;
+    Ok(MongoStores {
+        auth: client.database(&config.auth_db),
+        chat: client.database(&config.chat_db),
+        client,
+    })
+}
+
+fn index(keys: Document, name: &str) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(IndexOptions::builder().name(name.to_owned()).build())
+        .build()
+}
+
+fn unique(keys: Document, name: &str) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(
+            IndexOptions::builder()
+                .name(name.to_owned())
+                .unique(true)
+                .build(),
+        )
+        .build()
+}
+
+/// A TTL index: MongoDB deletes the document once `field` is in the past.
+fn expires(field: &str, name: &str) -> IndexModel {
+    IndexModel::builder()
+        .keys(doc! { field: 1 })
+        .options(
+            IndexOptions::builder()
+                .name(name.to_owned())
+                .expire_after(Duration::ZERO)
+                .build(),
+        )
+        .build()
+}
+
+async fn create(db: &Database, collection: &str, models: Vec<IndexModel>) -> anyhow::Result<()> {
+    db.collection::<Document>(collection)
+        .create_indexes(models)
+        .await
+        .with_context(|| format!("Failed to create the indexes of {}.{collection}", db.name()))?;
+    Ok(())
+}
+
+/// Indexes of the `auth` database. Usernames are unique case-insensitively
+/// through `username_key` (the lower-cased username), emails through the
+/// lower-cased `email`.
+pub async fn ensure_auth_indexes(db: &Database) -> anyhow::Result<()> {
+    create(
+        db,
+        "users",
+        vec![
+            unique(doc! {"username_key": 1}, "username_key_unique"),
+            unique(doc! {"email": 1}, "email_unique"),
+            index(doc! {"role": 1, "created_at": -1}, "role_created_at"),
+        ],
+    )
+    .await?;
+    create(
+        db,
+        "refresh_tokens",
+        vec![
+            unique(doc! {"token_hash": 1}, "token_hash_unique"),
+            index(doc! {"family_id": 1}, "family_id"),
+            index(doc! {"user_id": 1}, "user_id"),
+            expires("expires_at", "expires_at_ttl"),
+        ],
+    )
+    .await?;
+    create(
+        db,
+        "email_codes",
+        vec![
+            index(doc! {"email": 1, "purpose": 1}, "email_purpose"),
+            index(doc! {"code_hash": 1}, "code_hash"),
+            expires("expires_at", "expires_at_ttl"),
+        ],
+    )
+    .await
+}
+
+/// Indexes of the `chat` database.
+pub async fn ensure_chat_indexes(db: &Database) -> anyhow::Result<()> {
+    create(
+        db,
+        "chatflows",
+        vec![unique(doc! {"chatflow_id": 1}, "chatflow_id_unique")],
+    )
+    .await?;
+    create(
+        db,
+        "chat_sessions",
+        vec![
+            unique(doc! {"session_id": 1}, "session_id_unique"),
+            index(doc! {"user_id": 1, "updated_at": -1}, "user_updated_at"),
+        ],
+    )
+    .await?;
+    create(
+        db,
+        "chat_messages",
+        vec![index(
+            doc! {"session_id": 1, "created_at": 1},
+            "session_created_at",
+        )],
+    )
+    .await?;
+    create(
+        db,
+        "files",
+        vec![
+            index(doc! {"owner_id": 1, "created_at": -1}, "owner_created_at"),
+            index(doc! {"session_id": 1}, "session_id"),
+        ],
+    )
+    .await
+}
+
+/// Creates the indexes a function needs at cold start, logging instead of
+/// failing when the server is down (`/health` reports it).
+pub async fn ensure_indexes_logged(stores: &MongoStores, auth: bool, chat: bool) {
+    if auth {
+        if let Err(err) = ensure_auth_indexes(&stores.auth).await {
+            tracing::error!(error = ?err, "MongoDB auth indexes not ensured at start-up");
+        }
+    }
+    if chat {
+        if let Err(err) = ensure_chat_indexes(&stores.chat).await {
+            tracing::error!(error = ?err, "MongoDB chat indexes not ensured at start-up");
+        }
+    }
+}
+
+/// Whether a MongoDB error is a duplicate-key violation (code 11000),
+/// whatever shape the driver wraps it in.
+pub fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
+        ErrorKind::Command(e) => e.code == 11000,
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .as_ref()
+            .is_some_and(|errs| errs.iter().any(|e| e.code == 11000)),
+        ErrorKind::BulkWrite(e) => e.write_errors.values().any(|e| e.code == 11000),
+        _ => err.to_string().contains("E11000"),
+    }
+}

@@ -1,0 +1,501 @@
+//! The API error type and the JSON error format of SPEC §4.
+//!
+//! Every error a handler returns becomes `{"error": "<snake_case_code>",
+//! "message": "<text for a person>"}` with the status its variant names.
+//! Server-side causes (database, upstream, bugs) are logged with their
+//! details; the client only ever sees a clean message.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// Machine-readable snake_case code.
+    pub error: String,
+    /// Text for a person; names the field for invalid input.
+    pub message: String,
+}
+
+/// Every way a request can fail. Each variant documents its status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: invalid input. `code` is `invalid_input` for a field that fails
+    /// validation (the message names the field), or something more specific
+    /// such as `invalid_json` or `invalid_code`.
+    #[error("{message}")]
+    BadRequest {
+        /// Error code.
+        code: &'static str,
+        /// Message naming the field.
+        message: String,
+    },
+    /// 401: missing or invalid token, or wrong credentials.
+    #[error("{message}")]
+    Unauthorized {
+        /// Error code (`missing_token`, `invalid_token`, `token_expired`, `invalid_credentials`).
+        code: &'static str,
+        /// Message.
+        message: String,
+    },
+    /// 402: the balance does not cover the amount.
+    #[error("insufficient credits: {message}")]
+    InsufficientCredits {
+        /// Message (how much was needed and available).
+        message: String,
+    },
+    /// 403: wrong role or not your resource.
+    #[error("{message}")]
+    Forbidden {
+        /// Error code (`forbidden`, `email_not_verified`, ...).
+        code: &'static str,
+        /// Message.
+        message: String,
+    },
+    /// 404: no such resource or route.
+    #[error("{message}")]
+    NotFound {
+        /// Message.
+        message: String,
+    },
+    /// 405: the route exists but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 409: conflict (duplicate, idempotency key reused with another body).
+    #[error("{message}")]
+    Conflict {
+        /// Error code.
+        code: &'static str,
+        /// Message.
+        message: String,
+    },
+    /// 413: body or file too large.
+    #[error("{message}")]
+    PayloadTooLarge {
+        /// Message.
+        message: String,
+    },
+    /// 415: content whose type is not accepted.
+    #[error("{message}")]
+    UnsupportedMediaType {
+        /// Message.
+        message: String,
+    },
+    /// 422: well-formed but unacceptable.
+    #[error("{message}")]
+    Unprocessable {
+        /// Error code.
+        code: &'static str,
+        /// Message.
+        message: String,
+    },
+    /// 429: rate limited or locked out.
+    #[error("{message}")]
+    TooManyRequests {
+        /// Error code.
+        code: &'static str,
+        /// Message.
+        message: String,
+    },
+    /// 502: Flowise failed. The detail is logged, not returned.
+    #[error("upstream failed: {detail}")]
+    BadGateway {
+        /// What went wrong (logged only).
+        detail: String,
+    },
+    /// 504: Flowise timed out.
+    #[error("upstream timed out: {detail}")]
+    GatewayTimeout {
+        /// What went wrong (logged only).
+        detail: String,
+    },
+    /// 503: a database is unreachable. The cause is logged, not returned.
+    #[error("{store} unavailable: {detail}")]
+    StoreUnavailable {
+        /// `postgres` or `mongodb`.
+        store: &'static str,
+        /// Cause (logged only).
+        detail: String,
+    },
+    /// 501: the route is part of the contract but its issue has not landed.
+    #[error("{route} is not implemented yet")]
+    NotImplemented {
+        /// Method and path template.
+        route: String,
+    },
+    /// 500: a bug or an unexpected failure. Logged with its chain.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// 400 `invalid_input` for one field; the message names it.
+    pub fn invalid_field(field: &str, problem: impl std::fmt::Display) -> Self {
+        ApiError::BadRequest {
+            code: "invalid_input",
+            message: format!("{field}: {problem}"),
+        }
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::Forbidden {
+            code: "forbidden",
+            message: message.into(),
+        }
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::NotFound {
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The snake_case code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. }
+            | ApiError::Unauthorized { code, .. }
+            | ApiError::Forbidden { code, .. }
+            | ApiError::Conflict { code, .. }
+            | ApiError::Unprocessable { code, .. }
+            | ApiError::TooManyRequests { code, .. } => code,
+            ApiError::InsufficientCredits { .. } => "insufficient_credits",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
+            ApiError::BadGateway { .. } => "upstream_error",
+            ApiError::GatewayTimeout { .. } => "upstream_timeout",
+            ApiError::StoreUnavailable { .. } => "store_unavailable",
+            ApiError::NotImplemented { .. } => "not_implemented",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The message a client sees: server-side details are never in it.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::BadGateway { .. } => "the chat service failed to answer".into(),
+            ApiError::GatewayTimeout { .. } => "the chat service did not answer in time".into(),
+            ApiError::StoreUnavailable { store, .. } => {
+                format!("{store} is unreachable; try again shortly")
+            }
+            ApiError::Internal(_) => "internal error".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The JSON body of this error.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.code().to_owned(),
+            message: self.public_message(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
+            ApiError::StoreUnavailable { .. }
+            | ApiError::BadGateway { .. }
+            | ApiError::GatewayTimeout { .. } => tracing::warn!(error = %self, "request failed"),
+            _ => tracing::debug!(
+                status = status.as_u16(),
+                code = self.code(),
+                "request rejected"
+            ),
+        }
+        (status, axum::Json(self.body())).into_response()
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => ApiError::StoreUnavailable {
+                store: "postgres",
+                detail: err.to_string(),
+            },
+            other => {
+                ApiError::Internal(anyhow::Error::new(other).context("PostgreSQL query failed"))
+            }
+        }
+    }
+}
+
+impl From<mongodb::error::Error> for ApiError {
+    fn from(err: mongodb::error::Error) -> Self {
+        use mongodb::error::ErrorKind;
+        match *err.kind {
+            ErrorKind::ServerSelection { .. }
+            | ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. } => ApiError::StoreUnavailable {
+                store: "mongodb",
+                detail: err.to_string(),
+            },
+            _ => ApiError::Internal(anyhow::Error::new(err).context("MongoDB operation failed")),
+        }
+    }
+}
+
+/// Parses a JSON request body into `T`, turning every failure into a 400
+/// whose message says what is wrong and, for a data error, names the field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest {
+            code: "invalid_json",
+            message: "the request body is empty; a JSON object is expected".into(),
+        });
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
+    de.end().map_err(|e| ApiError::BadRequest {
+        code: "invalid_json",
+        message: format!("the request body is not valid JSON: {e}"),
+    })?;
+    Ok(value)
+}
+
+fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    if inner.is_data() {
+        // serde's message carries "at line L column C"; the field path says more.
+        let text = inner.to_string();
+        let text = text.split(" at line ").next().unwrap_or(&text).to_owned();
+        if path == "." {
+            ApiError::BadRequest {
+                code: "invalid_input",
+                message: text,
+            }
+        } else {
+            ApiError::invalid_field(&path, text)
+        }
+    } else {
+        ApiError::BadRequest {
+            code: "invalid_json",
+            message: format!("the request body is not valid JSON: {inner}"),
+        }
+    }
+}
+
+/// A JSON request body. Unlike `axum::Json`, every rejection is an
+/// [`ApiError`] in the spec's format and names the offending field.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+            if !(ct.starts_with("application/json") || ct.contains("+json")) {
+                return Err(ApiError::UnsupportedMediaType {
+                    message: "the request body must be JSON (Content-Type: application/json)"
+                        .into(),
+                });
+            }
+        }
+        let bytes = bytes::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge {
+                        message: "the request body is too large".into(),
+                    }
+                } else {
+                    ApiError::BadRequest {
+                        code: "invalid_body",
+                        message: "the request body could not be read".into(),
+                    }
+                }
+            })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Query parameters whose rejection is a 400 in the spec's format.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryParams(q.0))
+            .map_err(|rejection: QueryRejection| ApiError::BadRequest {
+                code: "invalid_query",
+                message: rejection.body_text(),
+            })
+    }
+}
+
+/// Path parameters whose rejection is a 400 in the spec's format.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PathParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for PathParams<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParams(p.0))
+            .map_err(|rejection: PathRejection| ApiError::BadRequest {
+                code: "invalid_path",
+                message: rejection.body_text(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Signup {
+        username: String,
+        age: u32,
+    }
+
+    fn bad_request_message(result: Result<Signup, ApiError>) -> (String, String) {
+        match result.unwrap_err() {
+            ApiError::BadRequest { code, message } => (code.to_owned(), message),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_a_400_invalid_json() {
+        let (code, _) = bad_request_message(parse_json(b"{\"username\": "));
+        assert_eq!(code, "invalid_json");
+    }
+
+    #[test]
+    fn empty_body_is_a_400_invalid_json() {
+        let (code, message) = bad_request_message(parse_json(b""));
+        assert_eq!(code, "invalid_json");
+        assert!(message.contains("empty"));
+    }
+
+    #[test]
+    fn trailing_garbage_is_rejected() {
+        let (code, _) = bad_request_message(parse_json(br#"{"username":"a","age":1} x"#));
+        assert_eq!(code, "invalid_json");
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let (code, message) = bad_request_message(parse_json(br#"{"username":"ann"}"#));
+        assert_eq!(code, "invalid_input");
+        assert!(message.contains("age"), "{message}");
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_named() {
+        let (code, message) = bad_request_message(parse_json(br#"{"username":"ann","age":"x"}"#));
+        assert_eq!(code, "invalid_input");
+        assert!(message.starts_with("age:"), "{message}");
+        assert!(!message.contains("line"), "{message}");
+    }
+
+    #[test]
+    fn internal_errors_hide_their_cause() {
+        let err = ApiError::Internal(anyhow::anyhow!("password=hunter2 leaked"));
+        let body = err.body();
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body.error, "internal_error");
+        assert!(!body.message.contains("hunter2"));
+    }
+
+    #[test]
+    fn store_errors_are_503_and_name_the_store_only() {
+        let err = ApiError::from(sqlx::Error::PoolTimedOut);
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.code(), "store_unavailable");
+        assert!(err.body().message.starts_with("postgres"));
+    }
+
+    #[test]
+    fn every_status_has_a_snake_case_code() {
+        let errors = [
+            ApiError::invalid_field("email", "is not an email address"),
+            ApiError::InsufficientCredits {
+                message: "x".into(),
+            },
+            ApiError::forbidden("x"),
+            ApiError::not_found("x"),
+            ApiError::MethodNotAllowed,
+            ApiError::PayloadTooLarge {
+                message: "x".into(),
+            },
+            ApiError::UnsupportedMediaType {
+                message: "x".into(),
+            },
+            ApiError::BadGateway { detail: "x".into() },
+            ApiError::GatewayTimeout { detail: "x".into() },
+            ApiError::NotImplemented {
+                route: "GET /x".into(),
+            },
+        ];
+        for err in errors {
+            let code = err.code();
+            assert!(
+                code.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{code}"
+            );
+            assert!(err.status().is_client_error() || err.status().is_server_error());
+        }
+    }
+}

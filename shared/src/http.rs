@@ -1,0 +1,172 @@
+//! What every HTTP function's router shares: the request span with its
+//! request id, JSON 404/405 answers, the 501 answer of a route whose issue
+//! has not landed yet, and `GET /health`.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+
+/// Header carrying the request id back to the client.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Wraps a function's router with what every function shares: JSON 404 for
+/// unknown routes, JSON 405 for a known route with another method, and a
+/// log span per request carrying `request_id` (Lambda's, else the client's
+/// `x-request-id`, else a new one) and, once the token is verified, `user_id`.
+pub fn finish(router: Router) -> Router {
+    router
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(request_span))
+}
+
+async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+/// The answer of a route whose implementation has not landed: 501 in the
+/// error format, never a fake success.
+pub async fn not_implemented(method: axum::http::Method, path: Option<MatchedPath>) -> ApiError {
+    let path = path.map(|p| p.as_str().to_owned()).unwrap_or_default();
+    ApiError::NotImplemented {
+        route: format!("{method} {path}"),
+    }
+}
+
+fn request_id(req: &Request) -> String {
+    if let Some(ctx) = req.extensions().get::<lambda_http::Context>() {
+        if !ctx.request_id.is_empty() {
+            return ctx.request_id.clone();
+        }
+    }
+    req.headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+async fn request_span(req: Request, next: Next) -> Response {
+    let request_id = request_id(&req);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %req.method(),
+        // The path only: query strings are never logged.
+        path = %req.uri().path(),
+        user_id = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            latency_ms = started.elapsed().as_millis() as u64,
+            "request finished"
+        )
+    });
+    if let Ok(value) = request_id.parse() {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// The stores a function depends on, for `GET /health`.
+#[derive(Clone, Default)]
+pub struct HealthChecks {
+    /// PostgreSQL, when the function uses it.
+    pub postgres: Option<sqlx::PgPool>,
+    /// MongoDB, when the function uses it.
+    pub mongodb: Option<mongodb::Client>,
+}
+
+/// How long one store may take to answer a health probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl HealthChecks {
+    /// `GET /health`: 200 with each store `ok`, or 503 naming the failing store.
+    pub fn router(self) -> Router {
+        Router::new().route("/health", get(health)).with_state(self)
+    }
+
+    /// Probes every store concurrently; `(name, ok)` in a fixed order.
+    pub async fn probe(&self) -> Vec<(&'static str, bool)> {
+        let pg = async {
+            match &self.postgres {
+                None => None,
+                Some(pool) => Some(
+                    tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool))
+                        .await
+                        .map(|r| r.is_ok())
+                        .unwrap_or(false),
+                ),
+            }
+        };
+        let mongo = async {
+            match &self.mongodb {
+                None => None,
+                Some(client) => Some(
+                    tokio::time::timeout(
+                        PROBE_TIMEOUT,
+                        client.database("admin").run_command(bson::doc! {"ping": 1}),
+                    )
+                    .await
+                    .map(|r| r.is_ok())
+                    .unwrap_or(false),
+                ),
+            }
+        };
+        let (pg, mongo) = tokio::join!(pg, mongo);
+        [("postgres", pg), ("mongodb", mongo)]
+            .into_iter()
+            .filter_map(|(name, ok)| ok.map(|ok| (name, ok)))
+            .collect()
+    }
+}
+
+async fn health(State(checks): State<HealthChecks>) -> Response {
+    let results = checks.probe().await;
+    let stores: serde_json::Map<String, serde_json::Value> = results
+        .iter()
+        .map(|(name, ok)| {
+            (
+                (*name).to_owned(),
+                json!(if *ok { "ok" } else { "unreachable" }),
+            )
+        })
+        .collect();
+    let failing: Vec<&str> = results
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
+    if failing.is_empty() {
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ok", "stores": stores})),
+        )
+            .into_response()
+    } else {
+        tracing::warn!(failing = ?failing, "health check failed");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "error": "store_unavailable",
+                "message": format!("{} unreachable", failing.join(" and ")),
+                "stores": stores,
+            })),
+        )
+            .into_response()
+    }
+}

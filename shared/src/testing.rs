@@ -1,0 +1,238 @@
+//! Test helpers (feature `test-util`): a fresh PostgreSQL database with
+//! migrations applied and fresh MongoDB databases for every test, fixed JWT
+//! keys and a token minting helper.
+//!
+//! The servers come from `DATABASE_URL` (default: the local PostgreSQL on
+//! 127.0.0.1:5432 as `postgres`) and `MONGODB_URI` (set by the test command,
+//! which starts a MongoDB wire-protocol server when none is given). Each
+//! database is dropped when its guard goes out of scope.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+use crate::config::{JwtConfig, MongoConfig, Secret};
+use crate::db::mongo::{self, MongoStores};
+use crate::token::{JwtKeys, Role, TokenSubject};
+
+/// Access secret used by every test.
+pub const TEST_ACCESS_SECRET: &str = "test-access-secret-0123456789abcdef0123";
+/// Refresh secret used by every test.
+pub const TEST_REFRESH_SECRET: &str = "test-refresh-secret-0123456789abcdef012";
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_base_url() -> String {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The MongoDB server tests use. Panics with the fix when unset: tests must
+/// not pass by silently skipping their store.
+pub fn mongodb_base_uri() -> String {
+    std::env::var("MONGODB_URI")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .expect("MONGODB_URI is not set: run the tests with the README's test command (make test)")
+}
+
+/// JWT configuration with the fixed test secrets.
+pub fn jwt_config() -> JwtConfig {
+    JwtConfig {
+        access_secret: Secret::new(TEST_ACCESS_SECRET),
+        refresh_secret: Secret::new(TEST_REFRESH_SECRET),
+        access_ttl: Duration::from_secs(900),
+        refresh_ttl: Duration::from_secs(604_800),
+    }
+}
+
+/// JWT keys with the fixed test secrets.
+pub fn jwt_keys() -> JwtKeys {
+    JwtKeys::new(&jwt_config())
+}
+
+/// A valid access token for `user_id` with `role` (username and email are
+/// derived from the id).
+pub fn mint_token(keys: &JwtKeys, user_id: &str, role: Role) -> String {
+    let username = format!("user_{user_id}");
+    let email = format!("{user_id}@example.com");
+    keys.issue_access(
+        &TokenSubject {
+            user_id,
+            username: &username,
+            email: &email,
+            role,
+        },
+        chrono::Utc::now().timestamp(),
+    )
+}
+
+/// Replaces the database name of a PostgreSQL URL.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{database}?{q}"),
+        None => format!("{host_part}/{database}"),
+    }
+}
+
+fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh, migrated PostgreSQL database, dropped on drop.
+pub struct TestPostgres {
+    /// Pool on the new database.
+    pub pool: PgPool,
+    /// URL of the new database (for child processes).
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl TestPostgres {
+    /// Creates the database and applies `migrations/`.
+    pub async fn new() -> Self {
+        let admin_url = postgres_base_url();
+        let name = unique_name("fgw_test");
+        let mut admin = PgConnectOptions::from_str(&admin_url)
+            .expect("DATABASE_URL is a PostgreSQL URL")
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at DATABASE_URL: {e}"));
+        sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+            .execute(&mut admin)
+            .await
+            .expect("create the test database");
+        admin.close().await.ok();
+        let url = with_database(&admin_url, &name);
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&url)
+            .await
+            .expect("connect to the test database");
+        crate::db::postgres::migrate(&pool)
+            .await
+            .expect("migrations apply to a fresh database");
+        TestPostgres {
+            pool,
+            url,
+            name,
+            admin_url,
+        }
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let pool = self.pool.clone();
+        // Drop cannot await; a short-lived thread with its own runtime can.
+        let dropper = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                pool.close().await;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ =
+                        sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+                            .execute(&mut admin)
+                            .await;
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
+}
+
+/// Fresh `auth` and `chat` databases with their indexes, dropped on drop.
+pub struct TestMongo {
+    /// Client and databases.
+    pub stores: MongoStores,
+    /// Configuration naming the fresh databases (for child processes).
+    pub config: MongoConfig,
+}
+
+impl TestMongo {
+    /// Creates the databases' indexes on the server of `MONGODB_URI`.
+    pub async fn new() -> Self {
+        let prefix = unique_name("t");
+        let config = MongoConfig {
+            uri: Secret::new(mongodb_base_uri()),
+            password: None,
+            auth_db: format!("{prefix}_auth"),
+            chat_db: format!("{prefix}_chat"),
+        };
+        let stores = mongo::connect(&config).await.expect("MongoDB client");
+        mongo::ensure_auth_indexes(&stores.auth)
+            .await
+            .expect("auth indexes");
+        mongo::ensure_chat_indexes(&stores.chat)
+            .await
+            .expect("chat indexes");
+        TestMongo { stores, config }
+    }
+}
+
+impl Drop for TestMongo {
+    fn drop(&mut self) {
+        let config = self.config.clone();
+        let dropper = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok(stores) = mongo::connect(&config).await {
+                    let _ = stores.auth.drop().await;
+                    let _ = stores.chat.drop().await;
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_database_replaces_only_the_name() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "y"),
+            "postgres://u:p@h/y?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://h:5432", "z"),
+            "postgres://h:5432/z"
+        );
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let keys = jwt_keys();
+        let claims = keys
+            .verify_access(&mint_token(&keys, "u9", Role::Admin))
+            .unwrap();
+        assert_eq!((claims.sub.as_str(), claims.role), ("u9", Role::Admin));
+    }
+}
