@@ -138,15 +138,15 @@ impl TestPostgres {
 impl Drop for TestPostgres {
     fn drop(&mut self) {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let pool = self.pool.clone();
         // Drop cannot await; a short-lived thread with its own runtime can.
+        // The pool belongs to the test's runtime, which this thread blocks,
+        // so it is not closed here: FORCE ends its connections instead.
         let dropper = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                pool.close().await;
                 if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
                     let _ =
                         sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
@@ -205,6 +205,81 @@ impl Drop for TestMongo {
         });
         let _ = dropper.join();
     }
+}
+
+/// A response read whole: status, headers and body parsed as JSON
+/// (`Value::Null` for an empty body, a JSON string for a non-JSON one).
+#[derive(Debug)]
+pub struct TestResponse {
+    /// Status.
+    pub status: axum::http::StatusCode,
+    /// Headers.
+    pub headers: axum::http::HeaderMap,
+    /// Body.
+    pub body: serde_json::Value,
+}
+
+impl TestResponse {
+    /// Asserts the spec's error format with `status` and `code`.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(self.body["error"], code, "body: {}", self.body);
+        assert!(
+            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error without a message: {}",
+            self.body
+        );
+    }
+}
+
+/// Sends one request through a router in-process (`oneshot`). A `body`
+/// is sent as JSON; `token` as a bearer token.
+pub async fn call(
+    router: &axum::Router,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+    token: Option<&str>,
+) -> TestResponse {
+    use tower::ServiceExt;
+    let mut request = axum::http::Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = match body {
+        Some(json) => request
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(json.to_string())),
+        None => request.body(axum::body::Body::empty()),
+    }
+    .expect("a valid request");
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let body = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    TestResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A pool on a port where nothing listens: every query fails fast, as when
+/// the database is down.
+pub fn unreachable_postgres() -> PgPool {
+    PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/none")
+        .expect("lazy pool")
 }
 
 #[cfg(test)]

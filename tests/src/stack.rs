@@ -1,0 +1,268 @@
+//! The whole product for one test: fresh databases, every function binary
+//! running behind the Lambda emulator, and an HTTP client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use shared::testing::{self, TestMongo, TestPostgres};
+use shared::token::Role;
+use tokio::process::{Child, Command};
+
+use crate::lambda::{self, RuntimeApi};
+
+/// The HTTP functions, by binary name.
+pub const HTTP_FUNCTIONS: &[&str] = &["auth", "predict", "predict-stream", "credits", "usage"];
+/// Every function, by binary name.
+pub const ALL_FUNCTIONS: &[&str] = &[
+    "auth",
+    "predict",
+    "predict-stream",
+    "credits",
+    "usage",
+    "credit-expiry",
+];
+
+/// `target/<profile>`, where cargo put this test and the function binaries.
+pub fn binary_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Builds the function binaries once per test process, unless the test
+/// command already did (`E2E_SKIP_BUILD=1`), so that a plain `cargo test`
+/// never runs stale binaries.
+fn ensure_binaries_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        if std::env::var_os("E2E_SKIP_BUILD").is_some() {
+            return;
+        }
+        let dir = binary_dir();
+        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+        let target_dir = dir.parent().expect("target dir");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "--target-dir"])
+            .arg(target_dir)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        for f in ALL_FUNCTIONS {
+            cmd.args(["--bin", f]);
+        }
+        if profile == "release" {
+            cmd.arg("--release");
+        } else if profile != "debug" {
+            cmd.args(["--profile", profile]);
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the function binaries failed");
+    });
+}
+
+/// What a test can change in the functions' environment.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// Extra or overriding variables.
+    pub env: Vec<(String, String)>,
+    /// Processes per function (Lambda scales out with concurrent requests;
+    /// each process serves one request at a time).
+    pub instances: usize,
+    /// Functions to start (default: all).
+    pub functions: Option<Vec<&'static str>>,
+}
+
+/// A running stack. Processes are killed when it is dropped.
+pub struct Stack {
+    /// The fresh PostgreSQL database.
+    pub pg: TestPostgres,
+    /// The fresh MongoDB databases.
+    pub mongo: TestMongo,
+    /// `http://127.0.0.1:<port>`: `/lambda-url/<function>/...` reaches a function.
+    pub base_url: String,
+    /// A client for the front.
+    pub http: reqwest::Client,
+    runtimes: HashMap<String, Arc<RuntimeApi>>,
+    log_dir: PathBuf,
+    _children: Vec<Child>,
+}
+
+impl Stack {
+    /// Starts every function with the default test environment.
+    pub async fn start() -> Stack {
+        Stack::start_with(StackOptions::default()).await
+    }
+
+    /// Starts the functions with `options`.
+    pub async fn start_with(options: StackOptions) -> Stack {
+        ensure_binaries_built();
+        let (pg, mongo) = tokio::join!(TestPostgres::new(), TestMongo::new());
+        let mut env: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), pg.url.clone()),
+            ("MONGODB_URI".into(), mongo.config.uri.expose().to_owned()),
+            ("MONGODB_AUTH_DB".into(), mongo.config.auth_db.clone()),
+            ("MONGODB_CHAT_DB".into(), mongo.config.chat_db.clone()),
+            (
+                "JWT_ACCESS_SECRET".into(),
+                testing::TEST_ACCESS_SECRET.into(),
+            ),
+            (
+                "JWT_REFRESH_SECRET".into(),
+                testing::TEST_REFRESH_SECRET.into(),
+            ),
+            ("SMTP_HOST".into(), "127.0.0.1".into()),
+            ("SMTP_PORT".into(), "2525".into()),
+            ("SMTP_TLS".into(), "none".into()),
+            ("MAIL_FROM".into(), "gateway@example.com".into()),
+            ("APP_BASE_URL".into(), "http://localhost:5173".into()),
+            ("FLOWISE_API_URL".into(), "http://127.0.0.1:9".into()),
+            ("LOG_FORMAT".into(), "json".into()),
+            (
+                "RUST_LOG".into(),
+                std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            ),
+        ];
+        env.extend(options.env.iter().cloned());
+        let functions = options
+            .functions
+            .clone()
+            .unwrap_or_else(|| ALL_FUNCTIONS.to_vec());
+        let instances = options.instances.max(1);
+        let log_dir = std::env::temp_dir().join(format!("e2e-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+
+        let mut runtimes = HashMap::new();
+        let mut children = Vec::new();
+        for name in &functions {
+            let api = RuntimeApi::start(name).await;
+            for i in 0..instances {
+                children.push(spawn_function(name, i, &api, &env, &log_dir));
+            }
+            runtimes.insert((*name).to_owned(), api);
+        }
+        for name in &functions {
+            let ready = runtimes[*name]
+                .wait_ready(instances as u64, Duration::from_secs(60))
+                .await;
+            if !ready {
+                let log = std::fs::read_to_string(log_dir.join(format!("{name}-0.log")))
+                    .unwrap_or_default();
+                panic!("function {name} did not start; its log:\n{log}");
+            }
+        }
+        let front: SocketAddr = lambda::serve_front(runtimes.clone()).await;
+        Stack {
+            pg,
+            mongo,
+            base_url: format!("http://{front}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(150))
+                .build()
+                .expect("client"),
+            runtimes,
+            log_dir,
+            _children: children,
+        }
+    }
+
+    /// The URL of `path` on function `name`, as `cargo lambda watch` serves it.
+    pub fn url(&self, function: &str, path: &str) -> String {
+        format!("{}/lambda-url/{function}{path}", self.base_url)
+    }
+
+    /// Invokes a function with a raw event, as `cargo lambda invoke` does.
+    pub async fn invoke(&self, function: &str, event: Value) -> Result<Value, Value> {
+        self.runtimes
+            .get(function)
+            .unwrap_or_else(|| panic!("function {function} is not running"))
+            .invoke(event)
+            .await
+    }
+
+    /// Everything function `name`'s first instance logged so far.
+    pub fn logs(&self, function: &str) -> String {
+        std::fs::read_to_string(self.log_dir.join(format!("{function}-0.log"))).unwrap_or_default()
+    }
+
+    /// A valid access token (minted with the stack's secret).
+    pub fn token(&self, user_id: &str, role: Role) -> String {
+        testing::mint_token(&testing::jwt_keys(), user_id, role)
+    }
+
+    /// Sends a request and reads the answer as JSON (`Null` when empty).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        function: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, self.url(function, path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.expect("the front answers");
+        let status = res.status().as_u16();
+        let bytes = res.bytes().await.expect("body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, body)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Stop the functions before their databases go.
+        for child in &mut self._children {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.log_dir);
+    }
+}
+
+fn spawn_function(
+    name: &str,
+    instance: usize,
+    api: &RuntimeApi,
+    env: &[(String, String)],
+    log_dir: &std::path::Path,
+) -> Child {
+    let binary = binary_dir().join(name);
+    assert!(
+        binary.exists(),
+        "{} is missing: build the functions first (`cargo build --workspace --bins`)",
+        binary.display()
+    );
+    let log =
+        std::fs::File::create(log_dir.join(format!("{name}-{instance}.log"))).expect("log file");
+    let mut cmd = Command::new(binary);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_LAMBDA_RUNTIME_API", api.address.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", name)
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", format!("{name}-{instance}"))
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}"))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd.spawn().expect("spawn the function binary")
+}
