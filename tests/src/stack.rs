@@ -266,3 +266,25 @@ fn spawn_function(
         .kill_on_drop(true);
     cmd.spawn().expect("spawn the function binary")
 }
+
+/// Starts one function binary as Lambda would and waits for it to exit
+/// (a start-up failure); returns its exit success and everything it logged.
+pub async fn run_until_exit(function: &str, env: &[(&str, &str)]) -> (bool, String) {
+    ensure_binaries_built();
+    let api = RuntimeApi::start(function).await;
+    let log_dir = std::env::temp_dir().join(format!("e2e-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&log_dir).expect("log dir");
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let mut child = spawn_function(function, 0, &api, &env, &log_dir);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the function exits at start-up")
+        .expect("wait");
+    let log =
+        std::fs::read_to_string(log_dir.join(format!("{function}-0.log"))).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&log_dir);
+    (status.success(), log)
+}

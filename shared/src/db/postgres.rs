@@ -28,6 +28,43 @@ pub fn connect_lazy(config: &PostgresConfig) -> anyhow::Result<PgPool> {
         .connect_lazy_with(options))
 }
 
+/// Creates the database `DATABASE_URL` names when it does not exist (a
+/// fresh local server). Deployed databases are created by their operator.
+pub async fn create_database_if_missing(config: &PostgresConfig) -> anyhow::Result<()> {
+    let options = PgConnectOptions::from_str(config.url.expose())
+        .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut admin = options.database("postgres");
+    if let Some(password) = &config.password {
+        admin = admin.password(password.expose());
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(admin)
+        .await
+        .context("Failed to connect to the PostgreSQL server")?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&pool)
+            .await
+            .context("Failed to look the database up")?;
+    if !exists {
+        sqlx::query(&format!(
+            r#"CREATE DATABASE "{}""#,
+            name.replace('"', "\"\"")
+        ))
+        .execute(&pool)
+        .await
+        .with_context(|| format!("Failed to create the database {name}"))?;
+        tracing::info!(database = %name, "database created");
+    }
+    pool.close().await;
+    Ok(())
+}
+
 /// Applies pending migrations. Safe when several cold starts race: sqlx
 /// holds an advisory lock while it migrates.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {

@@ -1,0 +1,32 @@
+# Every target CI runs is here; `.ci/run` calls the same commands.
+.PHONY: run test fmt fmt-check clippy lint cfn-lint ci release
+
+## Run the local stack: stores, mail catcher, Flowise, every function under cargo lambda watch.
+run:
+	./local/run.sh
+
+## Run every test (unit, store, end-to-end); starts the stores it needs.
+test:
+	./local/test.sh
+
+fmt:
+	cargo fmt --all
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+cfn-lint:
+	bash -c 'source local/lib.sh && ensure_tools && cfn-lint template.yaml'
+
+lint: fmt-check clippy cfn-lint
+
+## What CI runs: lint, then the tests.
+ci:
+	bash .ci/run
+
+## Release bootstraps for arm64 Lambda (what `sam build` produces).
+release:
+	bash -c 'source local/lib.sh && ensure_tools && cargo lambda build --release --arm64'

@@ -1,0 +1,87 @@
+# Helpers shared by local/run.sh, local/test.sh and .ci/run. Sourced, not run.
+# shellcheck shell=bash
+
+FGW_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FGW_CACHE="${FGW_CACHE:-$HOME/.cache/flowise-gateway}"
+COMPOSE_FILE="$FGW_ROOT/local/docker-compose.yml"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# A venv with the pinned tools (cargo-lambda, the MongoDB test server, the
+# mail catcher, cfn-lint), created once per pin set and put first on PATH.
+ensure_tools() {
+  local hash venv
+  hash="$(sha256sum "$FGW_ROOT/local/requirements-dev.txt" | cut -c1-12)"
+  venv="$FGW_CACHE/venv-$hash"
+  if [ ! -x "$venv/bin/secantusd-py" ] || [ ! -x "$venv/bin/cargo-lambda" ]; then
+    log "installing the pinned dev tools into $venv (once)"
+    rm -rf "$venv"
+    mkdir -p "$FGW_CACHE"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$FGW_ROOT/local/requirements-dev.txt"
+  fi
+  export PATH="$venv/bin:$PATH"
+}
+
+# True when a Docker engine answers (not just the client).
+have_docker() {
+  [ "${FGW_NO_DOCKER:-}" != "1" ] && command -v docker >/dev/null 2>&1 \
+    && docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1
+}
+
+# A URL with its credentials masked, for printing.
+redact_url() {
+  echo "$1" | sed -E 's#//[^@/]*@#//***@#'
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_port HOST PORT SECONDS
+wait_port() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import socket, sys, time
+host, port, deadline = sys.argv[1], int(sys.argv[2]), time.time() + float(sys.argv[3])
+while time.time() < deadline:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.2)
+sys.exit(1)
+PY
+}
+
+# start_mongo_server STORAGE LOGFILE: starts the wire-protocol server on a
+# free port, sets MONGODB_URI and MONGO_PID.
+start_mongo_server() {
+  local port
+  port="$(free_port)"
+  secantusd-py --host 127.0.0.1 --port "$port" --storage-path "$1" >"$2" 2>&1 &
+  MONGO_PID=$!
+  if ! wait_port 127.0.0.1 "$port" 60; then
+    echo "the MongoDB test server did not open its port; its log:" >&2
+    cat "$2" >&2
+    return 1
+  fi
+  export MONGODB_URI="mongodb://127.0.0.1:$port"
+}
+
+# The PostgreSQL the tests and the stack use when DATABASE_URL is unset and
+# there is no Docker: the one on 127.0.0.1:5432 (trust auth, user postgres).
+local_postgres_url() {
+  echo "postgres://postgres@127.0.0.1:5432/${1:-postgres}"
+}
+
+require_postgres() {
+  local hostport host port
+  hostport="$(echo "$1" | sed -E 's#^[a-z]+://([^@/]*@)?([^/?]*).*#\2#')"
+  host="${hostport%%:*}"; port="${hostport##*:}"
+  [ "$port" = "$hostport" ] && port=5432
+  if ! wait_port "$host" "$port" 10; then
+    echo "PostgreSQL is not reachable at $host:$port (set DATABASE_URL, or start it:" >&2
+    echo "  pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start)" >&2
+    return 1
+  fi
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Runs the local stack (`make run`): the stores, a mail catcher and Flowise
+# (Docker), migrations and indexes, then every function under
+# `cargo lambda watch`, reloading on code changes. Ctrl-C stops everything
+# this script started.
+#
+# Without Docker: the PostgreSQL on 127.0.0.1:5432, a MongoDB wire-protocol
+# server (data kept in $FGW_CACHE/mongo-data), a mail catcher that writes
+# every mail to $FGW_CACHE/mail.log, and whatever Flowise FLOWISE_API_URL
+# names. Values come from local/.env (else local/.env.example); variables
+# already set in the environment win.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$FGW_ROOT"
+
+ensure_tools
+
+env_file="local/.env"
+[ -f "$env_file" ] || env_file="local/.env.example"
+# Keep what the caller exported; fill the rest from the file.
+while IFS='=' read -r key value; do
+  [[ "$key" =~ ^[A-Z_][A-Z0-9_]*$ ]] || continue
+  if [ -z "${!key:-}" ]; then export "$key=$value"; fi
+done < <(grep -E '^[A-Z_][A-Z0-9_]*=' "$env_file")
+
+PIDS=()
+STARTED_COMPOSE=0
+cleanup() {
+  trap - EXIT INT TERM
+  log "stopping"
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  pkill -f "cargo-lambda watch -A 127.0.0.1 -P ${PORT:-9000}" 2>/dev/null || true
+  if [ "$STARTED_COMPOSE" = 1 ]; then docker compose -f "$COMPOSE_FILE" stop; fi
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+mkdir -p "$FGW_CACHE"
+if have_docker; then
+  log "starting MongoDB, PostgreSQL, mailpit and Flowise (docker compose)"
+  docker compose -f "$COMPOSE_FILE" up -d --wait
+  STARTED_COMPOSE=1
+  export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/flowise_gateway}"
+  export MONGODB_URI="${MONGODB_URI:-mongodb://127.0.0.1:27017/?directConnection=true}"
+  mail_where="http://localhost:8025 (mailpit)"
+else
+  log "no Docker engine: using local services"
+  export DATABASE_URL="${DATABASE_URL:-$(local_postgres_url flowise_gateway)}"
+  require_postgres "$DATABASE_URL"
+  if [ -z "${MONGODB_URI:-}" ]; then
+    start_mongo_server "$FGW_CACHE/mongo-data" "$FGW_CACHE/mongo.log"
+    PIDS+=("$MONGO_PID")
+  fi
+  python3 -c 'import aiosmtpd' 2>/dev/null || true
+  python -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" -c aiosmtpd.handlers.Debugging stdout \
+    >>"$FGW_CACHE/mail.log" 2>&1 &
+  PIDS+=($!)
+  wait_port 127.0.0.1 "$SMTP_PORT" 20 || { echo "the mail catcher did not start" >&2; exit 1; }
+  mail_where="$FGW_CACHE/mail.log"
+fi
+
+log "building the functions"
+cargo build --workspace --bins
+log "applying migrations and indexes"
+"${CARGO_TARGET_DIR:-target}/debug/gateway-admin" migrate
+
+PORT="${PORT:-9000}"
+log "starting cargo lambda watch on 127.0.0.1:$PORT"
+cargo lambda watch -A 127.0.0.1 -P "$PORT" &
+PIDS+=($!)
+wait_port 127.0.0.1 "$PORT" 120 || { echo "cargo lambda watch did not start" >&2; exit 1; }
+
+if curl -fsS -m 3 "$FLOWISE_API_URL/api/v1/ping" >/dev/null 2>&1; then flowise_state="answering"; else flowise_state="NOT answering"; fi
+cat <<INFO
+
+  Functions (cargo lambda watch, reloading on change):
+    auth            http://127.0.0.1:$PORT/lambda-url/auth/
+    predict         http://127.0.0.1:$PORT/lambda-url/predict/
+    predict-stream  http://127.0.0.1:$PORT/lambda-url/predict-stream/
+    credits         http://127.0.0.1:$PORT/lambda-url/credits/
+    usage           http://127.0.0.1:$PORT/lambda-url/usage/
+    credit-expiry   cargo lambda invoke -A 127.0.0.1 -P $PORT credit-expiry --data-ascii '{}'
+  Try:    curl http://127.0.0.1:$PORT/lambda-url/credits/health
+  Flowise: $FLOWISE_API_URL ($flowise_state)
+  Mail:    $mail_where
+  PostgreSQL: $(redact_url "$DATABASE_URL")
+  MongoDB:    $(redact_url "$MONGODB_URI")
+  Ctrl-C stops everything started here.
+
+INFO
+wait "${PIDS[-1]}"

@@ -1,0 +1,94 @@
+//! The local development path: `cargo lambda watch` serves every function
+//! at `/lambda-url/<name>/...` exactly as the README says. Needs
+//! `cargo lambda` on PATH (the test command installs it).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use e2e::stack::binary_dir;
+use e2e::HTTP_FUNCTIONS;
+use shared::testing::{self, TestMongo, TestPostgres};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
+    let cargo_lambda = std::process::Command::new("cargo-lambda")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        cargo_lambda.is_ok_and(|s| s.success()),
+        "cargo-lambda is not on PATH: run the tests with `make test`"
+    );
+    let (pg, mongo) = tokio::join!(TestPostgres::new(), TestMongo::new());
+    let port = free_port();
+    let target_dir = binary_dir().parent().unwrap().to_path_buf();
+    let mut watch = tokio::process::Command::new("cargo")
+        .args(["lambda", "watch", "--quiet", "-A", "127.0.0.1", "-P"])
+        .arg(port.to_string())
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("DATABASE_URL", &pg.url)
+        .env("MONGODB_URI", mongo.config.uri.expose())
+        .env("MONGODB_AUTH_DB", &mongo.config.auth_db)
+        .env("MONGODB_CHAT_DB", &mongo.config.chat_db)
+        .env("JWT_ACCESS_SECRET", testing::TEST_ACCESS_SECRET)
+        .env("JWT_REFRESH_SECRET", testing::TEST_REFRESH_SECRET)
+        .env("SMTP_HOST", "127.0.0.1")
+        .env("SMTP_TLS", "none")
+        .env("MAIL_FROM", "gateway@example.com")
+        .env("APP_BASE_URL", "http://localhost:5173")
+        .env("FLOWISE_API_URL", "http://127.0.0.1:9")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start cargo lambda watch");
+    let group = watch.id().expect("pid");
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..300 {
+        if client.get(&base).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut failures = Vec::new();
+    if up {
+        for function in HTTP_FUNCTIONS {
+            let url = format!("{base}/lambda-url/{function}/health");
+            match client.get(&url).send().await {
+                Ok(res) if res.status() == 200 => {
+                    let body: serde_json::Value = res.json().await.unwrap_or_default();
+                    if body["status"] != "ok" {
+                        failures.push(format!("{function}: {body}"));
+                    }
+                }
+                Ok(res) => failures.push(format!("{function}: {}", res.status())),
+                Err(e) => failures.push(format!("{function}: {e}")),
+            }
+        }
+    }
+    // cargo-lambda runs each function as a child: stop the whole group.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &format!("-{group}")])
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(10), watch.wait()).await;
+    assert!(up, "cargo lambda watch did not open port {port}");
+    assert!(failures.is_empty(), "{failures:?}");
+}

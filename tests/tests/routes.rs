@@ -1,0 +1,97 @@
+//! Every route of SPEC §5–§8 is registered on its function and answers in
+//! the error format through Lambda, never 404/405 (and never a fake
+//! success: without a token or body every one of them is an error).
+
+use e2e::Stack;
+use reqwest::Method;
+
+/// (function, method, path) for every route of the spec.
+const ROUTES: &[(&str, &str, &str)] = &[
+    ("auth", "POST", "/api/auth/signup"),
+    ("auth", "POST", "/api/auth/verify-email"),
+    ("auth", "POST", "/api/auth/resend-verification"),
+    ("auth", "POST", "/api/auth/login"),
+    ("auth", "POST", "/api/auth/refresh"),
+    ("auth", "POST", "/api/auth/logout"),
+    ("auth", "POST", "/api/auth/logout-all"),
+    ("auth", "POST", "/api/auth/forgot-password"),
+    ("auth", "POST", "/api/auth/reset-password"),
+    ("auth", "GET", "/api/profile"),
+    ("auth", "PUT", "/api/profile"),
+    ("auth", "POST", "/api/profile/change-password"),
+    ("auth", "GET", "/api/admin/users"),
+    ("auth", "GET", "/api/admin/users/u1"),
+    ("auth", "POST", "/api/admin/users"),
+    ("auth", "PATCH", "/api/admin/users/u1"),
+    ("auth", "DELETE", "/api/admin/users/u1"),
+    ("credits", "GET", "/api/credits/balance"),
+    ("credits", "GET", "/api/credits/total-balance"),
+    ("credits", "GET", "/api/credits/balance/u1"),
+    ("credits", "POST", "/api/credits/allocate"),
+    ("credits", "POST", "/api/credits/deduct"),
+    ("credits", "POST", "/api/credits/adjust"),
+    ("credits", "POST", "/api/credits/calculate"),
+    ("credits", "GET", "/api/credits/transactions"),
+    ("credits", "GET", "/api/credits/pricing"),
+    ("credits", "PUT", "/api/credits/pricing/default"),
+    ("credits", "POST", "/api/streaming-sessions/initialize"),
+    ("credits", "POST", "/api/streaming-sessions/finalize"),
+    ("credits", "POST", "/api/streaming-sessions/abort"),
+    ("credits", "GET", "/api/streaming-sessions/active"),
+    ("usage", "POST", "/api/usage/record"),
+    ("usage", "GET", "/api/usage/stats"),
+    ("usage", "GET", "/api/usage/stats/u1"),
+    ("usage", "GET", "/api/usage/system-stats"),
+    ("usage", "GET", "/api/usage/export"),
+    ("predict", "GET", "/api/v1/chatflows"),
+    ("predict", "GET", "/api/v1/chatflows/cf1"),
+    ("predict", "POST", "/api/v1/chat/predict"),
+    ("predict", "GET", "/api/v1/chat/sessions"),
+    ("predict", "GET", "/api/v1/chat/sessions/s1/messages"),
+    ("predict", "DELETE", "/api/v1/chat/sessions/s1"),
+    ("predict", "POST", "/api/v1/chat/files"),
+    ("predict", "GET", "/api/v1/chat/files/f1"),
+    ("predict", "DELETE", "/api/v1/chat/files/f1"),
+    ("predict", "POST", "/api/v1/admin/chatflows/sync"),
+    ("predict", "GET", "/api/v1/admin/chatflows"),
+    ("predict", "PUT", "/api/v1/admin/chatflows/cf1"),
+    ("predict", "POST", "/api/v1/admin/chatflows/cf1/users"),
+    ("predict", "DELETE", "/api/v1/admin/chatflows/cf1/users"),
+    ("predict-stream", "POST", "/api/v1/chat/predict/stream"),
+];
+
+#[tokio::test]
+async fn every_spec_route_is_registered_and_answers_in_the_error_format() {
+    let stack = Stack::start().await;
+    for (function, method, path) in ROUTES {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, body) = stack
+            .request(method.clone(), function, path, None, None)
+            .await;
+        assert!(
+            status != 404 && status != 405,
+            "{method} {path} on {function} is not routed ({status}): {body}"
+        );
+        assert!(
+            (400..600).contains(&status),
+            "{method} {path} answered {status} without a token or body: {body}"
+        );
+        assert!(
+            body["error"].is_string() && body["message"].is_string(),
+            "{method} {path}: not the error format: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_route_on_the_wrong_function_is_404() {
+    let stack = Stack::start_with(e2e::StackOptions {
+        functions: Some(vec!["usage"]),
+        ..Default::default()
+    })
+    .await;
+    let (status, body) = stack
+        .request(Method::GET, "usage", "/api/credits/balance", None, None)
+        .await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+}

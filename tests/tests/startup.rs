@@ -1,0 +1,65 @@
+//! A function with a missing or malformed variable stops at start-up with a
+//! message naming it, and never prints the secret it was given.
+
+use e2e::stack::run_until_exit;
+
+const ACCESS: &str = "e2e-access-secret-0123456789abcdef0123";
+const REFRESH: &str = "e2e-refresh-secret-0123456789abcdef012";
+
+#[tokio::test]
+async fn a_missing_variable_stops_start_up_naming_it() {
+    let (ok, log) = run_until_exit(
+        "credits",
+        &[
+            ("JWT_ACCESS_SECRET", ACCESS),
+            ("JWT_REFRESH_SECRET", REFRESH),
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(log.contains("DATABASE_URL"), "{log}");
+}
+
+#[tokio::test]
+async fn a_short_jwt_secret_stops_start_up_without_printing_it() {
+    let short = "only-twenty-nine-bytes-secret";
+    let (ok, log) = run_until_exit(
+        "usage",
+        &[
+            ("JWT_ACCESS_SECRET", short),
+            ("JWT_REFRESH_SECRET", REFRESH),
+            (
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ),
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        log.contains("JWT_ACCESS_SECRET") && log.contains("32 bytes"),
+        "{log}"
+    );
+    assert!(!log.contains(short), "the secret was printed: {log}");
+}
+
+#[tokio::test]
+async fn a_malformed_timeout_stops_the_predict_function_naming_it() {
+    let (ok, log) = run_until_exit(
+        "predict",
+        &[
+            ("JWT_ACCESS_SECRET", ACCESS),
+            ("JWT_REFRESH_SECRET", REFRESH),
+            (
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ),
+            ("MONGODB_URI", "mongodb://127.0.0.1:1"),
+            ("FLOWISE_API_URL", "http://127.0.0.1:3000"),
+            ("FLOWISE_TIMEOUT_SECONDS", "two minutes"),
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(log.contains("FLOWISE_TIMEOUT_SECONDS"), "{log}");
+}
