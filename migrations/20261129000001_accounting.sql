@@ -45,6 +45,10 @@ CREATE INDEX credit_allocations_user ON credit_allocations (user_id, allocated_a
 -- Every change to a balance, one row each.
 CREATE TABLE credit_transactions (
     id                   UUID PRIMARY KEY,
+    -- Insertion order. Rows are written under the account lock, so for one
+    -- user this is the order the changes happened in (created_at is the
+    -- time of the row, not of its transaction's start).
+    seq                  BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
     user_id              TEXT NOT NULL REFERENCES user_accounts (user_id),
     type                 TEXT NOT NULL CHECK (type IN (
                              'allocation', 'deduction', 'refund', 'reservation',
@@ -57,12 +61,10 @@ CREATE TABLE credit_transactions (
     idempotency_key      TEXT,
     allocation_id        UUID REFERENCES credit_allocations (id),
     streaming_session_id TEXT,
-    created_at           TIMESTAMPTZ NOT NULL DEFAULT now()
+    created_at           TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
-CREATE INDEX credit_transactions_user_time
-    ON credit_transactions (user_id, created_at DESC, id);
-CREATE INDEX credit_transactions_user_type_time
-    ON credit_transactions (user_id, type, created_at DESC);
+CREATE INDEX credit_transactions_user_seq ON credit_transactions (user_id, seq DESC);
+CREATE INDEX credit_transactions_user_type_seq ON credit_transactions (user_id, type, seq DESC);
 
 -- Which allocations a debit drew from, so that a refund goes back to
 -- exactly those allocations and never extends an expiry.

@@ -1,16 +1,19 @@
 //! The library every function shares: configuration and secrets, JWT
 //! verification and roles, the API error format, HTTP plumbing, logging,
-//! and the store clients. Later: the credit ledger, pricing and the
-//! Flowise client (their issues add them here so that every function uses
-//! the very same code).
+//! the store clients, the credit ledger and pricing, so that every function
+//! (the predict functions included) uses the very same code.
 
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod ledger;
+pub mod pricing;
+pub mod query;
 pub mod secrets;
 pub mod telemetry;
 pub mod token;
+pub mod usage;
 
 #[cfg(feature = "test-util")]
 pub mod testing;

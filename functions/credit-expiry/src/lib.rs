@@ -1,8 +1,10 @@
 //! The credit-expiry job (SPEC §9): runs on an EventBridge schedule and by
-//! hand (`cargo lambda invoke credit-expiry`).
+//! hand (`cargo lambda invoke credit-expiry`). The work is
+//! [`shared::ledger::expiry::run_expiry`]; the event carries nothing it uses.
 
-use serde::Serialize;
 use shared::config::{ConfigError, Env, Limits, PostgresConfig};
+use shared::error::ApiError;
+use shared::ledger::expiry::{run_expiry, ExpiryReport};
 
 /// What the job reads from its environment.
 #[derive(Debug, Clone)]
@@ -23,20 +25,10 @@ impl Config {
     }
 }
 
-/// What one run did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Report {
-    /// Allocations expired by this run.
-    pub expired_allocations: u64,
-    /// Credits those allocations still held.
-    pub expired_credits: i64,
-    /// Stale reservations settled (aborted with charge 0).
-    pub settled_reservations: u64,
-}
+/// Allocations (users) or sessions handled per query.
+pub const BATCH: i64 = 500;
 
-/// One run of the job. Until the ledger lands it fails loudly rather than
-/// reporting a run that did nothing.
-pub async fn run_job(_pool: &sqlx::PgPool, _limits: &Limits) -> anyhow::Result<Report> {
-    anyhow::bail!("the credit-expiry job is not implemented yet (issue: credits and usage)")
+/// One run of the job: expire due allocations, settle stale reservations.
+pub async fn run_job(pool: &sqlx::PgPool, limits: &Limits) -> Result<ExpiryReport, ApiError> {
+    run_expiry(pool, limits.reservation_ttl, BATCH).await
 }

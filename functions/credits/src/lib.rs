@@ -6,7 +6,9 @@ use axum::extract::FromRef;
 use axum::routing::{get, post, put};
 use axum::Router;
 use shared::config::{ConfigError, Env, JwtConfig, Limits, PostgresConfig};
-use shared::http::{finish, not_implemented, HealthChecks};
+use shared::http::{finish, HealthChecks};
+
+pub mod routes;
 use shared::token::JwtKeys;
 
 /// What the function reads from its environment.
@@ -66,20 +68,26 @@ pub fn router(state: AppState) -> Router {
         mongodb: None,
     };
     let api = Router::new()
-        .route("/api/credits/balance", get(not_implemented))
-        .route("/api/credits/total-balance", get(not_implemented))
-        .route("/api/credits/balance/{user_id}", get(not_implemented))
-        .route("/api/credits/allocate", post(not_implemented))
-        .route("/api/credits/deduct", post(not_implemented))
-        .route("/api/credits/adjust", post(not_implemented))
-        .route("/api/credits/calculate", post(not_implemented))
-        .route("/api/credits/transactions", get(not_implemented))
-        .route("/api/credits/pricing", get(not_implemented))
-        .route("/api/credits/pricing/{chatflow_id}", put(not_implemented))
-        .route("/api/streaming-sessions/initialize", post(not_implemented))
-        .route("/api/streaming-sessions/finalize", post(not_implemented))
-        .route("/api/streaming-sessions/abort", post(not_implemented))
-        .route("/api/streaming-sessions/active", get(not_implemented))
+        .route("/api/credits/balance", get(routes::balance))
+        .route("/api/credits/total-balance", get(routes::total_balance))
+        .route("/api/credits/balance/{user_id}", get(routes::balance_of))
+        .route("/api/credits/allocate", post(routes::allocate))
+        .route("/api/credits/deduct", post(routes::deduct))
+        .route("/api/credits/adjust", post(routes::adjust))
+        .route("/api/credits/calculate", post(routes::calculate))
+        .route("/api/credits/transactions", get(routes::transactions))
+        .route("/api/credits/pricing", get(routes::list_pricing))
+        .route(
+            "/api/credits/pricing/{chatflow_id}",
+            put(routes::put_pricing),
+        )
+        .route(
+            "/api/streaming-sessions/initialize",
+            post(routes::initialize),
+        )
+        .route("/api/streaming-sessions/finalize", post(routes::finalize))
+        .route("/api/streaming-sessions/abort", post(routes::abort))
+        .route("/api/streaming-sessions/active", get(routes::active))
         .with_state(state);
     finish(api.merge(health.router()))
 }

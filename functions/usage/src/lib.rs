@@ -4,7 +4,9 @@ use axum::extract::FromRef;
 use axum::routing::{get, post};
 use axum::Router;
 use shared::config::{ConfigError, Env, JwtConfig, PostgresConfig};
-use shared::http::{finish, not_implemented, HealthChecks};
+use shared::http::{finish, HealthChecks};
+
+pub mod routes;
 use shared::token::JwtKeys;
 
 /// What the function reads from its environment.
@@ -58,11 +60,11 @@ pub fn router(state: AppState) -> Router {
         mongodb: None,
     };
     let api = Router::new()
-        .route("/api/usage/record", post(not_implemented))
-        .route("/api/usage/stats", get(not_implemented))
-        .route("/api/usage/stats/{user_id}", get(not_implemented))
-        .route("/api/usage/system-stats", get(not_implemented))
-        .route("/api/usage/export", get(not_implemented))
+        .route("/api/usage/record", post(routes::record))
+        .route("/api/usage/stats", get(routes::my_stats))
+        .route("/api/usage/stats/{user_id}", get(routes::user_stats))
+        .route("/api/usage/system-stats", get(routes::system_stats))
+        .route("/api/usage/export", get(routes::export))
         .with_state(state);
     finish(api.merge(health.router()))
 }

@@ -1,0 +1,338 @@
+//! Reservations for streaming predictions (SPEC §6): initialize holds the
+//! estimate; finalize charges the actual cost and refunds the rest (or
+//! charges the excess as far as the balance goes, recording the
+//! shortfall); abort charges the partial cost. Finalize and abort are
+//! idempotent per session: a second call returns the first outcome.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::expiry::expire_due_for_user;
+use super::ops::{
+    begin_change, debit_locked, insert_transaction, refund_draws, set_total, Context,
+};
+use super::{accounts::lock_account, Credits, TransactionKind};
+use crate::error::ApiError;
+
+/// How a reservation ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// The stream completed: charge the actual cost.
+    Finalize,
+    /// The stream was cut short: charge the partial cost.
+    Abort,
+}
+
+impl Settlement {
+    fn status(self) -> &'static str {
+        match self {
+            Settlement::Finalize => "completed",
+            Settlement::Abort => "aborted",
+        }
+    }
+}
+
+/// An active reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reservation {
+    /// The session id.
+    pub session_id: String,
+    /// Credits held.
+    pub reserved_credits: i64,
+    /// Always `active` when returned by [`reserve`].
+    pub status: String,
+}
+
+/// How a reservation was settled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionOutcome {
+    /// The session id.
+    pub session_id: String,
+    /// Credits charged in all.
+    pub charged_credits: i64,
+    /// Credits returned to their allocations.
+    pub refunded_credits: i64,
+    /// Credits the actual cost exceeded what could be charged.
+    pub shortfall_credits: i64,
+    /// `completed` or `aborted`.
+    pub status: String,
+    /// False when this call found the session already settled.
+    #[serde(skip)]
+    pub settled_now: bool,
+}
+
+/// An active session as listed.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveSession {
+    /// Session id.
+    pub session_id: String,
+    /// Owner.
+    pub user_id: String,
+    /// Chatflow.
+    pub chatflow_id: String,
+    /// Credits held.
+    pub reserved_credits: i64,
+    /// When it was reserved.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Holds `estimate` credits for `session_id` (402 when short). Calling it
+/// again for the same session with the same user, chatflow and estimate
+/// returns the reservation; any other reuse of the id is 409.
+pub async fn reserve(
+    conn: &mut PgConnection,
+    user_id: &str,
+    session_id: &str,
+    chatflow_id: &str,
+    estimate: Credits,
+    ctx: &Context<'_>,
+) -> Result<Reservation, ApiError> {
+    if session_id.is_empty() || session_id.len() > 128 {
+        return Err(ApiError::invalid_field(
+            "sessionId",
+            "must be 1 to 128 characters",
+        ));
+    }
+    if chatflow_id.is_empty() || chatflow_id.len() > 128 {
+        return Err(ApiError::invalid_field(
+            "chatflowId",
+            "must be 1 to 128 characters",
+        ));
+    }
+    let total = begin_change(conn, user_id).await?;
+    let existing: Option<(String, String, i64, String)> = sqlx::query_as(
+        "SELECT user_id, chatflow_id, reserved_credits, status FROM streaming_sessions
+          WHERE session_id = $1",
+    )
+    .bind(session_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some((owner, flow, reserved, status)) = existing {
+        if owner == user_id && flow == chatflow_id && reserved == estimate.get() {
+            return Ok(Reservation {
+                session_id: session_id.to_owned(),
+                reserved_credits: reserved,
+                status,
+            });
+        }
+        return Err(session_taken(session_id));
+    }
+    let ctx = Context {
+        streaming_session_id: Some(session_id),
+        ..*ctx
+    };
+    let (transaction_id, _) = debit_locked(
+        conn,
+        user_id,
+        total,
+        estimate.get(),
+        TransactionKind::Reservation,
+        &ctx,
+    )
+    .await?;
+    sqlx::query(
+        "INSERT INTO streaming_sessions
+            (session_id, user_id, chatflow_id, reserved_credits, reservation_transaction_id)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(session_id)
+    .bind(user_id)
+    .bind(chatflow_id)
+    .bind(estimate.get())
+    .bind(transaction_id)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| match &e {
+        // Another user reserved the same id at the same moment.
+        sqlx::Error::Database(db) if db.is_unique_violation() => session_taken(session_id),
+        _ => ApiError::from(e),
+    })?;
+    Ok(Reservation {
+        session_id: session_id.to_owned(),
+        reserved_credits: estimate.get(),
+        status: "active".into(),
+    })
+}
+
+fn session_taken(session_id: &str) -> ApiError {
+    ApiError::Conflict {
+        code: "session_exists",
+        message: format!("streaming session {session_id} already exists with other values"),
+    }
+}
+
+/// Settles `session_id` for its owner `caller_id` (403 for anyone else,
+/// 404 when unknown), charging `charge` credits.
+pub async fn settle(
+    conn: &mut PgConnection,
+    session_id: &str,
+    caller_id: &str,
+    how: Settlement,
+    charge: i64,
+) -> Result<SessionOutcome, ApiError> {
+    if !(0..=super::MAX_CREDITS).contains(&charge) {
+        let field = match how {
+            Settlement::Finalize => "actualCredits",
+            Settlement::Abort => "partialCredits",
+        };
+        return Err(ApiError::invalid_field(
+            field,
+            "must be a whole number of 0 or more",
+        ));
+    }
+    let owner: Option<String> =
+        sqlx::query_scalar("SELECT user_id FROM streaming_sessions WHERE session_id = $1")
+            .bind(session_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let owner =
+        owner.ok_or_else(|| ApiError::not_found(format!("no streaming session {session_id}")))?;
+    if owner != caller_id {
+        return Err(ApiError::forbidden(
+            "this streaming session belongs to another user",
+        ));
+    }
+    let total = lock_account(conn, &owner).await?;
+    settle_locked(conn, session_id, total, how, charge, caller_id).await
+}
+
+/// Settles a session whose owner's account the caller has locked (with its
+/// cached `total`). Idempotent: a settled session returns its outcome.
+pub(crate) async fn settle_locked(
+    conn: &mut PgConnection,
+    session_id: &str,
+    total: i64,
+    how: Settlement,
+    charge: i64,
+    actor_id: &str,
+) -> Result<SessionOutcome, ApiError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        user_id: String,
+        reserved_credits: i64,
+        charged_credits: Option<i64>,
+        refunded_credits: Option<i64>,
+        shortfall_credits: i64,
+        status: String,
+        reservation_transaction_id: Option<Uuid>,
+    }
+    let row: Row = sqlx::query_as(
+        "SELECT user_id, reserved_credits, charged_credits, refunded_credits, shortfall_credits,
+                status, reservation_transaction_id
+           FROM streaming_sessions WHERE session_id = $1 FOR UPDATE",
+    )
+    .bind(session_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("no streaming session {session_id}")))?;
+    if row.status != "active" {
+        return Ok(SessionOutcome {
+            session_id: session_id.to_owned(),
+            charged_credits: row.charged_credits.unwrap_or(0),
+            refunded_credits: row.refunded_credits.unwrap_or(0),
+            shortfall_credits: row.shortfall_credits,
+            status: row.status,
+            settled_now: false,
+        });
+    }
+    let user_id = row.user_id.as_str();
+    let (_, expired) = expire_due_for_user(conn, user_id, total).await?;
+    let mut balance = total - expired;
+    let ctx = Context {
+        actor_id: Some(actor_id),
+        streaming_session_id: Some(session_id),
+        description: Some(match how {
+            Settlement::Finalize => "streaming session finalized",
+            Settlement::Abort => "streaming session aborted",
+        }),
+        ..Context::default()
+    };
+    let reserved = row.reserved_credits;
+    let (charged, refunded, shortfall) = if charge <= reserved {
+        let returned = match row.reservation_transaction_id {
+            Some(debit) if charge < reserved => {
+                refund_draws(conn, debit, reserved - charge).await?
+            }
+            _ => 0,
+        };
+        if returned > 0 {
+            balance += returned;
+            insert_transaction(
+                conn,
+                user_id,
+                TransactionKind::Refund,
+                returned,
+                balance,
+                None,
+                &ctx,
+            )
+            .await?;
+            set_total(conn, user_id, balance).await?;
+        }
+        (charge, returned, 0)
+    } else {
+        let excess = charge - reserved;
+        let extra = excess.min(balance);
+        if extra > 0 {
+            debit_locked(
+                conn,
+                user_id,
+                balance,
+                extra,
+                TransactionKind::Settlement,
+                &ctx,
+            )
+            .await?;
+        }
+        (reserved + extra, 0, excess - extra)
+    };
+    sqlx::query(
+        "UPDATE streaming_sessions
+            SET status = $2, charged_credits = $3, refunded_credits = $4,
+                shortfall_credits = $5, settled_at = now()
+          WHERE session_id = $1",
+    )
+    .bind(session_id)
+    .bind(how.status())
+    .bind(charged)
+    .bind(refunded)
+    .bind(shortfall)
+    .execute(&mut *conn)
+    .await?;
+    if shortfall > 0 {
+        tracing::warn!(
+            session_id,
+            shortfall,
+            "streaming session cost more than the balance"
+        );
+    }
+    Ok(SessionOutcome {
+        session_id: session_id.to_owned(),
+        charged_credits: charged,
+        refunded_credits: refunded,
+        shortfall_credits: shortfall,
+        status: how.status().to_owned(),
+        settled_now: true,
+    })
+}
+
+/// Active reservations: the user's, or everyone's when `user_id` is `None`.
+pub async fn active_sessions(
+    conn: &mut PgConnection,
+    user_id: Option<&str>,
+) -> Result<Vec<ActiveSession>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT session_id, user_id, chatflow_id, reserved_credits, created_at
+           FROM streaming_sessions
+          WHERE status = 'active' AND ($1::text IS NULL OR user_id = $1)
+          ORDER BY created_at DESC LIMIT 500",
+    )
+    .bind(user_id)
+    .fetch_all(conn)
+    .await?)
+}

@@ -1,0 +1,254 @@
+//! Pricing (SPEC §6): cost of a prediction = `perRequest +
+//! ceil(perInputToken × input tokens + perOutputToken × output tokens)`,
+//! with a rule per chatflow and a `default` rule for the rest. The credits
+//! function's `/api/credits/calculate` and the predict path both call
+//! [`PricingRule::cost`].
+//!
+//! Per-token prices are fractions of a credit; they are stored and computed
+//! as integers in millionths of a credit (micro-credits), so the arithmetic
+//! is exact and a price has at most six decimals.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+
+use crate::error::ApiError;
+
+/// The chatflow id of the rule that applies when a chatflow has none.
+pub const DEFAULT_RULE: &str = "default";
+const MICROS: i64 = 1_000_000;
+/// The highest per-request or per-token price accepted.
+pub const MAX_PRICE: i64 = 1_000_000;
+
+/// A pricing rule.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PricingRule {
+    /// The chatflow it prices, or `default`.
+    pub chatflow_id: String,
+    /// Credits per request.
+    pub per_request: i64,
+    /// Micro-credits per input token.
+    pub per_input_token_micros: i64,
+    /// Micro-credits per output token.
+    pub per_output_token_micros: i64,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How a cost was computed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Breakdown {
+    /// The rule applied (a chatflow id or `default`).
+    pub rule: String,
+    /// Credits per request.
+    pub per_request: i64,
+    /// Input tokens counted.
+    pub input_tokens: i64,
+    /// Output tokens counted.
+    pub output_tokens: i64,
+    /// Credits per input token.
+    pub per_input_token: f64,
+    /// Credits per output token.
+    pub per_output_token: f64,
+    /// `ceil(tokens × prices)`.
+    pub token_credits: i64,
+}
+
+/// A computed cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cost {
+    /// Credits to charge.
+    pub credits: i64,
+    /// How.
+    pub breakdown: Breakdown,
+}
+
+fn micros_to_credits(micros: i64) -> f64 {
+    micros as f64 / MICROS as f64
+}
+
+impl PricingRule {
+    /// The cost of a prediction with these token counts (negative counts
+    /// count as zero).
+    pub fn cost(&self, input_tokens: i64, output_tokens: i64) -> Cost {
+        let input = input_tokens.max(0);
+        let output = output_tokens.max(0);
+        let micros = i128::from(input) * i128::from(self.per_input_token_micros)
+            + i128::from(output) * i128::from(self.per_output_token_micros);
+        let token_credits = (micros + i128::from(MICROS) - 1) / i128::from(MICROS);
+        let token_credits = i64::try_from(token_credits).unwrap_or(i64::MAX / 4);
+        Cost {
+            credits: self.per_request.saturating_add(token_credits),
+            breakdown: Breakdown {
+                rule: self.chatflow_id.clone(),
+                per_request: self.per_request,
+                input_tokens: input,
+                output_tokens: output,
+                per_input_token: micros_to_credits(self.per_input_token_micros),
+                per_output_token: micros_to_credits(self.per_output_token_micros),
+                token_credits,
+            },
+        }
+    }
+
+    /// The rule as the API shows it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "chatflowId": self.chatflow_id,
+            "perRequest": self.per_request,
+            "perInputToken": micros_to_credits(self.per_input_token_micros),
+            "perOutputToken": micros_to_credits(self.per_output_token_micros),
+            "updatedAt": self.updated_at,
+        })
+    }
+}
+
+/// Tokens estimated from text when Flowise reports none: ceil(characters /
+/// 4), counting Unicode characters.
+pub fn estimate_tokens(text: &str) -> i64 {
+    let chars = text.chars().count() as i64;
+    (chars + 3) / 4
+}
+
+/// Checks a per-token price given in credits (at most six decimals) and
+/// converts it to micro-credits.
+pub fn price_to_micros(field: &str, credits: f64) -> Result<i64, ApiError> {
+    if !credits.is_finite() || credits < 0.0 || credits > MAX_PRICE as f64 {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("must be a number from 0 to {MAX_PRICE}"),
+        ));
+    }
+    let scaled = credits * MICROS as f64;
+    let micros = scaled.round();
+    if (scaled - micros).abs() > 1e-6 * scaled.abs().max(1.0) {
+        return Err(ApiError::invalid_field(
+            field,
+            "must have at most six decimals",
+        ));
+    }
+    Ok(micros as i64)
+}
+
+/// The rule for `chatflow_id`, else the default rule.
+pub async fn rule_for(
+    conn: &mut PgConnection,
+    chatflow_id: Option<&str>,
+) -> Result<PricingRule, ApiError> {
+    let rule: Option<PricingRule> = sqlx::query_as(
+        "SELECT chatflow_id, per_request, per_input_token_micros, per_output_token_micros, updated_at
+           FROM pricing_rules WHERE chatflow_id = COALESCE($1, 'default') OR chatflow_id = 'default'
+          ORDER BY (chatflow_id = 'default') LIMIT 1",
+    )
+    .bind(chatflow_id)
+    .fetch_optional(conn)
+    .await?;
+    rule.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the default pricing rule is missing")))
+}
+
+/// Every rule, the default first.
+pub async fn list_rules(conn: &mut PgConnection) -> Result<Vec<PricingRule>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT chatflow_id, per_request, per_input_token_micros, per_output_token_micros, updated_at
+           FROM pricing_rules ORDER BY (chatflow_id <> 'default'), chatflow_id",
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Creates or replaces the rule of `chatflow_id` (or `default`).
+pub async fn upsert_rule(
+    conn: &mut PgConnection,
+    chatflow_id: &str,
+    per_request: i64,
+    per_input_token_micros: i64,
+    per_output_token_micros: i64,
+    actor_id: &str,
+) -> Result<PricingRule, ApiError> {
+    if chatflow_id.is_empty() || chatflow_id.len() > 128 {
+        return Err(ApiError::invalid_field(
+            "chatflowId",
+            "must be 1 to 128 characters",
+        ));
+    }
+    if !(0..=MAX_PRICE).contains(&per_request) {
+        return Err(ApiError::invalid_field(
+            "perRequest",
+            format!("must be a whole number from 0 to {MAX_PRICE}"),
+        ));
+    }
+    Ok(sqlx::query_as(
+        "INSERT INTO pricing_rules
+            (chatflow_id, per_request, per_input_token_micros, per_output_token_micros, updated_by)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (chatflow_id) DO UPDATE
+            SET per_request = EXCLUDED.per_request,
+                per_input_token_micros = EXCLUDED.per_input_token_micros,
+                per_output_token_micros = EXCLUDED.per_output_token_micros,
+                updated_by = EXCLUDED.updated_by, updated_at = now()
+         RETURNING chatflow_id, per_request, per_input_token_micros, per_output_token_micros, updated_at",
+    )
+    .bind(chatflow_id)
+    .bind(per_request)
+    .bind(per_input_token_micros)
+    .bind(per_output_token_micros)
+    .bind(actor_id)
+    .fetch_one(conn)
+    .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(per_request: i64, input: i64, output: i64) -> PricingRule {
+        PricingRule {
+            chatflow_id: "cf".into(),
+            per_request,
+            per_input_token_micros: input,
+            per_output_token_micros: output,
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn cost_is_per_request_plus_the_ceiling_of_token_credits() {
+        // 1 + ceil(0.001 × 1500 + 0.002 × 250) = 1 + ceil(1.5 + 0.5) = 3
+        assert_eq!(rule(1, 1_000, 2_000).cost(1_500, 250).credits, 3);
+        // 1 + ceil(0.001 × 1 + 0) = 2: any fraction rounds up
+        assert_eq!(rule(1, 1_000, 2_000).cost(1, 0).credits, 2);
+        assert_eq!(rule(5, 0, 0).cost(10_000, 10_000).credits, 5);
+        assert_eq!(rule(0, 1_000_000, 0).cost(7, 0).credits, 7);
+        let cost = rule(2, 500_000, 1_500_000).cost(3, 2);
+        assert_eq!(cost.credits, 2 + 5); // ceil(1.5 + 3.0) = 5
+        assert_eq!(cost.breakdown.token_credits, 5);
+        assert_eq!(cost.breakdown.per_input_token, 0.5);
+    }
+
+    #[test]
+    fn huge_token_counts_do_not_overflow() {
+        let cost = rule(1, MAX_PRICE * 1_000_000, MAX_PRICE * 1_000_000).cost(i64::MAX, i64::MAX);
+        assert!(cost.credits > 0);
+    }
+
+    #[test]
+    fn tokens_are_estimated_from_unicode_characters() {
+        assert_eq!(estimate_tokens(""), 0);
+        assert_eq!(estimate_tokens("abcd"), 1);
+        assert_eq!(estimate_tokens("abcde"), 2);
+        // Four characters, ten bytes.
+        assert_eq!(estimate_tokens("日本語!"), 1);
+    }
+
+    #[test]
+    fn prices_convert_exactly_to_micros() {
+        assert_eq!(price_to_micros("p", 0.001).unwrap(), 1_000);
+        assert_eq!(price_to_micros("p", 2.5).unwrap(), 2_500_000);
+        assert_eq!(price_to_micros("p", 0.000001).unwrap(), 1);
+        assert!(price_to_micros("p", 0.0000001).is_err());
+        assert!(price_to_micros("p", -1.0).is_err());
+        assert!(price_to_micros("p", f64::NAN).is_err());
+        assert!(price_to_micros("p", 2e6).is_err());
+    }
+}

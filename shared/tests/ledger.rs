@@ -1,0 +1,640 @@
+//! The ledger against real PostgreSQL: money is never lost, duplicated or
+//! overdrawn, under concurrency, retries and the expiry job.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::json;
+use shared::error::ApiError;
+use shared::ledger::accounts::ensure_account;
+use shared::ledger::expiry::run_expiry;
+use shared::ledger::idempotency::{request_hash, run_once};
+use shared::ledger::ops::{self, Context};
+use shared::ledger::queries;
+use shared::ledger::reservations::{self, Settlement};
+use shared::ledger::Credits;
+use shared::testing::TestPostgres;
+use shared::token::{AuthUser, Role};
+use sqlx::PgPool;
+
+fn credits(n: i64) -> Credits {
+    Credits::parse("credits", n).unwrap()
+}
+
+fn ctx() -> Context<'static> {
+    Context {
+        actor_id: Some("admin"),
+        ..Context::default()
+    }
+}
+
+async fn allocate(pool: &PgPool, user: &str, amount: i64, days: Option<i32>) -> uuid::Uuid {
+    let mut tx = pool.begin().await.unwrap();
+    let done = ops::allocate(&mut tx, user, credits(amount), days, None, &ctx())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    done.allocation.id
+}
+
+async fn deduct(pool: &PgPool, user: &str, amount: i64) -> Result<i64, ApiError> {
+    let mut tx = pool.begin().await?;
+    let (_, balance) = ops::deduct(&mut tx, user, credits(amount), &ctx()).await?;
+    tx.commit().await?;
+    Ok(balance)
+}
+
+async fn reserve(pool: &PgPool, user: &str, session: &str, amount: i64) -> Result<(), ApiError> {
+    let mut tx = pool.begin().await?;
+    reservations::reserve(&mut tx, user, session, "flow", credits(amount), &ctx()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn settle(
+    pool: &PgPool,
+    user: &str,
+    session: &str,
+    how: Settlement,
+    charge: i64,
+) -> Result<reservations::SessionOutcome, ApiError> {
+    let mut tx = pool.begin().await?;
+    let outcome = reservations::settle(&mut tx, session, user, how, charge).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+async fn balance(pool: &PgPool, user: &str) -> i64 {
+    let mut conn = pool.acquire().await.unwrap();
+    queries::total_balance(&mut conn, user).await.unwrap()
+}
+
+/// Makes an allocation already past its expiry (as if granted long ago).
+async fn backdate(pool: &PgPool, allocation: uuid::Uuid) {
+    sqlx::query(
+        "UPDATE credit_allocations SET allocated_at = now() - interval '10 days',
+                expires_at = now() - interval '1 second' WHERE id = $1",
+    )
+    .bind(allocation)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// The ledger's invariants for one user, checked in the database.
+async fn assert_consistent(pool: &PgPool, user: &str) {
+    let (cached, unexpired, history, negative): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT total_credits FROM user_accounts WHERE user_id = $1),
+                (SELECT COALESCE(SUM(remaining), 0)::bigint FROM credit_allocations
+                  WHERE user_id = $1 AND expired_at IS NULL),
+                (SELECT COALESCE(SUM(amount), 0)::bigint FROM credit_transactions WHERE user_id = $1),
+                (SELECT COUNT(*) FROM credit_allocations WHERE user_id = $1 AND remaining < 0)",
+    )
+    .bind(user)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        cached, unexpired,
+        "total_credits differs from the allocations"
+    );
+    assert_eq!(
+        cached, history,
+        "total_credits differs from the transaction history"
+    );
+    assert_eq!(negative, 0);
+    let last_balance: Option<i64> = sqlx::query_scalar(
+        "SELECT balance_after FROM credit_transactions WHERE user_id = $1
+          ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(user)
+    .fetch_optional(pool)
+    .await
+    .unwrap();
+    if let Some(last) = last_balance {
+        assert_eq!(
+            last, cached,
+            "the last transaction's balance_after is not the balance"
+        );
+    }
+}
+
+async fn transaction_count(pool: &PgPool, user: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM credit_transactions WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deduct_never_overdraws_under_concurrency() {
+    let db = TestPostgres::new().await;
+    for round in 0..5 {
+        let user = format!("racer-{round}");
+        allocate(&db.pool, &user, 50, Some(30)).await;
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let pool = db.pool.clone();
+                let user = user.clone();
+                tokio::spawn(async move { deduct(&pool, &user, 1).await })
+            })
+            .collect();
+        let mut ok = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(ApiError::InsufficientCredits { .. }) => {}
+                Err(other) => panic!("unexpected error: {other:?}"),
+            }
+        }
+        assert_eq!(ok, 50, "round {round}");
+        assert_eq!(balance(&db.pool, &user).await, 0);
+        let deductions: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(-amount), 0)::bigint FROM credit_transactions
+              WHERE user_id = $1 AND type = 'deduction'",
+        )
+        .bind(&user)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(deductions, 50);
+        assert_consistent(&db.pool, &user).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn interleaved_changes_and_expiry_keep_every_total_equal() {
+    let db = TestPostgres::new().await;
+    let user = "busy";
+    allocate(&db.pool, user, 1_000, Some(30)).await;
+    let doomed = allocate(&db.pool, user, 300, Some(1)).await;
+    backdate(&db.pool, doomed).await;
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let pool = db.pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let session = format!("s{i}");
+            match i % 6 {
+                0 => {
+                    allocate(&pool, user, 5, if i % 4 == 0 { None } else { Some(10) }).await;
+                }
+                1 => {
+                    let _ = deduct(&pool, user, 7).await;
+                }
+                2 => {
+                    if reserve(&pool, user, &session, 9).await.is_ok() {
+                        settle(&pool, user, &session, Settlement::Finalize, 4)
+                            .await
+                            .unwrap();
+                    }
+                }
+                3 => {
+                    if reserve(&pool, user, &session, 6).await.is_ok() {
+                        settle(&pool, user, &session, Settlement::Abort, 2)
+                            .await
+                            .unwrap();
+                    }
+                }
+                4 => {
+                    if reserve(&pool, user, &session, 3).await.is_ok() {
+                        // Costs more than reserved: the excess is charged.
+                        settle(&pool, user, &session, Settlement::Finalize, 8)
+                            .await
+                            .unwrap();
+                    }
+                }
+                _ => {
+                    run_expiry(&pool, Duration::from_secs(900), 10)
+                        .await
+                        .unwrap();
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_consistent(&db.pool, user).await;
+    let expired: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM credit_transactions WHERE user_id = $1 AND type = 'expiry'",
+    )
+    .bind(user)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(expired, 1, "the due allocation is expired exactly once");
+    let live = balance(&db.pool, user).await;
+    let cached: i64 =
+        sqlx::query_scalar("SELECT total_credits FROM user_accounts WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(live, cached);
+}
+
+#[tokio::test]
+async fn deductions_draw_the_soonest_expiring_allocation_first() {
+    let db = TestPostgres::new().await;
+    let never = allocate(&db.pool, "u", 10, None).await;
+    let late = allocate(&db.pool, "u", 10, Some(60)).await;
+    let soon = allocate(&db.pool, "u", 10, Some(2)).await;
+    deduct(&db.pool, "u", 15).await.unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let b = queries::balance(&mut conn, "u").await.unwrap();
+    let remaining = |id| {
+        b.allocations
+            .iter()
+            .find(|a| a.id == id)
+            .map(|a| a.remaining)
+    };
+    assert_eq!(remaining(soon), None, "spent first and fully");
+    assert_eq!(remaining(late), Some(5));
+    assert_eq!(
+        remaining(never),
+        Some(10),
+        "never-expiring credits are spent last"
+    );
+    assert_eq!(b.total_credits, 15);
+    assert_consistent(&db.pool, "u").await;
+}
+
+#[tokio::test]
+async fn an_insufficient_balance_changes_nothing() {
+    let db = TestPostgres::new().await;
+    allocate(&db.pool, "u", 10, Some(30)).await;
+    let before = transaction_count(&db.pool, "u").await;
+    let err = deduct(&db.pool, "u", 11).await.unwrap_err();
+    assert_eq!(err.status(), StatusCode::PAYMENT_REQUIRED);
+    let err = reserve(&db.pool, "u", "s1", 11).await.unwrap_err();
+    assert_eq!(err.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(balance(&db.pool, "u").await, 10);
+    assert_eq!(transaction_count(&db.pool, "u").await, before);
+    // A user the ledger has never seen has nothing.
+    let mut tx = db.pool.begin().await.unwrap();
+    ensure_account(
+        &mut tx,
+        &AuthUser {
+            id: "nobody".into(),
+            username: "nobody".into(),
+            email: "n@x.io".into(),
+            role: Role::Enduser,
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        deduct(&db.pool, "nobody", 1).await.unwrap_err().status(),
+        402
+    );
+}
+
+#[tokio::test]
+async fn a_refund_goes_back_to_its_allocations_and_never_extends_an_expiry() {
+    let db = TestPostgres::new().await;
+    let soon = allocate(&db.pool, "u", 6, Some(1)).await;
+    let later = allocate(&db.pool, "u", 10, Some(90)).await;
+    reserve(&db.pool, "u", "s1", 10).await.unwrap(); // 6 from soon, 4 from later
+    let outcome = settle(&db.pool, "u", "s1", Settlement::Finalize, 7)
+        .await
+        .unwrap();
+    assert_eq!((outcome.charged_credits, outcome.refunded_credits), (7, 3));
+    let mut conn = db.pool.acquire().await.unwrap();
+    let b = queries::balance(&mut conn, "u").await.unwrap();
+    // Charged as if 7 had been drawn soonest-first: all 6 of `soon`, 1 of `later`.
+    assert!(b.allocations.iter().all(|a| a.id != soon));
+    assert_eq!(
+        b.allocations
+            .iter()
+            .find(|a| a.id == later)
+            .unwrap()
+            .remaining,
+        9
+    );
+    let expiries: Vec<Option<chrono::DateTime<chrono::Utc>>> = sqlx::query_scalar(
+        "SELECT expires_at FROM credit_allocations WHERE user_id = 'u' ORDER BY expires_at",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(expiries.len(), 2, "no allocation was created by the refund");
+    assert_consistent(&db.pool, "u").await;
+}
+
+#[tokio::test]
+async fn credits_of_an_expired_allocation_are_not_revived_by_a_refund() {
+    let db = TestPostgres::new().await;
+    let soon = allocate(&db.pool, "u", 5, Some(1)).await;
+    allocate(&db.pool, "u", 5, Some(90)).await;
+    reserve(&db.pool, "u", "s1", 8).await.unwrap(); // 5 from soon, 3 from later
+    backdate(&db.pool, soon).await;
+    let outcome = settle(&db.pool, "u", "s1", Settlement::Abort, 0)
+        .await
+        .unwrap();
+    // Only the 3 from the live allocation come back.
+    assert_eq!(outcome.refunded_credits, 3);
+    assert_eq!(balance(&db.pool, "u").await, 5);
+    assert_consistent(&db.pool, "u").await;
+}
+
+#[tokio::test]
+async fn finalize_and_abort_are_idempotent() {
+    let db = TestPostgres::new().await;
+    allocate(&db.pool, "u", 100, Some(30)).await;
+    reserve(&db.pool, "u", "s1", 20).await.unwrap();
+    let first = settle(&db.pool, "u", "s1", Settlement::Finalize, 12)
+        .await
+        .unwrap();
+    let again = settle(&db.pool, "u", "s1", Settlement::Finalize, 12)
+        .await
+        .unwrap();
+    let other = settle(&db.pool, "u", "s1", Settlement::Abort, 0)
+        .await
+        .unwrap();
+    assert_eq!((first.charged_credits, first.refunded_credits), (12, 8));
+    for later in [&again, &other] {
+        assert_eq!(
+            (
+                later.charged_credits,
+                later.refunded_credits,
+                later.status.as_str()
+            ),
+            (12, 8, "completed")
+        );
+        assert!(!later.settled_now);
+    }
+    assert_eq!(balance(&db.pool, "u").await, 88);
+    // Concurrent aborts of one session settle it once.
+    reserve(&db.pool, "u", "s2", 10).await.unwrap();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                settle(&pool, "u", "s2", Settlement::Abort, 1)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut settled_now = 0;
+    for t in tasks {
+        if t.await.unwrap().settled_now {
+            settled_now += 1;
+        }
+    }
+    assert_eq!(settled_now, 1);
+    assert_eq!(balance(&db.pool, "u").await, 87);
+    assert_consistent(&db.pool, "u").await;
+}
+
+#[tokio::test]
+async fn excess_over_a_reservation_is_charged_as_far_as_the_balance_goes() {
+    let db = TestPostgres::new().await;
+    allocate(&db.pool, "u", 15, Some(30)).await;
+    reserve(&db.pool, "u", "s1", 10).await.unwrap();
+    let outcome = settle(&db.pool, "u", "s1", Settlement::Finalize, 25)
+        .await
+        .unwrap();
+    // 10 reserved + the 5 left; 10 could not be charged.
+    assert_eq!(outcome.charged_credits, 15);
+    assert_eq!(outcome.shortfall_credits, 10);
+    assert_eq!(balance(&db.pool, "u").await, 0);
+    let shortfall: i64 = sqlx::query_scalar(
+        "SELECT shortfall_credits FROM streaming_sessions WHERE session_id = 's1'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(shortfall, 10);
+    assert_consistent(&db.pool, "u").await;
+}
+
+#[tokio::test]
+async fn only_the_owner_settles_a_session_and_ids_are_not_shared() {
+    let db = TestPostgres::new().await;
+    allocate(&db.pool, "a", 10, Some(30)).await;
+    allocate(&db.pool, "b", 10, Some(30)).await;
+    reserve(&db.pool, "a", "s1", 5).await.unwrap();
+    let err = settle(&db.pool, "b", "s1", Settlement::Abort, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), StatusCode::FORBIDDEN);
+    let err = reserve(&db.pool, "b", "s1", 5).await.unwrap_err();
+    assert_eq!(err.status(), StatusCode::CONFLICT);
+    // The same call again is the same reservation, not a second hold.
+    reserve(&db.pool, "a", "s1", 5).await.unwrap();
+    assert_eq!(balance(&db.pool, "a").await, 5);
+    let err = settle(&db.pool, "a", "nope", Settlement::Abort, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_negative_adjustment_below_zero_is_422_and_changes_nothing() {
+    let db = TestPostgres::new().await;
+    allocate(&db.pool, "u", 10, Some(30)).await;
+    let mut tx = db.pool.begin().await.unwrap();
+    let err = ops::adjust(&mut tx, "u", -11, "oops", &ctx())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "would_go_negative")
+    );
+    drop(tx);
+    let mut tx = db.pool.begin().await.unwrap();
+    assert_eq!(
+        ops::adjust(&mut tx, "u", -4, "fix", &ctx()).await.unwrap(),
+        6
+    );
+    assert_eq!(
+        ops::adjust(&mut tx, "u", 7, "bonus", &ctx()).await.unwrap(),
+        13
+    );
+    tx.commit().await.unwrap();
+    assert_consistent(&db.pool, "u").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_idempotency_key_has_one_effect() {
+    let db = TestPostgres::new().await;
+    allocate(&db.pool, "u", 100, Some(30)).await;
+    let body = json!({"credits": 3});
+    let hash = request_hash("POST /deduct", &body);
+    let run = |pool: PgPool, hash: String| async move {
+        run_once(&pool, "u", Some("key-1"), "POST /deduct", &hash, |conn| {
+            Box::pin(async move {
+                let (id, balance) = ops::deduct(conn, "u", credits(3), &ctx()).await?;
+                Ok((
+                    StatusCode::OK,
+                    json!({"transactionId": id, "newBalance": balance}),
+                ))
+            })
+        })
+        .await
+    };
+    let tasks: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(run(db.pool.clone(), hash.clone())))
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap().unwrap());
+    }
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "every retry returns the first result"
+    );
+    assert_eq!(balance(&db.pool, "u").await, 97);
+    // The same key with another body is a conflict, and changes nothing.
+    let other = request_hash("POST /deduct", &json!({"credits": 4}));
+    let err = run(db.pool.clone(), other).await.unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (StatusCode::CONFLICT, "idempotency_key_reused")
+    );
+    assert_eq!(balance(&db.pool, "u").await, 97);
+    assert_consistent(&db.pool, "u").await;
+}
+
+#[tokio::test]
+async fn a_failed_request_does_not_burn_its_idempotency_key() {
+    let db = TestPostgres::new().await;
+    let hash = request_hash("POST /deduct", &json!({"credits": 5}));
+    let attempt = || {
+        run_once(&db.pool, "u", Some("k"), "POST /deduct", &hash, |conn| {
+            Box::pin(async move {
+                let (_, balance) = ops::deduct(conn, "u", credits(5), &ctx()).await?;
+                Ok((StatusCode::OK, json!({"newBalance": balance})))
+            })
+        })
+    };
+    let mut tx = db.pool.begin().await.unwrap();
+    shared::ledger::accounts::ensure_account_id(&mut tx, "u")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(attempt().await.unwrap_err().status(), 402);
+    allocate(&db.pool, "u", 10, Some(30)).await;
+    let (status, body) = attempt().await.unwrap();
+    assert_eq!((status, body), (StatusCode::OK, json!({"newBalance": 5})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_expiry_runs_at_once_expire_each_allocation_once() {
+    let db = TestPostgres::new().await;
+    let mut doomed = Vec::new();
+    for u in 0..30 {
+        let user = format!("u{u}");
+        allocate(&db.pool, &user, 10, Some(30)).await;
+        for _ in 0..2 {
+            doomed.push(allocate(&db.pool, &user, 7, Some(1)).await);
+        }
+    }
+    // A stale reservation, older than the TTL.
+    reserve(&db.pool, "u0", "stale", 4).await.unwrap();
+    sqlx::query("UPDATE streaming_sessions SET created_at = now() - interval '1 hour'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // Backdated only now: a change to the user would expire them itself.
+    for id in &doomed {
+        backdate(&db.pool, *id).await;
+    }
+    let due = doomed.len() as u64;
+    let (a, b) = tokio::join!(
+        run_expiry(&db.pool, Duration::from_secs(900), 7),
+        run_expiry(&db.pool, Duration::from_secs(900), 7)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    // Whatever one run skipped (locked by the other), a third run picks up.
+    let c = run_expiry(&db.pool, Duration::from_secs(900), 7)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.expired_allocations + b.expired_allocations + c.expired_allocations,
+        due
+    );
+    // The stale reservation holds 4 credits drawn from one of u0's doomed
+    // allocations: they are not in `remaining` when it expires, and its
+    // settlement cannot revive them.
+    assert_eq!(
+        a.expired_credits + b.expired_credits + c.expired_credits,
+        due as i64 * 7 - 4
+    );
+    assert_eq!(
+        a.settled_reservations + b.settled_reservations + c.settled_reservations,
+        1
+    );
+    let expiry_rows: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM credit_transactions WHERE type = 'expiry'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        expiry_rows, due as i64,
+        "one expiry transaction per allocation"
+    );
+    for u in 0..30 {
+        let user = format!("u{u}");
+        assert_consistent(&db.pool, &user).await;
+        assert_eq!(balance(&db.pool, &user).await, 10);
+    }
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM streaming_sessions WHERE session_id = 'stale'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "aborted");
+    // Nothing is left to do.
+    let d = run_expiry(&db.pool, Duration::from_secs(900), 7)
+        .await
+        .unwrap();
+    assert_eq!((d.expired_allocations, d.settled_reservations), (0, 0));
+}
+
+#[tokio::test]
+async fn reads_exclude_an_allocation_the_moment_it_expires() {
+    let db = TestPostgres::new().await;
+    allocate(&db.pool, "u", 10, Some(30)).await;
+    let gone = allocate(&db.pool, "u", 5, Some(1)).await;
+    assert_eq!(balance(&db.pool, "u").await, 15);
+    backdate(&db.pool, gone).await;
+    // No job has run yet.
+    assert_eq!(balance(&db.pool, "u").await, 10);
+    // And it cannot be spent.
+    assert_eq!(deduct(&db.pool, "u", 11).await.unwrap_err().status(), 402);
+    assert_eq!(deduct(&db.pool, "u", 10).await.unwrap(), 0);
+    assert_consistent(&db.pool, "u").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_account_is_created_once_under_concurrent_first_requests() {
+    let db = TestPostgres::new().await;
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                let mut conn = pool.acquire().await.unwrap();
+                let user = AuthUser {
+                    id: "new-user".into(),
+                    username: format!("name{}", i % 2),
+                    email: "new@example.com".into(),
+                    role: Role::Enduser,
+                };
+                ensure_account(&mut conn, &user).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let rows: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM user_accounts WHERE user_id = 'new-user'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 1);
+}
