@@ -242,10 +242,25 @@ pub async fn call(
     body: Option<serde_json::Value>,
     token: Option<&str>,
 ) -> TestResponse {
+    call_with_headers(router, method, path, body, token, &[]).await
+}
+
+/// [`call`] with extra request headers.
+pub async fn call_with_headers(
+    router: &axum::Router,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> TestResponse {
     use tower::ServiceExt;
     let mut request = axum::http::Request::builder().method(method).uri(path);
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let request = match body {
         Some(json) => request

@@ -1,0 +1,232 @@
+//! The usage function's routes, in-process against real PostgreSQL (SPEC §7).
+
+use axum::Router;
+use serde_json::{json, Value};
+use shared::testing::{self, call, TestPostgres};
+use shared::token::Role;
+
+async fn app() -> (Router, TestPostgres) {
+    let db = TestPostgres::new().await;
+    let router = usage::router(usage::AppState {
+        jwt: testing::jwt_keys(),
+        pg: db.pool.clone(),
+    });
+    (router, db)
+}
+
+fn token(user: &str, role: Role) -> String {
+    testing::mint_token(&testing::jwt_keys(), user, role)
+}
+
+async fn record(router: &Router, body: Value) -> testing::TestResponse {
+    call(
+        router,
+        "POST",
+        "/api/usage/record",
+        Some(body),
+        Some(&token("admin-1", Role::Admin)),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_admin_records_usage_and_an_end_user_cannot() {
+    let (router, _db) = app().await;
+    let res = record(
+        &router,
+        json!({"userId": "u1", "service": "chat", "operation": "flow-a", "credits": 3, "metadata": {"tokens": 10}}),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.body);
+    assert_eq!(res.body["userId"], "u1");
+    assert_eq!(res.body["credits"], 3);
+    assert_eq!(res.body["metadata"], json!({"tokens": 10}));
+    assert!(res.body["id"].is_string() && res.body["createdAt"].is_string());
+    let user = token("u1", Role::Enduser);
+    call(
+        &router,
+        "POST",
+        "/api/usage/record",
+        Some(json!({"service": "chat", "operation": "x", "credits": 1})),
+        Some(&user),
+    )
+    .await
+    .assert_error(403, "forbidden");
+    for bad in [
+        json!({"service": "chat", "operation": "x", "credits": -1}),
+        json!({"service": "", "operation": "x", "credits": 1}),
+        json!({"service": "chat", "operation": "x", "credits": 1, "metadata": [1]}),
+        json!({"service": "chat", "credits": 1}),
+    ] {
+        let res = record(&router, bad).await;
+        assert_eq!(res.status, 400, "{}", res.body);
+    }
+}
+
+#[tokio::test]
+async fn statistics_group_by_service_day_chatflow_and_user() {
+    let (router, _db) = app().await;
+    for (user, service, op, credits) in [
+        ("u1", "chat", "flow-a", 3),
+        ("u1", "chat", "flow-a", 2),
+        ("u1", "chat", "flow-b", 4),
+        ("u1", "export", "pdf", 1),
+        ("u2", "chat", "flow-a", 11),
+    ] {
+        let res = record(
+            &router,
+            json!({"userId": user, "service": service, "operation": op, "credits": credits}),
+        )
+        .await;
+        assert_eq!(res.status, 201);
+    }
+    let mine = call(
+        &router,
+        "GET",
+        "/api/usage/stats",
+        None,
+        Some(&token("u1", Role::Enduser)),
+    )
+    .await;
+    assert_eq!(mine.status, 200, "{}", mine.body);
+    assert_eq!(mine.body["totalRecords"], 4);
+    assert_eq!(mine.body["totalCredits"], 10);
+    assert_eq!(
+        mine.body["byService"],
+        json!([{"service": "chat", "records": 3, "credits": 9}, {"service": "export", "records": 1, "credits": 1}])
+    );
+    assert_eq!(
+        mine.body["byChatflow"],
+        json!([{"chatflowId": "flow-a", "records": 2, "credits": 5}, {"chatflowId": "flow-b", "records": 1, "credits": 4}])
+    );
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(
+        mine.body["byDay"],
+        json!([{"day": today, "records": 4, "credits": 10}])
+    );
+    assert_eq!(mine.body["recent"].as_array().unwrap().len(), 4);
+    assert!(mine.body.get("byUser").is_none());
+
+    let user = token("u1", Role::Enduser);
+    call(&router, "GET", "/api/usage/stats/u2", None, Some(&user))
+        .await
+        .assert_error(403, "forbidden");
+    call(&router, "GET", "/api/usage/system-stats", None, Some(&user))
+        .await
+        .assert_error(403, "forbidden");
+    let supervisor = token("s1", Role::Supervisor);
+    let theirs = call(
+        &router,
+        "GET",
+        "/api/usage/stats/u2",
+        None,
+        Some(&supervisor),
+    )
+    .await;
+    assert_eq!(theirs.body["totalCredits"], 11);
+    let system = call(
+        &router,
+        "GET",
+        "/api/usage/system-stats",
+        None,
+        Some(&supervisor),
+    )
+    .await;
+    assert_eq!(system.body["totalCredits"], 21);
+    assert_eq!(
+        system.body["byUser"],
+        json!([{"userId": "u2", "records": 1, "credits": 11}, {"userId": "u1", "records": 4, "credits": 10}])
+    );
+}
+
+#[tokio::test]
+async fn the_date_range_filters_and_is_validated() {
+    let (router, _db) = app().await;
+    record(
+        &router,
+        json!({"userId": "u1", "service": "chat", "operation": "f", "credits": 1}),
+    )
+    .await;
+    let user = token("u1", Role::Enduser);
+    let past = call(
+        &router,
+        "GET",
+        "/api/usage/stats?from=2020-01-01&to=2020-12-31",
+        None,
+        Some(&user),
+    )
+    .await;
+    assert_eq!(past.body["totalRecords"], 0);
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let now = call(
+        &router,
+        "GET",
+        &format!("/api/usage/stats?from={today}&to={today}"),
+        None,
+        Some(&user),
+    )
+    .await;
+    assert_eq!(
+        now.body["totalRecords"], 1,
+        "`to` as a date includes that whole day"
+    );
+    call(
+        &router,
+        "GET",
+        "/api/usage/stats?from=tomorrow",
+        None,
+        Some(&user),
+    )
+    .await
+    .assert_error(400, "invalid_input");
+    call(
+        &router,
+        "GET",
+        "/api/usage/stats?from=2026-12-01&to=2026-01-01",
+        None,
+        Some(&user),
+    )
+    .await
+    .assert_error(400, "invalid_input");
+}
+
+#[tokio::test]
+async fn export_streams_csv_with_escaped_fields() {
+    let (router, _db) = app().await;
+    for i in 0..2500 {
+        let op = if i == 0 { "flow, \"quoted\"" } else { "flow" };
+        let res = record(&router, json!({"userId": format!("u{}", i % 3), "service": "chat", "operation": op, "credits": 1})).await;
+        assert_eq!(res.status, 201);
+    }
+    let user = token("u1", Role::Enduser);
+    call(&router, "GET", "/api/usage/export", None, Some(&user))
+        .await
+        .assert_error(403, "forbidden");
+    let admin = token("admin-1", Role::Admin);
+    let res = call(&router, "GET", "/api/usage/export", None, Some(&admin)).await;
+    assert_eq!(res.status, 200);
+    assert!(res.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    assert!(res.headers["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("attachment"));
+    let text = res.body.as_str().unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "id,created_at,user_id,service,operation,credits,metadata"
+    );
+    assert_eq!(
+        lines.len(),
+        2501,
+        "a header and every record, across chunks"
+    );
+    assert!(
+        lines[1].contains(",\"flow, \"\"quoted\"\"\",1,{}"),
+        "{}",
+        lines[1]
+    );
+}
