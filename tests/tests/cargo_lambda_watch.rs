@@ -84,6 +84,23 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
             }
         }
     }
+    // The job, by hand, as the README says.
+    let invoked = if up {
+        let out = tokio::process::Command::new("cargo")
+            .args(["lambda", "invoke", "-A", "127.0.0.1", "-P"])
+            .arg(port.to_string())
+            .args(["credit-expiry", "--data-ascii", "{}"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .output()
+            .await
+            .expect("run cargo lambda invoke");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        serde_json::from_str::<serde_json::Value>(text.trim()).unwrap_or(serde_json::Value::String(
+            format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+        ))
+    } else {
+        serde_json::Value::Null
+    };
     // cargo-lambda runs each function as a child: stop the whole group.
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &format!("-{group}")])
@@ -91,4 +108,8 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
     let _ = tokio::time::timeout(Duration::from_secs(10), watch.wait()).await;
     assert!(up, "cargo lambda watch did not open port {port}");
     assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(
+        invoked["expiredAllocations"], 0,
+        "cargo lambda invoke credit-expiry: {invoked}"
+    );
 }
