@@ -1,5 +1,5 @@
 # Every target CI runs is here; `.ci/run` calls the same commands.
-.PHONY: run test fmt fmt-check clippy lint cfn-lint ci release
+.PHONY: run test fmt fmt-check clippy lint cfn-lint ci release bench-ledger
 
 ## Run the local stack: stores, mail catcher, Flowise, every function under cargo lambda watch.
 run:
@@ -30,3 +30,7 @@ ci:
 ## Release bootstraps for arm64 Lambda (what `sam build` produces).
 release:
 	bash -c 'source local/lib.sh && ensure_tools && cargo lambda build --release --arm64'
+
+## Deductions per second: HTTP, in-process ledger, pgbench (see BENCHMARKS.md).
+bench-ledger:
+	cargo run --release -p e2e --bin bench-ledger

@@ -30,11 +30,13 @@ pub const ALL_FUNCTIONS: &[&str] = &[
 /// `target/<profile>`, where cargo put this test and the function binaries.
 pub fn binary_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test>-<hash>
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps")
-        .to_path_buf()
+    // Tests live in target/<profile>/deps/, binaries (the benchmarks) in target/<profile>/.
+    let dir = exe.parent().expect("the executable's folder");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target/<profile>").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Builds the function binaries once per test process, unless the test
@@ -83,8 +85,8 @@ pub struct StackOptions {
 pub struct Stack {
     /// The fresh PostgreSQL database.
     pub pg: TestPostgres,
-    /// The fresh MongoDB databases.
-    pub mongo: TestMongo,
+    /// The fresh MongoDB databases (when a started function uses MongoDB).
+    pub mongo: Option<TestMongo>,
     /// `http://127.0.0.1:<port>`: `/lambda-url/<function>/...` reaches a function.
     pub base_url: String,
     /// A client for the front.
@@ -103,12 +105,28 @@ impl Stack {
     /// Starts the functions with `options`.
     pub async fn start_with(options: StackOptions) -> Stack {
         ensure_binaries_built();
-        let (pg, mongo) = tokio::join!(TestPostgres::new(), TestMongo::new());
-        let mut env: Vec<(String, String)> = vec![
-            ("DATABASE_URL".into(), pg.url.clone()),
-            ("MONGODB_URI".into(), mongo.config.uri.expose().to_owned()),
-            ("MONGODB_AUTH_DB".into(), mongo.config.auth_db.clone()),
-            ("MONGODB_CHAT_DB".into(), mongo.config.chat_db.clone()),
+        let functions = options
+            .functions
+            .clone()
+            .unwrap_or_else(|| ALL_FUNCTIONS.to_vec());
+        let needs_mongo = functions
+            .iter()
+            .any(|f| matches!(*f, "auth" | "predict" | "predict-stream"));
+        let pg = TestPostgres::new().await;
+        let mongo = if needs_mongo {
+            Some(TestMongo::new().await)
+        } else {
+            None
+        };
+        let mut env: Vec<(String, String)> = vec![("DATABASE_URL".into(), pg.url.clone())];
+        if let Some(mongo) = &mongo {
+            env.extend([
+                ("MONGODB_URI".into(), mongo.config.uri.expose().to_owned()),
+                ("MONGODB_AUTH_DB".into(), mongo.config.auth_db.clone()),
+                ("MONGODB_CHAT_DB".into(), mongo.config.chat_db.clone()),
+            ]);
+        }
+        env.extend([
             (
                 "JWT_ACCESS_SECRET".into(),
                 testing::TEST_ACCESS_SECRET.into(),
@@ -128,12 +146,8 @@ impl Stack {
                 "RUST_LOG".into(),
                 std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
             ),
-        ];
+        ]);
         env.extend(options.env.iter().cloned());
-        let functions = options
-            .functions
-            .clone()
-            .unwrap_or_else(|| ALL_FUNCTIONS.to_vec());
         let instances = options.instances.max(1);
         let log_dir = std::env::temp_dir().join(format!("e2e-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&log_dir).expect("log dir");
