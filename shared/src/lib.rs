@@ -5,12 +5,15 @@
 
 pub mod config;
 pub mod db;
+pub mod digest;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod ledger;
 pub mod pricing;
 pub mod query;
 pub mod secrets;
+pub mod state;
 pub mod telemetry;
 pub mod token;
 pub mod usage;

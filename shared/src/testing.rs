@@ -138,25 +138,29 @@ impl TestPostgres {
 impl Drop for TestPostgres {
     fn drop(&mut self) {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop cannot await; a short-lived thread with its own runtime can.
-        // The pool belongs to the test's runtime, which this thread blocks,
-        // so it is not closed here: FORCE ends its connections instead.
-        let dropper = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ =
-                        sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
-                            .execute(&mut admin)
-                            .await;
-                }
-            });
+        // The pool belongs to the test's runtime, which this blocks, so it
+        // is not closed here: FORCE ends its connections instead.
+        run_to_completion(async move {
+            if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                let _ = sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+                    .execute(&mut admin)
+                    .await;
+            }
         });
-        let _ = dropper.join();
     }
+}
+
+/// Runs `work` to completion from a `Drop`, which cannot await: on a
+/// short-lived thread with its own runtime.
+fn run_to_completion(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let thread = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(work)
+    });
+    let _ = thread.join();
 }
 
 /// Fresh `auth` and `chat` databases with their indexes, dropped on drop.
@@ -191,19 +195,12 @@ impl TestMongo {
 impl Drop for TestMongo {
     fn drop(&mut self) {
         let config = self.config.clone();
-        let dropper = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok(stores) = mongo::connect(&config).await {
-                    let _ = stores.auth.drop().await;
-                    let _ = stores.chat.drop().await;
-                }
-            });
+        run_to_completion(async move {
+            if let Ok(stores) = mongo::connect(&config).await {
+                let _ = stores.auth.drop().await;
+                let _ = stores.chat.drop().await;
+            }
         });
-        let _ = dropper.join();
     }
 }
 
@@ -324,5 +321,160 @@ mod tests {
             .verify_access(&mint_token(&keys, "u9", Role::Admin))
             .unwrap();
         assert_eq!((claims.sub.as_str(), claims.role), ("u9", Role::Admin));
+    }
+}
+
+/// A mail received by [`TestSmtp`].
+#[derive(Debug, Clone)]
+pub struct ReceivedMail {
+    /// `MAIL FROM`.
+    pub from: String,
+    /// `RCPT TO` addresses.
+    pub to: Vec<String>,
+    /// Headers and body, dot-stuffing undone.
+    pub data: String,
+}
+
+impl ReceivedMail {
+    /// The first line that is exactly six digits (the verification code).
+    pub fn code(&self) -> Option<String> {
+        self.data
+            .lines()
+            .map(str::trim)
+            .find(|l| l.len() == 6 && l.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_owned)
+    }
+
+    /// The value of the first `token=` parameter in the mail (the reset link).
+    pub fn reset_token(&self) -> Option<String> {
+        let at = self.data.find("reset-password?token=")? + "reset-password?token=".len();
+        let token: String = self.data[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+            .collect();
+        Some(token).filter(|t| !t.is_empty())
+    }
+}
+
+/// A minimal SMTP server for tests (plain text, no auth): it accepts every
+/// mail and keeps it, so tests read codes and links exactly as a user would.
+pub struct TestSmtp {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    mails: std::sync::Arc<std::sync::Mutex<Vec<ReceivedMail>>>,
+}
+
+impl TestSmtp {
+    /// Starts the server on a free port.
+    pub async fn start() -> TestSmtp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind SMTP");
+        let port = listener.local_addr().expect("address").port();
+        let mails = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = mails.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let _ = smtp_session(socket, store).await;
+                });
+            }
+        });
+        TestSmtp { port, mails }
+    }
+
+    /// Every mail received so far.
+    pub fn mails(&self) -> Vec<ReceivedMail> {
+        self.mails.lock().expect("mails").clone()
+    }
+
+    /// Waits (up to 10 s) for the `nth` (0-based) mail to `to`.
+    pub async fn wait_for(&self, to: &str, nth: usize) -> ReceivedMail {
+        for _ in 0..200 {
+            let found: Vec<ReceivedMail> = self
+                .mails()
+                .into_iter()
+                .filter(|m| m.to.iter().any(|t| t.eq_ignore_ascii_case(to)))
+                .collect();
+            if let Some(mail) = found.get(nth) {
+                return mail.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no mail #{nth} to {to} arrived");
+    }
+}
+
+async fn smtp_session(
+    socket: tokio::net::TcpStream,
+    store: std::sync::Arc<std::sync::Mutex<Vec<ReceivedMail>>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = socket.into_split();
+    let mut lines = BufReader::new(read);
+    write.write_all(b"220 test-smtp ready\r\n").await?;
+    let (mut from, mut to) = (String::new(), Vec::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let command = line.trim_end().to_owned();
+        let upper = command.to_ascii_uppercase();
+        let addr = |c: &str| {
+            c.split_once(':')
+                .map(|(_, a)| {
+                    a.trim()
+                        .trim_start_matches('<')
+                        .split('>')
+                        .next()
+                        .unwrap_or("")
+                        .to_owned()
+                })
+                .unwrap_or_default()
+        };
+        if upper.starts_with("EHLO") {
+            write
+                .write_all(b"250-test-smtp\r\n250 8BITMIME\r\n")
+                .await?;
+        } else if upper.starts_with("HELO") {
+            write.write_all(b"250 test-smtp\r\n").await?;
+        } else if upper.starts_with("MAIL FROM") {
+            from = addr(&command);
+            to.clear();
+            write.write_all(b"250 OK\r\n").await?;
+        } else if upper.starts_with("RCPT TO") {
+            to.push(addr(&command));
+            write.write_all(b"250 OK\r\n").await?;
+        } else if upper == "DATA" {
+            write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
+            let mut data = String::new();
+            loop {
+                line.clear();
+                if lines.read_line(&mut line).await? == 0 {
+                    return Ok(());
+                }
+                let text = line.trim_end_matches(['\r', '\n']);
+                if text == "." {
+                    break;
+                }
+                data.push_str(text.strip_prefix('.').unwrap_or(text));
+                data.push('\n');
+            }
+            store.lock().expect("mails").push(ReceivedMail {
+                from: from.clone(),
+                to: to.clone(),
+                data,
+            });
+            write.write_all(b"250 OK queued\r\n").await?;
+        } else if upper == "QUIT" {
+            write.write_all(b"221 bye\r\n").await?;
+            return Ok(());
+        } else {
+            // RSET, NOOP and the rest.
+            write.write_all(b"250 OK\r\n").await?;
+        }
     }
 }

@@ -6,8 +6,16 @@ use axum::routing::{get, post};
 use axum::Router;
 use shared::config::{self, AdminBootstrap, ConfigError, Env, JwtConfig, MongoConfig, SmtpConfig};
 use shared::db::mongo::{self, MongoStores};
-use shared::http::{finish, not_implemented, HealthChecks};
+use shared::http::{finish, HealthChecks};
 use shared::token::JwtKeys;
+
+pub mod bootstrap;
+pub mod mail;
+pub mod password;
+pub mod routes;
+pub mod store;
+
+use routes::{account, admin, profile};
 
 /// What the function reads from its environment.
 #[derive(Debug, Clone)]
@@ -44,6 +52,10 @@ pub struct AppState {
     pub jwt: JwtKeys,
     /// MongoDB.
     pub mongo: MongoStores,
+    /// The `auth` collections.
+    pub store: store::AuthStore,
+    /// Outgoing mail.
+    pub mailer: mail::Mailer,
 }
 
 impl FromRef<AppState> for JwtKeys {
@@ -53,14 +65,23 @@ impl FromRef<AppState> for JwtKeys {
 }
 
 impl AppState {
-    /// Builds the client and ensures the `auth` indexes.
+    /// Builds the client and the mailer, ensures the `auth` indexes and
+    /// the first admin (logging, not failing, when MongoDB is down).
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
         let stores = mongo::connect(&config.mongo).await?;
         mongo::ensure_indexes_logged(&stores, true, false).await;
-        Ok(AppState {
+        let state = AppState {
             jwt: JwtKeys::new(&config.jwt),
+            store: store::AuthStore::new(stores.auth.clone()),
             mongo: stores,
-        })
+            mailer: mail::Mailer::new(&config.smtp, &config.app_base_url)?,
+        };
+        if let Some(admin) = &config.admin {
+            if let Err(err) = bootstrap::ensure_first_admin(&state.store, admin).await {
+                tracing::error!(error = %err, "the first admin could not be ensured");
+            }
+        }
+        Ok(state)
     }
 }
 
@@ -71,26 +92,35 @@ pub fn router(state: AppState) -> Router {
         mongodb: Some(state.mongo.client.clone()),
     };
     let api = Router::new()
-        .route("/api/auth/signup", post(not_implemented))
-        .route("/api/auth/verify-email", post(not_implemented))
-        .route("/api/auth/resend-verification", post(not_implemented))
-        .route("/api/auth/login", post(not_implemented))
-        .route("/api/auth/refresh", post(not_implemented))
-        .route("/api/auth/logout", post(not_implemented))
-        .route("/api/auth/logout-all", post(not_implemented))
-        .route("/api/auth/forgot-password", post(not_implemented))
-        .route("/api/auth/reset-password", post(not_implemented))
-        .route("/api/profile", get(not_implemented).put(not_implemented))
-        .route("/api/profile/change-password", post(not_implemented))
+        .route("/api/auth/signup", post(account::signup))
+        .route("/api/auth/verify-email", post(account::verify_email))
+        .route(
+            "/api/auth/resend-verification",
+            post(account::resend_verification),
+        )
+        .route("/api/auth/login", post(account::login))
+        .route("/api/auth/refresh", post(account::refresh))
+        .route("/api/auth/logout", post(account::logout))
+        .route("/api/auth/logout-all", post(account::logout_all))
+        .route("/api/auth/forgot-password", post(account::forgot_password))
+        .route("/api/auth/reset-password", post(account::reset_password))
+        .route(
+            "/api/profile",
+            get(profile::get_profile).put(profile::put_profile),
+        )
+        .route(
+            "/api/profile/change-password",
+            post(profile::change_password),
+        )
         .route(
             "/api/admin/users",
-            get(not_implemented).post(not_implemented),
+            get(admin::list_users).post(admin::create_user),
         )
         .route(
             "/api/admin/users/{id}",
-            get(not_implemented)
-                .patch(not_implemented)
-                .delete(not_implemented),
+            get(admin::get_user)
+                .patch(admin::patch_user)
+                .delete(admin::delete_user),
         )
         .with_state(state);
     finish(api.merge(health.router()))

@@ -2,71 +2,21 @@
 //! calculation, transactions and streaming-session reservations, all on
 //! the shared ledger in PostgreSQL.
 
-use axum::extract::FromRef;
 use axum::routing::{get, post, put};
 use axum::Router;
-use shared::config::{ConfigError, Env, JwtConfig, Limits, PostgresConfig};
-use shared::http::{finish, HealthChecks};
+use shared::http::finish;
 
 pub mod routes;
-use shared::token::JwtKeys;
 
-/// What the function reads from its environment.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Token verification.
-    pub jwt: JwtConfig,
-    /// The ledger's database.
-    pub postgres: PostgresConfig,
-    /// Reservation TTL.
-    pub limits: Limits,
-}
-
-impl Config {
-    /// Parses every variable the function needs.
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Ok(Config {
-            jwt: JwtConfig::from_env(env)?,
-            postgres: PostgresConfig::from_env(env)?,
-            limits: Limits::from_env(env)?,
-        })
-    }
-}
-
-/// Clients built once per cold start and lent to every request.
-#[derive(Clone)]
-pub struct AppState {
-    /// Verifies access tokens.
-    pub jwt: JwtKeys,
-    /// The ledger's pool.
-    pub pg: sqlx::PgPool,
-    /// Limits.
-    pub limits: Limits,
-}
-
-impl FromRef<AppState> for JwtKeys {
-    fn from_ref(state: &AppState) -> Self {
-        state.jwt.clone()
-    }
-}
-
-impl AppState {
-    /// Builds the pool (and migrates when `MIGRATE_ON_START` is true).
-    pub async fn connect(config: &Config) -> anyhow::Result<Self> {
-        Ok(AppState {
-            jwt: JwtKeys::new(&config.jwt),
-            pg: shared::db::postgres::connect_and_migrate(&config.postgres).await?,
-            limits: config.limits,
-        })
-    }
-}
+/// What the function reads from its environment: the JWT secrets and
+/// `DATABASE_URL`.
+pub use shared::state::PgApiConfig as Config;
+/// The token keys and the pool, built once per cold start.
+pub use shared::state::PgApiState as AppState;
 
 /// The function's routes.
 pub fn router(state: AppState) -> Router {
-    let health = HealthChecks {
-        postgres: Some(state.pg.clone()),
-        mongodb: None,
-    };
+    let health = state.health_checks();
     let api = Router::new()
         .route("/api/credits/balance", get(routes::balance))
         .route("/api/credits/total-balance", get(routes::total_balance))

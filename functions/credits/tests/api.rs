@@ -3,7 +3,6 @@
 
 use axum::Router;
 use serde_json::{json, Value};
-use shared::config::Limits;
 use shared::testing::{self, call, call_with_headers, TestPostgres};
 use shared::token::Role;
 
@@ -18,10 +17,6 @@ impl App {
         let state = credits::AppState {
             jwt: testing::jwt_keys(),
             pg: db.pool.clone(),
-            limits: Limits {
-                max_upload_bytes: 1024,
-                reservation_ttl: std::time::Duration::from_secs(900),
-            },
         };
         App {
             router: credits::router(state),

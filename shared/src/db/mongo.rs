@@ -118,6 +118,12 @@ pub async fn ensure_auth_indexes(db: &Database) -> anyhow::Result<()> {
     .await?;
     create(
         db,
+        "login_failures",
+        vec![expires("expires_at", "expires_at_ttl")],
+    )
+    .await?;
+    create(
+        db,
         "email_codes",
         vec![
             index(doc! {"email": 1, "purpose": 1}, "email_purpose"),

@@ -9,7 +9,6 @@
 use axum::http::StatusCode;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 
 use crate::error::ApiError;
@@ -101,10 +100,7 @@ pub fn request_hash(endpoint: &str, body: &Value) -> String {
     let mut text = String::from(endpoint);
     text.push('\n');
     canonical(body, &mut text);
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::digest::sha256_hex(text.as_bytes())
 }
 
 /// Runs `effect` in one transaction, at most once per `(user_id, key)`.

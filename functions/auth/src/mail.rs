@@ -1,0 +1,108 @@
+//! Outgoing mail over SMTP (SPEC §5): a mail catcher locally, Amazon SES's
+//! SMTP interface in AWS. Mails are plain ASCII text, so the code and the
+//! link read the same in every client (and to the tests, which read the
+//! raw mail).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Body, Mailbox};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use shared::config::{SmtpConfig, SmtpTls};
+use shared::identity::Email;
+
+/// Sends the product's mails. Built once per cold start.
+#[derive(Clone)]
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    app_base_url: String,
+}
+
+impl Mailer {
+    /// Builds the SMTP transport (no connection is made until a mail goes out).
+    pub fn new(config: &SmtpConfig, app_base_url: &str) -> anyhow::Result<Self> {
+        let builder = match config.tls {
+            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host),
+            SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host)
+                .context("SMTP_HOST is not a valid host name for STARTTLS")?,
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host)
+                .context("SMTP_HOST is not a valid host name for TLS")?,
+        };
+        let mut builder = builder
+            .port(config.port)
+            .timeout(Some(Duration::from_secs(10)));
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            builder =
+                builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
+        }
+        let from: Mailbox = config
+            .from
+            .parse()
+            .context("MAIL_FROM is not a valid mailbox")?;
+        Ok(Mailer {
+            transport: builder.build(),
+            from,
+            app_base_url: app_base_url.to_owned(),
+        })
+    }
+
+    async fn send(&self, to: &Email, subject: &str, text: String) -> anyhow::Result<()> {
+        // Plain 7-bit when possible (RFC 5322 allows lines up to 998
+        // characters), so a long link is never soft-wrapped by
+        // quoted-printable; anything else is encoded by lettre.
+        let body = if text.is_ascii() && text.lines().all(|l| l.len() <= 998) {
+            Body::dangerous_pre_encoded(text.into_bytes(), ContentTransferEncoding::SevenBit)
+        } else {
+            Body::new(text)
+        };
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to
+                .as_str()
+                .parse()
+                .context("recipient is not a valid mailbox")?)
+            .subject(subject)
+            .header(ContentType::TEXT_PLAIN)
+            .body(body)
+            .context("Failed to build the mail")?;
+        self.transport
+            .send(message)
+            .await
+            .context("Failed to send the mail over SMTP")?;
+        Ok(())
+    }
+
+    /// The verification code, on a line of its own.
+    pub async fn send_verification_code(
+        &self,
+        to: &Email,
+        username: &str,
+        code: &str,
+    ) -> anyhow::Result<()> {
+        let text = format!(
+            "Hello {username},\r\n\r\nYour verification code is:\r\n\r\n{code}\r\n\r\n\
+             It is valid for 15 minutes. If you did not sign up, ignore this mail.\r\n"
+        );
+        self.send(to, "Your verification code", text).await
+    }
+
+    /// The password reset link `{APP_BASE_URL}/reset-password?token=<token>`.
+    pub async fn send_reset_link(
+        &self,
+        to: &Email,
+        username: &str,
+        token: &str,
+    ) -> anyhow::Result<()> {
+        let text = format!(
+            "Hello {username},\r\n\r\nTo choose a new password, open:\r\n\r\n\
+             {}/reset-password?token={token}\r\n\r\n\
+             The link is valid for one hour and works once. If you did not ask for it, \
+             ignore this mail.\r\n",
+            self.app_base_url
+        );
+        self.send(to, "Reset your password", text).await
+    }
+}

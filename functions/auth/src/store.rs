@@ -1,0 +1,553 @@
+//! The `auth` database: users, refresh tokens, email codes and login
+//! failures, grouped by collection.
+
+use bson::{doc, DateTime as BsonTime};
+use chrono::{Duration, Utc};
+use mongodb::options::ReturnDocument;
+use mongodb::{Collection, Database};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use shared::db::mongo::is_duplicate_key;
+use shared::digest::sha256_hex;
+use shared::token::Role;
+use shared::ApiError;
+
+fn bson_time(t: chrono::DateTime<Utc>) -> BsonTime {
+    BsonTime::from_chrono(t)
+}
+
+/// An account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserDoc {
+    /// The user id (the JWT `sub`).
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// Username as given.
+    pub username: String,
+    /// Lower-cased username: unique.
+    pub username_key: String,
+    /// Lower-cased email: unique.
+    pub email: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// Role.
+    pub role: Role,
+    /// Whether the email is verified.
+    pub is_verified: bool,
+    /// Whether the account is disabled.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Created.
+    pub created_at: BsonTime,
+    /// Last changed.
+    pub updated_at: BsonTime,
+}
+
+impl UserDoc {
+    /// The user as the API shows it.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "username": self.username,
+            "email": self.email,
+            "role": self.role,
+            "isVerified": self.is_verified,
+            "disabled": self.disabled,
+            "createdAt": self.created_at.to_chrono(),
+            "updatedAt": self.updated_at.to_chrono(),
+        })
+    }
+}
+
+/// Typed access to the collections.
+#[derive(Clone, Debug)]
+pub struct AuthStore {
+    db: Database,
+}
+
+/// Which unique field a duplicate hit.
+pub fn duplicate_error(err: &mongodb::error::Error) -> Option<ApiError> {
+    if !is_duplicate_key(err) {
+        return None;
+    }
+    let text = err.to_string();
+    Some(if text.contains("email") {
+        ApiError::Conflict {
+            code: "email_taken",
+            message: "this email is already registered".into(),
+        }
+    } else {
+        ApiError::Conflict {
+            code: "username_taken",
+            message: "this username is already taken".into(),
+        }
+    })
+}
+
+impl AuthStore {
+    /// Wraps the `auth` database.
+    pub fn new(db: Database) -> Self {
+        AuthStore { db }
+    }
+
+    /// `users`.
+    pub fn users(&self) -> Collection<UserDoc> {
+        self.db.collection("users")
+    }
+
+    fn refresh_tokens(&self) -> Collection<RefreshDoc> {
+        self.db.collection("refresh_tokens")
+    }
+
+    fn codes(&self) -> Collection<CodeDoc> {
+        self.db.collection("email_codes")
+    }
+
+    fn failures(&self) -> Collection<FailureDoc> {
+        self.db.collection("login_failures")
+    }
+
+    /// Inserts an account; 409 naming the taken field on a duplicate.
+    pub async fn insert_user(&self, user: &UserDoc) -> Result<(), ApiError> {
+        self.users()
+            .insert_one(user)
+            .await
+            .map_err(|e| duplicate_error(&e).unwrap_or_else(|| e.into()))?;
+        Ok(())
+    }
+
+    /// The account with this id.
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<UserDoc>, ApiError> {
+        Ok(self.users().find_one(doc! {"_id": id}).await?)
+    }
+
+    /// The account with this (lower-cased) email.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<UserDoc>, ApiError> {
+        Ok(self.users().find_one(doc! {"email": email}).await?)
+    }
+
+    /// The account with this username, case-insensitively.
+    pub async fn user_by_username(&self, username: &str) -> Result<Option<UserDoc>, ApiError> {
+        Ok(self
+            .users()
+            .find_one(doc! {"username_key": username.to_ascii_lowercase()})
+            .await?)
+    }
+
+    /// Sets fields of an account and returns it; 404 when it is gone, 409
+    /// when a new username or email is taken.
+    pub async fn update_user(&self, id: &str, set: bson::Document) -> Result<UserDoc, ApiError> {
+        let mut set = set;
+        set.insert("updated_at", BsonTime::now());
+        self.users()
+            .find_one_and_update(doc! {"_id": id}, doc! {"$set": set})
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(|e| duplicate_error(&e).unwrap_or_else(|| e.into()))?
+            .ok_or_else(|| ApiError::not_found("no such user"))
+    }
+
+    /// Enabled admins other than `except`.
+    pub async fn other_active_admins(&self, except: &str) -> Result<u64, ApiError> {
+        Ok(self
+            .users()
+            .count_documents(
+                doc! {"role": "admin", "disabled": {"$ne": true}, "_id": {"$ne": except}},
+            )
+            .await?)
+    }
+
+    /// Runs `work` while holding the lease named `name` (at most one
+    /// holder at a time, for up to 10 s), so that two admins removing each
+    /// other cannot both pass the last-admin check.
+    pub async fn with_lease<T, F>(&self, name: &str, work: F) -> Result<T, ApiError>
+    where
+        F: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let locks: Collection<bson::Document> = self.db.collection("locks");
+        let holder = uuid::Uuid::new_v4().to_string();
+        let mut acquired = false;
+        for _ in 0..200 {
+            let now = Utc::now();
+            let until = bson_time(now + Duration::seconds(10));
+            let taken = locks
+                .find_one_and_update(
+                    doc! {"_id": name, "locked_until": {"$lt": bson_time(now)}},
+                    doc! {"$set": {"locked_until": until, "holder": &holder}},
+                )
+                .await?;
+            if taken.is_some() {
+                acquired = true;
+                break;
+            }
+            match locks
+                .insert_one(doc! {"_id": name, "locked_until": until, "holder": &holder})
+                .await
+            {
+                Ok(_) => {
+                    acquired = true;
+                    break;
+                }
+                Err(e) if is_duplicate_key(&e) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !acquired {
+            return Err(ApiError::StoreUnavailable {
+                store: "mongodb",
+                detail: format!("lease {name} stayed busy"),
+            });
+        }
+        let result = work.await;
+        locks
+            .update_one(
+                doc! {"_id": name, "holder": &holder},
+                doc! {"$set": {"locked_until": BsonTime::from_millis(0)}},
+            )
+            .await?;
+        result
+    }
+
+    /// Deletes an account with its tokens and codes.
+    pub async fn delete_user(&self, id: &str) -> Result<bool, ApiError> {
+        let deleted = self
+            .users()
+            .delete_one(doc! {"_id": id})
+            .await?
+            .deleted_count;
+        self.refresh_tokens()
+            .delete_many(doc! {"user_id": id})
+            .await?;
+        self.codes().delete_many(doc! {"user_id": id}).await?;
+        Ok(deleted == 1)
+    }
+
+    // ------------------------------------------------------------ tokens
+
+    /// Stores a refresh token (hashed) in `family`.
+    pub async fn store_refresh(
+        &self,
+        token: &str,
+        jti: &str,
+        user_id: &str,
+        family: &str,
+        expires_at: i64,
+    ) -> Result<(), ApiError> {
+        let expires = chrono::DateTime::from_timestamp(expires_at, 0).unwrap_or_else(Utc::now);
+        self.refresh_tokens()
+            .insert_one(RefreshDoc {
+                id: jti.to_owned(),
+                token_hash: sha256_hex(token.as_bytes()),
+                user_id: user_id.to_owned(),
+                family_id: family.to_owned(),
+                expires_at: bson_time(expires),
+                created_at: BsonTime::now(),
+                used_at: None,
+                revoked_at: None,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a live token used, atomically: exactly one of several
+    /// concurrent presentations wins. Returns the token's record when this
+    /// call used it; `Err(Some(record))` when it exists but was already
+    /// used or revoked (reuse); `Err(None)` when unknown.
+    pub async fn use_refresh(
+        &self,
+        token: &str,
+    ) -> Result<Result<RefreshDoc, Option<RefreshDoc>>, ApiError> {
+        let hash = sha256_hex(token.as_bytes());
+        let used = self
+            .refresh_tokens()
+            .find_one_and_update(
+                doc! {"token_hash": &hash, "used_at": null, "revoked_at": null},
+                doc! {"$set": {"used_at": BsonTime::now()}},
+            )
+            .await?;
+        if let Some(record) = used {
+            return Ok(Ok(record));
+        }
+        Ok(Err(self
+            .refresh_tokens()
+            .find_one(doc! {"token_hash": &hash})
+            .await?))
+    }
+
+    /// Revokes one token.
+    pub async fn revoke_refresh(&self, token: &str) -> Result<(), ApiError> {
+        self.refresh_tokens()
+            .update_one(
+                doc! {"token_hash": sha256_hex(token.as_bytes()), "revoked_at": null},
+                doc! {"$set": {"revoked_at": BsonTime::now()}},
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Revokes every token of a rotation family (theft detection).
+    pub async fn revoke_family(&self, family: &str) -> Result<(), ApiError> {
+        self.refresh_tokens()
+            .update_many(
+                doc! {"family_id": family, "revoked_at": null},
+                doc! {"$set": {"revoked_at": BsonTime::now()}},
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Revokes every token of a user, except the one whose hash is `keep`.
+    pub async fn revoke_user_tokens(
+        &self,
+        user_id: &str,
+        keep: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let mut filter = doc! {"user_id": user_id, "revoked_at": null};
+        if let Some(keep) = keep {
+            filter.insert("token_hash", doc! {"$ne": sha256_hex(keep.as_bytes())});
+        }
+        self.refresh_tokens()
+            .update_many(filter, doc! {"$set": {"revoked_at": BsonTime::now()}})
+            .await?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ codes
+
+    /// Replaces the live codes of `purpose` for `email` with a new one,
+    /// stored hashed. `secret` is the code or token mailed to the user.
+    pub async fn new_code(
+        &self,
+        purpose: CodePurpose,
+        email: &str,
+        user_id: &str,
+        secret: &str,
+        valid_for: Duration,
+    ) -> Result<(), ApiError> {
+        self.codes()
+            .delete_many(doc! {"email": email, "purpose": purpose.as_str()})
+            .await?;
+        let now = Utc::now();
+        self.codes()
+            .insert_one(CodeDoc {
+                id: uuid::Uuid::new_v4().to_string(),
+                purpose: purpose.as_str().to_owned(),
+                email: email.to_owned(),
+                user_id: user_id.to_owned(),
+                code_hash: code_hash(purpose, email, secret),
+                attempts: 0,
+                created_at: bson_time(now),
+                expires_at: bson_time(now + valid_for),
+                used_at: None,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// When the newest code of `purpose` for `email` was made.
+    pub async fn last_code_at(
+        &self,
+        purpose: CodePurpose,
+        email: &str,
+    ) -> Result<Option<chrono::DateTime<Utc>>, ApiError> {
+        Ok(self
+            .codes()
+            .find_one(doc! {"email": email, "purpose": purpose.as_str()})
+            .sort(doc! {"created_at": -1})
+            .await?
+            .map(|c| c.created_at.to_chrono()))
+    }
+
+    /// Uses a live code, atomically and once. A wrong code spends one of
+    /// the live codes' attempts.
+    pub async fn use_code(
+        &self,
+        purpose: CodePurpose,
+        email: &str,
+        secret: &str,
+        max_attempts: i32,
+    ) -> Result<Option<CodeDoc>, ApiError> {
+        let now = BsonTime::now();
+        let live = doc! {
+            "email": email, "purpose": purpose.as_str(), "used_at": null,
+            "expires_at": {"$gt": now}, "attempts": {"$lt": max_attempts},
+        };
+        let mut filter = live.clone();
+        filter.insert("code_hash", code_hash(purpose, email, secret));
+        let used = self
+            .codes()
+            .find_one_and_update(filter, doc! {"$set": {"used_at": now}})
+            .await?;
+        if used.is_none() {
+            self.codes()
+                .update_many(live, doc! {"$inc": {"attempts": 1}})
+                .await?;
+        }
+        Ok(used)
+    }
+
+    /// Uses a reset token (looked up by its hash alone), atomically and once.
+    pub async fn use_reset_token(&self, token: &str) -> Result<Option<CodeDoc>, ApiError> {
+        let now = BsonTime::now();
+        Ok(self
+            .codes()
+            .find_one_and_update(
+                doc! {
+                    "purpose": CodePurpose::Reset.as_str(),
+                    "code_hash": sha256_hex(token.as_bytes()),
+                    "used_at": null,
+                    "expires_at": {"$gt": now},
+                },
+                doc! {"$set": {"used_at": now}},
+            )
+            .await?)
+    }
+
+    // ------------------------------------------------------------ lockout
+
+    /// Whether `key` is locked out now.
+    pub async fn locked_until(&self, key: &str) -> Result<Option<chrono::DateTime<Utc>>, ApiError> {
+        let now = Utc::now();
+        Ok(self
+            .failures()
+            .find_one(doc! {"_id": key})
+            .await?
+            .and_then(|f| f.locked_until)
+            .map(BsonTime::to_chrono)
+            .filter(|t| *t > now))
+    }
+
+    /// Records a failed login for `key`; the `limit`-th failure within
+    /// `window` locks it for `lock_for`. Returns whether it is now locked.
+    pub async fn record_failure(
+        &self,
+        key: &str,
+        limit: usize,
+        window: Duration,
+        lock_for: Duration,
+    ) -> Result<bool, ApiError> {
+        let now = Utc::now();
+        let updated = self
+            .failures()
+            .find_one_and_update(
+                doc! {"_id": key},
+                doc! {
+                    "$push": {"failures": {"$each": [bson_time(now)], "$slice": -(limit as i32)}},
+                    "$set": {"expires_at": bson_time(now + window + lock_for)},
+                },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await?;
+        let recent = updated
+            .map(|f| {
+                f.failures
+                    .iter()
+                    .filter(|t| t.to_chrono() > now - window)
+                    .count()
+            })
+            .unwrap_or(0);
+        if recent >= limit {
+            self.failures()
+                .update_one(
+                    doc! {"_id": key},
+                    doc! {"$set": {"locked_until": bson_time(now + lock_for), "failures": []}},
+                )
+                .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Forgets the failures of `key` (a successful login or reset).
+    pub async fn clear_failures(&self, key: &str) -> Result<(), ApiError> {
+        self.failures().delete_one(doc! {"_id": key}).await?;
+        Ok(())
+    }
+}
+
+/// A stored refresh token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshDoc {
+    /// The token's `jti`.
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// SHA-256 of the token.
+    pub token_hash: String,
+    /// Owner.
+    pub user_id: String,
+    /// Rotation family.
+    pub family_id: String,
+    /// Expiry (a TTL index deletes it then).
+    pub expires_at: BsonTime,
+    /// Issued.
+    pub created_at: BsonTime,
+    /// When it was rotated.
+    pub used_at: Option<BsonTime>,
+    /// When it was revoked.
+    pub revoked_at: Option<BsonTime>,
+}
+
+/// What an email code is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodePurpose {
+    /// Six-digit email verification code.
+    Verify,
+    /// Password reset token.
+    Reset,
+}
+
+impl CodePurpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            CodePurpose::Verify => "verify",
+            CodePurpose::Reset => "reset",
+        }
+    }
+}
+
+/// Verification codes are hashed with their email and purpose (a bare
+/// six-digit hash would be trivially reversible); reset tokens carry 256
+/// random bits and are hashed alone so they can be looked up by token.
+fn code_hash(purpose: CodePurpose, email: &str, secret: &str) -> String {
+    match purpose {
+        CodePurpose::Verify => sha256_hex(format!("verify:{email}:{secret}").as_bytes()),
+        CodePurpose::Reset => sha256_hex(secret.as_bytes()),
+    }
+}
+
+/// A stored email code or reset token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CodeDoc {
+    /// Id.
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// `verify` or `reset`.
+    pub purpose: String,
+    /// The address it was mailed to.
+    pub email: String,
+    /// The account.
+    pub user_id: String,
+    /// Hash of the code or token.
+    pub code_hash: String,
+    /// Wrong codes tried against it.
+    pub attempts: i32,
+    /// Made.
+    pub created_at: BsonTime,
+    /// Expires (a TTL index deletes it then).
+    pub expires_at: BsonTime,
+    /// Used.
+    pub used_at: Option<BsonTime>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FailureDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    #[serde(default)]
+    failures: Vec<BsonTime>,
+    locked_until: Option<BsonTime>,
+    expires_at: BsonTime,
+}
