@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
-use shared::testing::{self, TestMongo, TestPostgres};
+use shared::testing::{self, TestMongo, TestPostgres, TestSmtp};
 use shared::token::Role;
 use tokio::process::{Child, Command};
 
@@ -87,6 +87,8 @@ pub struct Stack {
     pub pg: TestPostgres,
     /// The fresh MongoDB databases (when a started function uses MongoDB).
     pub mongo: Option<TestMongo>,
+    /// The SMTP server the auth function mails to; tests read mail from it.
+    pub smtp: TestSmtp,
     /// `http://127.0.0.1:<port>`: `/lambda-url/<function>/...` reaches a function.
     pub base_url: String,
     /// A client for the front.
@@ -118,7 +120,11 @@ impl Stack {
         } else {
             None
         };
-        let mut env: Vec<(String, String)> = vec![("DATABASE_URL".into(), pg.url.clone())];
+        let smtp = TestSmtp::start().await;
+        let mut env: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), pg.url.clone()),
+            ("SMTP_PORT".into(), smtp.port.to_string()),
+        ];
         if let Some(mongo) = &mongo {
             env.extend([
                 ("MONGODB_URI".into(), mongo.config.uri.expose().to_owned()),
@@ -136,7 +142,6 @@ impl Stack {
                 testing::TEST_REFRESH_SECRET.into(),
             ),
             ("SMTP_HOST".into(), "127.0.0.1".into()),
-            ("SMTP_PORT".into(), "2525".into()),
             ("SMTP_TLS".into(), "none".into()),
             ("MAIL_FROM".into(), "gateway@example.com".into()),
             ("APP_BASE_URL".into(), "http://localhost:5173".into()),
@@ -175,6 +180,7 @@ impl Stack {
         Stack {
             pg,
             mongo,
+            smtp,
             base_url: format!("http://{front}"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(150))
