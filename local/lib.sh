@@ -5,7 +5,9 @@ FGW_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FGW_CACHE="${FGW_CACHE:-$HOME/.cache/flowise-gateway}"
 COMPOSE_FILE="$FGW_ROOT/local/docker-compose.yml"
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+log() {
+  if [ -t 2 ]; then printf '\033[1m==> %s\033[0m\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi
+}
 
 # A venv with the pinned tools (cargo-lambda, the MongoDB test server, the
 # mail catcher, cfn-lint), created once per pin set and put first on PATH.

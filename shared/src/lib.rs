@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod digest;
 pub mod error;
+pub mod flowise;
 pub mod http;
 pub mod identity;
 pub mod ledger;
@@ -18,6 +19,8 @@ pub mod telemetry;
 pub mod token;
 pub mod usage;
 
+#[cfg(feature = "test-util")]
+pub mod flowise_double;
 #[cfg(feature = "test-util")]
 pub mod testing;
 

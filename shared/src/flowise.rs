@@ -1,0 +1,560 @@
+//! The Flowise client, speaking exactly what `FLOWISE_API.md` records:
+//! `POST /api/v1/prediction/{id}` buffered or streamed (SSE framed as
+//! `message:\ndata:{"event":..,"data":..}\n\n`, `:heartbeat` comments,
+//! `error` events inside a 200 stream, the JSON answer when a flow cannot
+//! stream, and a streamed request that never answers), and
+//! `GET /api/v1/chatflows` (a bare array with JSON-string fields).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::{FlowiseConfig, Secret};
+
+/// Why a call to Flowise failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowiseError {
+    /// Flowise answered an error status (its message, when it gave one).
+    #[error("Flowise answered {status}: {message}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Flowise's `message`.
+        message: String,
+    },
+    /// No answer in time.
+    #[error("Flowise timed out: {0}")]
+    Timeout(String),
+    /// Flowise could not be reached.
+    #[error("Flowise unreachable: {0}")]
+    Unreachable(String),
+    /// Flowise answered something this client does not understand.
+    #[error("Flowise answered unexpectedly: {0}")]
+    Malformed(String),
+    /// An `error` event inside a stream.
+    #[error("Flowise reported an error: {0}")]
+    Stream(String),
+}
+
+impl From<FlowiseError> for crate::ApiError {
+    fn from(err: FlowiseError) -> Self {
+        match err {
+            FlowiseError::Timeout(_) => crate::ApiError::GatewayTimeout {
+                detail: err.to_string(),
+            },
+            _ => crate::ApiError::BadGateway {
+                detail: err.to_string(),
+            },
+        }
+    }
+}
+
+/// Token counts Flowise reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    /// Prompt tokens.
+    pub input: i64,
+    /// Completion tokens.
+    pub output: i64,
+}
+
+impl TokenUsage {
+    /// Reads the counts from a `usageMetadata` event or an answer's
+    /// `metrics`, whichever naming the LLM node used.
+    pub fn from_value(v: &Value) -> Option<TokenUsage> {
+        let pick = |names: &[&str]| names.iter().find_map(|n| find_number(v, n));
+        let input = pick(&["input_tokens", "inputTokens", "prompt_tokens", "promptTokens"]);
+        let output = pick(&["output_tokens", "outputTokens", "completion_tokens", "completionTokens"]);
+        match (input, output) {
+            (None, None) => None,
+            (i, o) => Some(TokenUsage {
+                input: i.unwrap_or(0),
+                output: o.unwrap_or(0),
+            }),
+        }
+    }
+}
+
+fn find_number(v: &Value, key: &str) -> Option<i64> {
+    match v {
+        Value::Object(map) => map
+            .get(key)
+            .and_then(Value::as_i64)
+            .or_else(|| map.values().find_map(|x| find_number(x, key))),
+        Value::Array(items) => items.iter().find_map(|x| find_number(x, key)),
+        _ => None,
+    }
+}
+
+/// A buffered prediction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The answer.
+    pub text: String,
+    /// `sourceDocuments`, when present.
+    pub source_documents: Option<Value>,
+    /// `usedTools`, when present.
+    pub used_tools: Option<Value>,
+    /// Token counts, when reported in `metrics`.
+    pub usage: Option<TokenUsage>,
+}
+
+impl Prediction {
+    fn from_json(v: Value) -> Result<Prediction, FlowiseError> {
+        let text = match v.get("text") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) if !other.is_null() => other.to_string(),
+            // Some flows answer structured output under `json`.
+            _ => match v.get("json") {
+                Some(j) => j.to_string(),
+                None => return Err(FlowiseError::Malformed("no text in the answer".into())),
+            },
+        };
+        Ok(Prediction {
+            text,
+            source_documents: v.get("sourceDocuments").cloned().filter(|x| !x.is_null()),
+            used_tools: v.get("usedTools").cloned().filter(|x| !x.is_null()),
+            usage: v.get("metrics").and_then(TokenUsage::from_value),
+        })
+    }
+}
+
+/// One event of a stream: `{"event": name, "data": ...}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEvent {
+    /// Event name (`start`, `token`, `metadata`, `end`, `error`, ...).
+    pub event: String,
+    /// Its data.
+    pub data: Value,
+}
+
+/// What a streamed request turned into.
+pub enum StreamStart {
+    /// Events as they arrive (heartbeats removed); the stream ends after
+    /// `end`, on a transport error, or when the whole-call timeout passes.
+    Events(Pin<Box<dyn Stream<Item = Result<StreamEvent, FlowiseError>> + Send>>),
+    /// The flow cannot stream: Flowise answered the JSON prediction.
+    Json(Prediction),
+}
+
+/// A prediction request.
+#[derive(Debug, Clone, Default)]
+pub struct PredictionRequest {
+    /// The question.
+    pub question: String,
+    /// Our session id, sent as `overrideConfig.sessionId` (and `chatId`) so
+    /// that Flowise memory is per session.
+    pub session_id: String,
+    /// Client's `overrideConfig` (its `sessionId` is replaced by ours).
+    pub override_config: Option<Value>,
+    /// Prior turns, `[{role: userMessage|apiMessage, content}]`.
+    pub history: Option<Value>,
+    /// Flowise uploads `[{type, name, mime, data}]`.
+    pub uploads: Vec<Value>,
+}
+
+impl PredictionRequest {
+    fn body(&self, streaming: bool) -> Value {
+        let mut override_config = match &self.override_config {
+            Some(Value::Object(map)) => Value::Object(map.clone()),
+            _ => json!({}),
+        };
+        override_config["sessionId"] = json!(self.session_id);
+        let mut body = json!({
+            "question": self.question,
+            "chatId": self.session_id,
+            "overrideConfig": override_config,
+            "streaming": streaming,
+        });
+        if let Some(history) = &self.history {
+            body["history"] = history.clone();
+        }
+        if !self.uploads.is_empty() {
+            body["uploads"] = json!(self.uploads);
+        }
+        body
+    }
+}
+
+/// A chatflow as `GET /api/v1/chatflows` lists it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteChatflow {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Nullable.
+    pub deployed: Option<bool>,
+    /// Nullable.
+    pub is_public: Option<bool>,
+    /// `CHATFLOW`, `AGENTFLOW`, ...
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// A JSON *string*.
+    pub chatbot_config: Option<String>,
+    /// A JSON string; may hold a description.
+    pub category: Option<String>,
+    /// Last change in Flowise.
+    pub updated_date: Option<String>,
+}
+
+impl RemoteChatflow {
+    /// A description, when the flow's `chatbotConfig` (a JSON string) has one.
+    pub fn description(&self) -> Option<String> {
+        let config: Value = serde_json::from_str(self.chatbot_config.as_deref()?).ok()?;
+        ["description", "welcomeMessage"]
+            .iter()
+            .find_map(|k| config.get(*k).and_then(Value::as_str).map(str::to_owned))
+    }
+}
+
+/// The client. Built once per cold start; cheap to clone.
+#[derive(Clone)]
+pub struct FlowiseClient {
+    http: reqwest::Client,
+    base: String,
+    api_key: Option<Secret>,
+    timeout: Duration,
+    first_byte_timeout: Duration,
+}
+
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| body.chars().take(200).collect())
+}
+
+fn transport_error(err: reqwest::Error) -> FlowiseError {
+    if err.is_timeout() {
+        FlowiseError::Timeout(err.to_string())
+    } else if err.is_connect() {
+        FlowiseError::Unreachable(err.to_string())
+    } else {
+        FlowiseError::Unreachable(err.to_string())
+    }
+}
+
+impl FlowiseClient {
+    /// Builds the client.
+    pub fn new(config: &FlowiseConfig) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(FlowiseClient {
+            http,
+            base: config.api_url.clone(),
+            api_key: config.api_key.clone(),
+            timeout: config.timeout,
+            first_byte_timeout: config.first_byte_timeout,
+        })
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.post(format!("{}{path}", self.base));
+        match &self.api_key {
+            Some(key) => req.bearer_auth(key.expose()),
+            None => req,
+        }
+    }
+
+    /// A buffered prediction, bounded by `FLOWISE_TIMEOUT_SECONDS`.
+    pub async fn predict(&self, chatflow_id: &str, request: &PredictionRequest) -> Result<Prediction, FlowiseError> {
+        let response = self
+            .post(&format!("/api/v1/prediction/{chatflow_id}"))
+            .timeout(self.timeout)
+            .json(&request.body(false))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(transport_error)?;
+        if status >= 400 {
+            return Err(FlowiseError::Status {
+                status,
+                message: error_message(&text),
+            });
+        }
+        let value: Value = serde_json::from_str(&text).map_err(|e| FlowiseError::Malformed(e.to_string()))?;
+        Prediction::from_json(value)
+    }
+
+    /// A streamed prediction. Waits at most `FLOWISE_FIRST_BYTE_TIMEOUT_SECONDS`
+    /// for the answer to start (Flowise sends no answer at all for some
+    /// failures); the returned events then enforce it again for the first
+    /// data event (heartbeats do not count) and `FLOWISE_TIMEOUT_SECONDS`
+    /// for the whole call.
+    pub async fn predict_stream(&self, chatflow_id: &str, request: &PredictionRequest) -> Result<StreamStart, FlowiseError> {
+        let started = tokio::time::Instant::now();
+        let send = self
+            .post(&format!("/api/v1/prediction/{chatflow_id}"))
+            .json(&request.body(true))
+            .send();
+        let response = match tokio::time::timeout(self.first_byte_timeout, send).await {
+            Err(_) => {
+                return Err(FlowiseError::Timeout(format!(
+                    "no answer within {}s",
+                    self.first_byte_timeout.as_secs()
+                )))
+            }
+            Ok(r) => r.map_err(transport_error)?,
+        };
+        let status = response.status().as_u16();
+        let is_sse = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if status >= 400 || !is_sse {
+            let rest = self.timeout.saturating_sub(started.elapsed());
+            let text = tokio::time::timeout(rest, response.text())
+                .await
+                .map_err(|_| FlowiseError::Timeout("the answer did not finish in time".into()))?
+                .map_err(transport_error)?;
+            if status >= 400 {
+                return Err(FlowiseError::Status {
+                    status,
+                    message: error_message(&text),
+                });
+            }
+            let value: Value = serde_json::from_str(&text).map_err(|e| FlowiseError::Malformed(e.to_string()))?;
+            return Ok(StreamStart::Json(Prediction::from_json(value)?));
+        }
+        let deadline = started + self.timeout;
+        let first_deadline = started + self.first_byte_timeout;
+        Ok(StreamStart::Events(Box::pin(sse_events(
+            response.bytes_stream(),
+            first_deadline,
+            deadline,
+        ))))
+    }
+
+    /// `GET /api/v1/chatflows`: every chatflow of the API key's workspace.
+    pub async fn list_chatflows(&self) -> Result<Vec<RemoteChatflow>, FlowiseError> {
+        let mut req = self.http.get(format!("{}/api/v1/chatflows", self.base)).timeout(self.timeout);
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key.expose());
+        }
+        let response = req.send().await.map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(transport_error)?;
+        if status >= 400 {
+            return Err(FlowiseError::Status {
+                status,
+                message: error_message(&text),
+            });
+        }
+        // A bare array; with ?page&limit it would be {data, total}.
+        let value: Value = serde_json::from_str(&text).map_err(|e| FlowiseError::Malformed(e.to_string()))?;
+        let items = match value {
+            Value::Array(items) => items,
+            Value::Object(mut map) => match map.remove("data") {
+                Some(Value::Array(items)) => items,
+                _ => return Err(FlowiseError::Malformed("no chatflow list".into())),
+            },
+            _ => return Err(FlowiseError::Malformed("no chatflow list".into())),
+        };
+        items
+            .into_iter()
+            .map(|v| serde_json::from_value(v).map_err(|e| FlowiseError::Malformed(e.to_string())))
+            .collect()
+    }
+}
+
+/// Splits an SSE byte stream into events. Frames end with a blank line;
+/// comment lines (`:heartbeat`) and unknown fields (`message:`) are
+/// skipped; only `data:` lines carry the event, which works for both the
+/// 3.1.2 framing and the older `message\ndata:` one.
+pub fn sse_events<S>(
+    body: S,
+    first_deadline: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+) -> impl Stream<Item = Result<StreamEvent, FlowiseError>> + Send
+where
+    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
+{
+    struct State<S> {
+        body: S,
+        buffer: BytesMut,
+        seen_data: bool,
+        done: bool,
+        first_deadline: tokio::time::Instant,
+        deadline: tokio::time::Instant,
+    }
+    let state = State {
+        body,
+        buffer: BytesMut::new(),
+        seen_data: false,
+        done: false,
+        first_deadline,
+        deadline,
+    };
+    futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if s.done {
+                return None;
+            }
+            if let Some(frame) = take_frame(&mut s.buffer) {
+                let Some(payload) = frame_data(&frame) else {
+                    continue; // a heartbeat or an empty frame
+                };
+                s.seen_data = true;
+                let event = match serde_json::from_str::<Value>(&payload) {
+                    Ok(v) => StreamEvent {
+                        event: v.get("event").and_then(Value::as_str).unwrap_or("message").to_owned(),
+                        data: v.get("data").cloned().unwrap_or(Value::Null),
+                    },
+                    Err(_) => StreamEvent {
+                        event: "message".into(),
+                        data: Value::String(payload),
+                    },
+                };
+                if event.event == "end" {
+                    s.done = true;
+                }
+                return Some((Ok(event), s));
+            }
+            let until = if s.seen_data { s.deadline } else { s.first_deadline.min(s.deadline) };
+            match tokio::time::timeout_at(until, s.body.next()).await {
+                Err(_) => {
+                    s.done = true;
+                    let what = if s.seen_data {
+                        "the stream did not finish in time"
+                    } else {
+                        "no data event arrived in time"
+                    };
+                    return Some((Err(FlowiseError::Timeout(what.into())), s));
+                }
+                Ok(None) => {
+                    s.done = true;
+                    return Some((Err(FlowiseError::Stream("the stream ended before its end event".into())), s));
+                }
+                Ok(Some(Err(e))) => {
+                    s.done = true;
+                    return Some((Err(transport_error(e)), s));
+                }
+                Ok(Some(Ok(chunk))) => s.buffer.extend_from_slice(&chunk),
+            }
+        }
+    })
+}
+
+/// Removes one complete frame (up to a blank line, `\n\n` or
+/// `\r\n\r\n`) from the buffer. Frames end in ASCII, so a multi-byte
+/// character is never split by this cut.
+fn take_frame(buffer: &mut BytesMut) -> Option<String> {
+    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buffer.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    let (at, len) = match (lf, crlf) {
+        (Some(a), Some(b)) => {
+            if a.0 <= b.0 {
+                a
+            } else {
+                b
+            }
+        }
+        (a, b) => a.or(b)?,
+    };
+    let frame = buffer.split_to(at + len);
+    Some(String::from_utf8_lossy(&frame[..at]).replace('\r', ""))
+}
+
+/// The `data:` payload of a frame (lines joined with `\n`), `None` for a
+/// comment-only frame.
+fn frame_data(frame: &str) -> Option<String> {
+    let lines: Vec<&str> = frame
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(raw: &'static [&'static [u8]]) -> Vec<Result<StreamEvent, String>> {
+        let chunks = raw.iter().map(|c| Ok::<_, reqwest::Error>(Bytes::from_static(c)));
+        let far = tokio::time::Instant::now() + Duration::from_secs(60);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            sse_events(futures_util::stream::iter(chunks), far, far)
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect()
+                .await
+        })
+    }
+
+    #[test]
+    fn the_captured_stream_parses_into_its_events() {
+        let got = events(&[
+            b"message:\ndata:{\"event\":\"start\",\"data\":\"\"}\n\nmessage:\ndata:{\"event\":\"token\",\"data\":\"Hello \"}\n\n",
+            b"message:\ndata:{\"event\":\"token\",\"data\":\"wor",
+            b"ld\"}\n\n:heartbeat\n\nmessage:\ndata:{\"event\":\"metadata\",\"data\":{\"chatId\":\"c\"}}\n\n",
+            b"message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n",
+        ]);
+        let names: Vec<String> = got.iter().map(|e| e.as_ref().unwrap().event.clone()).collect();
+        assert_eq!(names, ["start", "token", "token", "metadata", "end"]);
+        assert_eq!(got[2].as_ref().unwrap().data, json!("world"));
+    }
+
+    #[test]
+    fn the_old_framing_and_crlf_parse_too() {
+        let got = events(&[b"message\r\ndata:{\"event\":\"error\",\"data\":\"boom\"}\r\n\r\nmessage\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n"]);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].as_ref().unwrap().event, "error");
+    }
+
+    #[test]
+    fn a_stream_cut_before_end_is_an_error() {
+        let got = events(&[b"message:\ndata:{\"event\":\"token\",\"data\":\"x\"}\n\n"]);
+        assert_eq!(got.len(), 2);
+        assert!(got[1].is_err());
+    }
+
+    #[test]
+    fn usage_is_read_whatever_the_naming() {
+        assert_eq!(
+            TokenUsage::from_value(&json!({"usage": {"prompt_tokens": 12, "completion_tokens": 5}})),
+            Some(TokenUsage { input: 12, output: 5 })
+        );
+        assert_eq!(
+            TokenUsage::from_value(&json!([{"input_tokens": 3, "output_tokens": 4}])),
+            Some(TokenUsage { input: 3, output: 4 })
+        );
+        assert_eq!(TokenUsage::from_value(&json!({"nothing": 1})), None);
+    }
+
+    #[test]
+    fn the_request_carries_our_session_id_in_override_config() {
+        let req = PredictionRequest {
+            question: "q".into(),
+            session_id: "ours".into(),
+            override_config: Some(json!({"sessionId": "theirs", "vars": {"a": 1}})),
+            ..Default::default()
+        };
+        let body = req.body(true);
+        assert_eq!(body["overrideConfig"]["sessionId"], "ours");
+        assert_eq!(body["overrideConfig"]["vars"]["a"], 1);
+        assert_eq!(body["streaming"], true);
+        assert!(body.get("uploads").is_none());
+    }
+
+    #[test]
+    fn a_description_comes_from_the_chatbot_config_string() {
+        let flow: RemoteChatflow = serde_json::from_value(json!({
+            "id": "f", "name": "n", "deployed": null, "isPublic": null,
+            "chatbotConfig": "{\"welcomeMessage\": \"Hi!\"}"
+        }))
+        .unwrap();
+        assert_eq!(flow.description().as_deref(), Some("Hi!"));
+        assert_eq!(flow.is_public, None);
+    }
+}

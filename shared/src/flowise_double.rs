@@ -1,0 +1,304 @@
+//! A Flowise test double (feature `test-util`): a real HTTP server that
+//! speaks what `FLOWISE_API.md` records, byte for byte, and can be told
+//! to fail, stall, or answer JSON instead of a stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+/// How a chatflow of the double answers.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// Answers `tokens` (joined for a buffered call; one `token` event each,
+    /// `delay` apart, for a stream). `usage` adds token counts (`metrics`
+    /// in JSON, a `usageMetadata` event in a stream); `heartbeat` sends a
+    /// `:heartbeat` comment before the first event.
+    Answer {
+        /// The answer's pieces.
+        tokens: Vec<String>,
+        /// Pause before each streamed token.
+        delay: Duration,
+        /// (input, output) token counts to report.
+        usage: Option<(i64, i64)>,
+        /// Send a heartbeat first.
+        heartbeat: bool,
+    },
+    /// The flow cannot stream: the JSON answer even when streaming is asked.
+    JsonOnly(String),
+    /// The LLM is down: 500 with Flowise's error JSON, or, streamed, a 200
+    /// event stream with an `error` event and `end`.
+    Fail(String),
+    /// No answer at all, ever (what Flowise does for a streamed request
+    /// that fails before its event stream starts).
+    Stall,
+}
+
+impl Behaviour {
+    /// A plain answer of `text` split into words, with no pauses.
+    pub fn answer(text: &str) -> Behaviour {
+        Behaviour::Answer {
+            tokens: split_tokens(text),
+            delay: Duration::ZERO,
+            usage: None,
+            heartbeat: false,
+        }
+    }
+}
+
+/// Splits text into word tokens that keep their trailing space.
+pub fn split_tokens(text: &str) -> Vec<String> {
+    text.split_inclusive(' ').map(str::to_owned).collect()
+}
+
+/// A prediction request the double received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The chatflow in the path.
+    pub chatflow_id: String,
+    /// The JSON body.
+    pub body: Value,
+    /// The `Authorization` header.
+    pub authorization: Option<String>,
+}
+
+struct Flow {
+    name: String,
+    behaviour: Behaviour,
+}
+
+#[derive(Default)]
+struct Inner {
+    flows: HashMap<String, Flow>,
+    order: Vec<String>,
+    received: Vec<Received>,
+}
+
+/// The running double.
+#[derive(Clone)]
+pub struct FlowiseDouble {
+    /// `http://127.0.0.1:<port>`: its `FLOWISE_API_URL`.
+    pub url: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FlowiseDouble {
+    /// Starts the double on a free port.
+    pub async fn start() -> FlowiseDouble {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the Flowise double");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new()
+            .route("/api/v1/prediction/{id}", post(prediction))
+            .route("/api/v1/chatflows", get(chatflows))
+            .route("/api/v1/chatflows-streaming/{id}", get(streaming))
+            .route("/api/v1/ping", get(|| async { "pong" }))
+            .with_state(inner.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FlowiseDouble { url, inner }
+    }
+
+    /// Adds (or replaces) a chatflow.
+    pub fn add_flow(&self, id: &str, name: &str, behaviour: Behaviour) {
+        let mut inner = self.inner.lock().expect("double");
+        if !inner.flows.contains_key(id) {
+            inner.order.insert(0, id.to_owned());
+        }
+        inner.flows.insert(
+            id.to_owned(),
+            Flow {
+                name: name.to_owned(),
+                behaviour,
+            },
+        );
+    }
+
+    /// Changes how a chatflow answers.
+    pub fn set_behaviour(&self, id: &str, behaviour: Behaviour) {
+        if let Some(flow) = self.inner.lock().expect("double").flows.get_mut(id) {
+            flow.behaviour = behaviour;
+        }
+    }
+
+    /// Deletes a chatflow.
+    pub fn remove_flow(&self, id: &str) {
+        let mut inner = self.inner.lock().expect("double");
+        inner.flows.remove(id);
+        inner.order.retain(|f| f != id);
+    }
+
+    /// Every prediction request received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.lock().expect("double").received.clone()
+    }
+}
+
+fn not_found(id: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"statusCode": 404, "success": false, "message": format!("Chatflow {id} not found in the database!"), "stack": {}})),
+    )
+        .into_response()
+}
+
+fn frame(event: &str, data: Value) -> Bytes {
+    Bytes::from(format!("message:\ndata:{}\n\n", json!({"event": event, "data": data})))
+}
+
+async fn prediction(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let behaviour = {
+        let mut inner = inner.lock().expect("double");
+        inner.received.push(Received {
+            chatflow_id: id.clone(),
+            body: body.clone(),
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        });
+        inner.flows.get(&id).map(|f| f.behaviour.clone())
+    };
+    let streaming = matches!(body.get("streaming"), Some(Value::Bool(true)))
+        || body.get("streaming").and_then(Value::as_str) == Some("true");
+    let question = body.get("question").and_then(Value::as_str).unwrap_or("").to_owned();
+    let session = body
+        .pointer("/overrideConfig/sessionId")
+        .and_then(Value::as_str)
+        .or_else(|| body.get("chatId").and_then(Value::as_str))
+        .unwrap_or("generated-chat-id")
+        .to_owned();
+    let chat_id = body.get("chatId").and_then(Value::as_str).unwrap_or(&session).to_owned();
+    let message_id = uuid::Uuid::new_v4().to_string();
+    let answer_json = |text: String, usage: Option<(i64, i64)>| {
+        let mut v = json!({
+            "text": text, "question": question, "chatId": chat_id, "chatMessageId": message_id,
+            "isStreamValid": false, "sessionId": session, "memoryType": "Buffer Memory"
+        });
+        if let Some((i, o)) = usage {
+            v["metrics"] = json!({"usage": {"prompt_tokens": i, "completion_tokens": o}});
+        }
+        (StatusCode::OK, Json(v)).into_response()
+    };
+    let Some(behaviour) = behaviour else {
+        if streaming {
+            // Captured: no response at all.
+            std::future::pending::<()>().await;
+        }
+        return not_found(&id);
+    };
+    match behaviour {
+        Behaviour::Stall => {
+            std::future::pending::<()>().await;
+            StatusCode::OK.into_response()
+        }
+        Behaviour::JsonOnly(text) => answer_json(text, None),
+        Behaviour::Fail(message) if !streaming => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"statusCode": 500, "success": false, "message": message, "stack": {}})),
+        )
+            .into_response(),
+        Behaviour::Answer { tokens, usage, .. } if !streaming => answer_json(tokens.concat(), usage),
+        Behaviour::Fail(message) => sse(vec![(Duration::ZERO, frame("error", json!(message))), (Duration::ZERO, frame("end", json!("[DONE]")))]),
+        Behaviour::Answer {
+            tokens,
+            delay,
+            usage,
+            heartbeat,
+        } => {
+            let mut frames = Vec::new();
+            if heartbeat {
+                frames.push((Duration::ZERO, Bytes::from_static(b":heartbeat\n\n")));
+            }
+            frames.push((Duration::ZERO, frame("start", json!(""))));
+            for token in tokens {
+                frames.push((delay, frame("token", json!(token))));
+            }
+            frames.push((
+                Duration::ZERO,
+                frame(
+                    "metadata",
+                    json!({"chatId": chat_id, "chatMessageId": message_id, "question": question, "sessionId": session, "memoryType": "Buffer Memory"}),
+                ),
+            ));
+            if let Some((i, o)) = usage {
+                frames.push((
+                    Duration::ZERO,
+                    frame("usageMetadata", json!({"input_tokens": i, "output_tokens": o, "total_tokens": i + o})),
+                ));
+            }
+            frames.push((Duration::ZERO, frame("end", json!("[DONE]"))));
+            sse(frames)
+        }
+    }
+}
+
+/// An event-stream response with the captured headers, sending each frame
+/// after its pause.
+fn sse(frames: Vec<(Duration, Bytes)>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        for (pause, bytes) in frames {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            if tx.send(Ok(bytes)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "text/event-stream")
+        .header("Cache-Control", "no-cache")
+        .header("Connection", "keep-alive")
+        .header("X-Accel-Buffering", "no")
+        .body(Body::from_stream(stream))
+        .expect("response")
+}
+
+async fn chatflows(State(inner): State<Arc<Mutex<Inner>>>) -> Response {
+    let inner = inner.lock().expect("double");
+    let list: Vec<Value> = inner
+        .order
+        .iter()
+        .filter_map(|id| inner.flows.get(id).map(|f| (id, f)))
+        .map(|(id, f)| {
+            json!({
+                "id": id, "name": f.name,
+                "flowData": "{\"nodes\": [], \"edges\": []}",
+                "deployed": false, "isPublic": null, "apikeyid": null,
+                "chatbotConfig": "{\"welcomeMessage\": \"Ask me anything\"}",
+                "apiConfig": null, "analytic": null, "speechToText": null, "textToSpeech": null,
+                "followUpPrompts": null, "category": null, "type": "CHATFLOW",
+                "createdDate": "2026-11-28T22:12:21.000Z", "updatedDate": "2026-11-28T22:12:21.000Z",
+                "workspaceId": "428defdf-70cb-42c5-8d4f-2a32b0473a76"
+            })
+        })
+        .collect();
+    Json(Value::Array(list)).into_response()
+}
+
+async fn streaming(State(inner): State<Arc<Mutex<Inner>>>, Path(id): Path<String>) -> Response {
+    let inner = inner.lock().expect("double");
+    let streams = inner
+        .flows
+        .get(&id)
+        .is_some_and(|f| !matches!(f.behaviour, Behaviour::JsonOnly(_)));
+    Json(json!({"isStreaming": streams})).into_response()
+}
