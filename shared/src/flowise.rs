@@ -67,8 +67,18 @@ impl TokenUsage {
     /// `metrics`, whichever naming the LLM node used.
     pub fn from_value(v: &Value) -> Option<TokenUsage> {
         let pick = |names: &[&str]| names.iter().find_map(|n| find_number(v, n));
-        let input = pick(&["input_tokens", "inputTokens", "prompt_tokens", "promptTokens"]);
-        let output = pick(&["output_tokens", "outputTokens", "completion_tokens", "completionTokens"]);
+        let input = pick(&[
+            "input_tokens",
+            "inputTokens",
+            "prompt_tokens",
+            "promptTokens",
+        ]);
+        let output = pick(&[
+            "output_tokens",
+            "outputTokens",
+            "completion_tokens",
+            "completionTokens",
+        ]);
         match (input, output) {
             (None, None) => None,
             (i, o) => Some(TokenUsage {
@@ -265,7 +275,11 @@ impl FlowiseClient {
     }
 
     /// A buffered prediction, bounded by `FLOWISE_TIMEOUT_SECONDS`.
-    pub async fn predict(&self, chatflow_id: &str, request: &PredictionRequest) -> Result<Prediction, FlowiseError> {
+    pub async fn predict(
+        &self,
+        chatflow_id: &str,
+        request: &PredictionRequest,
+    ) -> Result<Prediction, FlowiseError> {
         let response = self
             .post(&format!("/api/v1/prediction/{chatflow_id}"))
             .timeout(self.timeout)
@@ -281,7 +295,8 @@ impl FlowiseClient {
                 message: error_message(&text),
             });
         }
-        let value: Value = serde_json::from_str(&text).map_err(|e| FlowiseError::Malformed(e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| FlowiseError::Malformed(e.to_string()))?;
         Prediction::from_json(value)
     }
 
@@ -290,7 +305,11 @@ impl FlowiseClient {
     /// failures); the returned events then enforce it again for the first
     /// data event (heartbeats do not count) and `FLOWISE_TIMEOUT_SECONDS`
     /// for the whole call.
-    pub async fn predict_stream(&self, chatflow_id: &str, request: &PredictionRequest) -> Result<StreamStart, FlowiseError> {
+    pub async fn predict_stream(
+        &self,
+        chatflow_id: &str,
+        request: &PredictionRequest,
+    ) -> Result<StreamStart, FlowiseError> {
         let started = tokio::time::Instant::now();
         let send = self
             .post(&format!("/api/v1/prediction/{chatflow_id}"))
@@ -323,7 +342,8 @@ impl FlowiseClient {
                     message: error_message(&text),
                 });
             }
-            let value: Value = serde_json::from_str(&text).map_err(|e| FlowiseError::Malformed(e.to_string()))?;
+            let value: Value =
+                serde_json::from_str(&text).map_err(|e| FlowiseError::Malformed(e.to_string()))?;
             return Ok(StreamStart::Json(Prediction::from_json(value)?));
         }
         let deadline = started + self.timeout;
@@ -337,7 +357,10 @@ impl FlowiseClient {
 
     /// `GET /api/v1/chatflows`: every chatflow of the API key's workspace.
     pub async fn list_chatflows(&self) -> Result<Vec<RemoteChatflow>, FlowiseError> {
-        let mut req = self.http.get(format!("{}/api/v1/chatflows", self.base)).timeout(self.timeout);
+        let mut req = self
+            .http
+            .get(format!("{}/api/v1/chatflows", self.base))
+            .timeout(self.timeout);
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key.expose());
         }
@@ -351,7 +374,8 @@ impl FlowiseClient {
             });
         }
         // A bare array; with ?page&limit it would be {data, total}.
-        let value: Value = serde_json::from_str(&text).map_err(|e| FlowiseError::Malformed(e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| FlowiseError::Malformed(e.to_string()))?;
         let items = match value {
             Value::Array(items) => items,
             Value::Object(mut map) => match map.remove("data") {
@@ -407,7 +431,11 @@ where
                 s.seen_data = true;
                 let event = match serde_json::from_str::<Value>(&payload) {
                     Ok(v) => StreamEvent {
-                        event: v.get("event").and_then(Value::as_str).unwrap_or("message").to_owned(),
+                        event: v
+                            .get("event")
+                            .and_then(Value::as_str)
+                            .unwrap_or("message")
+                            .to_owned(),
                         data: v.get("data").cloned().unwrap_or(Value::Null),
                     },
                     Err(_) => StreamEvent {
@@ -420,7 +448,11 @@ where
                 }
                 return Some((Ok(event), s));
             }
-            let until = if s.seen_data { s.deadline } else { s.first_deadline.min(s.deadline) };
+            let until = if s.seen_data {
+                s.deadline
+            } else {
+                s.first_deadline.min(s.deadline)
+            };
             match tokio::time::timeout_at(until, s.body.next()).await {
                 Err(_) => {
                     s.done = true;
@@ -433,7 +465,12 @@ where
                 }
                 Ok(None) => {
                     s.done = true;
-                    return Some((Err(FlowiseError::Stream("the stream ended before its end event".into())), s));
+                    return Some((
+                        Err(FlowiseError::Stream(
+                            "the stream ended before its end event".into(),
+                        )),
+                        s,
+                    ));
                 }
                 Ok(Some(Err(e))) => {
                     s.done = true;
@@ -450,7 +487,10 @@ where
 /// character is never split by this cut.
 fn take_frame(buffer: &mut BytesMut) -> Option<String> {
     let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = buffer.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    let crlf = buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
     let (at, len) = match (lf, crlf) {
         (Some(a), Some(b)) => {
             if a.0 <= b.0 {
@@ -481,9 +521,14 @@ mod tests {
     use super::*;
 
     fn events(raw: &'static [&'static [u8]]) -> Vec<Result<StreamEvent, String>> {
-        let chunks = raw.iter().map(|c| Ok::<_, reqwest::Error>(Bytes::from_static(c)));
+        let chunks = raw
+            .iter()
+            .map(|c| Ok::<_, reqwest::Error>(Bytes::from_static(c)));
         let far = tokio::time::Instant::now() + Duration::from_secs(60);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             sse_events(futures_util::stream::iter(chunks), far, far)
                 .map(|r| r.map_err(|e| e.to_string()))
@@ -500,7 +545,10 @@ mod tests {
             b"ld\"}\n\n:heartbeat\n\nmessage:\ndata:{\"event\":\"metadata\",\"data\":{\"chatId\":\"c\"}}\n\n",
             b"message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n",
         ]);
-        let names: Vec<String> = got.iter().map(|e| e.as_ref().unwrap().event.clone()).collect();
+        let names: Vec<String> = got
+            .iter()
+            .map(|e| e.as_ref().unwrap().event.clone())
+            .collect();
         assert_eq!(names, ["start", "token", "token", "metadata", "end"]);
         assert_eq!(got[2].as_ref().unwrap().data, json!("world"));
     }
@@ -522,12 +570,20 @@ mod tests {
     #[test]
     fn usage_is_read_whatever_the_naming() {
         assert_eq!(
-            TokenUsage::from_value(&json!({"usage": {"prompt_tokens": 12, "completion_tokens": 5}})),
-            Some(TokenUsage { input: 12, output: 5 })
+            TokenUsage::from_value(
+                &json!({"usage": {"prompt_tokens": 12, "completion_tokens": 5}})
+            ),
+            Some(TokenUsage {
+                input: 12,
+                output: 5
+            })
         );
         assert_eq!(
             TokenUsage::from_value(&json!([{"input_tokens": 3, "output_tokens": 4}])),
-            Some(TokenUsage { input: 3, output: 4 })
+            Some(TokenUsage {
+                input: 3,
+                output: 4
+            })
         );
         assert_eq!(TokenUsage::from_value(&json!({"nothing": 1})), None);
     }

@@ -152,7 +152,10 @@ fn not_found(id: &str) -> Response {
 }
 
 fn frame(event: &str, data: Value) -> Bytes {
-    Bytes::from(format!("message:\ndata:{}\n\n", json!({"event": event, "data": data})))
+    Bytes::from(format!(
+        "message:\ndata:{}\n\n",
+        json!({"event": event, "data": data})
+    ))
 }
 
 async fn prediction(
@@ -175,14 +178,22 @@ async fn prediction(
     };
     let streaming = matches!(body.get("streaming"), Some(Value::Bool(true)))
         || body.get("streaming").and_then(Value::as_str) == Some("true");
-    let question = body.get("question").and_then(Value::as_str).unwrap_or("").to_owned();
+    let question = body
+        .get("question")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
     let session = body
         .pointer("/overrideConfig/sessionId")
         .and_then(Value::as_str)
         .or_else(|| body.get("chatId").and_then(Value::as_str))
         .unwrap_or("generated-chat-id")
         .to_owned();
-    let chat_id = body.get("chatId").and_then(Value::as_str).unwrap_or(&session).to_owned();
+    let chat_id = body
+        .get("chatId")
+        .and_then(Value::as_str)
+        .unwrap_or(&session)
+        .to_owned();
     let message_id = uuid::Uuid::new_v4().to_string();
     let answer_json = |text: String, usage: Option<(i64, i64)>| {
         let mut v = json!({
@@ -212,8 +223,13 @@ async fn prediction(
             Json(json!({"statusCode": 500, "success": false, "message": message, "stack": {}})),
         )
             .into_response(),
-        Behaviour::Answer { tokens, usage, .. } if !streaming => answer_json(tokens.concat(), usage),
-        Behaviour::Fail(message) => sse(vec![(Duration::ZERO, frame("error", json!(message))), (Duration::ZERO, frame("end", json!("[DONE]")))]),
+        Behaviour::Answer { tokens, usage, .. } if !streaming => {
+            answer_json(tokens.concat(), usage)
+        }
+        Behaviour::Fail(message) => sse(vec![
+            (Duration::ZERO, frame("error", json!(message))),
+            (Duration::ZERO, frame("end", json!("[DONE]"))),
+        ]),
         Behaviour::Answer {
             tokens,
             delay,
@@ -238,7 +254,10 @@ async fn prediction(
             if let Some((i, o)) = usage {
                 frames.push((
                     Duration::ZERO,
-                    frame("usageMetadata", json!({"input_tokens": i, "output_tokens": o, "total_tokens": i + o})),
+                    frame(
+                        "usageMetadata",
+                        json!({"input_tokens": i, "output_tokens": o, "total_tokens": i + o}),
+                    ),
                 ));
             }
             frames.push((Duration::ZERO, frame("end", json!("[DONE]"))));
@@ -261,7 +280,9 @@ fn sse(frames: Vec<(Duration, Bytes)>) -> Response {
             }
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     Response::builder()
         .status(StatusCode::OK)
         .header("Content-Type", "text/event-stream")

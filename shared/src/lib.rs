@@ -3,6 +3,7 @@
 //! the store clients, the credit ledger and pricing, so that every function
 //! (the predict functions included) uses the very same code.
 
+pub mod chat;
 pub mod config;
 pub mod db;
 pub mod digest;

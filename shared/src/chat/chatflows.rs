@@ -1,0 +1,285 @@
+//! The chatflow catalogue: synced from Flowise, with access by a public
+//! flag or an access list of user ids or emails. A chatflow gone from
+//! Flowise is marked removed, never deleted, so history keeps its name.
+
+use std::collections::HashSet;
+
+use bson::{doc, DateTime as BsonTime};
+use mongodb::{Collection, Database};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::now;
+use crate::flowise::{FlowiseClient, FlowiseError};
+use crate::token::{AuthUser, Role};
+use crate::ApiError;
+
+/// A chatflow the gateway knows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatflowDoc {
+    /// Flowise's id (unique).
+    pub chatflow_id: String,
+    /// Name.
+    pub name: String,
+    /// Description (from Flowise's chatbot config).
+    pub description: Option<String>,
+    /// Anyone signed in may use it.
+    pub is_public: bool,
+    /// User ids and lower-cased emails that may use it.
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
+    /// Gone from Flowise.
+    #[serde(default)]
+    pub removed: bool,
+    /// Flowise's own `deployed` flag (informational; real servers leave it false).
+    pub deployed: Option<bool>,
+    /// Flowise's type (`CHATFLOW`, `AGENTFLOW`, ...).
+    pub kind: Option<String>,
+    /// Last sync that saw it.
+    pub synced_at: BsonTime,
+}
+
+impl ChatflowDoc {
+    /// As end users see it.
+    pub fn to_public_json(&self) -> Value {
+        json!({
+            "id": self.chatflow_id,
+            "name": self.name,
+            "description": self.description,
+            "isPublic": self.is_public,
+        })
+    }
+
+    /// As admins see it.
+    pub fn to_admin_json(&self) -> Value {
+        json!({
+            "id": self.chatflow_id,
+            "name": self.name,
+            "description": self.description,
+            "isPublic": self.is_public,
+            "allowedUsers": self.allowed_users,
+            "removed": self.removed,
+            "deployed": self.deployed,
+            "type": self.kind,
+            "syncedAt": self.synced_at.to_chrono(),
+        })
+    }
+
+    /// Whether `user` may use it: admins always; others when it is public
+    /// or lists their id or email.
+    pub fn allows(&self, user: &AuthUser) -> bool {
+        user.role == Role::Admin
+            || self.is_public
+            || self
+                .allowed_users
+                .iter()
+                .any(|u| *u == user.id || *u == user.email.to_lowercase())
+    }
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    /// New chatflows.
+    pub created: u64,
+    /// Known chatflows whose name or description changed, or that came back.
+    pub updated: u64,
+    /// Chatflows gone from Flowise, now marked removed.
+    pub removed: u64,
+}
+
+fn collection(db: &Database) -> Collection<ChatflowDoc> {
+    db.collection("chatflows")
+}
+
+/// Pulls `GET /api/v1/chatflows` and reconciles the catalogue.
+pub async fn sync_chatflows(db: &Database, client: &FlowiseClient) -> Result<SyncReport, ApiError> {
+    let remote = client
+        .list_chatflows()
+        .await
+        .map_err(|e: FlowiseError| ApiError::from(e))?;
+    let flows = collection(db);
+    let mut report = SyncReport::default();
+    let synced_at = now();
+    let mut seen = HashSet::new();
+    for flow in remote {
+        seen.insert(flow.id.clone());
+        let description = flow.description();
+        match flows.find_one(doc! {"chatflow_id": &flow.id}).await? {
+            None => {
+                let inserted = flows
+                    .insert_one(ChatflowDoc {
+                        chatflow_id: flow.id.clone(),
+                        name: flow.name.clone(),
+                        description,
+                        // Flowise's isPublic is nullable; the gateway's flag
+                        // starts from it and is the admin's afterwards.
+                        is_public: flow.is_public.unwrap_or(false),
+                        allowed_users: Vec::new(),
+                        removed: false,
+                        deployed: flow.deployed,
+                        kind: flow.kind.clone(),
+                        synced_at,
+                    })
+                    .await;
+                match inserted {
+                    Ok(_) => report.created += 1,
+                    // A concurrent sync inserted it first.
+                    Err(e) if crate::db::mongo::is_duplicate_key(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(known) => {
+                if known.name != flow.name || known.description != description || known.removed {
+                    report.updated += 1;
+                }
+                flows
+                    .update_one(
+                        doc! {"chatflow_id": &flow.id},
+                        doc! {"$set": {
+                            "name": &flow.name, "description": description,
+                            "deployed": flow.deployed, "kind": flow.kind.clone(),
+                            "removed": false, "synced_at": synced_at,
+                        }},
+                    )
+                    .await?;
+            }
+        }
+    }
+    let gone: Vec<String> = seen.into_iter().collect();
+    report.removed = flows
+        .update_many(
+            doc! {"chatflow_id": {"$nin": gone}, "removed": false},
+            doc! {"$set": {"removed": true, "synced_at": synced_at}},
+        )
+        .await?
+        .modified_count;
+    tracing::info!(
+        created = report.created,
+        updated = report.updated,
+        removed = report.removed,
+        "chatflows synced"
+    );
+    Ok(report)
+}
+
+/// One chatflow, removed or not.
+pub async fn find(db: &Database, chatflow_id: &str) -> Result<Option<ChatflowDoc>, ApiError> {
+    Ok(collection(db)
+        .find_one(doc! {"chatflow_id": chatflow_id})
+        .await?)
+}
+
+/// The chatflow `user` is about to use: 404 when unknown or removed, 403
+/// when the user may not use it.
+pub async fn usable(
+    db: &Database,
+    chatflow_id: &str,
+    user: &AuthUser,
+) -> Result<ChatflowDoc, ApiError> {
+    let flow = find(db, chatflow_id)
+        .await?
+        .filter(|f| !f.removed)
+        .ok_or_else(|| ApiError::not_found(format!("no chatflow {chatflow_id}")))?;
+    if !flow.allows(user) {
+        return Err(ApiError::forbidden(
+            "you do not have access to this chatflow",
+        ));
+    }
+    Ok(flow)
+}
+
+/// The chatflows `user` may use, by name.
+pub async fn list_for(db: &Database, user: &AuthUser) -> Result<Vec<ChatflowDoc>, ApiError> {
+    let filter = if user.role == Role::Admin {
+        doc! {"removed": false}
+    } else {
+        doc! {"removed": false, "$or": [
+            {"is_public": true},
+            {"allowed_users": {"$in": [&user.id, user.email.to_lowercase()]}},
+        ]}
+    };
+    collect(collection(db).find(filter).sort(doc! {"name": 1}).await?).await
+}
+
+/// Every chatflow, removed ones included (admin view).
+pub async fn list_all(db: &Database) -> Result<Vec<ChatflowDoc>, ApiError> {
+    collect(collection(db).find(doc! {}).sort(doc! {"name": 1}).await?).await
+}
+
+async fn collect(mut cursor: mongodb::Cursor<ChatflowDoc>) -> Result<Vec<ChatflowDoc>, ApiError> {
+    let mut out = Vec::new();
+    while cursor.advance().await? {
+        out.push(cursor.deserialize_current()?);
+    }
+    Ok(out)
+}
+
+/// Sets the public flag and/or replaces the access list; 404 when unknown.
+pub async fn update_access(
+    db: &Database,
+    chatflow_id: &str,
+    is_public: Option<bool>,
+    allowed_users: Option<Vec<String>>,
+) -> Result<ChatflowDoc, ApiError> {
+    let mut set = doc! {};
+    if let Some(p) = is_public {
+        set.insert("is_public", p);
+    }
+    if let Some(users) = allowed_users {
+        set.insert("allowed_users", users);
+    }
+    if set.is_empty() {
+        return find(db, chatflow_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such chatflow"));
+    }
+    collection(db)
+        .find_one_and_update(doc! {"chatflow_id": chatflow_id}, doc! {"$set": set})
+        .return_document(mongodb::options::ReturnDocument::After)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such chatflow"))
+}
+
+/// Adds (`grant`) or removes users from the access list.
+pub async fn change_users(
+    db: &Database,
+    chatflow_id: &str,
+    users: Vec<String>,
+    grant: bool,
+) -> Result<ChatflowDoc, ApiError> {
+    let update = if grant {
+        doc! {"$addToSet": {"allowed_users": {"$each": users}}}
+    } else {
+        doc! {"$pull": {"allowed_users": {"$in": users}}}
+    };
+    collection(db)
+        .find_one_and_update(doc! {"chatflow_id": chatflow_id}, update)
+        .return_document(mongodb::options::ReturnDocument::After)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such chatflow"))
+}
+
+/// Checks and normalises access-list entries: user ids as given, emails
+/// lower-cased.
+pub fn parse_users(field: &str, entries: &[String]) -> Result<Vec<String>, ApiError> {
+    if entries.len() > 1000 {
+        return Err(ApiError::invalid_field(field, "at most 1000 entries"));
+    }
+    entries
+        .iter()
+        .map(|e| {
+            let e = e.trim();
+            if e.contains('@') {
+                crate::identity::Email::parse(field, e).map(|m| m.as_str().to_owned())
+            } else if e.is_empty() || e.len() > 128 {
+                Err(ApiError::invalid_field(
+                    field,
+                    "entries must be user ids or emails",
+                ))
+            } else {
+                Ok(e.to_owned())
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,256 @@
+//! Chat sessions and their messages. A session belongs to one user; every
+//! read and delete checks it.
+
+use bson::{doc, DateTime as BsonTime, Document};
+use mongodb::{Collection, Database};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::now;
+use crate::ApiError;
+
+/// A chat session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionDoc {
+    /// Id (also Flowise's `sessionId`).
+    pub session_id: String,
+    /// Owner.
+    pub user_id: String,
+    /// The chatflow it talks to.
+    pub chatflow_id: String,
+    /// The first 50 characters of the first question.
+    pub topic: String,
+    /// Created.
+    pub created_at: BsonTime,
+    /// Last message.
+    pub updated_at: BsonTime,
+    /// Messages stored.
+    pub message_count: i64,
+}
+
+impl SessionDoc {
+    /// As the API shows it (snake_case, as the predict family does).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "session_id": self.session_id,
+            "chatflow_id": self.chatflow_id,
+            "topic": self.topic,
+            "created_at": self.created_at.to_chrono(),
+            "updated_at": self.updated_at.to_chrono(),
+            "message_count": self.message_count,
+        })
+    }
+}
+
+/// A stored message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageDoc {
+    /// Id.
+    pub message_id: String,
+    /// Session.
+    pub session_id: String,
+    /// Owner.
+    pub user_id: String,
+    /// `user` or `assistant`.
+    pub role: String,
+    /// Text.
+    pub content: String,
+    /// `complete`, or `incomplete` for a stream cut short.
+    pub status: String,
+    /// Files sent with it.
+    #[serde(default)]
+    pub file_ids: Vec<String>,
+    /// Tokens, credits, sources...
+    #[serde(default)]
+    pub metadata: Document,
+    /// Position in the session.
+    pub position: i64,
+    /// Stored.
+    pub created_at: BsonTime,
+}
+
+impl MessageDoc {
+    /// As the API shows it.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "message_id": self.message_id,
+            "role": self.role,
+            "content": self.content,
+            "status": self.status,
+            "created_at": self.created_at.to_chrono(),
+            "file_ids": self.file_ids,
+            "metadata": Value::from(bson::Bson::Document(self.metadata.clone()).into_relaxed_extjson()),
+        })
+    }
+}
+
+fn sessions(db: &Database) -> Collection<SessionDoc> {
+    db.collection("chat_sessions")
+}
+
+fn messages(db: &Database) -> Collection<MessageDoc> {
+    db.collection("chat_messages")
+}
+
+/// The session, if `user_id` owns it: 404 when unknown, 403 when another
+/// user's.
+pub async fn owned(db: &Database, session_id: &str, user_id: &str) -> Result<SessionDoc, ApiError> {
+    let session = sessions(db)
+        .find_one(doc! {"session_id": session_id})
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no session {session_id}")))?;
+    if session.user_id != user_id {
+        return Err(ApiError::forbidden("this session belongs to another user"));
+    }
+    Ok(session)
+}
+
+/// Creates a session whose topic is the first 50 characters of `question`.
+pub async fn create(
+    db: &Database,
+    user_id: &str,
+    chatflow_id: &str,
+    question: &str,
+) -> Result<SessionDoc, ApiError> {
+    let at = now();
+    let session = SessionDoc {
+        session_id: uuid::Uuid::new_v4().to_string(),
+        user_id: user_id.to_owned(),
+        chatflow_id: chatflow_id.to_owned(),
+        topic: question.chars().take(50).collect(),
+        created_at: at,
+        updated_at: at,
+        message_count: 0,
+    };
+    sessions(db).insert_one(&session).await?;
+    Ok(session)
+}
+
+/// A message to store.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Id.
+    pub message_id: String,
+    /// `user` or `assistant`.
+    pub role: &'static str,
+    /// Text.
+    pub content: String,
+    /// `complete` or `incomplete`.
+    pub status: &'static str,
+    /// Files.
+    pub file_ids: Vec<String>,
+    /// Details.
+    pub metadata: Document,
+}
+
+/// Appends messages to a session, in order, and bumps its counters.
+pub async fn append(
+    db: &Database,
+    session: &SessionDoc,
+    new: Vec<NewMessage>,
+) -> Result<(), ApiError> {
+    let count = new.len() as i64;
+    let after = sessions(db)
+        .find_one_and_update(
+            doc! {"session_id": &session.session_id},
+            doc! {"$inc": {"message_count": count}, "$set": {"updated_at": now()}},
+        )
+        .return_document(mongodb::options::ReturnDocument::After)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the session was deleted"))?;
+    let first = after.message_count - count;
+    let at = now();
+    let docs: Vec<MessageDoc> = new
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| MessageDoc {
+            message_id: m.message_id,
+            session_id: session.session_id.clone(),
+            user_id: session.user_id.clone(),
+            role: m.role.to_owned(),
+            content: m.content,
+            status: m.status.to_owned(),
+            file_ids: m.file_ids,
+            metadata: m.metadata,
+            position: first + i as i64,
+            created_at: at,
+        })
+        .collect();
+    if !docs.is_empty() {
+        messages(db).insert_many(docs).await?;
+    }
+    Ok(())
+}
+
+/// A page of the user's sessions, latest activity first, and the total.
+pub async fn list(
+    db: &Database,
+    user_id: &str,
+    page: i64,
+    limit: i64,
+) -> Result<(Vec<SessionDoc>, u64), ApiError> {
+    let filter = doc! {"user_id": user_id};
+    let total = sessions(db).count_documents(filter.clone()).await?;
+    let mut cursor = sessions(db)
+        .find(filter)
+        .sort(doc! {"updated_at": -1, "session_id": 1})
+        .skip(((page - 1) * limit) as u64)
+        .limit(limit)
+        .await?;
+    let mut out = Vec::new();
+    while cursor.advance().await? {
+        out.push(cursor.deserialize_current()?);
+    }
+    Ok((out, total))
+}
+
+/// A page of a session's messages, oldest first, and the total.
+pub async fn messages_page(
+    db: &Database,
+    session_id: &str,
+    page: i64,
+    limit: i64,
+) -> Result<(Vec<MessageDoc>, u64), ApiError> {
+    let filter = doc! {"session_id": session_id};
+    let total = messages(db).count_documents(filter.clone()).await?;
+    let mut cursor = messages(db)
+        .find(filter)
+        .sort(doc! {"created_at": 1, "position": 1})
+        .skip(((page - 1) * limit) as u64)
+        .limit(limit)
+        .await?;
+    let mut out = Vec::new();
+    while cursor.advance().await? {
+        out.push(cursor.deserialize_current()?);
+    }
+    Ok((out, total))
+}
+
+/// The last `n` messages of a session as Flowise `history`.
+pub async fn history(db: &Database, session_id: &str, n: i64) -> Result<Vec<MessageDoc>, ApiError> {
+    let mut cursor = messages(db)
+        .find(doc! {"session_id": session_id})
+        .sort(doc! {"created_at": -1, "position": -1})
+        .limit(n)
+        .await?;
+    let mut out = Vec::new();
+    while cursor.advance().await? {
+        out.push(cursor.deserialize_current()?);
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Deletes a session with its messages and its files.
+pub async fn delete(db: &Database, session_id: &str) -> Result<(), ApiError> {
+    messages(db)
+        .delete_many(doc! {"session_id": session_id})
+        .await?;
+    db.collection::<Document>("files")
+        .delete_many(doc! {"session_id": session_id})
+        .await?;
+    sessions(db)
+        .delete_one(doc! {"session_id": session_id})
+        .await?;
+    Ok(())
+}
