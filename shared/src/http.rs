@@ -56,8 +56,14 @@ fn request_id(req: &Request) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-async fn request_span(req: Request, next: Next) -> Response {
+/// The id of the request being served (Lambda's request id when there is
+/// one), available to handlers as an extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+async fn request_span(mut req: Request, next: Next) -> Response {
     let request_id = request_id(&req);
+    req.extensions_mut().insert(RequestId(request_id.clone()));
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,

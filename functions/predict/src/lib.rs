@@ -1,16 +1,21 @@
 //! The predict function (SPEC §8): buffered chat predictions, chat
 //! sessions and history, files, and the chatflow catalogue with its access
-//! control. Its configuration and state are shared with `predict-stream`.
+//! control. Its configuration, state and prediction steps are shared with
+//! `predict-stream`.
 
-use axum::extract::FromRef;
-use axum::routing::{get, post, put};
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use shared::config::{
     ConfigError, Env, FlowiseConfig, JwtConfig, Limits, MongoConfig, PostgresConfig,
 };
 use shared::db::mongo::{self, MongoStores};
-use shared::http::{finish, not_implemented, HealthChecks};
+use shared::flowise::FlowiseClient;
+use shared::http::{finish, HealthChecks};
 use shared::token::JwtKeys;
+
+pub mod prediction;
+pub mod routes;
 
 /// What the predict functions read from their environment.
 #[derive(Debug, Clone)]
@@ -49,8 +54,8 @@ pub struct AppState {
     pub mongo: MongoStores,
     /// PostgreSQL (ledger).
     pub pg: sqlx::PgPool,
-    /// Upstream settings.
-    pub flowise: FlowiseConfig,
+    /// The upstream.
+    pub flowise: FlowiseClient,
     /// Limits.
     pub limits: Limits,
 }
@@ -62,7 +67,8 @@ impl FromRef<AppState> for JwtKeys {
 }
 
 impl AppState {
-    /// Builds both store clients, migrating and ensuring indexes.
+    /// Builds both store clients and the Flowise client, migrating and
+    /// ensuring indexes.
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
         let stores = mongo::connect(&config.mongo).await?;
         let (pg, ()) = tokio::join!(
@@ -73,7 +79,7 @@ impl AppState {
             jwt: JwtKeys::new(&config.jwt),
             mongo: stores,
             pg: pg?,
-            flowise: config.flowise.clone(),
+            flowise: FlowiseClient::new(&config.flowise)?,
             limits: config.limits,
         })
     }
@@ -85,33 +91,41 @@ impl AppState {
             mongodb: Some(self.mongo.client.clone()),
         }
     }
+
+    /// The largest request body: a file at `MAX_UPLOAD_BYTES`, base64-encoded
+    /// in JSON, with room for the rest of the body.
+    pub fn body_limit(&self) -> usize {
+        self.limits.max_upload_bytes / 3 * 4 + 64 * 1024
+    }
 }
 
 /// The function's routes.
 pub fn router(state: AppState) -> Router {
     let health = state.health_checks();
+    let body_limit = state.body_limit();
     let api = Router::new()
-        .route("/api/v1/chatflows", get(not_implemented))
-        .route("/api/v1/chatflows/{id}", get(not_implemented))
-        .route("/api/v1/chat/predict", post(not_implemented))
-        .route("/api/v1/chat/sessions", get(not_implemented))
-        .route("/api/v1/chat/sessions/{id}/messages", get(not_implemented))
+        .route("/api/v1/chatflows", get(routes::list_chatflows))
+        .route("/api/v1/chatflows/{id}", get(routes::get_chatflow))
+        .route("/api/v1/chat/predict", post(routes::predict))
+        .route("/api/v1/chat/sessions", get(routes::list_sessions))
         .route(
-            "/api/v1/chat/sessions/{id}",
-            axum::routing::delete(not_implemented),
+            "/api/v1/chat/sessions/{id}/messages",
+            get(routes::list_messages),
         )
-        .route("/api/v1/chat/files", post(not_implemented))
+        .route("/api/v1/chat/sessions/{id}", delete(routes::delete_session))
+        .route("/api/v1/chat/files", post(routes::upload_file))
         .route(
             "/api/v1/chat/files/{id}",
-            get(not_implemented).delete(not_implemented),
+            get(routes::get_file).delete(routes::delete_file),
         )
-        .route("/api/v1/admin/chatflows/sync", post(not_implemented))
-        .route("/api/v1/admin/chatflows", get(not_implemented))
-        .route("/api/v1/admin/chatflows/{id}", put(not_implemented))
+        .route("/api/v1/admin/chatflows/sync", post(routes::sync))
+        .route("/api/v1/admin/chatflows", get(routes::admin_list))
+        .route("/api/v1/admin/chatflows/{id}", put(routes::admin_update))
         .route(
             "/api/v1/admin/chatflows/{id}/users",
-            post(not_implemented).delete(not_implemented),
+            post(routes::grant_users).delete(routes::revoke_users),
         )
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state);
     finish(api.merge(health.router()))
 }
