@@ -243,8 +243,6 @@ fn error_message(body: &str) -> String {
 fn transport_error(err: reqwest::Error) -> FlowiseError {
     if err.is_timeout() {
         FlowiseError::Timeout(err.to_string())
-    } else if err.is_connect() {
-        FlowiseError::Unreachable(err.to_string())
     } else {
         FlowiseError::Unreachable(err.to_string())
     }

@@ -23,8 +23,11 @@ use shared::token::AuthUser;
 use crate::AppState;
 
 /// Output tokens assumed when reserving, before the answer's length is
-/// known; the settlement charges the actual cost (and any excess as far as
-/// the balance goes).
+/// known. The reservation is the cost with this many output tokens, capped
+/// at the user's balance as long as the balance covers the known part
+/// (`perRequest` and the input); the settlement charges the actual cost,
+/// and an excess over the reservation as far as the balance goes (the rest
+/// is recorded as a shortfall).
 pub const RESERVE_OUTPUT_TOKENS: i64 = 1_000;
 /// The longest question accepted, in characters.
 pub const MAX_QUESTION_CHARS: usize = 100_000;
@@ -239,10 +242,18 @@ pub async fn prepare(
     let input_tokens = estimate_tokens(&body.question) + estimate_tokens(&history_text);
     let mut conn = state.pg.acquire().await?;
     let rule = pricing::rule_for(&mut conn, Some(&body.chatflow_id)).await?;
+    let minimum = rule.cost(input_tokens, 0).credits.max(1);
+    let balance = queries::total_balance(&mut conn, &user.id).await?;
+    if balance < minimum {
+        return Err(ApiError::InsufficientCredits {
+            message: format!("{minimum} credits needed, {balance} available"),
+        });
+    }
     let estimate = rule
         .cost(input_tokens, RESERVE_OUTPUT_TOKENS)
         .credits
-        .max(1);
+        .min(balance)
+        .max(minimum);
     drop(conn);
     let message_id = uuid::Uuid::new_v4().to_string();
     let mut tx = state.pg.begin().await?;

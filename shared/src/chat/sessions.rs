@@ -79,7 +79,7 @@ impl MessageDoc {
             "status": self.status,
             "created_at": self.created_at.to_chrono(),
             "file_ids": self.file_ids,
-            "metadata": Value::from(bson::Bson::Document(self.metadata.clone()).into_relaxed_extjson()),
+            "metadata": bson::Bson::Document(self.metadata.clone()).into_relaxed_extjson(),
         })
     }
 }
