@@ -1,0 +1,250 @@
+//! The prediction journey over HTTP through the served functions: the
+//! buffered one through `lambda_http::run`, the streamed one through
+//! Lambda response streaming, both behind the function-URL front.
+
+use std::time::{Duration, Instant};
+
+use e2e::{Stack, StackOptions};
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{json, Value};
+use shared::flowise_double::{split_tokens, Behaviour, FlowiseDouble};
+use shared::token::Role;
+
+const ANSWER: &str = "Hello from the fake OpenAI server!";
+
+async fn stack_with(flowise: &FlowiseDouble) -> Stack {
+    Stack::start_with(StackOptions {
+        functions: Some(vec!["predict", "predict-stream", "credits"]),
+        env: vec![
+            ("FLOWISE_API_URL".into(), flowise.url.clone()),
+            ("FLOWISE_FIRST_BYTE_TIMEOUT_SECONDS".into(), "2".into()),
+            ("FLOWISE_TIMEOUT_SECONDS".into(), "10".into()),
+        ],
+        ..Default::default()
+    })
+    .await
+}
+
+/// Reads a streamed answer frame by frame, with arrival times.
+async fn read_frames(res: reqwest::Response) -> Vec<(String, Value, Instant)> {
+    let mut body = res.bytes_stream();
+    let mut buffer = String::new();
+    let mut frames = Vec::new();
+    while let Some(chunk) = body.next().await {
+        buffer.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let event = frame
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or("")
+                .to_owned();
+            let data = frame
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap_or("null");
+            frames.push((
+                event,
+                serde_json::from_str(data).expect("json data"),
+                Instant::now(),
+            ));
+        }
+    }
+    frames
+}
+
+#[tokio::test]
+async fn admin_syncs_and_grants_then_a_user_predicts_buffered_and_streamed_until_out_of_credits() {
+    let flowise = FlowiseDouble::start().await;
+    flowise.add_flow(
+        "flow-e2e",
+        "Support bot",
+        Behaviour::Answer {
+            tokens: split_tokens(ANSWER),
+            delay: Duration::from_millis(200),
+            usage: None,
+            heartbeat: true,
+        },
+    );
+    let stack = stack_with(&flowise).await;
+    let admin = stack.token("admin-1", Role::Admin);
+    let user = stack.token("zoe", Role::Enduser);
+
+    // The admin syncs the catalogue, grants zoe access and credits.
+    let (status, body) = stack
+        .request(
+            Method::POST,
+            "predict",
+            "/api/v1/admin/chatflows/sync",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!((status, body["created"].as_u64()), (200, Some(1)), "{body}");
+    let (status, _) = stack
+        .request(
+            Method::GET,
+            "predict",
+            "/api/v1/chatflows/flow-e2e",
+            Some(&user),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = stack
+        .request(
+            Method::POST,
+            "predict",
+            "/api/v1/admin/chatflows/flow-e2e/users",
+            Some(&admin),
+            Some(json!({"userIds": ["zoe"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = stack
+        .request(
+            Method::POST,
+            "credits",
+            "/api/credits/allocate",
+            Some(&admin),
+            Some(json!({"userId": "zoe", "credits": 30})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, flows) = stack
+        .request(
+            Method::GET,
+            "predict",
+            "/api/v1/chatflows",
+            Some(&user),
+            None,
+        )
+        .await;
+    assert_eq!(flows["chatflows"][0]["id"], "flow-e2e");
+
+    // A file, then a buffered prediction that uses it.
+    let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(png.to_vec())
+            .file_name("pixel.png")
+            .mime_str("image/png")
+            .unwrap(),
+    );
+    let res = stack
+        .http
+        .post(stack.url("predict", "/api/v1/chat/files"))
+        .bearer_auth(&user)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let file: Value = res.json().await.unwrap();
+    let (status, answer) = stack
+        .request(
+            Method::POST,
+            "predict",
+            "/api/v1/chat/predict",
+            Some(&user),
+            Some(json!({"chatflow_id": "flow-e2e", "question": "What is in the picture?", "uploads": [{"file_id": file["file_id"]}]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["text"], ANSWER);
+    // Default rule: 1 + ceil(0.001 x 6 + 0.002 x 9) = 2.
+    assert_eq!(answer["credits"], json!({"charged": 2, "balance": 28}));
+    let sent = flowise.received().pop().unwrap();
+    assert!(sent.body["uploads"][0]["data"]
+        .as_str()
+        .unwrap()
+        .starts_with("data:image/png;base64,"));
+    let session = answer["session_id"].as_str().unwrap().to_owned();
+
+    // Streamed through Lambda response streaming, in the same session.
+    let started = Instant::now();
+    let res = stack
+        .http
+        .post(stack.url("predict-stream", "/api/v1/chat/predict/stream"))
+        .bearer_auth(&user)
+        .json(&json!({"chatflow_id": "flow-e2e", "question": "And now?", "session_id": session}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let frames = read_frames(res).await;
+    let done = Instant::now();
+    let events: Vec<&str> = frames.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(events.first(), Some(&"session"));
+    assert_eq!(events.last(), Some(&"end"));
+    let first_token = frames.iter().find(|f| f.0 == "token").expect("tokens").2;
+    assert!(
+        done - first_token >= Duration::from_millis(800),
+        "the first token waited for the last"
+    );
+    assert!(first_token - started < Duration::from_secs(2));
+    assert_eq!(frames.last().unwrap().1["credits"]["balance"], 26);
+
+    // The history holds all four messages.
+    let (_, history) = stack
+        .request(
+            Method::GET,
+            "predict",
+            &format!("/api/v1/chat/sessions/{session}/messages"),
+            Some(&user),
+            None,
+        )
+        .await;
+    let contents: Vec<&str> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        ["What is in the picture?", ANSWER, "And now?", ANSWER]
+    );
+
+    // Spend the rest, then 402 with nothing sent to Flowise.
+    let (status, _) = stack
+        .request(
+            Method::POST,
+            "credits",
+            "/api/credits/deduct",
+            Some(&user),
+            Some(json!({"credits": 26})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let before = flowise.received().len();
+    let (status, body) = stack
+        .request(
+            Method::POST,
+            "predict",
+            "/api/v1/chat/predict",
+            Some(&user),
+            Some(json!({"chatflow_id": "flow-e2e", "question": "Hi"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (402, Some("insufficient_credits"))
+    );
+    let res = stack
+        .http
+        .post(stack.url("predict-stream", "/api/v1/chat/predict/stream"))
+        .bearer_auth(&user)
+        .json(&json!({"chatflow_id": "flow-e2e", "question": "Hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 402);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "insufficient_credits"
+    );
+    assert_eq!(flowise.received().len(), before);
+}
