@@ -4,16 +4,11 @@ use lambda_runtime::{service_fn, LambdaEvent};
 async fn main() -> Result<(), shared::BoxError> {
     shared::telemetry::init();
     let config = shared::config::load(credit_expiry::Config::from_env).await?;
-    let pool = shared::db::postgres::connect_and_migrate(&config.postgres).await?;
-    let limits = config.limits;
+    let job = credit_expiry::Job::connect(&config).await?;
     // The event (EventBridge's scheduled event, or `{}` by hand) carries nothing we use.
     lambda_runtime::run(service_fn(|_event: LambdaEvent<serde_json::Value>| {
-        let pool = pool.clone();
-        async move {
-            credit_expiry::run_job(&pool, &limits)
-                .await
-                .map_err(shared::BoxError::from)
-        }
+        let job = job.clone();
+        async move { job.run().await.map_err(shared::BoxError::from) }
     }))
     .await
 }
