@@ -1,5 +1,5 @@
 # Every target CI runs is here; `.ci/run` calls the same commands.
-.PHONY: run test fmt fmt-check clippy lint cfn-lint ci release bench-ledger
+.PHONY: run test fmt fmt-check clippy lint cfn-lint ci release bench-ledger bench-predict
 
 ## Run the local stack: stores, mail catcher, Flowise, every function under cargo lambda watch.
 run:
@@ -33,4 +33,8 @@ release:
 
 ## Deductions per second: HTTP, in-process ledger, pgbench (see BENCHMARKS.md).
 bench-ledger:
-	cargo run --release -p e2e --bin bench-ledger
+	./local/with-stores.sh cargo run --release -p e2e --bin bench-ledger
+
+## Gateway overhead on predictions and time to first token (see BENCHMARKS.md).
+bench-predict:
+	./local/with-stores.sh cargo run --release -p e2e --bin bench-predict
