@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use e2e::stack::binary_dir;
 use e2e::HTTP_FUNCTIONS;
+use shared::flowise_double::{split_tokens, Behaviour, FlowiseDouble};
 use shared::testing::{self, TestMongo, TestPostgres};
+use shared::token::Role;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -29,6 +31,17 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
         "cargo-lambda is not on PATH: run the tests with `make test`"
     );
     let (pg, mongo) = tokio::join!(TestPostgres::new(), TestMongo::new());
+    let flowise = FlowiseDouble::start().await;
+    flowise.add_flow(
+        "flow-watch",
+        "Watched",
+        Behaviour::Answer {
+            tokens: split_tokens("streamed through cargo lambda watch"),
+            delay: Duration::from_millis(100),
+            usage: None,
+            heartbeat: false,
+        },
+    );
     let port = free_port();
     let target_dir = binary_dir().parent().unwrap().to_path_buf();
     let mut watch = tokio::process::Command::new("cargo")
@@ -46,7 +59,7 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
         .env("SMTP_TLS", "none")
         .env("MAIL_FROM", "gateway@example.com")
         .env("APP_BASE_URL", "http://localhost:5173")
-        .env("FLOWISE_API_URL", "http://127.0.0.1:9")
+        .env("FLOWISE_API_URL", &flowise.url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
@@ -84,6 +97,12 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
             }
         }
     }
+    // A streamed prediction through the watched predict-stream function.
+    let streamed = if up {
+        stream_through(&client, &base, &pg.pool).await
+    } else {
+        String::new()
+    };
     // The job, by hand, as the README says.
     let invoked = if up {
         let out = tokio::process::Command::new("cargo")
@@ -112,4 +131,53 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
         invoked["expiredAllocations"], 0,
         "cargo lambda invoke credit-expiry: {invoked}"
     );
+}
+
+/// Syncs the catalogue, opens the flow, grants credits, and returns the
+/// raw event stream of one streamed prediction.
+async fn stream_through(client: &reqwest::Client, base: &str, pool: &sqlx::PgPool) -> String {
+    let keys = testing::jwt_keys();
+    let admin = testing::mint_token(&keys, "admin-1", Role::Admin);
+    let user = testing::mint_token(&keys, "watcher", Role::Enduser);
+    let sync = client
+        .post(format!(
+            "{base}/lambda-url/predict/api/v1/admin/chatflows/sync"
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("sync");
+    assert_eq!(sync.status(), 200);
+    let open = client
+        .put(format!(
+            "{base}/lambda-url/predict/api/v1/admin/chatflows/flow-watch"
+        ))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"isPublic": true}))
+        .send()
+        .await
+        .expect("open");
+    assert_eq!(open.status(), 200);
+    let mut tx = pool.begin().await.unwrap();
+    shared::ledger::ops::allocate(
+        &mut tx,
+        "watcher",
+        shared::ledger::Credits::parse("c", 50).unwrap(),
+        None,
+        None,
+        &shared::ledger::ops::Context::default(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let res = client
+        .post(format!(
+            "{base}/lambda-url/predict-stream/api/v1/chat/predict/stream"
+        ))
+        .bearer_auth(&user)
+        .json(&serde_json::json!({"chatflow_id": "flow-watch", "question": "Hi"}))
+        .send()
+        .await
+        .expect("stream");
+    res.text().await.unwrap_or_default()
 }
