@@ -131,6 +131,12 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
         invoked["expiredAllocations"], 0,
         "cargo lambda invoke credit-expiry: {invoked}"
     );
+    assert!(streamed.starts_with("event: session"), "{streamed}");
+    assert!(
+        streamed.contains("event: token\ndata: \"streamed \""),
+        "{streamed}"
+    );
+    assert!(streamed.contains("event: end"), "{streamed}");
 }
 
 /// Syncs the catalogue, opens the flow, grants credits, and returns the
