@@ -24,12 +24,13 @@ while IFS='=' read -r key value; do
 done < <(grep -E '^[A-Z_][A-Z0-9_]*=' "$env_file")
 
 PIDS=()
+WATCH_PGID=""
 STARTED_COMPOSE=0
 cleanup() {
   trap - EXIT INT TERM
   log "stopping"
+  [ -n "$WATCH_PGID" ] && kill -KILL -- "-$WATCH_PGID" 2>/dev/null
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  pkill -f "cargo-lambda watch -A 127.0.0.1 -P ${PORT:-9000}" 2>/dev/null || true
   if [ "$STARTED_COMPOSE" = 1 ]; then docker compose -f "$COMPOSE_FILE" stop; fi
   wait 2>/dev/null || true
 }
@@ -66,8 +67,11 @@ log "applying migrations and indexes"
 
 PORT="${PORT:-9000}"
 log "starting cargo lambda watch on 127.0.0.1:$PORT"
-cargo lambda watch -A 127.0.0.1 -P "$PORT" &
-PIDS+=($!)
+# In a session of its own, stopped as one process group on exit (SIGKILL:
+# cargo-lambda's own SIGTERM handling has been seen to signal beyond its
+# processes).
+setsid cargo lambda watch -A 127.0.0.1 -P "$PORT" </dev/null &
+WATCH_PGID=$!
 wait_port 127.0.0.1 "$PORT" 120 || { echo "cargo lambda watch did not start" >&2; exit 1; }
 
 if curl -fsS -m 3 "$FLOWISE_API_URL/api/v1/ping" >/dev/null 2>&1; then flowise_state="answering"; else flowise_state="NOT answering"; fi
@@ -88,4 +92,4 @@ cat <<INFO
   Ctrl-C stops everything started here.
 
 INFO
-wait "${PIDS[-1]}"
+wait "$WATCH_PGID"

@@ -240,6 +240,17 @@ fn error_message(body: &str) -> String {
         .unwrap_or_else(|| body.chars().take(200).collect())
 }
 
+/// An answer's JSON, or Flowise's error (`{statusCode, success, message}`).
+fn answer_json(status: u16, text: &str) -> Result<Value, FlowiseError> {
+    if status >= 400 {
+        return Err(FlowiseError::Status {
+            status,
+            message: error_message(text),
+        });
+    }
+    serde_json::from_str(text).map_err(|e| FlowiseError::Malformed(e.to_string()))
+}
+
 fn transport_error(err: reqwest::Error) -> FlowiseError {
     if err.is_timeout() {
         FlowiseError::Timeout(err.to_string())
@@ -287,15 +298,7 @@ impl FlowiseClient {
             .map_err(transport_error)?;
         let status = response.status().as_u16();
         let text = response.text().await.map_err(transport_error)?;
-        if status >= 400 {
-            return Err(FlowiseError::Status {
-                status,
-                message: error_message(&text),
-            });
-        }
-        let value: Value =
-            serde_json::from_str(&text).map_err(|e| FlowiseError::Malformed(e.to_string()))?;
-        Prediction::from_json(value)
+        Prediction::from_json(answer_json(status, &text)?)
     }
 
     /// A streamed prediction. Waits at most `FLOWISE_FIRST_BYTE_TIMEOUT_SECONDS`
@@ -334,15 +337,9 @@ impl FlowiseClient {
                 .await
                 .map_err(|_| FlowiseError::Timeout("the answer did not finish in time".into()))?
                 .map_err(transport_error)?;
-            if status >= 400 {
-                return Err(FlowiseError::Status {
-                    status,
-                    message: error_message(&text),
-                });
-            }
-            let value: Value =
-                serde_json::from_str(&text).map_err(|e| FlowiseError::Malformed(e.to_string()))?;
-            return Ok(StreamStart::Json(Prediction::from_json(value)?));
+            return Ok(StreamStart::Json(Prediction::from_json(answer_json(
+                status, &text,
+            )?)?));
         }
         let deadline = started + self.timeout;
         let first_deadline = started + self.first_byte_timeout;
@@ -365,15 +362,8 @@ impl FlowiseClient {
         let response = req.send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
         let text = response.text().await.map_err(transport_error)?;
-        if status >= 400 {
-            return Err(FlowiseError::Status {
-                status,
-                message: error_message(&text),
-            });
-        }
         // A bare array; with ?page&limit it would be {data, total}.
-        let value: Value =
-            serde_json::from_str(&text).map_err(|e| FlowiseError::Malformed(e.to_string()))?;
+        let value = answer_json(status, &text)?;
         let items = match value {
             Value::Array(items) => items,
             Value::Object(mut map) => match map.remove("data") {

@@ -131,6 +131,41 @@ pub fn price_to_micros(field: &str, credits: f64) -> Result<i64, ApiError> {
     Ok(micros as i64)
 }
 
+/// A rule as the API takes it: per-token prices in credits.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PriceInput {
+    /// Credits per request.
+    pub per_request: i64,
+    /// Credits per input token (at most six decimals).
+    pub per_input_token: f64,
+    /// Credits per output token (at most six decimals).
+    pub per_output_token: f64,
+}
+
+impl PriceInput {
+    /// Checks the per-token prices (`field` prefixes the names in errors)
+    /// and returns them in micro-credits.
+    pub fn micros(&self, field: &str) -> Result<(i64, i64), ApiError> {
+        Ok((
+            price_to_micros(&format!("{field}perInputToken"), self.per_input_token)?,
+            price_to_micros(&format!("{field}perOutputToken"), self.per_output_token)?,
+        ))
+    }
+
+    /// Checks the prices and stores them as the rule of `chatflow_id`.
+    pub async fn save(
+        &self,
+        conn: &mut PgConnection,
+        chatflow_id: &str,
+        actor_id: &str,
+        field: &str,
+    ) -> Result<PricingRule, ApiError> {
+        let (input, output) = self.micros(field)?;
+        upsert_rule(conn, chatflow_id, self.per_request, input, output, actor_id).await
+    }
+}
+
 /// The rule for `chatflow_id`, else the default rule.
 pub async fn rule_for(
     conn: &mut PgConnection,

@@ -478,3 +478,32 @@ async fn smtp_session(
         }
     }
 }
+
+/// Splits the gateway's `event: <name>\ndata: <json>\n\n` frames out of a
+/// streamed body, chunk by chunk.
+#[derive(Debug, Default)]
+pub struct SseFrames {
+    buffer: String,
+}
+
+impl SseFrames {
+    /// Adds a chunk; returns the frames it completed, as (event, data).
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<(String, serde_json::Value)> {
+        self.buffer.push_str(&String::from_utf8_lossy(chunk));
+        let mut out = Vec::new();
+        while let Some(end) = self.buffer.find("\n\n") {
+            let frame: String = self.buffer.drain(..end + 2).collect();
+            let event = frame
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or("")
+                .to_owned();
+            let data = frame
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap_or("null");
+            out.push((event, serde_json::from_str(data).expect("JSON data")));
+        }
+        out
+    }
+}

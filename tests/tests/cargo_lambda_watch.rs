@@ -44,8 +44,21 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
     );
     let port = free_port();
     let target_dir = binary_dir().parent().unwrap().to_path_buf();
-    let mut watch = tokio::process::Command::new("cargo")
-        .args(["lambda", "watch", "--quiet", "-A", "127.0.0.1", "-P"])
+    // In a PID namespace of its own, torn down with everything in it when
+    // the test ends: stopping cargo-lambda (and the functions it runs) has
+    // been seen to signal processes far beyond its own, which here would
+    // include the test runner and the databases.
+    let mut watch = tokio::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child=SIGKILL"])
+        .args([
+            "cargo",
+            "lambda",
+            "watch",
+            "--quiet",
+            "-A",
+            "127.0.0.1",
+            "-P",
+        ])
         .arg(port.to_string())
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .env("CARGO_TARGET_DIR", &target_dir)
@@ -60,13 +73,13 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
         .env("MAIL_FROM", "gateway@example.com")
         .env("APP_BASE_URL", "http://localhost:5173")
         .env("FLOWISE_API_URL", &flowise.url)
+        // Never the test runner's stdin: cargo-lambda would read (and close) it.
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .expect("start cargo lambda watch");
-    let group = watch.id().expect("pid");
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
@@ -105,10 +118,12 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
     };
     // The job, by hand, as the README says.
     let invoked = if up {
-        let out = tokio::process::Command::new("cargo")
-            .args(["lambda", "invoke", "-A", "127.0.0.1", "-P"])
+        let out = tokio::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child=SIGKILL"])
+            .args(["cargo", "lambda", "invoke", "-A", "127.0.0.1", "-P"])
             .arg(port.to_string())
             .args(["credit-expiry", "--data-ascii", "{}"])
+            .stdin(Stdio::null())
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .output()
             .await
@@ -120,10 +135,9 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
     } else {
         serde_json::Value::Null
     };
-    // cargo-lambda runs each function as a child: stop the whole group.
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &format!("-{group}")])
-        .status();
+    // Killing unshare kills the namespace's first process, and with it
+    // every process in the namespace.
+    let _ = watch.start_kill();
     let _ = tokio::time::timeout(Duration::from_secs(10), watch.wait()).await;
     assert!(up, "cargo lambda watch did not open port {port}");
     assert!(failures.is_empty(), "{failures:?}");

@@ -29,27 +29,16 @@ async fn stack_with(flowise: &FlowiseDouble) -> Stack {
 /// Reads a streamed answer frame by frame, with arrival times.
 async fn read_frames(res: reqwest::Response) -> Vec<(String, Value, Instant)> {
     let mut body = res.bytes_stream();
-    let mut buffer = String::new();
+    let mut reader = shared::testing::SseFrames::default();
     let mut frames = Vec::new();
     while let Some(chunk) = body.next().await {
-        buffer.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let event = frame
-                .lines()
-                .find_map(|l| l.strip_prefix("event: "))
-                .unwrap_or("")
-                .to_owned();
-            let data = frame
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .unwrap_or("null");
-            frames.push((
-                event,
-                serde_json::from_str(data).expect("json data"),
-                Instant::now(),
-            ));
-        }
+        let now = Instant::now();
+        frames.extend(
+            reader
+                .push(&chunk.expect("chunk"))
+                .into_iter()
+                .map(|(e, d)| (e, d, now)),
+        );
     }
     frames
 }

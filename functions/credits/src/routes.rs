@@ -16,7 +16,7 @@ use shared::ledger::ops::{self, Context};
 use shared::ledger::queries::{self, TransactionFilter};
 use shared::ledger::reservations::{self, Settlement};
 use shared::ledger::{Credits, TransactionKind};
-use shared::pricing::{self, estimate_tokens, price_to_micros};
+use shared::pricing::{self, estimate_tokens, PriceInput};
 use shared::query::{parse_instant, PageParams};
 use shared::token::{AuthUser, Role};
 
@@ -349,34 +349,16 @@ pub async fn list_pricing(State(state): State<AppState>, _user: AuthUser) -> Api
     Ok(Json(json!({ "rules": rules })).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PricingBody {
-    per_request: i64,
-    per_input_token: f64,
-    per_output_token: f64,
-}
-
 /// `PUT /api/credits/pricing/{chatflowId or "default"}` (admin)
 pub async fn put_pricing(
     State(state): State<AppState>,
     user: AuthUser,
     PathParams(chatflow_id): PathParams<String>,
-    JsonBody(req): JsonBody<PricingBody>,
+    JsonBody(prices): JsonBody<PriceInput>,
 ) -> ApiResult {
     user.require_admin()?;
-    let input = price_to_micros("perInputToken", req.per_input_token)?;
-    let output = price_to_micros("perOutputToken", req.per_output_token)?;
     let mut conn = state.pg.acquire().await?;
-    let rule = pricing::upsert_rule(
-        &mut conn,
-        &chatflow_id,
-        req.per_request,
-        input,
-        output,
-        &user.id,
-    )
-    .await?;
+    let rule = prices.save(&mut conn, &chatflow_id, &user.id, "").await?;
     Ok(Json(json!({ "rule": rule.to_json() })).into_response())
 }
 

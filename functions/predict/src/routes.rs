@@ -257,18 +257,10 @@ pub async fn admin_list(State(state): State<AppState>, user: AuthUser) -> ApiRes
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PricingBody {
-    per_request: i64,
-    per_input_token: f64,
-    per_output_token: f64,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdminChatflowBody {
     is_public: Option<bool>,
     allowed_users: Option<Vec<String>>,
-    pricing: Option<PricingBody>,
+    pricing: Option<shared::pricing::PriceInput>,
 }
 
 /// `PUT /api/v1/admin/chatflows/{id}` (admin): public flag, access list
@@ -285,25 +277,18 @@ pub async fn admin_update(
         .as_deref()
         .map(|u| chatflows::parse_users("allowedUsers", u))
         .transpose()?;
-    let prices = body
-        .pricing
-        .as_ref()
-        .map(|p| -> Result<_, ApiError> {
-            Ok((
-                p.per_request,
-                shared::pricing::price_to_micros("pricing.perInputToken", p.per_input_token)?,
-                shared::pricing::price_to_micros("pricing.perOutputToken", p.per_output_token)?,
-            ))
-        })
-        .transpose()?;
+    // Checked before anything changes, so a bad price changes nothing.
+    if let Some(prices) = &body.pricing {
+        prices.micros("pricing.")?;
+    }
     let flow = chatflows::update_access(&state.mongo.chat, &id, body.is_public, allowed).await?;
     let mut out = json!({ "chatflow": flow.to_admin_json() });
-    if let Some((per_request, input, output)) = prices {
+    if let Some(prices) = &body.pricing {
         let mut conn = state.pg.acquire().await?;
-        let rule =
-            shared::pricing::upsert_rule(&mut conn, &id, per_request, input, output, &user.id)
-                .await?;
-        out["pricing"] = rule.to_json();
+        out["pricing"] = prices
+            .save(&mut conn, &id, &user.id, "pricing.")
+            .await?
+            .to_json();
     }
     Ok(Json(out).into_response())
 }

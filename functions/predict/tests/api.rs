@@ -140,25 +140,18 @@ impl App {
     }
 }
 
-/// Reads `event: name\ndata: json` frames until the stream ends.
+/// Reads the frames until the stream ends, with arrival times.
 async fn frames(mut body: axum::body::BodyDataStream) -> Vec<(String, Value, Instant)> {
-    let mut buffer = String::new();
+    let mut reader = testing::SseFrames::default();
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
-        buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let event = frame
-                .lines()
-                .find_map(|l| l.strip_prefix("event: "))
-                .unwrap_or("")
-                .to_owned();
-            let data = frame
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .unwrap_or("null");
-            out.push((event, serde_json::from_str(data).unwrap(), Instant::now()));
-        }
+        let now = Instant::now();
+        out.extend(
+            reader
+                .push(&chunk.unwrap())
+                .into_iter()
+                .map(|(e, d)| (e, d, now)),
+        );
     }
     out
 }

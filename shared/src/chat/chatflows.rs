@@ -199,20 +199,16 @@ pub async fn list_for(db: &Database, user: &AuthUser) -> Result<Vec<ChatflowDoc>
             {"allowed_users": {"$in": [&user.id, user.email.to_lowercase()]}},
         ]}
     };
-    collect(collection(db).find(filter).sort(doc! {"name": 1}).await?).await
+    crate::db::mongo::collect_all(collection(db).find(filter).sort(doc! {"name": 1}).await?)
+        .await
+        .map_err(Into::into)
 }
 
 /// Every chatflow, removed ones included (admin view).
 pub async fn list_all(db: &Database) -> Result<Vec<ChatflowDoc>, ApiError> {
-    collect(collection(db).find(doc! {}).sort(doc! {"name": 1}).await?).await
-}
-
-async fn collect(mut cursor: mongodb::Cursor<ChatflowDoc>) -> Result<Vec<ChatflowDoc>, ApiError> {
-    let mut out = Vec::new();
-    while cursor.advance().await? {
-        out.push(cursor.deserialize_current()?);
-    }
-    Ok(out)
+    crate::db::mongo::collect_all(collection(db).find(doc! {}).sort(doc! {"name": 1}).await?)
+        .await
+        .map_err(Into::into)
 }
 
 /// Sets the public flag and/or replaces the access list; 404 when unknown.

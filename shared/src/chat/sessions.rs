@@ -191,17 +191,13 @@ pub async fn list(
 ) -> Result<(Vec<SessionDoc>, u64), ApiError> {
     let filter = doc! {"user_id": user_id};
     let total = sessions(db).count_documents(filter.clone()).await?;
-    let mut cursor = sessions(db)
+    let cursor = sessions(db)
         .find(filter)
         .sort(doc! {"updated_at": -1, "session_id": 1})
         .skip(((page - 1) * limit) as u64)
         .limit(limit)
         .await?;
-    let mut out = Vec::new();
-    while cursor.advance().await? {
-        out.push(cursor.deserialize_current()?);
-    }
-    Ok((out, total))
+    Ok((crate::db::mongo::collect_all(cursor).await?, total))
 }
 
 /// A page of a session's messages, oldest first, and the total.
@@ -213,32 +209,13 @@ pub async fn messages_page(
 ) -> Result<(Vec<MessageDoc>, u64), ApiError> {
     let filter = doc! {"session_id": session_id};
     let total = messages(db).count_documents(filter.clone()).await?;
-    let mut cursor = messages(db)
+    let cursor = messages(db)
         .find(filter)
         .sort(doc! {"created_at": 1, "position": 1})
         .skip(((page - 1) * limit) as u64)
         .limit(limit)
         .await?;
-    let mut out = Vec::new();
-    while cursor.advance().await? {
-        out.push(cursor.deserialize_current()?);
-    }
-    Ok((out, total))
-}
-
-/// The last `n` messages of a session as Flowise `history`.
-pub async fn history(db: &Database, session_id: &str, n: i64) -> Result<Vec<MessageDoc>, ApiError> {
-    let mut cursor = messages(db)
-        .find(doc! {"session_id": session_id})
-        .sort(doc! {"created_at": -1, "position": -1})
-        .limit(n)
-        .await?;
-    let mut out = Vec::new();
-    while cursor.advance().await? {
-        out.push(cursor.deserialize_current()?);
-    }
-    out.reverse();
-    Ok(out)
+    Ok((crate::db::mongo::collect_all(cursor).await?, total))
 }
 
 /// Deletes a session with its messages and its files.

@@ -186,6 +186,18 @@ pub async fn ensure_indexes_logged(stores: &MongoStores, auth: bool, chat: bool)
     }
 }
 
+/// Reads every document a cursor yields.
+pub async fn collect_all<T>(mut cursor: mongodb::Cursor<T>) -> Result<Vec<T>, mongodb::error::Error>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    let mut out = Vec::new();
+    while cursor.advance().await? {
+        out.push(cursor.deserialize_current()?);
+    }
+    Ok(out)
+}
+
 /// Whether a MongoDB error is a duplicate-key violation (code 11000),
 /// whatever shape the driver wraps it in.
 pub fn is_duplicate_key(err: &mongodb::error::Error) -> bool {

@@ -82,17 +82,17 @@ pub async fn list_users(
     }
     let users = state.store.users();
     let total = users.count_documents(filter.clone()).await?;
-    let mut cursor = users
+    let cursor = users
         .find(filter)
         .sort(doc! {"created_at": -1, "_id": 1})
         .skip(((page - 1) * limit) as u64)
         .limit(limit)
         .await?;
-    let mut items = Vec::new();
-    while cursor.advance().await? {
-        let doc: UserDoc = cursor.deserialize_current()?;
-        items.push(doc.to_json());
-    }
+    let items: Vec<serde_json::Value> = shared::db::mongo::collect_all::<UserDoc>(cursor)
+        .await?
+        .iter()
+        .map(UserDoc::to_json)
+        .collect();
     Ok(
         Json(json!({ "users": items, "page": page, "limit": limit, "total": total }))
             .into_response(),
