@@ -49,7 +49,13 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
     // been seen to signal processes far beyond its own, which here would
     // include the test runner and the databases.
     let mut watch = tokio::process::Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child=SIGKILL"])
+        .args([
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--fork",
+            "--kill-child=SIGKILL",
+        ])
         .args([
             "cargo",
             "lambda",
@@ -119,7 +125,13 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
     // The job, by hand, as the README says.
     let invoked = if up {
         let out = tokio::process::Command::new("unshare")
-            .args(["--pid", "--fork", "--kill-child=SIGKILL"])
+            .args([
+                "--user",
+                "--map-root-user",
+                "--pid",
+                "--fork",
+                "--kill-child=SIGKILL",
+            ])
             .args(["cargo", "lambda", "invoke", "-A", "127.0.0.1", "-P"])
             .arg(port.to_string())
             .args(["credit-expiry", "--data-ascii", "{}"])
