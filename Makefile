@@ -1,5 +1,5 @@
 # Every target CI runs is here; `.ci/run` calls the same commands.
-.PHONY: run test fmt fmt-check clippy lint cfn-lint ci release bench-ledger bench-predict
+.PHONY: run test fmt fmt-check clippy lint cfn-lint ci release bench-ledger bench-predict bench-coldstart
 
 ## Run the local stack: stores, mail catcher, Flowise, every function under cargo lambda watch.
 run:
@@ -38,3 +38,7 @@ bench-ledger:
 ## Gateway overhead on predictions and time to first token (see BENCHMARKS.md).
 bench-predict:
 	./local/with-stores.sh cargo run --release -p e2e --bin bench-predict
+
+## Cold start and memory of every release bootstrap (see BENCHMARKS.md).
+bench-coldstart:
+	./local/with-stores.sh cargo run --release -p e2e --bin bench-coldstart

@@ -39,10 +39,10 @@ pub fn binary_dir() -> PathBuf {
     }
 }
 
-/// Builds the function binaries once per test process, unless the test
+/// Builds the function binaries once per process, unless the test
 /// command already did (`E2E_SKIP_BUILD=1`), so that a plain `cargo test`
 /// never runs stale binaries.
-fn ensure_binaries_built() {
+pub fn ensure_binaries_built() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         if std::env::var_os("E2E_SKIP_BUILD").is_some() {
@@ -98,6 +98,47 @@ pub struct Stack {
     _children: Vec<Child>,
 }
 
+/// The environment every function gets in tests: the stores, the fixed
+/// JWT secrets, mail to `smtp_port`, an unreachable Flowise.
+pub fn function_env(
+    pg: &TestPostgres,
+    mongo: Option<&TestMongo>,
+    smtp_port: u16,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("DATABASE_URL".into(), pg.url.clone()),
+        ("SMTP_PORT".into(), smtp_port.to_string()),
+    ];
+    if let Some(mongo) = mongo {
+        env.extend([
+            ("MONGODB_URI".into(), mongo.config.uri.expose().to_owned()),
+            ("MONGODB_AUTH_DB".into(), mongo.config.auth_db.clone()),
+            ("MONGODB_CHAT_DB".into(), mongo.config.chat_db.clone()),
+        ]);
+    }
+    env.extend([
+        (
+            "JWT_ACCESS_SECRET".into(),
+            testing::TEST_ACCESS_SECRET.into(),
+        ),
+        (
+            "JWT_REFRESH_SECRET".into(),
+            testing::TEST_REFRESH_SECRET.into(),
+        ),
+        ("SMTP_HOST".into(), "127.0.0.1".into()),
+        ("SMTP_TLS".into(), "none".into()),
+        ("MAIL_FROM".into(), "gateway@example.com".into()),
+        ("APP_BASE_URL".into(), "http://localhost:5173".into()),
+        ("FLOWISE_API_URL".into(), "http://127.0.0.1:9".into()),
+        ("LOG_FORMAT".into(), "json".into()),
+        (
+            "RUST_LOG".into(),
+            std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        ),
+    ]);
+    env
+}
+
 impl Stack {
     /// Starts every function with the default test environment.
     pub async fn start() -> Stack {
@@ -121,37 +162,7 @@ impl Stack {
             None
         };
         let smtp = TestSmtp::start().await;
-        let mut env: Vec<(String, String)> = vec![
-            ("DATABASE_URL".into(), pg.url.clone()),
-            ("SMTP_PORT".into(), smtp.port.to_string()),
-        ];
-        if let Some(mongo) = &mongo {
-            env.extend([
-                ("MONGODB_URI".into(), mongo.config.uri.expose().to_owned()),
-                ("MONGODB_AUTH_DB".into(), mongo.config.auth_db.clone()),
-                ("MONGODB_CHAT_DB".into(), mongo.config.chat_db.clone()),
-            ]);
-        }
-        env.extend([
-            (
-                "JWT_ACCESS_SECRET".into(),
-                testing::TEST_ACCESS_SECRET.into(),
-            ),
-            (
-                "JWT_REFRESH_SECRET".into(),
-                testing::TEST_REFRESH_SECRET.into(),
-            ),
-            ("SMTP_HOST".into(), "127.0.0.1".into()),
-            ("SMTP_TLS".into(), "none".into()),
-            ("MAIL_FROM".into(), "gateway@example.com".into()),
-            ("APP_BASE_URL".into(), "http://localhost:5173".into()),
-            ("FLOWISE_API_URL".into(), "http://127.0.0.1:9".into()),
-            ("LOG_FORMAT".into(), "json".into()),
-            (
-                "RUST_LOG".into(),
-                std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
-            ),
-        ]);
+        let mut env = function_env(&pg, mongo.as_ref(), smtp.port);
         env.extend(options.env.iter().cloned());
         let instances = options.instances.max(1);
         let log_dir = std::env::temp_dir().join(format!("e2e-{}", uuid::Uuid::new_v4().simple()));
@@ -255,7 +266,9 @@ impl Drop for Stack {
     }
 }
 
-fn spawn_function(
+/// Starts instance `instance` of function `name` as Lambda starts
+/// `bootstrap`: polling `api`, with `env`, logging to `log_dir`.
+pub fn spawn_function(
     name: &str,
     instance: usize,
     api: &RuntimeApi,

@@ -5,7 +5,7 @@
 use e2e::Stack;
 use reqwest::Method;
 
-/// (function, method, path) for every route of the spec.
+/// (function, method, path template) for every route of the spec.
 const ROUTES: &[(&str, &str, &str)] = &[
     ("auth", "POST", "/api/auth/signup"),
     ("auth", "POST", "/api/auth/verify-email"),
@@ -20,50 +20,52 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("auth", "PUT", "/api/profile"),
     ("auth", "POST", "/api/profile/change-password"),
     ("auth", "GET", "/api/admin/users"),
-    ("auth", "GET", "/api/admin/users/u1"),
+    ("auth", "GET", "/api/admin/users/{id}"),
     ("auth", "POST", "/api/admin/users"),
-    ("auth", "PATCH", "/api/admin/users/u1"),
-    ("auth", "DELETE", "/api/admin/users/u1"),
+    ("auth", "PATCH", "/api/admin/users/{id}"),
+    ("auth", "DELETE", "/api/admin/users/{id}"),
     ("credits", "GET", "/api/credits/balance"),
     ("credits", "GET", "/api/credits/total-balance"),
-    ("credits", "GET", "/api/credits/balance/u1"),
+    ("credits", "GET", "/api/credits/balance/{userId}"),
     ("credits", "POST", "/api/credits/allocate"),
     ("credits", "POST", "/api/credits/deduct"),
     ("credits", "POST", "/api/credits/adjust"),
     ("credits", "POST", "/api/credits/calculate"),
     ("credits", "GET", "/api/credits/transactions"),
     ("credits", "GET", "/api/credits/pricing"),
-    ("credits", "PUT", "/api/credits/pricing/default"),
+    ("credits", "PUT", "/api/credits/pricing/{chatflowId}"),
     ("credits", "POST", "/api/streaming-sessions/initialize"),
     ("credits", "POST", "/api/streaming-sessions/finalize"),
     ("credits", "POST", "/api/streaming-sessions/abort"),
     ("credits", "GET", "/api/streaming-sessions/active"),
     ("usage", "POST", "/api/usage/record"),
     ("usage", "GET", "/api/usage/stats"),
-    ("usage", "GET", "/api/usage/stats/u1"),
+    ("usage", "GET", "/api/usage/stats/{userId}"),
     ("usage", "GET", "/api/usage/system-stats"),
     ("usage", "GET", "/api/usage/export"),
     ("predict", "GET", "/api/v1/chatflows"),
-    ("predict", "GET", "/api/v1/chatflows/cf1"),
+    ("predict", "GET", "/api/v1/chatflows/{id}"),
     ("predict", "POST", "/api/v1/chat/predict"),
     ("predict", "GET", "/api/v1/chat/sessions"),
-    ("predict", "GET", "/api/v1/chat/sessions/s1/messages"),
-    ("predict", "DELETE", "/api/v1/chat/sessions/s1"),
+    ("predict", "GET", "/api/v1/chat/sessions/{id}/messages"),
+    ("predict", "DELETE", "/api/v1/chat/sessions/{id}"),
     ("predict", "POST", "/api/v1/chat/files"),
-    ("predict", "GET", "/api/v1/chat/files/f1"),
-    ("predict", "DELETE", "/api/v1/chat/files/f1"),
+    ("predict", "GET", "/api/v1/chat/files/{id}"),
+    ("predict", "DELETE", "/api/v1/chat/files/{id}"),
     ("predict", "POST", "/api/v1/admin/chatflows/sync"),
     ("predict", "GET", "/api/v1/admin/chatflows"),
-    ("predict", "PUT", "/api/v1/admin/chatflows/cf1"),
-    ("predict", "POST", "/api/v1/admin/chatflows/cf1/users"),
-    ("predict", "DELETE", "/api/v1/admin/chatflows/cf1/users"),
+    ("predict", "PUT", "/api/v1/admin/chatflows/{id}"),
+    ("predict", "POST", "/api/v1/admin/chatflows/{id}/users"),
+    ("predict", "DELETE", "/api/v1/admin/chatflows/{id}/users"),
     ("predict-stream", "POST", "/api/v1/chat/predict/stream"),
 ];
 
 #[tokio::test]
 async fn every_spec_route_is_registered_and_answers_in_the_error_format() {
     let stack = Stack::start().await;
-    for (function, method, path) in ROUTES {
+    for (function, method, template) in ROUTES {
+        let path = concrete(template);
+        let path = path.as_str();
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let (status, body) = stack
             .request(method.clone(), function, path, None, None)
@@ -94,4 +96,60 @@ async fn a_route_on_the_wrong_function_is_404() {
         .request(Method::GET, "usage", "/api/credits/balance", None, None)
         .await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+}
+
+/// A path template with every `{param}` filled in.
+fn concrete(template: &str) -> String {
+    let mut out = String::new();
+    let mut in_param = false;
+    for c in template.chars() {
+        match c {
+            '{' => in_param = true,
+            '}' => {
+                in_param = false;
+                out.push_str("x1");
+            }
+            _ if !in_param => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn the_sam_template_routes_exactly_the_spec_routes() {
+    let template =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml")).unwrap();
+    let mut declared: Vec<(String, String)> = template
+        .lines()
+        .filter(|l| l.contains("Path: \"") && l.contains("Method: "))
+        .map(|l| {
+            let path = l
+                .split("Path: \"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .to_owned();
+            let method = l
+                .split("Method: ")
+                .nth(1)
+                .unwrap()
+                .trim_end_matches('}')
+                .trim()
+                .to_owned();
+            (method, path)
+        })
+        .collect();
+    declared.sort();
+    // The streamed prediction is the function URL, not an HttpApi route.
+    let mut expected: Vec<(String, String)> = ROUTES
+        .iter()
+        .filter(|(f, _, _)| *f != "predict-stream")
+        .map(|(_, m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(declared, expected);
+    assert!(template.contains("InvokeMode: RESPONSE_STREAM"));
 }
