@@ -93,6 +93,24 @@ impl App {
             .id
     }
 
+    /// Asks for a new code once the resend pause is over (the last code is
+    /// made to look old) and reads the `nth` mail to `email`.
+    async fn resend_code(&self, email: &str, nth: usize) -> String {
+        self.state
+            .mongo
+            .auth
+            .collection::<bson::Document>("email_codes")
+            .update_many(
+                doc! {},
+                doc! {"$set": {"created_at": bson::DateTime::from_millis(0)}},
+            )
+            .await
+            .unwrap();
+        self.post("/api/auth/resend-verification", json!({"email": email}))
+            .await;
+        self.smtp.wait_for(email, nth).await.code().expect("a code")
+    }
+
     async fn login(&self, username: &str, password: &str) -> TestResponse {
         self.post(
             "/api/auth/login",
@@ -286,27 +304,7 @@ async fn verification_codes_are_hashed_expire_and_allow_five_attempts() {
     .await
     .assert_error(400, "invalid_code");
     // A new code (resend) works, but not once expired.
-    app.state
-        .mongo
-        .auth
-        .collection::<bson::Document>("email_codes")
-        .update_many(
-            doc! {},
-            doc! {"$set": {"created_at": bson::DateTime::from_millis(0)}},
-        )
-        .await
-        .unwrap();
-    app.post(
-        "/api/auth/resend-verification",
-        json!({"email": "dave@example.com"}),
-    )
-    .await;
-    let fresh = app
-        .smtp
-        .wait_for("dave@example.com", 1)
-        .await
-        .code()
-        .unwrap();
+    let fresh = app.resend_code("dave@example.com", 1).await;
     app.state
         .mongo
         .auth
@@ -639,27 +637,7 @@ async fn a_mail_server_that_is_down_does_not_lose_the_account() {
     .await;
     assert_eq!(res.status, 201, "{}", res.body);
     // Later the user asks again, and this time the mail arrives.
-    app.state
-        .mongo
-        .auth
-        .collection::<bson::Document>("email_codes")
-        .update_many(
-            doc! {},
-            doc! {"$set": {"created_at": bson::DateTime::from_millis(0)}},
-        )
-        .await
-        .unwrap();
-    app.post(
-        "/api/auth/resend-verification",
-        json!({"email": "kim@example.com"}),
-    )
-    .await;
-    let code = app
-        .smtp
-        .wait_for("kim@example.com", 0)
-        .await
-        .code()
-        .unwrap();
+    let code = app.resend_code("kim@example.com", 0).await;
     assert_eq!(
         app.post(
             "/api/auth/verify-email",
