@@ -359,8 +359,8 @@ impl Outcome {
 pub struct Charged {
     /// Credits charged.
     pub charged: i64,
-    /// Balance after.
-    pub balance: i64,
+    /// Balance after (`None` when it could not be read just then).
+    pub balance: Option<i64>,
 }
 
 /// Step (5): settles the reservation (finalize for a complete answer,
@@ -399,20 +399,34 @@ pub async fn finish(
     )
     .await?;
     tx.commit().await?;
+    // The answer is paid for: from here on nothing may turn it into an
+    // error for the user. A history or balance read that fails is logged.
     let balance = {
-        let mut conn = state.pg.acquire().await?;
-        queries::total_balance(&mut conn, &user.id).await?
+        let read = async {
+            let mut conn = state.pg.acquire().await?;
+            queries::total_balance(&mut conn, &user.id).await
+        };
+        match read.await {
+            Ok(balance) => Some(balance),
+            Err(err) => {
+                tracing::warn!(error = %err, "balance after a prediction not read");
+                None
+            }
+        }
     };
     // History: a failure with nothing delivered stores nothing.
     if outcome.complete || !outcome.text.is_empty() {
-        store_messages(
+        if let Err(err) = store_messages(
             state,
             prepared,
             outcome,
             settled.charged_credits,
             latency_ms,
         )
-        .await?;
+        .await
+        {
+            tracing::error!(error = %err, message_id = %prepared.message_id, "a paid answer was not stored in the history");
+        }
     }
     Ok(Charged {
         charged: settled.charged_credits,
