@@ -19,7 +19,7 @@ clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 cfn-lint:
-	bash -c 'source local/lib.sh && ensure_tools && cfn-lint template.yaml'
+	bash -c 'source local/lib.sh && ensure_tools && cfn-lint template.yaml && openapi-spec-validator openapi.yaml'
 
 lint: fmt-check clippy cfn-lint
 

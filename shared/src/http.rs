@@ -1,6 +1,6 @@
 //! What every HTTP function's router shares: the request span with its
 //! request id, JSON 404/405 answers, the 501 answer of a route whose issue
-//! has not landed yet, and `GET /health`.
+//! has not landed yet, `GET /openapi.yaml`, and `GET /health`.
 
 use std::time::{Duration, Instant};
 
@@ -24,9 +24,22 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// `x-request-id`, else a new one) and, once the token is verified, `user_id`.
 pub fn finish(router: Router) -> Router {
     router
+        .route("/openapi.yaml", get(openapi))
         .fallback(unknown_route)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(request_span))
+}
+
+/// The OpenAPI 3 description of every route of every function
+/// (`openapi.yaml` at the root of the repository, checked against the
+/// routes by the e2e tests).
+pub const OPENAPI: &str = include_str!("../../openapi.yaml");
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/yaml")],
+        OPENAPI,
+    )
 }
 
 async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {

@@ -83,6 +83,47 @@ async fn every_spec_route_is_registered_and_answers_in_the_error_format() {
             "{method} {path}: not the error format: {body}"
         );
     }
+    // Every function serves the description.
+    for function in e2e::HTTP_FUNCTIONS {
+        let res = stack
+            .http
+            .get(stack.url(function, "/openapi.yaml"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{function}");
+        assert_eq!(
+            res.text().await.unwrap(),
+            shared::http::OPENAPI,
+            "{function}"
+        );
+    }
+}
+
+#[test]
+fn the_openapi_description_lists_exactly_the_spec_routes() {
+    let text = shared::http::OPENAPI;
+    let paths = &text[text.find("\npaths:\n").unwrap()..text.find("\ncomponents:\n").unwrap()];
+    let mut described = Vec::new();
+    let mut current = String::new();
+    for line in paths.lines() {
+        if let Some(path) = line.strip_prefix("  /") {
+            current = format!("/{}", path.trim_end_matches(':'));
+        } else if let Some(rest) = line.strip_prefix("    ") {
+            let key = rest.split(':').next().unwrap_or("");
+            if ["get", "put", "post", "patch", "delete"].contains(&key) {
+                described.push((key.to_uppercase(), current.clone()));
+            }
+        }
+    }
+    described.sort();
+    let mut expected: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(_, m, p)| (m.to_string(), p.to_string()))
+        .chain(std::iter::once(("GET".to_owned(), "/health".to_owned())))
+        .collect();
+    expected.sort();
+    assert_eq!(described, expected);
 }
 
 #[tokio::test]
