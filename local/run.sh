@@ -67,10 +67,15 @@ log "applying migrations and indexes"
 
 PORT="${PORT:-9000}"
 log "starting cargo lambda watch on 127.0.0.1:$PORT"
-# In a session of its own, stopped as one process group on exit (SIGKILL:
-# cargo-lambda's own SIGTERM handling has been seen to signal beyond its
-# processes).
-setsid cargo lambda watch -A 127.0.0.1 -P "$PORT" </dev/null &
+# In a session of its own, stopped as one process group on exit, and in a
+# PID namespace of its own where the system allows one: when cargo-lambda
+# reloads or stops a function it has been seen to signal processes far
+# beyond its own ("waiting on process group: ... pid=0").
+SANDBOX=()
+if unshare --user --map-root-user --pid --fork true 2>/dev/null; then
+  SANDBOX=(unshare --user --map-root-user --pid --fork --kill-child=SIGKILL)
+fi
+setsid "${SANDBOX[@]}" cargo lambda watch -A 127.0.0.1 -P "$PORT" </dev/null &
 WATCH_PGID=$!
 wait_port 127.0.0.1 "$PORT" 120 || { echo "cargo lambda watch did not start" >&2; exit 1; }
 

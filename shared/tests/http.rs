@@ -164,6 +164,8 @@ async fn bad_json_bodies_are_400s_naming_the_problem() {
     let (status, body) = send(r#"{"name":"a","count":1,"extra":1}"#, "application/json").await;
     assert_eq!(status, 400);
     assert!(body["message"].as_str().unwrap().contains("extra"));
+    let (status, body) = send("{\"name\":\"\u{fffd}\"}", "application/json").await;
+    assert_eq!(status, 400, "{body}");
     let (status, body) = send(r#"{"name":"a","count":1}"#, "text/plain").await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -171,6 +173,20 @@ async fn bad_json_bodies_are_400s_naming_the_problem() {
     );
     let (status, body) = send(r#"{"name":"a","count":1}"#, "application/json").await;
     assert_eq!((status, body), (200, json!({"name": "a", "count": 1})));
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_utf8_is_a_400() {
+    use tower::ServiceExt;
+    let req = axum::http::Request::post("/echo")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(vec![0xff, 0xfe, b'{', 0x80]))
+        .unwrap();
+    let res = app().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 400);
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["error"], "invalid_json");
 }
 
 #[tokio::test]
