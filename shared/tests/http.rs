@@ -184,7 +184,9 @@ async fn a_body_that_is_not_utf8_is_a_400() {
         .unwrap();
     let res = app().oneshot(req).await.unwrap();
     assert_eq!(res.status(), 400);
-    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
     let body: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(body["error"], "invalid_json");
 }
