@@ -79,6 +79,8 @@ impl DateRange {
         to: Option<&str>,
         default_days: i64,
     ) -> Result<Self, ApiError> {
+        // An empty parameter (`?from=`) counts as absent.
+        let (from, to) = (from.filter(|f| !f.is_empty()), to.filter(|t| !t.is_empty()));
         let to = match to {
             Some(raw) => parse_instant("to", raw, true)?,
             None => Utc::now(),
@@ -115,6 +117,8 @@ mod tests {
         let r = DateRange::parse(None, Some("2026-11-29"), 30).unwrap();
         assert_eq!(r.to - r.from, Duration::days(30));
         assert!(DateRange::parse(Some("2026-12-01"), Some("2026-11-01"), 30).is_err());
+        let empty = DateRange::parse(Some(""), Some(""), 7).unwrap();
+        assert_eq!(empty.to - empty.from, Duration::days(7));
     }
 
     #[test]

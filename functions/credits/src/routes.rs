@@ -400,11 +400,17 @@ pub async fn transactions(
             .map(|k| k.parse::<TransactionKind>())
             .transpose()
             .map_err(|e| ApiError::invalid_field("type", e))?,
+        // An empty parameter (`?from=`) counts as absent.
         from: q
             .from
+            .filter(|f| !f.is_empty())
             .map(|f| parse_instant("from", &f, false))
             .transpose()?,
-        to: q.to.map(|t| parse_instant("to", &t, true)).transpose()?,
+        to: q
+            .to
+            .filter(|t| !t.is_empty())
+            .map(|t| parse_instant("to", &t, true))
+            .transpose()?,
     };
     let mut conn = state.pg.acquire().await?;
     let (rows, total) = queries::transactions(&mut conn, &target, &filter, page, limit).await?;

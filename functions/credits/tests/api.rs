@@ -328,6 +328,8 @@ async fn transactions_are_listed_newest_first_with_filters_and_pages() {
     app.get("/api/credits/transactions?limit=1000", &user)
         .await
         .assert_error(400, "invalid_input");
+    let unbounded = app.get("/api/credits/transactions?from=&to=", &user).await;
+    assert_eq!(unbounded.body["total"], 4, "empty bounds count as absent");
     let future = app
         .get("/api/credits/transactions?from=2999-01-01", &user)
         .await;
