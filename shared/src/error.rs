@@ -251,6 +251,15 @@ impl From<sqlx::Error> for ApiError {
                 store: "postgres",
                 detail: err.to_string(),
             },
+            // Text PostgreSQL cannot store (a NUL character): bad input, not a bug.
+            sqlx::Error::Database(ref db)
+                if matches!(db.code().as_deref(), Some("22021") | Some("22P05")) =>
+            {
+                ApiError::BadRequest {
+                    code: "invalid_input",
+                    message: "a text value contains a NUL character, which cannot be stored".into(),
+                }
+            }
             other => {
                 ApiError::Internal(anyhow::Error::new(other).context("PostgreSQL query failed"))
             }

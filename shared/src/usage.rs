@@ -52,12 +52,25 @@ pub async fn record_usage(
                 format!("must be 1 to {max} characters"),
             ));
         }
+        if value.contains('\0') {
+            return Err(ApiError::invalid_field(
+                field,
+                "must not contain NUL characters",
+            ));
+        }
     }
     if credits < 0 {
         return Err(ApiError::invalid_field("credits", "must be 0 or more"));
     }
     if !metadata.is_object() {
         return Err(ApiError::invalid_field("metadata", "must be an object"));
+    }
+    // JSONB cannot hold \u0000 anywhere, keys included.
+    if metadata.to_string().contains("\\u0000") {
+        return Err(ApiError::invalid_field(
+            "metadata",
+            "must not contain NUL characters",
+        ));
     }
     Ok(sqlx::query_as(
         "INSERT INTO usage_logs (id, user_id, service, operation, credits, metadata)

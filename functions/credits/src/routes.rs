@@ -212,6 +212,10 @@ fn optional_text(
             field,
             format!("must be at most {max} characters"),
         )),
+        Some(v) if v.contains('\0') => Err(ApiError::invalid_field(
+            field,
+            "must not contain NUL characters",
+        )),
         other => Ok(other.filter(|v| !v.trim().is_empty())),
     }
 }

@@ -202,6 +202,7 @@ async fn bad_amounts_are_400s_naming_the_field() {
         (json!({"credits": "5"}), "credits"),
         (json!({}), "credits"),
         (json!({"credits": 1, "bogus": true}), "bogus"),
+        (json!({"credits": 1, "description": "nul\u{0}byte"}), "NUL"),
     ] {
         let res = app.post("/api/credits/deduct", &user, body).await;
         assert_eq!(res.status, 400, "{}", res.body);

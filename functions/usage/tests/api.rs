@@ -57,6 +57,8 @@ async fn an_admin_records_usage_and_an_end_user_cannot() {
         json!({"service": "", "operation": "x", "credits": 1}),
         json!({"service": "chat", "operation": "x", "credits": 1, "metadata": [1]}),
         json!({"service": "chat", "credits": 1}),
+        json!({"service": "ch\u{0}at", "operation": "x", "credits": 1}),
+        json!({"service": "chat", "operation": "x", "credits": 1, "metadata": {"k\u{0}": 1}}),
     ] {
         let res = record(&router, bad).await;
         assert_eq!(res.status, 400, "{}", res.body);
