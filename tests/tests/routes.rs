@@ -120,7 +120,10 @@ fn the_openapi_description_lists_exactly_the_spec_routes() {
     let mut expected: Vec<(String, String)> = ROUTES
         .iter()
         .map(|(_, m, p)| (m.to_string(), p.to_string()))
-        .chain(std::iter::once(("GET".to_owned(), "/health".to_owned())))
+        .chain([
+            ("GET".to_owned(), "/health".to_owned()),
+            ("GET".to_owned(), "/openapi.yaml".to_owned()),
+        ])
         .collect();
     expected.sort();
     assert_eq!(described, expected);
@@ -193,4 +196,80 @@ fn the_sam_template_routes_exactly_the_spec_routes() {
     expected.sort();
     assert_eq!(declared, expected);
     assert!(template.contains("InvokeMode: RESPONSE_STREAM"));
+}
+
+/// The (method, path) pairs a function's `router()` registers, read from
+/// its source: every `.route("<path>", get(..).post(..))`, path
+/// parameters normalised to `{}`.
+fn routes_in_source(source: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = source;
+    while let Some(at) = rest.find(".route(") {
+        rest = &rest[at + ".route(".len()..];
+        let Some(open) = rest.find('"') else { break };
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('"') else { break };
+        let path = normalise(&after[..close]);
+        let end = after.find(".route(").unwrap_or(after.len());
+        let handlers = &after[close..end];
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let call = format!("{method}(");
+            let found = handlers.match_indices(&call).any(|(i, _)| {
+                i == 0
+                    || !handlers.as_bytes()[i - 1].is_ascii_alphanumeric()
+                        && handlers.as_bytes()[i - 1] != b'_'
+            });
+            if found {
+                out.push((method.to_uppercase(), path.clone()));
+            }
+        }
+        rest = after;
+    }
+    out
+}
+
+fn normalise(path: &str) -> String {
+    let mut out = String::new();
+    let mut in_param = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_param = true;
+                out.push('{');
+            }
+            '}' => {
+                in_param = false;
+                out.push('}');
+            }
+            _ if !in_param => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn every_route_the_routers_register_is_described_and_the_reverse() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut registered = Vec::new();
+    for function in ["auth", "credits", "usage", "predict", "predict-stream"] {
+        let source =
+            std::fs::read_to_string(format!("{root}/functions/{function}/src/lib.rs")).unwrap();
+        registered.extend(routes_in_source(&source));
+    }
+    // Every router also answers these (shared::http).
+    registered.push(("GET".into(), "/health".into()));
+    registered.push(("GET".into(), "/openapi.yaml".into()));
+    registered.sort();
+    registered.dedup();
+    let mut described: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(_, m, p)| (m.to_string(), normalise(p)))
+        .chain([
+            ("GET".to_owned(), "/health".to_owned()),
+            ("GET".to_owned(), "/openapi.yaml".to_owned()),
+        ])
+        .collect();
+    described.sort();
+    assert_eq!(registered, described, "routers and the description differ");
 }
