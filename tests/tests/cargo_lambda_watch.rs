@@ -11,6 +11,20 @@ use shared::flowise_double::{split_tokens, Behaviour, FlowiseDouble};
 use shared::testing::{self, TestMongo, TestPostgres};
 use shared::token::Role;
 
+/// `unshare` set up to run a command in a PID namespace of its own, which
+/// the kernel tears down, with everything in it, when `unshare` dies.
+fn in_own_pid_namespace() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("unshare");
+    cmd.args([
+        "--user",
+        "--map-root-user",
+        "--pid",
+        "--fork",
+        "--kill-child=SIGKILL",
+    ]);
+    cmd
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -48,14 +62,7 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
     // the test ends: stopping cargo-lambda (and the functions it runs) has
     // been seen to signal processes far beyond its own, which here would
     // include the test runner and the databases.
-    let mut watch = tokio::process::Command::new("unshare")
-        .args([
-            "--user",
-            "--map-root-user",
-            "--pid",
-            "--fork",
-            "--kill-child=SIGKILL",
-        ])
+    let mut watch = in_own_pid_namespace()
         .args([
             "cargo",
             "lambda",
@@ -124,14 +131,7 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
     };
     // The job, by hand, as the README says.
     let invoked = if up {
-        let out = tokio::process::Command::new("unshare")
-            .args([
-                "--user",
-                "--map-root-user",
-                "--pid",
-                "--fork",
-                "--kill-child=SIGKILL",
-            ])
+        let out = in_own_pid_namespace()
             .args(["cargo", "lambda", "invoke", "-A", "127.0.0.1", "-P"])
             .arg(port.to_string())
             .args(["credit-expiry", "--data-ascii", "{}"])
