@@ -814,14 +814,16 @@ async fn a_client_that_disconnects_pays_for_what_was_delivered() {
     // or a little more when the next token went out before the hang-up.
     let charged = charged.expect("the reservation was settled");
     assert!((3..=6).contains(&charged), "charged {charged}");
-    let messages = app
-        .send(
-            "GET",
-            &format!("/api/v1/chat/sessions/{session}/messages"),
-            &user,
-            None,
-        )
-        .await;
+    // The history is written just after the settlement commits.
+    let path = format!("/api/v1/chat/sessions/{session}/messages");
+    let mut messages = app.send("GET", &path, &user, None).await;
+    for _ in 0..50 {
+        if messages.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        messages = app.send("GET", &path, &user, None).await;
+    }
     let answer = &messages.body["messages"][1];
     assert_eq!(answer["status"], "incomplete", "{}", messages.body);
     assert!(ANSWER.starts_with(answer["content"].as_str().unwrap()));
