@@ -14,8 +14,6 @@ use sqlx::PgConnection;
 
 use crate::error::ApiError;
 
-/// The chatflow id of the rule that applies when a chatflow has none.
-pub const DEFAULT_RULE: &str = "default";
 const MICROS: i64 = 1_000_000;
 /// The highest per-request or per-token price accepted.
 pub const MAX_PRICE: i64 = 1_000_000;

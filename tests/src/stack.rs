@@ -95,7 +95,7 @@ pub struct Stack {
     pub http: reqwest::Client,
     runtimes: HashMap<String, Arc<RuntimeApi>>,
     log_dir: PathBuf,
-    _children: Vec<Child>,
+    children: Vec<Child>,
 }
 
 /// The environment every function gets in tests: the stores, the fixed
@@ -199,7 +199,7 @@ impl Stack {
                 .expect("client"),
             runtimes,
             log_dir,
-            _children: children,
+            children,
         }
     }
 
@@ -259,7 +259,7 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         // Stop the functions before their databases go.
-        for child in &mut self._children {
+        for child in &mut self.children {
             let _ = child.start_kill();
         }
         let _ = std::fs::remove_dir_all(&self.log_dir);

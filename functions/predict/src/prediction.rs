@@ -185,19 +185,11 @@ pub async fn prepare(
             }
             (session, false)
         }
-        None => {
-            let now = bson::DateTime::now();
-            let session = SessionDoc {
-                session_id: uuid::Uuid::new_v4().to_string(),
-                user_id: user.id.clone(),
-                chatflow_id: body.chatflow_id.clone(),
-                topic: body.question.chars().take(50).collect(),
-                created_at: now,
-                updated_at: now,
-                message_count: 0,
-            };
-            (session, true)
-        }
+        // Stored only once the answer is paid for, with its messages.
+        None => (
+            sessions::new_session(&user.id, &body.chatflow_id, &body.question),
+            true,
+        ),
     };
     let mut uploads = Vec::new();
     let mut file_ids = Vec::new();
@@ -443,9 +435,7 @@ async fn store_messages(
 ) -> Result<(), ApiError> {
     let db = &state.mongo.chat;
     if prepared.new_session {
-        db.collection::<SessionDoc>("chat_sessions")
-            .insert_one(&prepared.session)
-            .await?;
+        sessions::insert(db, &prepared.session).await?;
     }
     for file_id in &prepared.file_ids {
         files::attach(db, file_id, &prepared.session.session_id).await?;

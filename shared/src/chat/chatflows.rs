@@ -2,8 +2,6 @@
 //! flag or an access list of user ids or emails. A chatflow gone from
 //! Flowise is marked removed, never deleted, so history keeps its name.
 
-use std::collections::HashSet;
-
 use bson::{doc, DateTime as BsonTime};
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
@@ -101,9 +99,9 @@ pub async fn sync_chatflows(db: &Database, client: &FlowiseClient) -> Result<Syn
     let flows = collection(db);
     let mut report = SyncReport::default();
     let synced_at = now();
-    let mut seen = HashSet::new();
+    let mut seen = Vec::new();
     for flow in remote {
-        seen.insert(flow.id.clone());
+        seen.push(flow.id.clone());
         let description = flow.description();
         match flows.find_one(doc! {"chatflow_id": &flow.id}).await? {
             None => {
@@ -146,10 +144,9 @@ pub async fn sync_chatflows(db: &Database, client: &FlowiseClient) -> Result<Syn
             }
         }
     }
-    let gone: Vec<String> = seen.into_iter().collect();
     report.removed = flows
         .update_many(
-            doc! {"chatflow_id": {"$nin": gone}, "removed": false},
+            doc! {"chatflow_id": {"$nin": seen}, "removed": false},
             doc! {"$set": {"removed": true, "synced_at": synced_at}},
         )
         .await?

@@ -105,15 +105,11 @@ pub async fn owned(db: &Database, session_id: &str, user_id: &str) -> Result<Ses
     Ok(session)
 }
 
-/// Creates a session whose topic is the first 50 characters of `question`.
-pub async fn create(
-    db: &Database,
-    user_id: &str,
-    chatflow_id: &str,
-    question: &str,
-) -> Result<SessionDoc, ApiError> {
+/// A new session whose topic is the first 50 characters of `question`
+/// (not stored yet: see [`insert`]).
+pub fn new_session(user_id: &str, chatflow_id: &str, question: &str) -> SessionDoc {
     let at = now();
-    let session = SessionDoc {
+    SessionDoc {
         session_id: uuid::Uuid::new_v4().to_string(),
         user_id: user_id.to_owned(),
         chatflow_id: chatflow_id.to_owned(),
@@ -121,9 +117,13 @@ pub async fn create(
         created_at: at,
         updated_at: at,
         message_count: 0,
-    };
-    sessions(db).insert_one(&session).await?;
-    Ok(session)
+    }
+}
+
+/// Stores a session made by [`new_session`].
+pub async fn insert(db: &Database, session: &SessionDoc) -> Result<(), ApiError> {
+    sessions(db).insert_one(session).await?;
+    Ok(())
 }
 
 /// A message to store.
