@@ -465,42 +465,89 @@ pub struct FlowiseConfig {
     /// `FLOWISE_FIRST_BYTE_TIMEOUT_SECONDS` (30): bounds the wait for the
     /// first data event of a stream.
     pub first_byte_timeout: Duration,
+    /// `FLOWISE_BUFFERED_TIMEOUT_SECONDS` (25, at most 29): a buffered
+    /// prediction answers within this, counted from the request's arrival,
+    /// because API Gateway cuts an HTTP API request off at 30 s.
+    pub buffered_timeout: Duration,
 }
+
+/// The longest `FLOWISE_BUFFERED_TIMEOUT_SECONDS`: under API Gateway's 30 s.
+pub const MAX_BUFFERED_TIMEOUT_SECONDS: u64 = 29;
 
 impl FlowiseConfig {
     /// Reads the section.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let buffered_timeout = env.seconds_or("FLOWISE_BUFFERED_TIMEOUT_SECONDS", 25)?;
+        if buffered_timeout.as_secs() > MAX_BUFFERED_TIMEOUT_SECONDS {
+            return Err(ConfigError::Malformed {
+                name: "FLOWISE_BUFFERED_TIMEOUT_SECONDS".into(),
+                reason: format!(
+                    "must be at most {MAX_BUFFERED_TIMEOUT_SECONDS} (API Gateway ends a request at 30 s)"
+                ),
+            });
+        }
         Ok(FlowiseConfig {
             api_url: env.http_url("FLOWISE_API_URL")?,
             api_key: env.optional("FLOWISE_API_KEY").map(Secret),
-            timeout: env.seconds_or("FLOWISE_TIMEOUT_SECONDS", 120)?,
+            timeout: flowise_timeout(env)?,
             first_byte_timeout: env.seconds_or("FLOWISE_FIRST_BYTE_TIMEOUT_SECONDS", 30)?,
+            buffered_timeout,
         })
     }
 }
 
+/// `FLOWISE_TIMEOUT_SECONDS` (120): bounds a whole call to Flowise.
+fn flowise_timeout(env: &Env) -> Result<Duration, ConfigError> {
+    env.seconds_or("FLOWISE_TIMEOUT_SECONDS", 120)
+}
+
+/// The default `MAX_UPLOAD_BYTES`: 4 MiB, which base64-encoded (4/3) with
+/// the rest of the request still fits Lambda's 6 MB payload.
+pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 4_194_304;
+/// The largest `MAX_UPLOAD_BYTES` accepted.
+pub const MAX_UPLOAD_BYTES_LIMIT: usize = 4_400_000;
+// Base64 (4/3) of the largest upload, with room for the rest of a body,
+// stays under Lambda's 6 MB payload.
+const _: () = assert!(MAX_UPLOAD_BYTES_LIMIT * 4 / 3 < 6_000_000 - 100_000);
+
 /// `MAX_UPLOAD_BYTES`, `RESERVATION_TTL_MINUTES`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// `MAX_UPLOAD_BYTES` (5 MiB).
+    /// `MAX_UPLOAD_BYTES` (4,194,304; at most 4,400,000).
     pub max_upload_bytes: usize,
-    /// `RESERVATION_TTL_MINUTES` (15).
+    /// `RESERVATION_TTL_MINUTES` (15): never shorter than a Flowise call
+    /// (`FLOWISE_TIMEOUT_SECONDS`) plus 30 s, so the sweep cannot release
+    /// the reservation of a prediction that is still running.
     pub reservation_ttl: Duration,
 }
 
 impl Limits {
-    /// Reads the section.
+    /// Reads the section (and `FLOWISE_TIMEOUT_SECONDS`, which bounds the TTL).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let minutes: u64 = env.parse_or("RESERVATION_TTL_MINUTES", 15)?;
-        if minutes == 0 {
+        let reservation_ttl = Duration::from_secs(minutes.saturating_mul(60));
+        let call = flowise_timeout(env)? + Duration::from_secs(30);
+        if reservation_ttl < call {
             return Err(ConfigError::Malformed {
                 name: "RESERVATION_TTL_MINUTES".into(),
-                reason: "must be at least 1".into(),
+                reason: format!(
+                    "must cover FLOWISE_TIMEOUT_SECONDS + 30 s ({} s), so the sweep never releases a running prediction",
+                    call.as_secs()
+                ),
+            });
+        }
+        let max_upload_bytes = env.parse_or("MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES)?;
+        if max_upload_bytes == 0 || max_upload_bytes > MAX_UPLOAD_BYTES_LIMIT {
+            return Err(ConfigError::Malformed {
+                name: "MAX_UPLOAD_BYTES".into(),
+                reason: format!(
+                    "must be from 1 to {MAX_UPLOAD_BYTES_LIMIT} (base64 in a request must fit Lambda's 6 MB payload)"
+                ),
             });
         }
         Ok(Limits {
-            max_upload_bytes: env.parse_or("MAX_UPLOAD_BYTES", 5 * 1024 * 1024)?,
-            reservation_ttl: Duration::from_secs(minutes * 60),
+            max_upload_bytes,
+            reservation_ttl,
         })
     }
 }
@@ -593,9 +640,53 @@ mod tests {
     }
 
     #[test]
+    fn the_reservation_ttl_must_outlive_a_flowise_call() {
+        // 2 minutes < 120 s + 30 s.
+        let err = Limits::from_env(&env(&[("RESERVATION_TTL_MINUTES", "2")])).unwrap_err();
+        assert!(err.to_string().contains("RESERVATION_TTL_MINUTES"), "{err}");
+        let err = Limits::from_env(&env(&[
+            ("RESERVATION_TTL_MINUTES", "15"),
+            ("FLOWISE_TIMEOUT_SECONDS", "900"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("FLOWISE_TIMEOUT_SECONDS"), "{err}");
+        assert!(Limits::from_env(&env(&[
+            ("RESERVATION_TTL_MINUTES", "3"),
+            ("FLOWISE_TIMEOUT_SECONDS", "150")
+        ]))
+        .is_ok());
+        assert!(Limits::from_env(&env(&[("RESERVATION_TTL_MINUTES", "0")])).is_err());
+    }
+
+    #[test]
+    fn uploads_must_fit_a_lambda_payload_once_encoded() {
+        let err = Limits::from_env(&env(&[("MAX_UPLOAD_BYTES", "4400001")])).unwrap_err();
+        assert!(err.to_string().contains("MAX_UPLOAD_BYTES"), "{err}");
+        assert!(Limits::from_env(&env(&[("MAX_UPLOAD_BYTES", "4400000")])).is_ok());
+    }
+
+    #[test]
+    fn a_buffered_prediction_fits_under_api_gateways_30_seconds() {
+        let base = ("FLOWISE_API_URL", "http://f:3000");
+        let cfg = FlowiseConfig::from_env(&env(&[base])).unwrap();
+        assert_eq!(cfg.buffered_timeout, Duration::from_secs(25));
+        let err =
+            FlowiseConfig::from_env(&env(&[base, ("FLOWISE_BUFFERED_TIMEOUT_SECONDS", "30")]))
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("FLOWISE_BUFFERED_TIMEOUT_SECONDS"),
+            "{err}"
+        );
+        assert!(
+            FlowiseConfig::from_env(&env(&[base, ("FLOWISE_BUFFERED_TIMEOUT_SECONDS", "29")]))
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn limits_and_mongo_have_the_spec_defaults() {
         let limits = Limits::from_env(&env(&[])).unwrap();
-        assert_eq!(limits.max_upload_bytes, 5_242_880);
+        assert_eq!(limits.max_upload_bytes, 4_194_304);
         assert_eq!(limits.reservation_ttl, Duration::from_secs(15 * 60));
         let mongo = MongoConfig::from_env(&env(&[("MONGODB_URI", "mongodb://h:27017")])).unwrap();
         assert_eq!(

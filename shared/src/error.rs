@@ -74,6 +74,17 @@ pub enum ApiError {
         /// Message.
         message: String,
     },
+    /// 409: the same request is still being worked on (an idempotency key
+    /// whose first request has not finished); answered with `Retry-After`.
+    #[error("{message}")]
+    Busy {
+        /// Error code (`idempotency_in_progress`).
+        code: &'static str,
+        /// Message.
+        message: String,
+        /// Seconds to wait before retrying.
+        retry_after: u64,
+    },
     /// 413: body or file too large.
     #[error("{message}")]
     PayloadTooLarge {
@@ -94,13 +105,15 @@ pub enum ApiError {
         /// Message.
         message: String,
     },
-    /// 429: rate limited or locked out.
+    /// 429: rate limited or locked out; `Retry-After` when the wait is known.
     #[error("{message}")]
     TooManyRequests {
         /// Error code.
         code: &'static str,
         /// Message.
         message: String,
+        /// Seconds to wait before retrying, when known.
+        retry_after: Option<u64>,
     },
     /// 502: Flowise failed. The detail is logged, not returned.
     #[error("upstream failed: {detail}")]
@@ -166,7 +179,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict { .. } | ApiError::Busy { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -186,6 +199,7 @@ impl ApiError {
             | ApiError::Unauthorized { code, .. }
             | ApiError::Forbidden { code, .. }
             | ApiError::Conflict { code, .. }
+            | ApiError::Busy { code, .. }
             | ApiError::Unprocessable { code, .. }
             | ApiError::TooManyRequests { code, .. } => code,
             ApiError::InsufficientCredits { .. } => "insufficient_credits",
@@ -214,6 +228,15 @@ impl ApiError {
         }
     }
 
+    /// Seconds the client should wait before retrying (`Retry-After`).
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::Busy { retry_after, .. } => Some(*retry_after),
+            ApiError::TooManyRequests { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// The JSON body of this error.
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
@@ -237,7 +260,13 @@ impl IntoResponse for ApiError {
                 "request rejected"
             ),
         }
-        (status, axum::Json(self.body())).into_response()
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

@@ -53,7 +53,7 @@ impl From<FlowiseError> for crate::ApiError {
     }
 }
 
-/// Token counts Flowise reported.
+/// Token counts: what a prediction is priced on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenUsage {
     /// Prompt tokens.
@@ -62,11 +62,57 @@ pub struct TokenUsage {
     pub output: i64,
 }
 
-impl TokenUsage {
+/// The most tokens one report may claim for a side (a bound that keeps
+/// every sum and price far from overflow).
+pub const MAX_REPORTED_TOKENS: i64 = 1_000_000_000_000;
+
+/// Token counts Flowise reported: either side may be missing (then it is
+/// estimated, never taken as 0). A stream may report several times (one
+/// `usageMetadata` event per LLM call of a flow): the reports are summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportedUsage {
+    /// Prompt tokens, when reported.
+    pub input: Option<i64>,
+    /// Completion tokens, when reported.
+    pub output: Option<i64>,
+}
+
+impl ReportedUsage {
+    /// Adds another report: each side is the sum of the reports that have it.
+    pub fn plus(self, other: ReportedUsage) -> ReportedUsage {
+        let sum = |a: Option<i64>, b: Option<i64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(
+                a.unwrap_or(0)
+                    .saturating_add(b.unwrap_or(0))
+                    .min(MAX_REPORTED_TOKENS),
+            ),
+        };
+        ReportedUsage {
+            input: sum(self.input, other.input),
+            output: sum(self.output, other.output),
+        }
+    }
+
+    /// The counts to price on: each missing side is `estimate`'s.
+    pub fn or_estimate(self, estimate: TokenUsage) -> TokenUsage {
+        TokenUsage {
+            input: self.input.unwrap_or(estimate.input),
+            output: self.output.unwrap_or(estimate.output),
+        }
+    }
+
     /// Reads the counts from a `usageMetadata` event or an answer's
-    /// `metrics`, whichever naming the LLM node used.
-    pub fn from_value(v: &Value) -> Option<TokenUsage> {
-        let pick = |names: &[&str]| names.iter().find_map(|n| find_number(v, n));
+    /// `metrics`, whichever naming the LLM node used (negative counts are
+    /// ignored, huge ones capped).
+    pub fn from_value(v: &Value) -> Option<ReportedUsage> {
+        let pick = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| find_number(v, n))
+                .filter(|n| *n >= 0)
+                .map(|n| n.min(MAX_REPORTED_TOKENS))
+        };
         let input = pick(&[
             "input_tokens",
             "inputTokens",
@@ -81,10 +127,7 @@ impl TokenUsage {
         ]);
         match (input, output) {
             (None, None) => None,
-            (i, o) => Some(TokenUsage {
-                input: i.unwrap_or(0),
-                output: o.unwrap_or(0),
-            }),
+            (input, output) => Some(ReportedUsage { input, output }),
         }
     }
 }
@@ -110,7 +153,7 @@ pub struct Prediction {
     /// `usedTools`, when present.
     pub used_tools: Option<Value>,
     /// Token counts, when reported in `metrics`.
-    pub usage: Option<TokenUsage>,
+    pub usage: Option<ReportedUsage>,
 }
 
 impl Prediction {
@@ -128,7 +171,7 @@ impl Prediction {
             text,
             source_documents: v.get("sourceDocuments").cloned().filter(|x| !x.is_null()),
             used_tools: v.get("usedTools").cloned().filter(|x| !x.is_null()),
-            usage: v.get("metrics").and_then(TokenUsage::from_value),
+            usage: v.get("metrics").and_then(ReportedUsage::from_value),
         })
     }
 }
@@ -231,8 +274,10 @@ pub struct FlowiseClient {
     api_key: Option<Secret>,
     timeout: Duration,
     first_byte_timeout: Duration,
+    buffered_timeout: Duration,
 }
 
+/// Flowise's error text, for the log only (never for a client).
 fn error_message(body: &str) -> String {
     serde_json::from_str::<Value>(body)
         .ok()
@@ -272,7 +317,14 @@ impl FlowiseClient {
             api_key: config.api_key.clone(),
             timeout: config.timeout,
             first_byte_timeout: config.first_byte_timeout,
+            buffered_timeout: config.buffered_timeout,
         })
+    }
+
+    /// `FLOWISE_BUFFERED_TIMEOUT_SECONDS`: the time a buffered prediction
+    /// has, counted from the request's arrival.
+    pub fn buffered_timeout(&self) -> Duration {
+        self.buffered_timeout
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
@@ -283,15 +335,20 @@ impl FlowiseClient {
         }
     }
 
-    /// A buffered prediction, bounded by `FLOWISE_TIMEOUT_SECONDS`.
+    /// A buffered prediction, bounded by `timeout` (at most
+    /// `FLOWISE_TIMEOUT_SECONDS`).
     pub async fn predict(
         &self,
         chatflow_id: &str,
         request: &PredictionRequest,
+        timeout: Duration,
     ) -> Result<Prediction, FlowiseError> {
+        if timeout.is_zero() {
+            return Err(FlowiseError::Timeout("no time was left for Flowise".into()));
+        }
         let response = self
             .post(&format!("/api/v1/prediction/{chatflow_id}"))
-            .timeout(self.timeout)
+            .timeout(timeout.min(self.timeout))
             .json(&request.body(false))
             .send()
             .await
@@ -558,22 +615,62 @@ mod tests {
     #[test]
     fn usage_is_read_whatever_the_naming() {
         assert_eq!(
-            TokenUsage::from_value(
+            ReportedUsage::from_value(
                 &json!({"usage": {"prompt_tokens": 12, "completion_tokens": 5}})
             ),
-            Some(TokenUsage {
-                input: 12,
-                output: 5
+            Some(ReportedUsage {
+                input: Some(12),
+                output: Some(5)
             })
         );
         assert_eq!(
-            TokenUsage::from_value(&json!([{"input_tokens": 3, "output_tokens": 4}])),
-            Some(TokenUsage {
-                input: 3,
-                output: 4
+            ReportedUsage::from_value(&json!([{"input_tokens": 3, "output_tokens": 4}])),
+            Some(ReportedUsage {
+                input: Some(3),
+                output: Some(4)
             })
         );
-        assert_eq!(TokenUsage::from_value(&json!({"nothing": 1})), None);
+        assert_eq!(ReportedUsage::from_value(&json!({"nothing": 1})), None);
+    }
+
+    #[test]
+    fn a_side_left_out_is_estimated_and_reports_are_summed() {
+        let only_output = ReportedUsage::from_value(&json!({"output_tokens": 7})).unwrap();
+        assert_eq!(only_output.input, None);
+        let estimate = TokenUsage {
+            input: 40,
+            output: 9,
+        };
+        assert_eq!(
+            only_output.or_estimate(estimate),
+            TokenUsage {
+                input: 40,
+                output: 7
+            }
+        );
+        let total = ReportedUsage::default()
+            .plus(
+                ReportedUsage::from_value(&json!({"input_tokens": 10, "output_tokens": 2}))
+                    .unwrap(),
+            )
+            .plus(
+                ReportedUsage::from_value(&json!({"input_tokens": 5, "output_tokens": 3})).unwrap(),
+            );
+        assert_eq!(
+            total.or_estimate(estimate),
+            TokenUsage {
+                input: 15,
+                output: 5
+            }
+        );
+        // A negative count is no report; a huge one is capped.
+        assert_eq!(
+            ReportedUsage::from_value(&json!({"input_tokens": -5, "output_tokens": i64::MAX})),
+            Some(ReportedUsage {
+                input: None,
+                output: Some(MAX_REPORTED_TOKENS)
+            })
+        );
     }
 
     #[test]

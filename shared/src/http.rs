@@ -74,9 +74,15 @@ fn request_id(req: &Request) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub String);
 
+/// When the request reached the function, available to handlers as an
+/// extension: deadlines (the buffered prediction's) count from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestArrival(pub Instant);
+
 async fn request_span(mut req: Request, next: Next) -> Response {
     let request_id = request_id(&req);
     req.extensions_mut().insert(RequestId(request_id.clone()));
+    req.extensions_mut().insert(RequestArrival(Instant::now()));
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
@@ -108,6 +114,27 @@ pub struct HealthChecks {
     pub postgres: Option<sqlx::PgPool>,
     /// MongoDB, when the function uses it.
     pub mongodb: Option<mongodb::Client>,
+    /// The MongoDB indexes the function needs, when it uses MongoDB.
+    pub indexes: Option<crate::db::mongo::IndexGuard>,
+}
+
+/// Answers 503 naming the missing MongoDB indexes until `guard` has seen
+/// them created (retrying on every request), so no request runs without
+/// the unique indexes it relies on.
+pub fn require_indexes(router: Router, guard: crate::db::mongo::IndexGuard) -> Router {
+    router.layer(middleware::from_fn(move |req: Request, next: Next| {
+        let guard = guard.clone();
+        async move {
+            match guard.ensure().await {
+                Ok(()) => next.run(req).await,
+                Err(missing) => ApiError::StoreUnavailable {
+                    store: "mongodb",
+                    detail: missing,
+                }
+                .into_response(),
+            }
+        }
+    }))
 }
 
 /// How long one store may take to answer a health probe.
@@ -146,11 +173,21 @@ impl HealthChecks {
                 ),
             }
         };
-        let (pg, mongo) = tokio::join!(pg, mongo);
-        [("postgres", pg), ("mongodb", mongo)]
-            .into_iter()
-            .filter_map(|(name, ok)| ok.map(|ok| (name, ok)))
-            .collect()
+        let indexes = async {
+            match &self.indexes {
+                None => None,
+                Some(guard) => Some(guard.ensure().await.is_ok()),
+            }
+        };
+        let (pg, mongo, indexes) = tokio::join!(pg, mongo, indexes);
+        [
+            ("postgres", pg),
+            ("mongodb", mongo),
+            ("mongodbIndexes", indexes),
+        ]
+        .into_iter()
+        .filter_map(|(name, ok)| ok.map(|ok| (name, ok)))
+        .collect()
     }
 }
 
@@ -159,10 +196,12 @@ async fn health(State(checks): State<HealthChecks>) -> Response {
     let stores: serde_json::Map<String, serde_json::Value> = results
         .iter()
         .map(|(name, ok)| {
-            (
-                (*name).to_owned(),
-                json!(if *ok { "ok" } else { "unreachable" }),
-            )
+            let failed = if *name == "mongodbIndexes" {
+                "missing"
+            } else {
+                "unreachable"
+            };
+            ((*name).to_owned(), json!(if *ok { "ok" } else { failed }))
         })
         .collect();
     let failing: Vec<&str> = results
@@ -182,7 +221,15 @@ async fn health(State(checks): State<HealthChecks>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
                 "error": "store_unavailable",
-                "message": format!("{} unreachable", failing.join(" and ")),
+                "message": failing
+                    .iter()
+                    .map(|n| if *n == "mongodbIndexes" {
+                        "the MongoDB indexes are missing".to_owned()
+                    } else {
+                        format!("{n} is unreachable")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 "stores": stores,
             })),
         )

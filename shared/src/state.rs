@@ -55,6 +55,7 @@ impl PgApiState {
         HealthChecks {
             postgres: Some(self.pg.clone()),
             mongodb: None,
+            indexes: None,
         }
     }
 }

@@ -174,6 +174,19 @@ pub struct TestMongo {
 impl TestMongo {
     /// Creates the databases' indexes on the server of `MONGODB_URI`.
     pub async fn new() -> Self {
+        let mongo = TestMongo::without_indexes().await;
+        mongo::ensure_auth_indexes(&mongo.stores.auth)
+            .await
+            .expect("auth indexes");
+        mongo::ensure_chat_indexes(&mongo.stores.chat)
+            .await
+            .expect("chat indexes");
+        mongo
+    }
+
+    /// Fresh databases with no index yet (for tests of what happens when
+    /// they cannot be made).
+    pub async fn without_indexes() -> Self {
         let prefix = unique_name("t");
         let config = MongoConfig {
             uri: Secret::new(mongodb_base_uri()),
@@ -182,12 +195,6 @@ impl TestMongo {
             chat_db: format!("{prefix}_chat"),
         };
         let stores = mongo::connect(&config).await.expect("MongoDB client");
-        mongo::ensure_auth_indexes(&stores.auth)
-            .await
-            .expect("auth indexes");
-        mongo::ensure_chat_indexes(&stores.chat)
-            .await
-            .expect("chat indexes");
         TestMongo { stores, config }
     }
 }

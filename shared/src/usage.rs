@@ -59,8 +59,11 @@ pub async fn record_usage(
             ));
         }
     }
-    if credits < 0 {
-        return Err(ApiError::invalid_field("credits", "must be 0 or more"));
+    if !(0..=crate::ledger::MAX_CREDITS).contains(&credits) {
+        return Err(ApiError::invalid_field(
+            "credits",
+            format!("must be from 0 to {}", crate::ledger::MAX_CREDITS),
+        ));
     }
     if !metadata.is_object() {
         return Err(ApiError::invalid_field("metadata", "must be an object"));
@@ -92,6 +95,10 @@ pub async fn record_usage(
 const CHATFLOW_OF: &str = "COALESCE(metadata->>'chatflow_id', metadata->>'chatflowId', \
                            CASE WHEN service = 'chat' THEN operation END)";
 
+/// The sum of `credits`, saturating at 2^53 − 1 (a sum past it would not
+/// fit a JavaScript number, nor, far enough, a `bigint`: never a 500).
+const SUM_CREDITS: &str = "LEAST(COALESCE(SUM(credits), 0), 9007199254740991)::bigint";
+
 async fn grouped(
     conn: &mut PgConnection,
     key_sql: &str,
@@ -103,7 +110,7 @@ async fn grouped(
 ) -> Result<Vec<Value>, ApiError> {
     let order = if order_by_key { "k" } else { "credits DESC, k" };
     let sql = format!(
-        "SELECT k, COUNT(*) AS records, COALESCE(SUM(credits), 0)::bigint AS credits FROM (
+        "SELECT k, COUNT(*) AS records, {SUM_CREDITS} AS credits FROM (
              SELECT {key_sql} AS k, credits FROM usage_logs
               WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
          ) t WHERE k IS NOT NULL GROUP BY k ORDER BY {order} LIMIT $4"
@@ -129,10 +136,10 @@ pub async fn stats(
     range: &DateRange,
     with_users: bool,
 ) -> Result<Value, ApiError> {
-    let (total_records, total_credits): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(credits), 0)::bigint FROM usage_logs
-          WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)",
-    )
+    let (total_records, total_credits): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT COUNT(*), {SUM_CREDITS} FROM usage_logs
+              WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)"
+    ))
     .bind(range.from)
     .bind(range.to)
     .bind(user_id)
@@ -171,11 +178,20 @@ pub async fn stats(
 /// The CSV header of an export.
 pub const CSV_HEADER: &str = "id,created_at,user_id,service,operation,credits,metadata\n";
 
+/// One CSV cell. A cell a spreadsheet would run as a formula (beginning
+/// with `=`, `+`, `-`, `@`, a tab or a carriage return) is prefixed with a
+/// single quote, so an export opened in Excel or Sheets never executes
+/// what a user put in a field; then the cell is quoted when needed.
 fn csv_field(value: &str) -> String {
-    if value.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", value.replace('"', "\"\""))
+    let neutral = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{value}")
     } else {
         value.to_owned()
+    };
+    if neutral.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", neutral.replace('"', "\"\""))
+    } else {
+        neutral
     }
 }
 
@@ -257,6 +273,20 @@ pub fn export_csv(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_are_neutralised() {
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://x\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\")\""
+        );
+        assert_eq!(csv_field("+1+1"), "'+1+1");
+        assert_eq!(csv_field("-2+3"), "'-2+3");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("\tcmd"), "'\tcmd");
+        assert_eq!(csv_field("\rcmd"), "\"'\rcmd\"");
+        assert_eq!(csv_field("a=b"), "a=b");
+    }
 
     #[test]
     fn csv_fields_are_quoted_when_needed() {

@@ -260,6 +260,7 @@ async fn health_is_200_when_every_store_answers() {
     let checks = HealthChecks {
         postgres: Some(pg.pool.clone()),
         mongodb: Some(mongo.stores.client.clone()),
+        indexes: None,
     };
     let res = call(&finish(checks.router()), "GET", "/health", None, None).await;
     assert_eq!(res.status, 200, "{}", res.body);
@@ -275,6 +276,7 @@ async fn health_is_503_naming_the_store_that_is_down() {
     let checks = HealthChecks {
         postgres: Some(testing::unreachable_postgres()),
         mongodb: Some(mongo.stores.client.clone()),
+        indexes: None,
     };
     let res = call(&finish(checks.router()), "GET", "/health", None, None).await;
     res.assert_error(503, "store_unavailable");

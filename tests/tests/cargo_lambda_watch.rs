@@ -109,18 +109,30 @@ async fn cargo_lambda_watch_serves_every_function_under_lambda_url() {
     }
     let mut failures = Vec::new();
     if up {
+        // cargo-lambda builds a function on its first request, which on a
+        // clean machine takes minutes: retry until a generous deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(900);
         for function in HTTP_FUNCTIONS {
             let url = format!("{base}/lambda-url/{function}/health");
-            match client.get(&url).send().await {
-                Ok(res) if res.status() == 200 => {
-                    let body: serde_json::Value = res.json().await.unwrap_or_default();
-                    if body["status"] != "ok" {
-                        failures.push(format!("{function}: {body}"));
+            let outcome = loop {
+                let outcome = match client.get(&url).send().await {
+                    Ok(res) if res.status() == 200 => {
+                        let body: serde_json::Value = res.json().await.unwrap_or_default();
+                        if body["status"] == "ok" {
+                            None
+                        } else {
+                            Some(format!("{function}: {body}"))
+                        }
                     }
+                    Ok(res) => Some(format!("{function}: {}", res.status())),
+                    Err(e) => Some(format!("{function}: {e}")),
+                };
+                if outcome.is_none() || std::time::Instant::now() > deadline {
+                    break outcome;
                 }
-                Ok(res) => failures.push(format!("{function}: {}", res.status())),
-                Err(e) => failures.push(format!("{function}: {e}")),
-            }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            };
+            failures.extend(outcome);
         }
     }
     // A streamed prediction through the watched predict-stream function.

@@ -14,9 +14,9 @@ async fn every_http_function_answers_health_with_its_stores() {
         assert_eq!(status, 200, "{function}: {body}");
         assert_eq!(body["status"], "ok", "{function}: {body}");
         let expected = match *function {
-            "auth" => json!({"mongodb": "ok"}),
+            "auth" => json!({"mongodb": "ok", "mongodbIndexes": "ok"}),
             "credits" | "usage" => json!({"postgres": "ok"}),
-            _ => json!({"postgres": "ok", "mongodb": "ok"}),
+            _ => json!({"postgres": "ok", "mongodb": "ok", "mongodbIndexes": "ok"}),
         };
         assert_eq!(body["stores"], expected, "{function}");
     }

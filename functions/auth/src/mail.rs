@@ -98,11 +98,56 @@ impl Mailer {
     ) -> anyhow::Result<()> {
         let text = format!(
             "Hello {username},\r\n\r\nTo choose a new password, open:\r\n\r\n\
-             {}/reset-password?token={token}\r\n\r\n\
+             {}\r\n\r\n\
              The link is valid for one hour and works once. If you did not ask for it, \
              ignore this mail.\r\n",
-            self.app_base_url
+            self.reset_link(token)
         );
         self.send(to, "Reset your password", text).await
+    }
+
+    fn reset_link(&self, token: &str) -> String {
+        format!("{}/reset-password?token={token}", self.app_base_url)
+    }
+
+    /// Tells the owner their account was locked after repeated failed
+    /// sign-ins, with a reset link that lifts the lock.
+    pub async fn send_lock_notice(
+        &self,
+        to: &Email,
+        username: &str,
+        token: &str,
+        minutes: i64,
+    ) -> anyhow::Result<()> {
+        let text = format!(
+            "Hello {username},\r\n\r\nSomeone tried to sign in to your account with a wrong \
+             password several times, so sign-in is paused for {minutes} minutes.\r\n\r\n\
+             If it was you and you forgot your password, choose a new one here (this also \
+             lifts the pause):\r\n\r\n{}\r\n\r\n\
+             The link is valid for one hour and works once. If it was not you, your \
+             password kept the account safe; nothing else is needed.\r\n",
+            self.reset_link(token)
+        );
+        self.send(to, "Sign-in to your account is paused", text)
+            .await
+    }
+
+    /// Tells the current address that a change to `new_address` was asked
+    /// for (it takes effect only once the code mailed there is entered).
+    pub async fn send_email_change_notice(
+        &self,
+        to: &Email,
+        username: &str,
+        new_address: &str,
+    ) -> anyhow::Result<()> {
+        let text = format!(
+            "Hello {username},\r\n\r\nA change of your account's email address to \
+             {new_address} was asked for. This address stays the account's until the code \
+             mailed to the new one is entered.\r\n\r\n\
+             If you did not ask for this, change your password now: someone may know \
+             it.\r\n"
+        );
+        self.send(to, "A change of your email address was asked for", text)
+            .await
     }
 }

@@ -26,8 +26,14 @@ pub struct UserDoc {
     pub username: String,
     /// Lower-cased username: unique.
     pub username_key: String,
-    /// Lower-cased email: unique.
+    /// Lower-cased email: unique. Always the proven address (or, before
+    /// the first verification, the one signed up with).
     pub email: String,
+    /// A new address asked for in the profile, not yet proven: it counts
+    /// for nothing (not unique, not in tokens, not for login) until the
+    /// code mailed to it is entered.
+    #[serde(default)]
+    pub pending_email: Option<String>,
     /// argon2id PHC string.
     pub password_hash: String,
     /// Role.
@@ -50,6 +56,7 @@ impl UserDoc {
             "id": self.id,
             "username": self.username,
             "email": self.email,
+            "pendingEmail": self.pending_email,
             "role": self.role,
             "isVerified": self.is_verified,
             "disabled": self.disabled,
@@ -103,8 +110,11 @@ impl AuthStore {
         self.db.collection("email_codes")
     }
 
-    fn failures(&self) -> Collection<FailureDoc> {
-        self.db.collection("login_failures")
+    fn attempts(&self, kind: Attempts) -> Collection<AttemptDoc> {
+        self.db.collection(match kind {
+            Attempts::Login => "login_failures",
+            Attempts::Code => "code_attempts",
+        })
     }
 
     /// Inserts an account; 409 naming the taken field on a duplicate.
@@ -126,6 +136,41 @@ impl AuthStore {
         Ok(self.users().find_one(doc! {"email": email}).await?)
     }
 
+    /// The account most recently asking to move to `email` (pending).
+    pub async fn user_with_pending(&self, email: &str) -> Result<Option<UserDoc>, ApiError> {
+        Ok(self
+            .users()
+            .find_one(doc! {"pending_email": email, "disabled": {"$ne": true}})
+            .sort(doc! {"updated_at": -1})
+            .await?)
+    }
+
+    /// Makes the pending `email` the account's address, proven. 409 when
+    /// another account took it meanwhile (a pending address reserves
+    /// nothing); `None` when the account no longer has it pending.
+    pub async fn confirm_pending_email(
+        &self,
+        id: &str,
+        email: &str,
+    ) -> Result<Option<UserDoc>, ApiError> {
+        self.users()
+            .find_one_and_update(
+                doc! {"_id": id, "pending_email": email},
+                doc! {
+                    "$set": {"email": email, "is_verified": true, "updated_at": BsonTime::now()},
+                    "$unset": {"pending_email": ""},
+                },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(|e| duplicate_error(&e).unwrap_or_else(|| e.into()))
+    }
+
+    /// Accounts with the admin role, enabled or not.
+    pub async fn admin_count(&self) -> Result<u64, ApiError> {
+        Ok(self.users().count_documents(doc! {"role": "admin"}).await?)
+    }
+
     /// The account with this username, case-insensitively.
     pub async fn user_by_username(&self, username: &str) -> Result<Option<UserDoc>, ApiError> {
         Ok(self
@@ -141,6 +186,35 @@ impl AuthStore {
         set.insert("updated_at", BsonTime::now());
         self.users()
             .find_one_and_update(doc! {"_id": id}, doc! {"$set": set})
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(|e| duplicate_error(&e).unwrap_or_else(|| e.into()))?
+            .ok_or_else(|| ApiError::not_found("no such user"))
+    }
+
+    /// Sets and unsets fields of an account and returns it (unchanged when
+    /// both are empty); 404 when it is gone, 409 when a new username is
+    /// taken.
+    pub async fn change_user(
+        &self,
+        id: &str,
+        set: bson::Document,
+        unset: bson::Document,
+    ) -> Result<UserDoc, ApiError> {
+        if set.is_empty() && unset.is_empty() {
+            return self
+                .user_by_id(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("no such user"));
+        }
+        let mut set = set;
+        set.insert("updated_at", BsonTime::now());
+        let mut update = doc! {"$set": set};
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
+        }
+        self.users()
+            .find_one_and_update(doc! {"_id": id}, update)
             .return_document(ReturnDocument::After)
             .await
             .map_err(|e| duplicate_error(&e).unwrap_or_else(|| e.into()))?
@@ -316,8 +390,10 @@ impl AuthStore {
 
     // ------------------------------------------------------------ codes
 
-    /// Replaces the live codes of `purpose` for `email` with a new one,
-    /// stored hashed. `secret` is the code or token mailed to the user.
+    /// Replaces the account's live codes of `purpose` with a new one for
+    /// `email`, stored hashed. `secret` is the code or token mailed there.
+    /// Codes are bound to the account and the address: another account's
+    /// code for the same address is left alone.
     pub async fn new_code(
         &self,
         purpose: CodePurpose,
@@ -327,7 +403,7 @@ impl AuthStore {
         valid_for: Duration,
     ) -> Result<(), ApiError> {
         self.codes()
-            .delete_many(doc! {"email": email, "purpose": purpose.as_str()})
+            .delete_many(doc! {"user_id": user_id, "purpose": purpose.as_str()})
             .await?;
         let now = Utc::now();
         self.codes()
@@ -346,46 +422,47 @@ impl AuthStore {
         Ok(())
     }
 
-    /// When the newest code of `purpose` for `email` was made.
-    pub async fn last_code_at(
+    /// Takes one attempt from every live code of `purpose` for `email`
+    /// that has attempts left, atomically, before any is compared: of many
+    /// concurrent guesses at a code at most `max_attempts` are ever
+    /// evaluated. Returns the codes this call may compare against.
+    pub async fn take_code_attempts(
         &self,
         purpose: CodePurpose,
         email: &str,
-    ) -> Result<Option<chrono::DateTime<Utc>>, ApiError> {
-        Ok(self
-            .codes()
-            .find_one(doc! {"email": email, "purpose": purpose.as_str()})
-            .sort(doc! {"created_at": -1})
-            .await?
-            .map(|c| c.created_at.to_chrono()))
-    }
-
-    /// Uses a live code, atomically and once. A wrong code spends one of
-    /// the live codes' attempts.
-    pub async fn use_code(
-        &self,
-        purpose: CodePurpose,
-        email: &str,
-        secret: &str,
         max_attempts: i32,
-    ) -> Result<Option<CodeDoc>, ApiError> {
-        let now = BsonTime::now();
+    ) -> Result<Vec<CodeDoc>, ApiError> {
         let live = doc! {
             "email": email, "purpose": purpose.as_str(), "used_at": null,
-            "expires_at": {"$gt": now}, "attempts": {"$lt": max_attempts},
+            "expires_at": {"$gt": BsonTime::now()}, "attempts": {"$lt": max_attempts},
         };
-        let mut filter = live.clone();
-        filter.insert("code_hash", code_hash(purpose, email, secret));
-        let used = self
-            .codes()
-            .find_one_and_update(filter, doc! {"$set": {"used_at": now}})
-            .await?;
-        if used.is_none() {
-            self.codes()
-                .update_many(live, doc! {"$inc": {"attempts": 1}})
+        let codes: Vec<CodeDoc> =
+            shared::db::mongo::collect_all(self.codes().find(live).limit(20).await?).await?;
+        let mut taken = Vec::new();
+        for code in codes {
+            let slot = self
+                .codes()
+                .find_one_and_update(
+                    doc! {"_id": &code.id, "used_at": null, "attempts": {"$lt": max_attempts}},
+                    doc! {"$inc": {"attempts": 1}},
+                )
                 .await?;
+            taken.extend(slot);
         }
-        Ok(used)
+        Ok(taken)
+    }
+
+    /// Marks a code used, once: false when another request used it first.
+    pub async fn mark_code_used(&self, id: &str) -> Result<bool, ApiError> {
+        Ok(self
+            .codes()
+            .update_one(
+                doc! {"_id": id, "used_at": null},
+                doc! {"$set": {"used_at": BsonTime::now()}},
+            )
+            .await?
+            .modified_count
+            == 1)
     }
 
     /// Uses a reset token (looked up by its hash alone), atomically and once.
@@ -405,13 +482,59 @@ impl AuthStore {
             .await?)
     }
 
-    // ------------------------------------------------------------ lockout
+    // ------------------------------------------------------------ attempts
 
-    /// Whether `key` is locked out now.
+    /// Counts one attempt for `key` *before* it is checked, atomically, and
+    /// returns how many fall in `window` (this one included, at most
+    /// `keep`). Concurrent attempts each get their own count, so a limit
+    /// holds however many arrive at once.
+    pub async fn count_attempt(
+        &self,
+        kind: Attempts,
+        key: &str,
+        window: Duration,
+        keep: usize,
+    ) -> Result<usize, ApiError> {
+        let now = Utc::now();
+        let update = doc! {
+            "$push": {"failures": {"$each": [bson_time(now)], "$slice": -(keep as i32)}},
+            "$set": {"expires_at": bson_time(now + window + window)},
+        };
+        let mut tries = 0;
+        let updated = loop {
+            let result = self
+                .attempts(kind)
+                .find_one_and_update(doc! {"_id": key}, update.clone())
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .await;
+            match result {
+                // Two first attempts raced on the upsert: count again.
+                Err(e) if is_duplicate_key(&e) && tries < 3 => tries += 1,
+                other => break other?,
+            }
+        };
+        Ok(updated
+            .map(|f| {
+                f.failures
+                    .iter()
+                    .filter(|t| t.to_chrono() > now - window)
+                    .count()
+            })
+            .unwrap_or(1))
+    }
+
+    /// Forgets the attempts of `key` (a success).
+    pub async fn clear_attempts(&self, kind: Attempts, key: &str) -> Result<(), ApiError> {
+        self.attempts(kind).delete_one(doc! {"_id": key}).await?;
+        Ok(())
+    }
+
+    /// Until when login `key` is locked out, if it is now.
     pub async fn locked_until(&self, key: &str) -> Result<Option<chrono::DateTime<Utc>>, ApiError> {
         let now = Utc::now();
         Ok(self
-            .failures()
+            .attempts(Attempts::Login)
             .find_one(doc! {"_id": key})
             .await?
             .and_then(|f| f.locked_until)
@@ -419,53 +542,67 @@ impl AuthStore {
             .filter(|t| *t > now))
     }
 
-    /// Records a failed login for `key`; the `limit`-th failure within
-    /// `window` locks it for `lock_for`. Returns whether it is now locked.
-    pub async fn record_failure(
-        &self,
-        key: &str,
-        limit: usize,
-        window: Duration,
-        lock_for: Duration,
-    ) -> Result<bool, ApiError> {
+    /// Locks login `key` for `lock_for`, once: true only for the call that
+    /// set the lock (which sends the lock mail), false when it was locked.
+    pub async fn lock(&self, key: &str, lock_for: Duration) -> Result<bool, ApiError> {
         let now = Utc::now();
-        let updated = self
-            .failures()
-            .find_one_and_update(
-                doc! {"_id": key},
-                doc! {
-                    "$push": {"failures": {"$each": [bson_time(now)], "$slice": -(limit as i32)}},
-                    "$set": {"expires_at": bson_time(now + window + lock_for)},
-                },
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await?;
-        let recent = updated
-            .map(|f| {
-                f.failures
-                    .iter()
-                    .filter(|t| t.to_chrono() > now - window)
-                    .count()
-            })
-            .unwrap_or(0);
-        if recent >= limit {
-            self.failures()
-                .update_one(
-                    doc! {"_id": key},
-                    doc! {"$set": {"locked_until": bson_time(now + lock_for), "failures": []}},
-                )
-                .await?;
-            return Ok(true);
-        }
-        Ok(false)
+        let not_locked = doc! {"_id": key, "$or": [
+            {"locked_until": null},
+            {"locked_until": {"$lte": bson_time(now)}},
+        ]};
+        let set = doc! {"$set": {
+            "locked_until": bson_time(now + lock_for),
+            "failures": [],
+            "expires_at": bson_time(now + lock_for + lock_for),
+        }};
+        Ok(self
+            .attempts(Attempts::Login)
+            .update_one(not_locked, set)
+            .await?
+            .modified_count
+            == 1)
     }
 
-    /// Forgets the failures of `key` (a successful login or reset).
-    pub async fn clear_failures(&self, key: &str) -> Result<(), ApiError> {
-        self.failures().delete_one(doc! {"_id": key}).await?;
-        Ok(())
+    /// Claims the right to send a `kind` mail to `email` now: at most one
+    /// per `every` for each address, atomically (concurrent requests send
+    /// one mail between them).
+    pub async fn claim_mail_slot(
+        &self,
+        kind: &str,
+        email: &str,
+        every: Duration,
+    ) -> Result<bool, ApiError> {
+        let slots: Collection<bson::Document> = self.db.collection("mail_throttle");
+        let id = format!("{kind}:{email}");
+        let now = Utc::now();
+        let next =
+            doc! {"until": bson_time(now + every), "expires_at": bson_time(now + every + every)};
+        let freed = slots
+            .find_one_and_update(
+                doc! {"_id": &id, "until": {"$lte": bson_time(now)}},
+                doc! {"$set": next.clone()},
+            )
+            .await?;
+        if freed.is_some() {
+            return Ok(true);
+        }
+        let mut first = next;
+        first.insert("_id", &id);
+        match slots.insert_one(first).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
+}
+
+/// Which attempts a window counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempts {
+    /// Passwords (login, and the current password where a change needs it).
+    Login,
+    /// Verification codes.
+    Code,
 }
 
 /// A stored refresh token.
@@ -508,6 +645,11 @@ impl CodePurpose {
     }
 }
 
+/// Whether `secret` is the code `code` was made for (mailed to its address).
+pub fn code_matches(purpose: CodePurpose, code: &CodeDoc, secret: &str) -> bool {
+    code.code_hash == code_hash(purpose, &code.email, secret)
+}
+
 /// Verification codes are hashed with their email and purpose (a bare
 /// six-digit hash would be trivially reversible); reset tokens carry 256
 /// random bits and are hashed alone so they can be looked up by token.
@@ -543,7 +685,7 @@ pub struct CodeDoc {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct FailureDoc {
+struct AttemptDoc {
     #[serde(rename = "_id")]
     id: String,
     #[serde(default)]

@@ -2,136 +2,15 @@
 //! real MongoDB wire-protocol server and a real SMTP server the test reads
 //! mail from, exactly as a user would.
 
+mod common;
+
 use auth::mail::Mailer;
-use auth::store::AuthStore;
-use axum::Router;
 use bson::doc;
-use serde_json::{json, Value};
-use shared::config::{AdminBootstrap, Secret, SmtpConfig, SmtpTls};
-use shared::testing::{self, call, TestMongo, TestResponse, TestSmtp};
+use common::{smtp_config, App};
+use serde_json::json;
+use shared::config::{AdminBootstrap, Secret};
+use shared::testing::{self, call, TestResponse};
 use shared::token::Role;
-
-struct App {
-    router: Router,
-    state: auth::AppState,
-    smtp: TestSmtp,
-    _mongo: TestMongo,
-}
-
-fn smtp_config(port: u16) -> SmtpConfig {
-    SmtpConfig {
-        host: "127.0.0.1".into(),
-        port,
-        username: None,
-        password: None,
-        tls: SmtpTls::None,
-        from: "gateway@example.com".into(),
-    }
-}
-
-impl App {
-    async fn new() -> App {
-        let mongo = TestMongo::new().await;
-        let smtp = TestSmtp::start().await;
-        let state = auth::AppState {
-            jwt: testing::jwt_keys(),
-            store: AuthStore::new(mongo.stores.auth.clone()),
-            mongo: mongo.stores.clone(),
-            mailer: Mailer::new(&smtp_config(smtp.port), "http://app.test").unwrap(),
-        };
-        App {
-            router: auth::router(state.clone()),
-            state,
-            smtp,
-            _mongo: mongo,
-        }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> TestResponse {
-        call(&self.router, "POST", path, Some(body), None).await
-    }
-
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> TestResponse {
-        call(&self.router, method, path, body, Some(token)).await
-    }
-
-    /// Signs up, reads the code from the mail and verifies; returns the user id.
-    async fn verified_user(&self, username: &str, password: &str) -> String {
-        let email = format!("{username}@example.com");
-        let res = self
-            .post(
-                "/api/auth/signup",
-                json!({"username": username, "email": email, "password": password}),
-            )
-            .await;
-        assert_eq!(res.status, 201, "{}", res.body);
-        let code = self
-            .smtp
-            .wait_for(&email, 0)
-            .await
-            .code()
-            .expect("a code in the mail");
-        let res = self
-            .post(
-                "/api/auth/verify-email",
-                json!({"email": email, "code": code}),
-            )
-            .await;
-        assert_eq!(res.status, 200, "{}", res.body);
-        self.state
-            .store
-            .user_by_email(&email)
-            .await
-            .unwrap()
-            .unwrap()
-            .id
-    }
-
-    /// Asks for a new code once the resend pause is over (the last code is
-    /// made to look old) and reads the `nth` mail to `email`.
-    async fn resend_code(&self, email: &str, nth: usize) -> String {
-        self.state
-            .mongo
-            .auth
-            .collection::<bson::Document>("email_codes")
-            .update_many(
-                doc! {},
-                doc! {"$set": {"created_at": bson::DateTime::from_millis(0)}},
-            )
-            .await
-            .unwrap();
-        self.post("/api/auth/resend-verification", json!({"email": email}))
-            .await;
-        self.smtp.wait_for(email, nth).await.code().expect("a code")
-    }
-
-    async fn login(&self, username: &str, password: &str) -> TestResponse {
-        self.post(
-            "/api/auth/login",
-            json!({"username": username, "password": password}),
-        )
-        .await
-    }
-
-    async fn admin_token(&self) -> String {
-        let id = self.verified_user("root", "root-password").await;
-        self.state
-            .store
-            .update_user(&id, doc! {"role": "admin"})
-            .await
-            .unwrap();
-        self.login("root", "root-password").await.body["accessToken"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-}
 
 #[tokio::test]
 async fn signup_verify_login_and_profile() {
@@ -746,10 +625,7 @@ async fn profile_changes_check_uniqueness_and_reverify_a_new_email() {
     let app = App::new().await;
     app.verified_user("liam", "liam-password").await;
     app.verified_user("mia", "mia-password").await;
-    let token = app.login("liam", "liam-password").await.body["accessToken"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.token_of("liam", "liam-password").await;
     app.send(
         "PUT",
         "/api/profile",
@@ -758,17 +634,27 @@ async fn profile_changes_check_uniqueness_and_reverify_a_new_email() {
     )
     .await
     .assert_error(409, "username_taken");
+    app.send(
+        "PUT",
+        "/api/profile",
+        &token,
+        Some(json!({"email": "MIA@example.com", "currentPassword": "liam-password"})),
+    )
+    .await
+    .assert_error(409, "email_taken");
     let res = app
         .send(
             "PUT",
             "/api/profile",
             &token,
-            Some(json!({"email": "liam.new@example.com"})),
+            Some(json!({"email": "liam.new@example.com", "currentPassword": "liam-password"})),
         )
         .await;
     assert_eq!(res.status, 200, "{}", res.body);
-    assert_eq!(res.body["user"]["email"], "liam.new@example.com");
-    assert_eq!(res.body["user"]["isVerified"], false);
+    // The new address is pending until its code is entered.
+    assert_eq!(res.body["user"]["email"], "liam@example.com");
+    assert_eq!(res.body["user"]["pendingEmail"], "liam.new@example.com");
+    assert_eq!(res.body["user"]["isVerified"], true);
     let code = app
         .smtp
         .wait_for("liam.new@example.com", 0)
@@ -784,6 +670,9 @@ async fn profile_changes_check_uniqueness_and_reverify_a_new_email() {
         .status,
         200
     );
+    let profile = app.send("GET", "/api/profile", &token, None).await;
+    assert_eq!(profile.body["user"]["email"], "liam.new@example.com");
+    assert_eq!(profile.body["user"]["pendingEmail"], json!(null));
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ fn client(url: &str) -> FlowiseClient {
         api_key: None,
         timeout: Duration::from_secs(2),
         first_byte_timeout: Duration::from_secs(1),
+        buffered_timeout: Duration::from_secs(2),
     })
     .unwrap()
 }

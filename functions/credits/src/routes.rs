@@ -464,6 +464,7 @@ pub async fn initialize(
                     &req.session_id,
                     &req.chatflow_id,
                     estimate,
+                    reservations::Origin::Client,
                     &ctx,
                 )
                 .await?;
@@ -541,7 +542,9 @@ pub struct ActiveQuery {
     all: Option<bool>,
 }
 
-/// `GET /api/streaming-sessions/active` (own; admin with `?all=true`)
+/// `GET /api/streaming-sessions/active` (own; admin with `?all=true`).
+/// Reservations the gateway holds for running predictions are listed to
+/// admins only: an end user never learns their ids.
 pub async fn active(
     State(state): State<AppState>,
     user: AuthUser,
@@ -554,6 +557,7 @@ pub async fn active(
         Some(user.id.as_str())
     };
     let mut conn = state.pg.acquire().await?;
-    let sessions = reservations::active_sessions(&mut conn, scope).await?;
+    let with_gateway = user.role == Role::Admin;
+    let sessions = reservations::active_sessions(&mut conn, scope, with_gateway).await?;
     Ok(Json(json!({ "sessions": sessions })).into_response())
 }

@@ -6,7 +6,7 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
 use axum::{Extension, Router};
@@ -17,7 +17,7 @@ use shared::flowise::{StreamEvent, StreamStart};
 use shared::http::{finish, RequestId};
 use shared::token::AuthUser;
 
-use predict::prediction::{self, PredictBody};
+use predict::prediction::{self, PredictRequest, Start};
 pub use predict::{AppState, Config};
 
 /// The function's routes.
@@ -25,8 +25,8 @@ pub fn router(state: AppState) -> Router {
     let health = state.health_checks();
     let api = Router::new()
         .route("/api/v1/chat/predict/stream", post(predict_stream))
-        .with_state(state);
-    finish(api.merge(health.router()))
+        .with_state(state.clone());
+    finish(state.guarded(api).merge(health.router()))
 }
 
 /// A flow that cannot stream answers JSON: its answer is relayed as the
@@ -58,14 +58,25 @@ fn events_of_json(answer: shared::flowise::Prediction) -> Vec<StreamEvent> {
 
 /// `POST /api/v1/chat/predict/stream`: `text/event-stream` of
 /// `event: <session|start|token|metadata|sourceDocuments|usedTools|end|error>`
-/// frames, relayed as Flowise sends them.
+/// frames, relayed as Flowise sends them. A request whose
+/// `Idempotency-Key` was used before gets the stored answer as a short
+/// stream, with no second call to Flowise and no second charge.
 pub async fn predict_stream(
     State(state): State<AppState>,
     user: AuthUser,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    JsonBody(body): JsonBody<PredictBody>,
+    headers: HeaderMap,
+    JsonBody(raw): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    let prepared = prediction::prepare(&state, &user, body, &request_id).await?;
+    let request = PredictRequest::parse(&headers, raw)?;
+    let prepared = match prediction::prepare(&state, &user, request, &request_id).await? {
+        Start::Fresh(prepared) => *prepared,
+        Start::Replay(answer) => {
+            let frames = prediction::replay_frames(&answer);
+            let body = stream::iter(frames.into_iter().map(Ok::<_, std::convert::Infallible>));
+            return Ok(event_stream(Body::from_stream(body)));
+        }
+    };
     let started = state
         .flowise
         .predict_stream(&prepared.chatflow_id, &prepared.request)
@@ -84,11 +95,21 @@ pub async fn predict_stream(
             .await
             .map(|frame| (Ok::<_, std::convert::Infallible>(frame), rx))
     });
-    Ok(Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no")
-        .body(Body::from_stream(body))
-        .expect("a valid response"))
+    Ok(event_stream(Body::from_stream(body)))
+}
+
+fn event_stream(body: Body) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    headers.insert("x-accel-buffering", header::HeaderValue::from_static("no"));
+    response
 }

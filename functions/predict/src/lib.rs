@@ -9,9 +9,9 @@ use axum::Router;
 use shared::config::{
     ConfigError, Env, FlowiseConfig, JwtConfig, Limits, MongoConfig, PostgresConfig,
 };
-use shared::db::mongo::{self, MongoStores};
+use shared::db::mongo::{self, IndexGuard, MongoStores};
 use shared::flowise::FlowiseClient;
-use shared::http::{finish, HealthChecks};
+use shared::http::{finish, require_indexes, HealthChecks};
 use shared::token::JwtKeys;
 
 pub mod prediction;
@@ -52,6 +52,8 @@ pub struct AppState {
     pub jwt: JwtKeys,
     /// MongoDB (chat).
     pub mongo: MongoStores,
+    /// The `chat` indexes (unique chatflow and session ids), retried until made.
+    pub indexes: IndexGuard,
     /// PostgreSQL (ledger).
     pub pg: sqlx::PgPool,
     /// The upstream.
@@ -71,13 +73,16 @@ impl AppState {
     /// ensuring indexes.
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
         let stores = mongo::connect(&config.mongo).await?;
-        let (pg, ()) = tokio::join!(
+        let indexes = IndexGuard::new(stores.clone(), false, true);
+        // A failure is logged; requests then answer 503 until it succeeds.
+        let (pg, _) = tokio::join!(
             shared::db::postgres::connect_and_migrate(&config.postgres),
-            mongo::ensure_indexes_logged(&stores, false, true),
+            indexes.ensure(),
         );
         Ok(AppState {
             jwt: JwtKeys::new(&config.jwt),
             mongo: stores,
+            indexes,
             pg: pg?,
             flowise: FlowiseClient::new(&config.flowise)?,
             limits: config.limits,
@@ -89,7 +94,13 @@ impl AppState {
         HealthChecks {
             postgres: Some(self.pg.clone()),
             mongodb: Some(self.mongo.client.clone()),
+            indexes: Some(self.indexes.clone()),
         }
+    }
+
+    /// Wraps a router of this state so requests wait for the indexes.
+    pub fn guarded(&self, router: Router) -> Router {
+        require_indexes(router, self.indexes.clone())
     }
 
     /// The largest request body: a file at `MAX_UPLOAD_BYTES`, base64-encoded
@@ -126,6 +137,6 @@ pub fn router(state: AppState) -> Router {
             post(routes::grant_users).delete(routes::revoke_users),
         )
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state);
-    finish(api.merge(health.router()))
+        .with_state(state.clone());
+    finish(state.guarded(api).merge(health.router()))
 }

@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine;
@@ -11,11 +11,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::chat::{chatflows, files, sessions};
 use shared::error::{ApiError, JsonBody, PathParams, QueryParams};
-use shared::http::RequestId;
+use shared::http::{RequestArrival, RequestId};
 use shared::query::PageParams;
 use shared::token::AuthUser;
 
-use crate::prediction::{self, Outcome, PredictBody};
+use crate::prediction::{self, Outcome, PredictRequest, Start, FINISH_MARGIN};
 use crate::AppState;
 
 type ApiResult = Result<Response, ApiError>;
@@ -44,37 +44,43 @@ pub async fn get_chatflow(
 
 // ---------------------------------------------------------------- predict
 
-/// `POST /api/v1/chat/predict`: the five steps, buffered.
+/// Marks a response as the stored answer of an `Idempotency-Key`.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// `POST /api/v1/chat/predict`: the five steps, buffered, answered within
+/// `FLOWISE_BUFFERED_TIMEOUT_SECONDS` of the request's arrival (API
+/// Gateway cuts a request at 30 s): Flowise gets what remains minus
+/// [`FINISH_MARGIN`], and past it the answer is 504 and free.
 pub async fn predict(
     State(state): State<AppState>,
     user: AuthUser,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    JsonBody(body): JsonBody<PredictBody>,
+    Extension(RequestArrival(arrival)): Extension<RequestArrival>,
+    headers: HeaderMap,
+    JsonBody(raw): JsonBody<Value>,
 ) -> ApiResult {
-    let prepared = prediction::prepare(&state, &user, body, &request_id).await?;
+    let deadline = arrival + state.flowise.buffered_timeout();
+    let request = PredictRequest::parse(&headers, raw)?;
+    let prepared = match prediction::prepare(&state, &user, request, &request_id).await? {
+        Start::Fresh(prepared) => prepared,
+        Start::Replay(answer) => {
+            return Ok(([(REPLAYED_HEADER, "true")], Json(*answer)).into_response())
+        }
+    };
+    let budget = deadline
+        .saturating_duration_since(std::time::Instant::now())
+        .saturating_sub(FINISH_MARGIN);
     let answer = match state
         .flowise
-        .predict(&prepared.chatflow_id, &prepared.request)
+        .predict(&prepared.chatflow_id, &prepared.request, budget)
         .await
     {
         Ok(answer) => answer,
         Err(e) => return Err(prediction::fail(&state, &user, &prepared, e).await),
     };
     let outcome = Outcome::answered(&prepared, answer);
-    let charged = prediction::finish(&state, &user, &prepared, &outcome).await?;
-    let mut out = json!({
-        "session_id": prepared.session.session_id,
-        "message_id": prepared.message_id,
-        "text": outcome.text,
-        "credits": {"charged": charged.charged, "balance": charged.balance},
-    });
-    if let Some(sources) = outcome.source_documents {
-        out["sourceDocuments"] = sources;
-    }
-    if let Some(tools) = outcome.used_tools {
-        out["usedTools"] = tools;
-    }
-    Ok(Json(out).into_response())
+    let answer = prediction::finish(&state, &user, &prepared, &outcome).await?;
+    Ok(Json(answer).into_response())
 }
 
 // ---------------------------------------------------------------- sessions

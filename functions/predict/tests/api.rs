@@ -8,6 +8,7 @@ use axum::Router;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use shared::config::{FlowiseConfig, Limits, Secret};
+use shared::db::mongo::IndexGuard;
 use shared::flowise::FlowiseClient;
 use shared::flowise_double::{split_tokens, Behaviour, FlowiseDouble};
 use shared::ledger::ops::{self, Context};
@@ -33,6 +34,7 @@ fn flowise_config(url: &str) -> FlowiseConfig {
         api_key: Some(Secret::new("flowise-key")),
         timeout: Duration::from_secs(3),
         first_byte_timeout: Duration::from_secs(1),
+        buffered_timeout: Duration::from_secs(25),
     }
 }
 
@@ -43,6 +45,7 @@ impl App {
         flowise.add_flow("flow-a", "Support bot", Behaviour::answer(ANSWER));
         let state = predict::AppState {
             jwt: testing::jwt_keys(),
+            indexes: IndexGuard::new(mongo.stores.clone(), false, true),
             mongo: mongo.stores.clone(),
             pg: pg.pool.clone(),
             flowise: FlowiseClient::new(&flowise_config(&flowise.url)).unwrap(),

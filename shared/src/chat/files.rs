@@ -48,16 +48,124 @@ impl FileDoc {
         })
     }
 
-    /// The file as a Flowise upload: a data URL of type `file`.
-    pub fn to_upload(&self) -> Value {
+    /// The file as a Flowise upload: a data URL of type `file`, with the
+    /// text it carries (counted as input tokens) when it is text.
+    pub fn to_upload(&self) -> CheckedUpload {
         let b64 = base64::engine::general_purpose::STANDARD.encode(&self.data.bytes);
-        json!({
-            "type": "file",
-            "name": self.name,
-            "mime": self.mime,
-            "data": format!("data:{};base64,{b64}", self.mime),
-        })
+        CheckedUpload {
+            upload: json!({
+                "type": "file",
+                "name": self.name,
+                "mime": self.mime,
+                "data": format!("data:{};base64,{b64}", self.mime),
+            }),
+            text: text_of(&self.mime, &self.data.bytes),
+        }
     }
+}
+
+/// An upload ready for Flowise, and the text in it that reaches the model
+/// (priced as input tokens).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedUpload {
+    /// `{type, name, mime, data}` as Flowise takes it.
+    pub upload: Value,
+    /// The text it carries, when it is text.
+    pub text: Option<String>,
+}
+
+fn text_of(mime: &str, bytes: &[u8]) -> Option<String> {
+    mime.starts_with("text/")
+        .then(|| String::from_utf8_lossy(bytes).into_owned())
+}
+
+fn not_allowed() -> ApiError {
+    ApiError::UnsupportedMediaType {
+        message: "the file is not an allowed type (images, PDF, text, CSV, Office documents)"
+            .into(),
+    }
+}
+
+fn too_large(max_bytes: usize) -> ApiError {
+    ApiError::PayloadTooLarge {
+        message: format!("files may be at most {max_bytes} bytes"),
+    }
+}
+
+/// Checks one upload a prediction carries inline (Flowise's own `{type,
+/// name, mime, data}`) against the rules stored files follow: data URLs
+/// (`file`, `file:rag`, `audio`) must decode to at most `max_bytes` of an
+/// allowed type (the sniffed type replaces the declared one), `file:full`
+/// text must be text, and a `url` must be `https://`. 400 for a malformed
+/// upload, 413 when too large, 415 for a type that is not allowed.
+pub fn check_inline(
+    kind: &str,
+    name: &str,
+    mime: &str,
+    data: &str,
+    max_bytes: usize,
+) -> Result<CheckedUpload, ApiError> {
+    let name = clean_name(name)
+        .map_err(|_| ApiError::invalid_field("uploads", "name must be a file name"))?;
+    let upload =
+        |mime: &str, data: String| json!({"type": kind, "name": name, "mime": mime, "data": data});
+    match kind {
+        "url" => {
+            if !data.starts_with("https://")
+                || data.len() > 2048
+                || data.contains(char::is_whitespace)
+            {
+                return Err(ApiError::invalid_field(
+                    "uploads",
+                    "a url upload must be an https:// URL of at most 2048 characters",
+                ));
+            }
+            Ok(CheckedUpload {
+                upload: upload(mime, data.to_owned()),
+                text: None,
+            })
+        }
+        "file:full" => {
+            if data.len() > max_bytes {
+                return Err(too_large(max_bytes));
+            }
+            let sniffed =
+                sniff(data.as_bytes(), "text/plain", &name).filter(|m| m.starts_with("text/"));
+            let sniffed = sniffed.ok_or_else(not_allowed)?;
+            Ok(CheckedUpload {
+                upload: upload(sniffed, data.to_owned()),
+                text: Some(data.to_owned()),
+            })
+        }
+        "file" | "file:rag" | "audio" => {
+            let (declared, b64) = parse_data_url(data).ok_or_else(|| {
+                ApiError::invalid_field("uploads", "data must be a data:<type>;base64,<data> URL")
+            })?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| ApiError::invalid_field("uploads", "data is not valid base64"))?;
+            if bytes.len() > max_bytes {
+                return Err(too_large(max_bytes));
+            }
+            let sniffed = sniff(&bytes, declared, &name).ok_or_else(not_allowed)?;
+            Ok(CheckedUpload {
+                upload: upload(sniffed, format!("data:{sniffed};base64,{b64}")),
+                text: text_of(sniffed, &bytes),
+            })
+        }
+        _ => Err(ApiError::invalid_field(
+            "uploads",
+            "type must be file, url, file:full, file:rag or audio",
+        )),
+    }
+}
+
+/// `data:<mime>;base64,<payload>` → (mime, payload).
+fn parse_data_url(data: &str) -> Option<(&str, &str)> {
+    let rest = data.strip_prefix("data:")?;
+    let (meta, payload) = rest.split_once(',')?;
+    let mime = meta.strip_suffix(";base64")?;
+    Some((mime, payload))
 }
 
 const OFFICE: &[(&str, &str)] = &[
@@ -81,8 +189,62 @@ const LEGACY_OFFICE: &[&str] = &[
     "application/vnd.ms-powerpoint",
 ];
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// An OOXML document is a ZIP whose central directory lists
+/// `[Content_Types].xml` and the parts of its kind (`word/`, `xl/`,
+/// `ppt/`); any other ZIP is not allowed.
+fn ooxml_type(bytes: &[u8]) -> Option<&'static str> {
+    let names = zip_entry_names(bytes)?;
+    if !names.iter().any(|n| n == "[Content_Types].xml") {
+        return None;
+    }
+    OFFICE
+        .iter()
+        .find(|(dir, _)| names.iter().any(|n| n.starts_with(dir)))
+        .map(|(_, mime)| *mime)
+}
+
+fn le_u16(bytes: &[u8], at: usize) -> Option<usize> {
+    let b = bytes.get(at..at + 2)?;
+    Some(u16::from_le_bytes([b[0], b[1]]) as usize)
+}
+
+fn le_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let b = bytes.get(at..at + 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+}
+
+/// The entry names of a ZIP's central directory, read from the end of
+/// central directory record; `None` when the structure is not a ZIP's
+/// (every offset is bounds-checked, so hostile bytes cannot panic).
+fn zip_entry_names(bytes: &[u8]) -> Option<Vec<String>> {
+    const END: &[u8] = b"PK\x05\x06";
+    const ENTRY: &[u8] = b"PK\x01\x02";
+    if bytes.len() < 22 {
+        return None;
+    }
+    // The end record is 22 bytes plus a comment of at most 65535.
+    let earliest = bytes.len().saturating_sub(22 + 0xFFFF);
+    let end = (earliest..=bytes.len() - 22)
+        .rev()
+        .find(|&i| bytes.get(i..i + 4) == Some(END))?;
+    let count = le_u16(bytes, end + 10)?;
+    let size = le_u32(bytes, end + 12)?;
+    let offset = le_u32(bytes, end + 16)?;
+    let directory = bytes.get(offset..offset.checked_add(size)?)?;
+    let mut names = Vec::with_capacity(count.min(1024));
+    let mut at = 0;
+    for _ in 0..count {
+        if directory.get(at..at + 4)? != ENTRY {
+            return None;
+        }
+        let name_len = le_u16(directory, at + 28)?;
+        let extra_len = le_u16(directory, at + 30)?;
+        let comment_len = le_u16(directory, at + 32)?;
+        let name = directory.get(at + 46..at + 46 + name_len)?;
+        names.push(String::from_utf8_lossy(name).into_owned());
+        at += 46 + name_len + extra_len + comment_len;
+    }
+    Some(names)
 }
 
 /// The allowed content type of `bytes`, from their signature; `declared`
@@ -106,12 +268,7 @@ pub fn sniff(bytes: &[u8], declared: &str, name: &str) -> Option<&'static str> {
         return Some("application/pdf");
     }
     if bytes.starts_with(b"PK\x03\x04") {
-        // An OOXML package names its main part in the first entries.
-        let head = &bytes[..bytes.len().min(64 * 1024)];
-        return OFFICE
-            .iter()
-            .find(|(dir, _)| contains(head, dir.as_bytes()))
-            .map(|(_, mime)| *mime);
+        return ooxml_type(bytes);
     }
     if bytes.starts_with(&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1]) {
         return LEGACY_OFFICE
@@ -159,16 +316,10 @@ pub async fn store(
     max_bytes: usize,
 ) -> Result<FileDoc, ApiError> {
     if bytes.len() > max_bytes {
-        return Err(ApiError::PayloadTooLarge {
-            message: format!("files may be at most {max_bytes} bytes"),
-        });
+        return Err(too_large(max_bytes));
     }
     let name = clean_name(name)?;
-    let mime =
-        sniff(&bytes, declared_mime, &name).ok_or_else(|| ApiError::UnsupportedMediaType {
-            message: "the file is not an allowed type (images, PDF, text, CSV, Office documents)"
-                .into(),
-        })?;
+    let mime = sniff(&bytes, declared_mime, &name).ok_or_else(not_allowed)?;
     let doc = FileDoc {
         file_id: uuid::Uuid::new_v4().to_string(),
         owner_id: owner_id.to_owned(),
@@ -241,10 +392,146 @@ mod tests {
             sniff("h\u{e9}llo\n".as_bytes(), "", "note"),
             Some("text/plain")
         );
-        let docx = b"PK\x03\x04....[Content_Types].xml....word/document.xml";
+        let docx = zip(&["[Content_Types].xml", "_rels/.rels", "word/document.xml"]);
         assert_eq!(
-            sniff(docx, "", "x.docx"),
+            sniff(&docx, "", "x.docx"),
             Some("application/vnd.openxmlformats-officedocument.wordprocessingml.document")
+        );
+        let xlsx = zip(&["[Content_Types].xml", "xl/workbook.xml"]);
+        assert_eq!(
+            sniff(&xlsx, "", "x.xlsx"),
+            Some("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+        );
+    }
+
+    /// A minimal ZIP (stored entries, no data) with these entry names.
+    pub(crate) fn zip(names: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut directory = Vec::new();
+        for name in names {
+            let offset = out.len() as u32;
+            out.extend_from_slice(b"PK\x03\x04");
+            out.extend_from_slice(&[0; 22]);
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(name.as_bytes());
+            directory.extend_from_slice(b"PK\x01\x02");
+            directory.extend_from_slice(&[0; 24]);
+            directory.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            directory.extend_from_slice(&[0; 12]);
+            directory.extend_from_slice(&offset.to_le_bytes());
+            directory.extend_from_slice(name.as_bytes());
+        }
+        let start = out.len() as u32;
+        out.extend_from_slice(&directory);
+        out.extend_from_slice(b"PK\x05\x06");
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&(names.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(names.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(directory.len() as u32).to_le_bytes());
+        out.extend_from_slice(&start.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out
+    }
+
+    #[test]
+    fn a_zip_is_office_only_when_its_directory_says_so() {
+        // The names appear in the bytes, but not in a central directory.
+        let fake = b"PK\x03\x04....[Content_Types].xml....word/document.xml";
+        assert_eq!(sniff(fake, "", "x.docx"), None);
+        // A real ZIP without [Content_Types].xml, or without a part of a kind.
+        assert_eq!(sniff(&zip(&["word/document.xml"]), "", "x.docx"), None);
+        assert_eq!(
+            sniff(&zip(&["[Content_Types].xml", "evil.exe"]), "", "x.docx"),
+            None
+        );
+        // A directory pointing past the end, or a truncated archive.
+        let mut broken = zip(&["[Content_Types].xml", "word/document.xml"]);
+        let len = broken.len();
+        broken[len - 6..len - 2].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(sniff(&broken, "", "x.docx"), None);
+        let whole = zip(&["[Content_Types].xml", "word/document.xml"]);
+        for cut in 4..whole.len() {
+            assert_eq!(sniff(&whole[..cut], "", "x.docx"), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn inline_uploads_pass_the_same_allow_list() {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let png = format!("data:image/png;base64,{}", b64(b"\x89PNG\r\n\x1a\nrest"));
+        let ok = check_inline("file", "a.png", "image/png", &png, 1024).unwrap();
+        assert_eq!(ok.upload["mime"], "image/png");
+        assert_eq!(ok.text, None);
+        // A declared type is replaced by the sniffed one.
+        let text = format!("data:image/png;base64,{}", b64(b"just words"));
+        let ok = check_inline("file", "a.png", "image/png", &text, 1024).unwrap();
+        assert_eq!(ok.upload["mime"], "text/plain");
+        assert_eq!(ok.text.as_deref(), Some("just words"));
+        let exe = format!("data:application/pdf;base64,{}", b64(b"MZ\x90\0\x03"));
+        let err = check_inline("file", "a.pdf", "application/pdf", &exe, 1024).unwrap_err();
+        assert_eq!(err.status(), 415);
+        let big = format!("data:text/plain;base64,{}", b64(&[b'a'; 2048]));
+        assert_eq!(
+            check_inline("file", "a.txt", "text/plain", &big, 1024)
+                .unwrap_err()
+                .status(),
+            413
+        );
+        assert_eq!(
+            check_inline("file", "a", "x", "not a data url", 1024)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        let full = check_inline(
+            "file:full",
+            "n.txt",
+            "text/plain",
+            "The secret is banana.",
+            1024,
+        )
+        .unwrap();
+        assert_eq!(full.text.as_deref(), Some("The secret is banana."));
+        assert_eq!(
+            check_inline("file:full", "n.txt", "text/plain", "nul\0byte", 1024)
+                .unwrap_err()
+                .status(),
+            415
+        );
+        assert!(check_inline(
+            "url",
+            "cat",
+            "image/png",
+            "https://example.com/cat.png",
+            1024
+        )
+        .is_ok());
+        for bad in [
+            "http://example.com/cat.png",
+            "file:///etc/passwd",
+            "javascript:alert(1)",
+        ] {
+            assert_eq!(
+                check_inline("url", "cat", "image/png", bad, 1024)
+                    .unwrap_err()
+                    .status(),
+                400,
+                "{bad}"
+            );
+        }
+        let audio = format!("data:audio/webm;base64,{}", b64(b"\x1aE\xdf\xa3webm"));
+        assert_eq!(
+            check_inline("audio", "a.webm", "audio/webm", &audio, 1024)
+                .unwrap_err()
+                .status(),
+            415
+        );
+        assert_eq!(
+            check_inline("exe", "a", "x", "y", 1024)
+                .unwrap_err()
+                .status(),
+            400
         );
     }
 

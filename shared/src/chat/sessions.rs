@@ -69,9 +69,20 @@ pub struct MessageDoc {
     pub created_at: BsonTime,
 }
 
+/// The failure codes a message's `metadata.error` may hold; anything else
+/// (Flowise's own text, stored by older versions) is shown as
+/// `upstream_error`, so no upstream detail ever reaches a user.
+pub const FAILURE_CODES: &[&str] = &["upstream_error", "upstream_timeout", "client_disconnected"];
+
 impl MessageDoc {
     /// As the API shows it.
     pub fn to_json(&self) -> Value {
+        let mut metadata = self.metadata.clone();
+        if let Ok(error) = metadata.get_str("error") {
+            if !FAILURE_CODES.contains(&error) {
+                metadata.insert("error", "upstream_error");
+            }
+        }
         json!({
             "message_id": self.message_id,
             "role": self.role,
@@ -79,7 +90,7 @@ impl MessageDoc {
             "status": self.status,
             "created_at": self.created_at.to_chrono(),
             "file_ids": self.file_ids,
-            "metadata": bson::Bson::Document(self.metadata.clone()).into_relaxed_extjson(),
+            "metadata": bson::Bson::Document(metadata).into_relaxed_extjson(),
         })
     }
 }

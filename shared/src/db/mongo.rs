@@ -102,6 +102,7 @@ pub async fn ensure_auth_indexes(db: &Database) -> anyhow::Result<()> {
             unique(doc! {"username_key": 1}, "username_key_unique"),
             unique(doc! {"email": 1}, "email_unique"),
             index(doc! {"role": 1, "created_at": -1}, "role_created_at"),
+            index(doc! {"pending_email": 1}, "pending_email"),
         ],
     )
     .await?;
@@ -116,17 +117,15 @@ pub async fn ensure_auth_indexes(db: &Database) -> anyhow::Result<()> {
         ],
     )
     .await?;
-    create(
-        db,
-        "login_failures",
-        vec![expires("expires_at", "expires_at_ttl")],
-    )
-    .await?;
+    for windows in ["login_failures", "code_attempts", "mail_throttle"] {
+        create(db, windows, vec![expires("expires_at", "expires_at_ttl")]).await?;
+    }
     create(
         db,
         "email_codes",
         vec![
             index(doc! {"email": 1, "purpose": 1}, "email_purpose"),
+            index(doc! {"user_id": 1, "purpose": 1}, "user_purpose"),
             index(doc! {"code_hash": 1}, "code_hash"),
             expires("expires_at", "expires_at_ttl"),
         ],
@@ -171,18 +170,61 @@ pub async fn ensure_chat_indexes(db: &Database) -> anyhow::Result<()> {
     .await
 }
 
-/// Creates the indexes a function needs at cold start, logging instead of
-/// failing when the server is down (`/health` reports it).
-pub async fn ensure_indexes_logged(stores: &MongoStores, auth: bool, chat: bool) {
-    if auth {
-        if let Err(err) = ensure_auth_indexes(&stores.auth).await {
-            tracing::error!(error = ?err, "MongoDB auth indexes not ensured at start-up");
+/// The indexes a function needs, ensured at cold start and, while any is
+/// missing, retried before every request and health probe: uniqueness
+/// (usernames, emails, sessions) is never silently missing. Until they
+/// exist, requests answer 503 naming them and `/health` is 503.
+#[derive(Clone, Debug)]
+pub struct IndexGuard {
+    stores: MongoStores,
+    auth: bool,
+    chat: bool,
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl IndexGuard {
+    /// A guard for the `auth` and/or `chat` indexes (nothing is created yet).
+    pub fn new(stores: MongoStores, auth: bool, chat: bool) -> Self {
+        IndexGuard {
+            stores,
+            auth,
+            chat,
+            ready: Default::default(),
         }
     }
-    if chat {
-        if let Err(err) = ensure_chat_indexes(&stores.chat).await {
-            tracing::error!(error = ?err, "MongoDB chat indexes not ensured at start-up");
+
+    /// Whether every index was seen created.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Creates the indexes unless they were seen created; `Err` names the
+    /// database whose indexes are missing (the cause is logged).
+    pub async fn ensure(&self) -> Result<(), String> {
+        if self.is_ready() {
+            return Ok(());
         }
+        let mut missing = Vec::new();
+        if self.auth {
+            if let Err(err) = ensure_auth_indexes(&self.stores.auth).await {
+                tracing::error!(error = ?err, "MongoDB auth indexes are missing");
+                missing.push(self.stores.auth.name().to_owned());
+            }
+        }
+        if self.chat {
+            if let Err(err) = ensure_chat_indexes(&self.stores.chat).await {
+                tracing::error!(error = ?err, "MongoDB chat indexes are missing");
+                missing.push(self.stores.chat.name().to_owned());
+            }
+        }
+        if missing.is_empty() {
+            self.ready.store(true, std::sync::atomic::Ordering::Release);
+            return Ok(());
+        }
+        Err(format!(
+            "the MongoDB indexes of {} could not be created",
+            missing.join(" and ")
+        ))
     }
 }
 

@@ -78,6 +78,8 @@ pub struct ExpiryReport {
     pub expired_credits: i64,
     /// Stale reservations settled as aborts charging nothing.
     pub settled_reservations: u64,
+    /// Idempotency keys older than 24 hours, deleted.
+    pub purged_idempotency_keys: u64,
 }
 
 /// One run of the job: expires every due allocation and settles every
@@ -145,6 +147,9 @@ pub async fn run_expiry(
             };
             let outcome =
                 settle_locked(&mut tx, &session_id, total, Settlement::Abort, 0, "system").await?;
+            // A prediction that died before settling charged nothing: its
+            // key is free for a retry.
+            super::idempotency::release_for_reservation(&mut tx, &session_id).await?;
             tx.commit().await?;
             if outcome.settled_now {
                 report.settled_reservations += 1;
@@ -152,10 +157,12 @@ pub async fn run_expiry(
         }
         after = last;
     }
+    report.purged_idempotency_keys = super::idempotency::purge_old_keys(pool, batch).await?;
     tracing::info!(
         expired_allocations = report.expired_allocations,
         expired_credits = report.expired_credits,
         settled_reservations = report.settled_reservations,
+        purged_idempotency_keys = report.purged_idempotency_keys,
         "credit expiry run finished"
     );
     Ok(report)

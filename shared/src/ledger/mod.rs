@@ -31,8 +31,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 
-/// The most credits one operation may move (keeps every sum far from overflow).
-pub const MAX_CREDITS: i64 = 1_000_000_000_000;
+/// The most credits one amount may hold, and the highest balance: 2^53 − 1
+/// (JavaScript's `Number.MAX_SAFE_INTEGER`), so every client reads every
+/// amount and balance exactly. Sums of two such amounts stay far from
+/// `i64` overflow.
+pub const MAX_CREDITS: i64 = 9_007_199_254_740_991;
 
 /// A positive whole number of credits, checked at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -110,6 +113,23 @@ impl std::str::FromStr for TransactionKind {
     }
 }
 
+/// 422 `balance_limit`: adding `amount` (the field `field`) to `balance`
+/// would pass [`MAX_CREDITS`].
+fn check_balance_limit(field: &str, balance: i64, amount: i64) -> Result<(), ApiError> {
+    if balance
+        .checked_add(amount)
+        .is_none_or(|sum| sum > MAX_CREDITS)
+    {
+        return Err(ApiError::Unprocessable {
+            code: "balance_limit",
+            message: format!(
+                "{field}: the balance of {balance} plus {amount} would pass the highest balance, {MAX_CREDITS}"
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn insufficient(needed: i64, available: i64) -> ApiError {
     ApiError::InsufficientCredits {
         message: format!("{needed} credits needed, {available} available"),
@@ -125,9 +145,24 @@ mod tests {
         assert!(Credits::parse("credits", 0).is_err());
         assert!(Credits::parse("credits", -5).is_err());
         assert!(Credits::parse("credits", MAX_CREDITS + 1).is_err());
+        assert!(Credits::parse("credits", i64::MIN).is_err());
+        assert!(Credits::parse("credits", i64::MAX).is_err());
+        assert_eq!(
+            Credits::parse("credits", MAX_CREDITS).unwrap().get(),
+            MAX_CREDITS
+        );
         assert_eq!(Credits::parse("credits", 7).unwrap().get(), 7);
         let err = Credits::parse("credits", 0).unwrap_err();
         assert!(err.to_string().starts_with("credits:"));
+    }
+
+    #[test]
+    fn a_balance_never_passes_two_to_the_53rd() {
+        assert!(check_balance_limit("credits", 0, MAX_CREDITS).is_ok());
+        let err = check_balance_limit("credits", 1, MAX_CREDITS).unwrap_err();
+        assert_eq!(err.code(), "balance_limit");
+        assert!(err.to_string().starts_with("credits:"), "{err}");
+        assert!(check_balance_limit("amount", i64::MAX, 1).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::accounts::{ensure_account_id, lock_account};
 use super::expiry::expire_due_for_user;
-use super::{insufficient, Credits, TransactionKind};
+use super::{check_balance_limit, insufficient, Credits, TransactionKind};
 use crate::error::ApiError;
 
 /// An allocation as the API shows it.
@@ -245,6 +245,7 @@ pub async fn allocate(
 ) -> Result<Allocated, ApiError> {
     let account_created = ensure_account_id(conn, user_id).await?;
     let total = begin_change(conn, user_id).await?;
+    check_balance_limit("credits", total, credits.get())?;
     let actor = ctx.actor_id.unwrap_or("system");
     let allocation: Allocation = sqlx::query_as(
         "INSERT INTO credit_allocations (id, user_id, credits, remaining, expires_at, allocated_by, notes)
@@ -314,7 +315,8 @@ pub async fn adjust(
     notes: &str,
     ctx: &Context<'_>,
 ) -> Result<i64, ApiError> {
-    if amount == 0 || amount.abs() > super::MAX_CREDITS {
+    // `unsigned_abs`: `i64::MIN` has no positive counterpart.
+    if amount == 0 || amount.unsigned_abs() > super::MAX_CREDITS as u64 {
         return Err(ApiError::invalid_field(
             "amount",
             format!(
@@ -330,6 +332,7 @@ pub async fn adjust(
         ..*ctx
     };
     if amount > 0 {
+        check_balance_limit("amount", total, amount)?;
         let allocation_id: Uuid = sqlx::query_scalar(
             "INSERT INTO credit_allocations (id, user_id, credits, remaining, expires_at, allocated_by, notes)
              VALUES ($1, $2, $3, $3, NULL, $4, $5) RETURNING id",

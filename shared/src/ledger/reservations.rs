@@ -3,6 +3,12 @@
 //! charges the excess as far as the balance goes, recording the
 //! shortfall); abort charges the partial cost. Finalize and abort are
 //! idempotent per session: a second call returns the first outcome.
+//!
+//! A reservation has an [`Origin`]: a client's (made through
+//! `/api/streaming-sessions`, settled by that client) or the gateway's
+//! (made for a prediction, settled only by the prediction itself through
+//! [`settle_prediction`]). A client can never settle the gateway's: that
+//! would let it abort a running prediction at no charge.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -15,6 +21,25 @@ use super::ops::{
 };
 use super::{accounts::lock_account, Credits, TransactionKind};
 use crate::error::ApiError;
+
+/// Who made a reservation, and so who may settle it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// A client, through `POST /api/streaming-sessions/initialize`.
+    Client,
+    /// The gateway, for a prediction it is making.
+    Gateway,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::Client => "client",
+            Origin::Gateway => "gateway",
+        }
+    }
+}
 
 /// How a reservation ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,19 +102,23 @@ pub struct ActiveSession {
     pub chatflow_id: String,
     /// Credits held.
     pub reserved_credits: i64,
+    /// `client` or `gateway` (only admins see the gateway's).
+    pub origin: String,
     /// When it was reserved.
     pub created_at: DateTime<Utc>,
 }
 
 /// Holds `estimate` credits for `session_id` (402 when short). Calling it
 /// again for the same session with the same user, chatflow and estimate
-/// returns the reservation; any other reuse of the id is 409.
+/// returns the client's reservation; any other reuse of the id (a
+/// gateway reservation's id included) is 409.
 pub async fn reserve(
     conn: &mut PgConnection,
     user_id: &str,
     session_id: &str,
     chatflow_id: &str,
     estimate: Credits,
+    origin: Origin,
     ctx: &Context<'_>,
 ) -> Result<Reservation, ApiError> {
     if session_id.is_empty() || session_id.len() > 128 {
@@ -105,15 +134,16 @@ pub async fn reserve(
         ));
     }
     let total = begin_change(conn, user_id).await?;
-    let existing: Option<(String, String, i64, String)> = sqlx::query_as(
-        "SELECT user_id, chatflow_id, reserved_credits, status FROM streaming_sessions
+    let existing: Option<(String, String, i64, String, String)> = sqlx::query_as(
+        "SELECT user_id, chatflow_id, reserved_credits, status, origin FROM streaming_sessions
           WHERE session_id = $1",
     )
     .bind(session_id)
     .fetch_optional(&mut *conn)
     .await?;
-    if let Some((owner, flow, reserved, status)) = existing {
-        if owner == user_id && flow == chatflow_id && reserved == estimate.get() {
+    if let Some((owner, flow, reserved, status, existing_origin)) = existing {
+        let same = owner == user_id && flow == chatflow_id && reserved == estimate.get();
+        if same && existing_origin == origin.as_str() && origin == Origin::Client {
             return Ok(Reservation {
                 session_id: session_id.to_owned(),
                 reserved_credits: reserved,
@@ -137,14 +167,15 @@ pub async fn reserve(
     .await?;
     sqlx::query(
         "INSERT INTO streaming_sessions
-            (session_id, user_id, chatflow_id, reserved_credits, reservation_transaction_id)
-         VALUES ($1, $2, $3, $4, $5)",
+            (session_id, user_id, chatflow_id, reserved_credits, reservation_transaction_id, origin)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(session_id)
     .bind(user_id)
     .bind(chatflow_id)
     .bind(estimate.get())
     .bind(transaction_id)
+    .bind(origin.as_str())
     .execute(&mut *conn)
     .await
     .map_err(|e| match &e {
@@ -166,8 +197,9 @@ fn session_taken(session_id: &str) -> ApiError {
     }
 }
 
-/// Settles `session_id` for its owner `caller_id` (403 for anyone else,
-/// 404 when unknown), charging `charge` credits.
+/// Settles the client reservation `session_id` for its owner `caller_id`
+/// (403 for anyone else and for a reservation the gateway made, 404 when
+/// unknown), charging `charge` credits.
 pub async fn settle(
     conn: &mut PgConnection,
     session_id: &str,
@@ -185,20 +217,105 @@ pub async fn settle(
             "must be a whole number of 0 or more",
         ));
     }
-    let owner: Option<String> =
-        sqlx::query_scalar("SELECT user_id FROM streaming_sessions WHERE session_id = $1")
+    let found: Option<(String, String)> =
+        sqlx::query_as("SELECT user_id, origin FROM streaming_sessions WHERE session_id = $1")
             .bind(session_id)
             .fetch_optional(&mut *conn)
             .await?;
-    let owner =
-        owner.ok_or_else(|| ApiError::not_found(format!("no streaming session {session_id}")))?;
+    let (owner, origin) =
+        found.ok_or_else(|| ApiError::not_found(format!("no streaming session {session_id}")))?;
     if owner != caller_id {
         return Err(ApiError::forbidden(
             "this streaming session belongs to another user",
         ));
     }
+    if origin != Origin::Client.as_str() {
+        return Err(ApiError::Forbidden {
+            code: "gateway_reservation",
+            message: "this reservation belongs to a prediction the gateway is making; \
+                      it is settled when the answer ends"
+                .into(),
+        });
+    }
     let total = lock_account(conn, &owner).await?;
     settle_locked(conn, session_id, total, how, charge, caller_id).await
+}
+
+/// Settles the gateway's reservation for a prediction of `user_id`,
+/// charging `charge`. Finding it already settled is an anomaly (the sweep
+/// released a live call, or a bug): it is logged at error and the actual
+/// cost is charged again through a deduction, as far as the balance goes,
+/// with the rest recorded as a shortfall. The answer is never free.
+pub async fn settle_prediction(
+    conn: &mut PgConnection,
+    session_id: &str,
+    user_id: &str,
+    how: Settlement,
+    charge: i64,
+) -> Result<SessionOutcome, ApiError> {
+    let total = lock_account(conn, user_id).await?;
+    let outcome = settle_locked(conn, session_id, total, how, charge, user_id).await?;
+    if outcome.settled_now {
+        return Ok(outcome);
+    }
+    tracing::error!(
+        session_id,
+        status = %outcome.status,
+        charge,
+        "a prediction found its reservation already settled; charging it by deduction"
+    );
+    charge_late(conn, session_id, user_id, charge).await
+}
+
+/// The anomaly path of [`settle_prediction`]: a deduction of `charge`
+/// (as far as the balance goes) added to the settled session's record.
+async fn charge_late(
+    conn: &mut PgConnection,
+    session_id: &str,
+    user_id: &str,
+    charge: i64,
+) -> Result<SessionOutcome, ApiError> {
+    let total = begin_change(conn, user_id).await?;
+    let taken = charge.min(total).max(0);
+    if taken > 0 {
+        let ctx = Context {
+            actor_id: Some("system"),
+            description: Some("prediction charged after its reservation was settled elsewhere"),
+            streaming_session_id: Some(session_id),
+            ..Context::default()
+        };
+        debit_locked(
+            conn,
+            user_id,
+            total,
+            taken,
+            TransactionKind::Deduction,
+            &ctx,
+        )
+        .await?;
+    }
+    let shortfall = charge.max(0) - taken;
+    let (status,): (String,) = sqlx::query_as(
+        "UPDATE streaming_sessions
+            SET charged_credits = charged_credits + $2, shortfall_credits = shortfall_credits + $3
+          WHERE session_id = $1 RETURNING status",
+    )
+    .bind(session_id)
+    .bind(taken)
+    .bind(shortfall)
+    .fetch_one(&mut *conn)
+    .await?;
+    if shortfall > 0 {
+        tracing::error!(session_id, shortfall, "a late prediction charge was short");
+    }
+    Ok(SessionOutcome {
+        session_id: session_id.to_owned(),
+        charged_credits: taken,
+        refunded_credits: 0,
+        shortfall_credits: shortfall,
+        status,
+        settled_now: false,
+    })
 }
 
 /// Settles a session whose owner's account the caller has locked (with its
@@ -321,18 +438,23 @@ pub(crate) async fn settle_locked(
     })
 }
 
-/// Active reservations: the user's, or everyone's when `user_id` is `None`.
+/// Active reservations: the user's, or everyone's when `user_id` is `None`;
+/// the gateway's own only when `with_gateway` (admins), so an end user
+/// never learns the id of a prediction's reservation.
 pub async fn active_sessions(
     conn: &mut PgConnection,
     user_id: Option<&str>,
+    with_gateway: bool,
 ) -> Result<Vec<ActiveSession>, ApiError> {
     Ok(sqlx::query_as(
-        "SELECT session_id, user_id, chatflow_id, reserved_credits, created_at
+        "SELECT session_id, user_id, chatflow_id, reserved_credits, origin, created_at
            FROM streaming_sessions
           WHERE status = 'active' AND ($1::text IS NULL OR user_id = $1)
+            AND ($2 OR origin = 'client')
           ORDER BY created_at DESC LIMIT 500",
     )
     .bind(user_id)
+    .bind(with_gateway)
     .fetch_all(conn)
     .await?)
 }

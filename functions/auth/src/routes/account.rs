@@ -5,7 +5,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use chrono::Duration;
 use serde::Deserialize;
 use serde_json::json;
@@ -14,34 +13,25 @@ use shared::error::{ApiError, JsonBody};
 use shared::identity::{Email, Password, Username};
 use shared::token::{AuthUser, Role};
 
-use crate::password::{equalise_timing, hash_password, verify_password};
-use crate::store::{CodePurpose, UserDoc};
+use crate::guard::{self, answer_after_floor, lock_key, mail_deadline, send_by};
+use crate::password::hash_password;
+use crate::store::{code_matches, Attempts, CodeDoc, CodePurpose, UserDoc};
 use crate::AppState;
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Failed logins that lock an account, and the window they count in.
-pub const LOCKOUT_FAILURES: usize = 5;
-/// The window failures count in, and how long a lock lasts (15 minutes).
-pub const LOCKOUT_MINUTES: i64 = 15;
 /// Wrong tries a verification code survives.
 pub const CODE_ATTEMPTS: i32 = 5;
 /// How long a verification code is valid.
 pub const CODE_MINUTES: i64 = 15;
-/// How long a reset link is valid.
-pub const RESET_MINUTES: i64 = 60;
-/// A new verification code is mailed at most this often per address.
+/// A code mail and a reset mail go out at most this often per address.
 pub const RESEND_SECONDS: i64 = 60;
+/// Wrong codes allowed per address and per account in 24 hours, across
+/// resends; past them, 429.
+pub const DAILY_CODE_ATTEMPTS: usize = 20;
 
 fn message(status: StatusCode, text: &str) -> Response {
     (status, Json(json!({ "message": text }))).into_response()
-}
-
-fn invalid_credentials() -> ApiError {
-    ApiError::Unauthorized {
-        code: "invalid_credentials",
-        message: "the username/email or password is wrong".into(),
-    }
 }
 
 fn invalid_code() -> ApiError {
@@ -51,29 +41,47 @@ fn invalid_code() -> ApiError {
     }
 }
 
-/// A new six-digit code, mailed; a mail failure is logged, not returned
-/// (the account stays, the user can ask again).
-pub async fn send_verification(state: &AppState, user: &UserDoc) -> Result<(), ApiError> {
+fn too_many_codes() -> ApiError {
+    ApiError::TooManyRequests {
+        code: "too_many_attempts",
+        message: format!(
+            "more than {DAILY_CODE_ATTEMPTS} codes were tried in 24 hours; try again tomorrow"
+        ),
+        retry_after: Some(24 * 3600),
+    }
+}
+
+/// Mails a new six-digit code to `address` (the account's own, or the one
+/// it has pending), bound to the account and that address; at most one
+/// code mail per address per minute (a second request in the minute sends
+/// nothing and says nothing). A mail failure is logged, not returned: the
+/// user can ask again.
+pub async fn send_verification(
+    state: &AppState,
+    user: &UserDoc,
+    address: &str,
+) -> Result<(), ApiError> {
+    let every = Duration::seconds(RESEND_SECONDS);
+    if !state.store.claim_mail_slot("code", address, every).await? {
+        return Ok(());
+    }
     let n = u64::from_le_bytes(random_bytes::<8>()) % 1_000_000;
     let code = format!("{n:06}");
     state
         .store
         .new_code(
             CodePurpose::Verify,
-            &user.email,
+            address,
             &user.id,
             &code,
             Duration::minutes(CODE_MINUTES),
         )
         .await?;
-    let email = Email::parse("email", &user.email)?;
-    if let Err(err) = state
+    let email = Email::parse("email", address)?;
+    let mail = state
         .mailer
-        .send_verification_code(&email, &user.username, &code)
-        .await
-    {
-        tracing::warn!(user_id = %user.id, error = %format!("{err:#}"), "verification mail not sent");
-    }
+        .send_verification_code(&email, &user.username, &code);
+    send_by(mail_deadline(state), mail, "verification code").await;
     Ok(())
 }
 
@@ -99,6 +107,7 @@ pub async fn new_user(
         username: username.as_str().to_owned(),
         username_key: username.key(),
         email: email.as_str().to_owned(),
+        pending_email: None,
         password_hash: hash_password(password).await?,
         role,
         is_verified: verified,
@@ -119,7 +128,7 @@ pub async fn signup(
     let user = new_user(&username, &email, &password, Role::Enduser, false).await?;
     state.store.insert_user(&user).await?;
     tracing::info!(user_id = %user.id, "account created");
-    send_verification(&state, &user).await?;
+    send_verification(&state, &user, &user.email).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -137,7 +146,13 @@ pub struct VerifyBody {
     code: String,
 }
 
-/// `POST /api/auth/verify-email`
+/// `POST /api/auth/verify-email`: proves the address a code was mailed
+/// to, for the account it was mailed for: the account's own address, or
+/// the one it has pending (which then becomes its address, if no other
+/// account took it meanwhile: 409). Every try is counted before the code
+/// is compared: at most [`CODE_ATTEMPTS`] per code, however many arrive at
+/// once, and [`DAILY_CODE_ATTEMPTS`] per address and per account in 24
+/// hours, across resends (then 429).
 pub async fn verify_email(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<VerifyBody>,
@@ -147,16 +162,95 @@ pub async fn verify_email(
     if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid_code());
     }
-    let used = state
+    let used = take_code(&state, email.as_str(), code).await?;
+    prove_address(&state, &used).await?;
+    for key in [
+        format!("email:{}", used.email),
+        format!("user:{}", used.user_id),
+    ] {
+        state.store.clear_attempts(Attempts::Code, &key).await?;
+    }
+    Ok(message(StatusCode::OK, "email verified"))
+}
+
+/// Counts one evaluated code for `key` (24-hour window); true while under
+/// the daily limit.
+async fn under_daily_limit(state: &AppState, key: &str) -> Result<bool, ApiError> {
+    let count = state
         .store
-        .use_code(CodePurpose::Verify, email.as_str(), code, CODE_ATTEMPTS)
+        .count_attempt(
+            Attempts::Code,
+            key,
+            Duration::hours(24),
+            DAILY_CODE_ATTEMPTS + 1,
+        )
+        .await?;
+    Ok(count <= DAILY_CODE_ATTEMPTS)
+}
+
+/// The live code for `email` that `code` matches, used once. A code's
+/// attempt is taken before it is compared (a guess that gets none is not
+/// compared at all); each compared guess counts against the address and
+/// the code's account for the day (429 once either is past its limit).
+async fn take_code(state: &AppState, email: &str, code: &str) -> Result<CodeDoc, ApiError> {
+    let candidates = state
+        .store
+        .take_code_attempts(CodePurpose::Verify, email, CODE_ATTEMPTS)
+        .await?;
+    if candidates.is_empty() {
+        return Err(invalid_code());
+    }
+    if !under_daily_limit(state, &format!("email:{email}")).await? {
+        return Err(too_many_codes());
+    }
+    let mut limited = false;
+    for candidate in candidates {
+        if !under_daily_limit(state, &format!("user:{}", candidate.user_id)).await? {
+            limited = true;
+            continue;
+        }
+        if code_matches(CodePurpose::Verify, &candidate, code)
+            && state.store.mark_code_used(&candidate.id).await?
+        {
+            return Ok(candidate);
+        }
+    }
+    Err(if limited {
+        too_many_codes()
+    } else {
+        invalid_code()
+    })
+}
+
+/// What a used code proves: the address it was mailed to, for its
+/// account, if the account still has that address (as its own or
+/// pending). A code for an address that has left the account is dead.
+async fn prove_address(state: &AppState, used: &CodeDoc) -> Result<(), ApiError> {
+    let user = state
+        .store
+        .user_by_id(&used.user_id)
         .await?
         .ok_or_else(invalid_code)?;
-    state
-        .store
-        .update_user(&used.user_id, bson::doc! {"is_verified": true})
-        .await?;
-    Ok(message(StatusCode::OK, "email verified"))
+    if user.email == used.email {
+        if !user.is_verified {
+            state
+                .store
+                .update_user(&user.id, bson::doc! {"is_verified": true})
+                .await?;
+        }
+        return Ok(());
+    }
+    if user.pending_email.as_deref() == Some(used.email.as_str()) {
+        let moved = state
+            .store
+            .confirm_pending_email(&user.id, &used.email)
+            .await?;
+        if moved.is_some() {
+            tracing::info!(user_id = %user.id, "email address changed");
+            return Ok(());
+        }
+    }
+    Err(invalid_code())
 }
 
 #[derive(Deserialize)]
@@ -165,23 +259,30 @@ pub struct EmailBody {
     email: String,
 }
 
-/// `POST /api/auth/resend-verification`: the same answer whether or not
-/// the address belongs to an unverified account.
+/// `POST /api/auth/resend-verification`: a new code for an unverified
+/// account's address, or for an address an account has pending. The same
+/// answer, after the same time, whether or not anything was sent.
 pub async fn resend_verification(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<EmailBody>,
 ) -> ApiResult {
     let email = Email::parse("email", &body.email)?;
-    if let Some(user) = state.store.user_by_email(email.as_str()).await? {
-        let recent = state
+    answer_after_floor(&state, async {
+        let own = state
             .store
-            .last_code_at(CodePurpose::Verify, email.as_str())
+            .user_by_email(email.as_str())
             .await?
-            .is_some_and(|t| chrono::Utc::now() - t < Duration::seconds(RESEND_SECONDS));
-        if !user.is_verified && !user.disabled && !recent {
-            send_verification(&state, &user).await?;
+            .filter(|u| !u.is_verified && !u.disabled);
+        let target = match own {
+            Some(user) => Some(user),
+            None => state.store.user_with_pending(email.as_str()).await?,
+        };
+        if let Some(user) = target {
+            send_verification(&state, &user, email.as_str()).await?;
         }
-    }
+        Ok::<_, ApiError>(())
+    })
+    .await?;
     Ok(message(
         StatusCode::OK,
         "if an unverified account uses this address, a new code has been sent",
@@ -222,20 +323,7 @@ pub async fn issue_pair(
     Ok((access, refresh))
 }
 
-fn locked() -> ApiError {
-    ApiError::TooManyRequests {
-        code: "account_locked",
-        message: format!("too many failed logins; try again in {LOCKOUT_MINUTES} minutes"),
-    }
-}
-
-/// `POST /api/auth/login`: the same 401 for an unknown account and a wrong
-/// password (and the same time spent); 5 failures in 15 minutes lock the
-/// account (or, for an unknown name, that name) for 15 minutes.
-pub async fn login(
-    State(state): State<AppState>,
-    JsonBody(body): JsonBody<LoginBody>,
-) -> ApiResult {
+fn login_identifier(body: &LoginBody) -> Result<String, ApiError> {
     let identifier = match (&body.email, &body.username) {
         (Some(e), _) if !e.trim().is_empty() => e.trim().to_lowercase(),
         (_, Some(u)) if !u.trim().is_empty() => u.trim().to_owned(),
@@ -249,39 +337,26 @@ pub async fn login(
     if body.password.is_empty() {
         return Err(ApiError::invalid_field("password", "is required"));
     }
+    Ok(identifier)
+}
+
+/// `POST /api/auth/login`: the same 401 for an unknown account and a wrong
+/// password (and the same time spent); 5 failures in 15 minutes lock the
+/// account (or, for an unknown name, that name) for 15 minutes, counted
+/// before each password is checked (see [`guard::check_password`]).
+pub async fn login(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> ApiResult {
+    let identifier = login_identifier(&body)?;
     let user = if identifier.contains('@') {
         state.store.user_by_email(&identifier).await?
     } else {
         state.store.user_by_username(&identifier).await?
     };
-    let key = match &user {
-        Some(u) => format!("user:{}", u.id),
-        None => format!("name:{}", identifier.to_lowercase()),
-    };
-    if state.store.locked_until(&key).await?.is_some() {
-        return Err(locked());
-    }
-    let verified = match &user {
-        Some(u) if body.password.chars().count() <= 128 => {
-            verify_password(&body.password, &u.password_hash).await
-        }
-        _ => {
-            equalise_timing().await;
-            false
-        }
-    };
-    let Some(user) = user.filter(|_| verified) else {
-        let window = Duration::minutes(LOCKOUT_MINUTES);
-        if state
-            .store
-            .record_failure(&key, LOCKOUT_FAILURES, window, window)
-            .await?
-        {
-            tracing::warn!(lock = %key.split(':').next().unwrap_or(""), "login locked after repeated failures");
-        }
-        return Err(invalid_credentials());
-    };
-    state.store.clear_failures(&key).await?;
+    let key = lock_key(user.as_ref(), &identifier);
+    guard::check_password(&state, &key, user.as_ref(), &body.password).await?;
+    let user = user.ok_or_else(guard::invalid_credentials)?;
     if user.disabled {
         return Err(ApiError::Forbidden {
             code: "account_disabled",
@@ -289,14 +364,23 @@ pub async fn login(
         });
     }
     if !user.is_verified {
-        return Err(ApiError::Forbidden {
-            code: "email_not_verified",
-            message: "verify your email first (POST /api/auth/verify-email)".into(),
-        });
+        return Err(not_verified());
     }
     let (access, refresh) = issue_pair(&state, &user, None).await?;
     tracing::info!(user_id = %user.id, "logged in");
-    Ok(Json(json!({
+    Ok(Json(signed_in(&user, &access, &refresh)).into_response())
+}
+
+fn not_verified() -> ApiError {
+    ApiError::Forbidden {
+        code: "email_not_verified",
+        message: "verify your email first (POST /api/auth/verify-email)".into(),
+    }
+}
+
+/// The answer of a sign-in: the token pair and the user.
+pub fn signed_in(user: &UserDoc, access: &str, refresh: &str) -> serde_json::Value {
+    json!({
         "accessToken": access,
         "refreshToken": refresh,
         "user": {
@@ -306,8 +390,7 @@ pub async fn login(
             "role": user.role,
             "isVerified": user.is_verified,
         },
-    }))
-    .into_response())
+    })
 }
 
 #[derive(Deserialize)]
@@ -328,6 +411,11 @@ pub async fn refresh(
         Ok(record) => record,
         Err(Some(record)) => {
             state.store.revoke_family(&record.family_id).await?;
+            let user = state.store.user_by_id(&record.user_id).await?;
+            if user.is_none_or(|u| u.disabled) {
+                // Disabling or deleting revoked it: say why.
+                return Err(disabled_or_gone());
+            }
             tracing::warn!(user_id = %record.user_id, "refresh token reused: family revoked");
             return Err(ApiError::Unauthorized {
                 code: "token_reused",
@@ -351,13 +439,22 @@ pub async fn refresh(
     let user = state.store.user_by_id(&record.user_id).await?;
     let Some(user) = user.filter(|u| !u.disabled) else {
         state.store.revoke_family(&record.family_id).await?;
-        return Err(ApiError::Unauthorized {
-            code: "account_disabled",
-            message: "this account is disabled or gone".into(),
-        });
+        return Err(disabled_or_gone());
     };
+    // A token never carries an address that is not proven.
+    if !user.is_verified {
+        state.store.revoke_family(&record.family_id).await?;
+        return Err(not_verified());
+    }
     let (access, refresh) = issue_pair(&state, &user, Some(record.family_id)).await?;
     Ok(Json(json!({ "accessToken": access, "refreshToken": refresh })).into_response())
+}
+
+fn disabled_or_gone() -> ApiError {
+    ApiError::Unauthorized {
+        code: "account_disabled",
+        message: "this account is disabled or gone".into(),
+    }
 }
 
 /// `POST /api/auth/logout`: revokes the refresh token. An expired one is
@@ -380,38 +477,38 @@ pub async fn logout_all(State(state): State<AppState>, user: AuthUser) -> ApiRes
     Ok(message(StatusCode::OK, "every session is logged out"))
 }
 
-/// `POST /api/auth/forgot-password`: always 200; mails a single-use reset
-/// link valid for one hour when the address belongs to an account.
+/// `POST /api/auth/forgot-password`: always 200, after the same time;
+/// mails a single-use reset link valid for one hour when the address
+/// belongs to an enabled account (at most one reset mail per address per
+/// minute).
 pub async fn forgot_password(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<EmailBody>,
 ) -> ApiResult {
     let email = Email::parse("email", &body.email)?;
-    if let Some(user) = state
-        .store
-        .user_by_email(email.as_str())
-        .await?
-        .filter(|u| !u.disabled)
-    {
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>());
-        state
+    answer_after_floor(&state, async {
+        let user = state
             .store
-            .new_code(
-                CodePurpose::Reset,
-                email.as_str(),
-                &user.id,
-                &token,
-                Duration::minutes(RESET_MINUTES),
-            )
-            .await?;
-        if let Err(err) = state
-            .mailer
-            .send_reset_link(&email, &user.username, &token)
-            .await
+            .user_by_email(email.as_str())
+            .await?
+            .filter(|u| !u.disabled);
+        let Some(user) = user else {
+            return Ok(());
+        };
+        let every = Duration::seconds(RESEND_SECONDS);
+        if !state
+            .store
+            .claim_mail_slot("reset", email.as_str(), every)
+            .await?
         {
-            tracing::warn!(user_id = %user.id, error = %format!("{err:#}"), "reset mail not sent");
+            return Ok(());
         }
-    }
+        let token = guard::new_reset_token(&state, &user).await?;
+        let mail = state.mailer.send_reset_link(&email, &user.username, &token);
+        send_by(mail_deadline(&state), mail, "reset link").await;
+        Ok::<_, ApiError>(())
+    })
+    .await?;
     Ok(message(
         StatusCode::OK,
         "if an account uses this address, a reset link has been sent",
@@ -425,8 +522,18 @@ pub struct ResetBody {
     new_password: String,
 }
 
-/// `POST /api/auth/reset-password`: single use; revokes every refresh
-/// token of the account and lifts a lock-out.
+fn invalid_reset_token() -> ApiError {
+    ApiError::BadRequest {
+        code: "invalid_token",
+        message: "the reset link is invalid, used or expired".into(),
+    }
+}
+
+/// `POST /api/auth/reset-password`: single use, and only for the account
+/// and address the link was mailed to (a link for an address that has
+/// since left the account is dead). Sets the password, proves that
+/// address (and nothing else), revokes every refresh token, lifts a
+/// lock-out, and signs the owner in with a fresh token pair.
 pub async fn reset_password(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<ResetBody>,
@@ -436,23 +543,26 @@ pub async fn reset_password(
         .store
         .use_reset_token(body.token.trim())
         .await?
-        .ok_or(ApiError::BadRequest {
-            code: "invalid_token",
-            message: "the reset link is invalid, used or expired".into(),
-        })?;
+        .ok_or_else(invalid_reset_token)?;
+    let user = state
+        .store
+        .user_by_id(&used.user_id)
+        .await?
+        .filter(|u| !u.disabled && u.email == used.email)
+        .ok_or_else(invalid_reset_token)?;
     let hash = hash_password(&password).await?;
-    // Following the mailed link proves the address, too.
-    state
+    let user = state
         .store
         .update_user(
-            &used.user_id,
+            &user.id,
             bson::doc! {"password_hash": hash, "is_verified": true},
         )
         .await?;
-    state.store.revoke_user_tokens(&used.user_id, None).await?;
-    state
-        .store
-        .clear_failures(&format!("user:{}", used.user_id))
-        .await?;
-    Ok(message(StatusCode::OK, "password changed; sign in again"))
+    state.store.revoke_user_tokens(&user.id, None).await?;
+    let key = lock_key(Some(&user), "");
+    state.store.clear_attempts(Attempts::Login, &key).await?;
+    let (access, refresh) = issue_pair(&state, &user, None).await?;
+    let mut answer = signed_in(&user, &access, &refresh);
+    answer["message"] = json!("password changed; you are signed in");
+    Ok(Json(answer).into_response())
 }

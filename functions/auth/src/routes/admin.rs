@@ -162,9 +162,19 @@ fn last_admin() -> ApiError {
     }
 }
 
+/// How much a role may do, for telling a demotion.
+fn rank(role: Role) -> u8 {
+    match role {
+        Role::Admin => 2,
+        Role::Supervisor => 1,
+        Role::Enduser => 0,
+    }
+}
+
 /// `PATCH /api/admin/users/{id}` (admin): role, verification, disabling.
-/// Tokens already issued live until they expire; the next refresh reads
-/// the change (a disabled account's refresh fails).
+/// Disabling or demoting ends the user's refresh tokens at once; access
+/// tokens already issued live out their 15 minutes. `isVerified` concerns
+/// the account's own address only, never a pending one.
 pub async fn patch_user(
     State(state): State<AppState>,
     user: AuthUser,
@@ -205,6 +215,10 @@ pub async fn patch_user(
             }
             if set.is_empty() {
                 return Ok(target);
+            }
+            let demoted = body.role.is_some_and(|r| rank(r) < rank(target.role));
+            if demoted || (body.disabled == Some(true) && !target.disabled) {
+                store.revoke_user_tokens(&id, None).await?;
             }
             store.update_user(&id, set).await
         })

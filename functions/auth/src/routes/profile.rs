@@ -10,7 +10,8 @@ use shared::identity::{Email, Password, Username};
 use shared::token::AuthUser;
 
 use super::account::{issue_pair, send_verification};
-use crate::password::{hash_password, verify_password};
+use crate::guard::{self, lock_key, send_by};
+use crate::password::hash_password;
 use crate::store::UserDoc;
 use crate::AppState;
 
@@ -31,14 +32,46 @@ pub async fn get_profile(State(state): State<AppState>, user: AuthUser) -> ApiRe
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProfileBody {
     username: Option<String>,
     email: Option<String>,
+    current_password: Option<String>,
 }
 
-/// `PUT /api/profile`: 409 when the username or email is taken; a new
-/// email must be verified again (a code is mailed to it).
+/// The current password, checked against the lock-out like a sign-in (a
+/// stolen access token cannot be used to guess it): 400 when missing, 401
+/// when wrong, 429 when locked.
+async fn require_password(
+    state: &AppState,
+    user: &UserDoc,
+    given: Option<&str>,
+    field: &str,
+) -> Result<(), ApiError> {
+    let password = given
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ApiError::invalid_field(field, "is required"))?;
+    guard::check_password(state, &lock_key(Some(user), ""), Some(user), password)
+        .await
+        .map_err(|e| match e {
+            ApiError::Unauthorized { .. } => wrong_password(),
+            other => other,
+        })
+}
+
+fn wrong_password() -> ApiError {
+    ApiError::Unauthorized {
+        code: "invalid_credentials",
+        message: "the current password is wrong".into(),
+    }
+}
+
+/// `PUT /api/profile`: 409 when the username or email is taken. A new
+/// email needs `currentPassword` and is only *pending*: the account keeps
+/// its proven address (in the profile, tokens, access lists and login)
+/// until the code mailed to the new one is entered at
+/// `POST /api/auth/verify-email`; the old address is told. Asking for the
+/// current address again cancels a pending change.
 pub async fn put_profile(
     State(state): State<AppState>,
     user: AuthUser,
@@ -46,6 +79,7 @@ pub async fn put_profile(
 ) -> ApiResult {
     let before = current(&state, &user).await?;
     let mut set = bson::Document::new();
+    let mut unset = bson::Document::new();
     if let Some(raw) = &body.username {
         let username = Username::parse("username", raw)?;
         if username.as_str() != before.username {
@@ -53,24 +87,44 @@ pub async fn put_profile(
             set.insert("username_key", username.key());
         }
     }
-    let mut email_changed = false;
+    let mut pending = None;
     if let Some(raw) = &body.email {
         let email = Email::parse("email", raw)?;
-        if email.as_str() != before.email {
-            set.insert("email", email.as_str());
-            set.insert("is_verified", false);
-            email_changed = true;
+        if email.as_str() == before.email {
+            if before.pending_email.is_some() {
+                unset.insert("pending_email", "");
+            }
+        } else if before.pending_email.as_deref() != Some(email.as_str()) {
+            let given = body.current_password.as_deref();
+            require_password(&state, &before, given, "currentPassword").await?;
+            if state.store.user_by_email(email.as_str()).await?.is_some() {
+                return Err(ApiError::Conflict {
+                    code: "email_taken",
+                    message: "this email is already registered".into(),
+                });
+            }
+            set.insert("pending_email", email.as_str());
+            pending = Some(email);
         }
     }
-    let after = if set.is_empty() {
-        before
-    } else {
-        state.store.update_user(&user.id, set).await?
-    };
-    if email_changed {
-        send_verification(&state, &after).await?;
+    let after = state.store.change_user(&user.id, set, unset).await?;
+    if let Some(new) = pending {
+        send_verification(&state, &after, new.as_str()).await?;
+        tell_old_address(&state, &after, new.as_str()).await;
+        tracing::info!(user_id = %after.id, "email change asked for");
     }
     Ok(Json(json!({ "user": after.to_json() })).into_response())
+}
+
+async fn tell_old_address(state: &AppState, user: &UserDoc, new_address: &str) {
+    let Ok(old) = Email::parse("email", &user.email) else {
+        return;
+    };
+    let mail = state
+        .mailer
+        .send_email_change_notice(&old, &user.username, new_address);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    send_by(deadline, mail, "email change notice").await;
 }
 
 #[derive(Deserialize)]
@@ -91,12 +145,13 @@ pub async fn change_password(
 ) -> ApiResult {
     let new_password = Password::parse("newPassword", &body.new_password)?;
     let doc = current(&state, &user).await?;
-    if !verify_password(&body.current_password, &doc.password_hash).await {
-        return Err(ApiError::Unauthorized {
-            code: "invalid_credentials",
-            message: "the current password is wrong".into(),
-        });
-    }
+    require_password(
+        &state,
+        &doc,
+        Some(&body.current_password),
+        "currentPassword",
+    )
+    .await?;
     let hash = hash_password(&new_password).await?;
     let doc = state
         .store

@@ -1,0 +1,165 @@
+//! The auth function in-process for tests: a real MongoDB wire-protocol
+//! server and a real SMTP server the tests read mail from, exactly as a
+//! user would.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use auth::mail::Mailer;
+use auth::store::AuthStore;
+use axum::Router;
+use bson::doc;
+use serde_json::{json, Value};
+use shared::config::{SmtpConfig, SmtpTls};
+use shared::db::mongo::IndexGuard;
+use shared::testing::{self, call, TestMongo, TestResponse, TestSmtp};
+
+pub struct App {
+    pub router: Router,
+    pub state: auth::AppState,
+    pub smtp: TestSmtp,
+    pub mongo: TestMongo,
+}
+
+pub fn smtp_config(port: u16) -> SmtpConfig {
+    SmtpConfig {
+        host: "127.0.0.1".into(),
+        port,
+        username: None,
+        password: None,
+        tls: SmtpTls::None,
+        from: "gateway@example.com".into(),
+    }
+}
+
+impl App {
+    pub async fn new() -> App {
+        App::on(TestMongo::new().await, Duration::from_millis(100)).await
+    }
+
+    /// The function on `mongo`, answering mail routes after `mail_floor`.
+    pub async fn on(mongo: TestMongo, mail_floor: Duration) -> App {
+        let smtp = TestSmtp::start().await;
+        let state = auth::AppState {
+            jwt: testing::jwt_keys(),
+            store: AuthStore::new(mongo.stores.auth.clone()),
+            indexes: IndexGuard::new(mongo.stores.clone(), true, false),
+            mongo: mongo.stores.clone(),
+            mailer: Mailer::new(&smtp_config(smtp.port), "http://app.test").unwrap(),
+            mail_floor,
+        };
+        App {
+            router: auth::router(state.clone()),
+            state,
+            smtp,
+            mongo,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> TestResponse {
+        call(&self.router, "POST", path, Some(body), None).await
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> TestResponse {
+        call(&self.router, method, path, body, Some(token)).await
+    }
+
+    /// Signs up, reads the code from the mail and verifies; returns the user id.
+    pub async fn verified_user(&self, username: &str, password: &str) -> String {
+        let email = format!("{username}@example.com");
+        let res = self
+            .post(
+                "/api/auth/signup",
+                json!({"username": username, "email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(res.status, 201, "{}", res.body);
+        let code = self
+            .smtp
+            .wait_for(&email, 0)
+            .await
+            .code()
+            .expect("a code in the mail");
+        let res = self
+            .post(
+                "/api/auth/verify-email",
+                json!({"email": email, "code": code}),
+            )
+            .await;
+        assert_eq!(res.status, 200, "{}", res.body);
+        self.state
+            .store
+            .user_by_email(&email)
+            .await
+            .unwrap()
+            .unwrap()
+            .id
+    }
+
+    /// Lets a minute pass for the mail throttle: the next code or reset
+    /// mail to any address may go out.
+    pub async fn pass_mail_pause(&self) {
+        self.state
+            .mongo
+            .auth
+            .collection::<bson::Document>("mail_throttle")
+            .update_many(
+                doc! {},
+                doc! {"$set": {"until": bson::DateTime::from_millis(0)}},
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Asks for a new code once the resend pause is over and reads the
+    /// `nth` mail to `email`.
+    pub async fn resend_code(&self, email: &str, nth: usize) -> String {
+        self.pass_mail_pause().await;
+        self.post("/api/auth/resend-verification", json!({"email": email}))
+            .await;
+        self.smtp.wait_for(email, nth).await.code().expect("a code")
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> TestResponse {
+        self.post(
+            "/api/auth/login",
+            json!({"username": username, "password": password}),
+        )
+        .await
+    }
+
+    /// An access token of `username` (which must be able to sign in).
+    pub async fn token_of(&self, username: &str, password: &str) -> String {
+        let res = self.login(username, password).await;
+        assert_eq!(res.status, 200, "{}", res.body);
+        res.body["accessToken"].as_str().unwrap().to_owned()
+    }
+
+    /// The mails to `to` so far.
+    pub fn mails_to(&self, to: &str) -> Vec<shared::testing::ReceivedMail> {
+        self.smtp
+            .mails()
+            .into_iter()
+            .filter(|m| m.to.iter().any(|t| t.eq_ignore_ascii_case(to)))
+            .collect()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        let id = self.verified_user("root", "root-password").await;
+        self.state
+            .store
+            .update_user(&id, doc! {"role": "admin"})
+            .await
+            .unwrap();
+        self.login("root", "root-password").await.body["accessToken"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
