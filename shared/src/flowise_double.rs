@@ -40,6 +40,22 @@ pub enum Behaviour {
     /// No answer at all, ever (what Flowise does for a streamed request
     /// that fails before its event stream starts).
     Stall,
+    /// Streams exactly these `(event, data)` pairs, `delay` before each,
+    /// then `end` (a buffered call gets the `token` data joined, as JSON).
+    Events {
+        /// The events, in order.
+        events: Vec<(String, Value)>,
+        /// Pause before each.
+        delay: Duration,
+    },
+    /// Answers `text` as JSON after `pause`, in both modes (a flow that
+    /// cannot stream and takes its time).
+    Slow {
+        /// The answer.
+        text: String,
+        /// How long it takes.
+        pause: Duration,
+    },
 }
 
 impl Behaviour {
@@ -218,6 +234,26 @@ async fn prediction(
             StatusCode::OK.into_response()
         }
         Behaviour::JsonOnly(text) => answer_json(text, None),
+        Behaviour::Slow { text, pause } => {
+            tokio::time::sleep(pause).await;
+            answer_json(text, None)
+        }
+        Behaviour::Events { events, .. } if !streaming => {
+            let text: String = events
+                .iter()
+                .filter(|(name, _)| name == "token")
+                .filter_map(|(_, data)| data.as_str())
+                .collect();
+            answer_json(text, None)
+        }
+        Behaviour::Events { events, delay } => {
+            let mut frames: Vec<(Duration, Bytes)> = events
+                .into_iter()
+                .map(|(name, data)| (delay, frame(&name, data)))
+                .collect();
+            frames.push((Duration::ZERO, frame("end", json!("[DONE]"))));
+            sse(frames)
+        }
         Behaviour::Fail(message) if !streaming => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({"statusCode": 500, "success": false, "message": message, "stack": {}})),
@@ -320,6 +356,6 @@ async fn streaming(State(inner): State<Arc<Mutex<Inner>>>, Path(id): Path<String
     let streams = inner
         .flows
         .get(&id)
-        .is_some_and(|f| !matches!(f.behaviour, Behaviour::JsonOnly(_)));
+        .is_some_and(|f| !matches!(f.behaviour, Behaviour::JsonOnly(_) | Behaviour::Slow { .. }));
     Json(json!({"isStreaming": streams})).into_response()
 }

@@ -46,16 +46,7 @@ async fn deduct(pool: &PgPool, user: &str, amount: i64) -> Result<i64, ApiError>
 
 async fn reserve(pool: &PgPool, user: &str, session: &str, amount: i64) -> Result<(), ApiError> {
     let mut tx = pool.begin().await?;
-    reservations::reserve(
-        &mut tx,
-        user,
-        session,
-        "flow",
-        credits(amount),
-        reservations::Origin::Client,
-        &ctx(),
-    )
-    .await?;
+    reservations::reserve(&mut tx, user, session, "flow", credits(amount), &ctx()).await?;
     tx.commit().await?;
     Ok(())
 }

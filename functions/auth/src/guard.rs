@@ -61,14 +61,17 @@ pub async fn check_password(
     user: Option<&UserDoc>,
     password: &str,
 ) -> Result<(), ApiError> {
-    if let Some(until) = state.store.locked_until(key).await? {
-        return Err(locked(until));
-    }
     let window = Duration::minutes(LOCKOUT_MINUTES);
-    let count = state
+    let attempt = state
         .store
         .count_attempt(Attempts::Login, key, window, LOCKOUT_FAILURES + 1)
         .await?;
+    // The lock is read in the same operation that counted, so an attempt
+    // counted after a lock (which resets the count) still sees it.
+    if let Some(until) = attempt.locked_until {
+        return Err(locked(until));
+    }
+    let count = attempt.count;
     if count > LOCKOUT_FAILURES {
         return Err(locked(Utc::now() + window));
     }

@@ -486,7 +486,8 @@ impl AuthStore {
 
     /// Counts one attempt for `key` *before* it is checked, atomically, and
     /// returns how many fall in `window` (this one included, at most
-    /// `keep`). Concurrent attempts each get their own count, so a limit
+    /// `keep`) and, read in the same operation, until when the key is
+    /// locked. Concurrent attempts each get their own count, so a limit
     /// holds however many arrive at once.
     pub async fn count_attempt(
         &self,
@@ -494,52 +495,57 @@ impl AuthStore {
         key: &str,
         window: Duration,
         keep: usize,
-    ) -> Result<usize, ApiError> {
+    ) -> Result<Attempt, ApiError> {
         let now = Utc::now();
         let update = doc! {
             "$push": {"failures": {"$each": [bson_time(now)], "$slice": -(keep as i32)}},
             "$set": {"expires_at": bson_time(now + window + window)},
         };
-        let mut tries = 0;
-        let updated = loop {
-            let result = self
+        // No upsert: concurrent upserts of a missing document race (and
+        // some servers then answer no document). The document is made
+        // first, once, and every attempt is a plain atomic update.
+        let mut updated = None;
+        for _ in 0..3 {
+            updated = self
                 .attempts(kind)
                 .find_one_and_update(doc! {"_id": key}, update.clone())
-                .upsert(true)
                 .return_document(ReturnDocument::After)
-                .await;
-            match result {
-                // Two first attempts raced on the upsert: count again.
-                Err(e) if is_duplicate_key(&e) && tries < 3 => tries += 1,
-                other => break other?,
+                .await?;
+            if updated.is_some() {
+                break;
             }
-        };
-        Ok(updated
-            .map(|f| {
-                f.failures
-                    .iter()
-                    .filter(|t| t.to_chrono() > now - window)
-                    .count()
-            })
-            .unwrap_or(1))
+            let fresh = AttemptDoc {
+                id: key.to_owned(),
+                failures: Vec::new(),
+                locked_until: None,
+                expires_at: bson_time(now + window + window),
+            };
+            match self.attempts(kind).insert_one(fresh).await {
+                Err(e) if !is_duplicate_key(&e) => return Err(e.into()),
+                _ => {}
+            }
+        }
+        let doc = updated.ok_or_else(|| ApiError::StoreUnavailable {
+            store: "mongodb",
+            detail: format!("the attempt window {key} could not be written"),
+        })?;
+        Ok(Attempt {
+            count: doc
+                .failures
+                .iter()
+                .filter(|t| t.to_chrono() > now - window)
+                .count(),
+            locked_until: doc
+                .locked_until
+                .map(BsonTime::to_chrono)
+                .filter(|t| *t > now),
+        })
     }
 
     /// Forgets the attempts of `key` (a success).
     pub async fn clear_attempts(&self, kind: Attempts, key: &str) -> Result<(), ApiError> {
         self.attempts(kind).delete_one(doc! {"_id": key}).await?;
         Ok(())
-    }
-
-    /// Until when login `key` is locked out, if it is now.
-    pub async fn locked_until(&self, key: &str) -> Result<Option<chrono::DateTime<Utc>>, ApiError> {
-        let now = Utc::now();
-        Ok(self
-            .attempts(Attempts::Login)
-            .find_one(doc! {"_id": key})
-            .await?
-            .and_then(|f| f.locked_until)
-            .map(BsonTime::to_chrono)
-            .filter(|t| *t > now))
     }
 
     /// Locks login `key` for `lock_for`, once: true only for the call that
@@ -594,6 +600,15 @@ impl AuthStore {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// One counted attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// Attempts in the window, this one included.
+    pub count: usize,
+    /// Until when the key is locked, when it is now.
+    pub locked_until: Option<chrono::DateTime<Utc>>,
 }
 
 /// Which attempts a window counts.

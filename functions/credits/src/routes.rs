@@ -464,7 +464,6 @@ pub async fn initialize(
                     &req.session_id,
                     &req.chatflow_id,
                     estimate,
-                    reservations::Origin::Client,
                     &ctx,
                 )
                 .await?;

@@ -534,3 +534,151 @@ async fn every_route_needs_a_valid_token() {
     }
     drop(app.db);
 }
+
+/// 2^53 − 1: JavaScript's largest exact integer.
+const MAX_SAFE: i64 = 9_007_199_254_740_991;
+
+#[tokio::test]
+async fn amounts_past_two_to_the_53rd_are_400s_naming_the_field_and_change_nothing() {
+    let app = App::new().await;
+    app.grant("u1", 50).await;
+    let admin = app.token("admin-1", Role::Admin);
+    let user = app.token("u1", Role::Enduser);
+    let huge = [
+        json!(MAX_SAFE + 1),
+        json!(i64::MAX),
+        json!(i64::MIN),
+        json!(u64::MAX),
+        json!(1e30),
+        json!(-1e30),
+    ];
+    let rows_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credit_transactions")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    for value in &huge {
+        let cases = [
+            (
+                "/api/credits/allocate",
+                &admin,
+                json!({"userId": "u1", "credits": value}),
+                "credits",
+            ),
+            (
+                "/api/credits/adjust",
+                &admin,
+                json!({"userId": "u1", "amount": value, "notes": "x"}),
+                "amount",
+            ),
+            (
+                "/api/credits/deduct",
+                &user,
+                json!({"credits": value}),
+                "credits",
+            ),
+            (
+                "/api/streaming-sessions/initialize",
+                &user,
+                json!({"sessionId": "s1", "chatflowId": "f", "estimatedCredits": value}),
+                "estimatedCredits",
+            ),
+            (
+                "/api/streaming-sessions/finalize",
+                &user,
+                json!({"sessionId": "s1", "actualCredits": value}),
+                "actualCredits",
+            ),
+            (
+                "/api/streaming-sessions/abort",
+                &user,
+                json!({"sessionId": "s1", "partialCredits": value}),
+                "partialCredits",
+            ),
+            (
+                "/api/credits/calculate",
+                &user,
+                json!({"inputTokens": value}),
+                "inputTokens",
+            ),
+        ];
+        for (path, token, body, field) in cases {
+            let res = app.post(path, token, body).await;
+            assert_eq!(res.status, 400, "{path} {value}: {}", res.body);
+            assert!(
+                res.body["message"].as_str().unwrap().contains(field),
+                "{path} {value}: {}",
+                res.body
+            );
+        }
+        let res = call(
+            &app.router,
+            "PUT",
+            "/api/credits/pricing/f",
+            Some(json!({"perRequest": value, "perInputToken": 0, "perOutputToken": 0})),
+            Some(&admin),
+        )
+        .await;
+        assert_eq!(res.status, 400, "pricing {value}: {}", res.body);
+    }
+    let rows_after: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credit_transactions")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows_after, rows_before);
+    let balance = app.get("/api/credits/total-balance", &user).await;
+    assert_eq!(balance.body["totalCredits"], 50);
+}
+
+#[tokio::test]
+async fn a_balance_that_would_pass_two_to_the_53rd_is_422_balance_limit() {
+    let app = App::new().await;
+    let admin = app.token("admin-1", Role::Admin);
+    let user = app.token("u1", Role::Enduser);
+    // The largest exact amount is accepted, and read back exactly.
+    let res = app
+        .post(
+            "/api/credits/allocate",
+            &admin,
+            json!({"userId": "u1", "credits": MAX_SAFE - 10}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.body);
+    let res = app
+        .post(
+            "/api/credits/allocate",
+            &admin,
+            json!({"userId": "u1", "credits": 11}),
+        )
+        .await;
+    res.assert_error(422, "balance_limit");
+    assert!(res.body["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("credits:"));
+    let res = app
+        .post(
+            "/api/credits/adjust",
+            &admin,
+            json!({"userId": "u1", "amount": 11, "notes": "bonus"}),
+        )
+        .await;
+    res.assert_error(422, "balance_limit");
+    assert!(res.body["message"].as_str().unwrap().starts_with("amount:"));
+    let balance = app.get("/api/credits/balance", &user).await;
+    assert_eq!(balance.body["totalCredits"], MAX_SAFE - 10);
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credit_transactions")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    // Up to the limit itself is fine.
+    let res = app
+        .post(
+            "/api/credits/adjust",
+            &admin,
+            json!({"userId": "u1", "amount": 10, "notes": "to the brim"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(res.body["newBalance"], MAX_SAFE);
+}

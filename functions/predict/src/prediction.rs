@@ -4,7 +4,7 @@
 //! in one go; the streaming route runs (1)–(3) through [`prepare`] and
 //! relays (4) as it arrives through [`relay_stream`].
 //!
-//! The reservation is the gateway's ([`Origin::Gateway`]): no client can
+//! The reservation is the gateway's (`Origin::Gateway`): no client can
 //! settle it, and [`finish`] never takes an already settled one as paid.
 //! An `Idempotency-Key` is claimed with the reservation and completed with
 //! the settlement (two transactions, none of them open while Flowise
@@ -27,7 +27,7 @@ use shared::flowise::{
 use shared::ledger::accounts::ensure_account;
 use shared::ledger::idempotency::{self, StoredKey};
 use shared::ledger::ops::Context;
-use shared::ledger::reservations::{self, Origin, Settlement};
+use shared::ledger::reservations::{self, Settlement};
 use shared::ledger::{queries, Credits};
 use shared::pricing::{self, estimate_tokens, PricingRule};
 use shared::token::AuthUser;
@@ -312,7 +312,7 @@ pub async fn prepare(
     let (session, new_session) = session_for(state, user, &body).await?;
     let (uploads, file_ids) = checked_uploads(state, user, &body).await?;
     let input_tokens = input_tokens(&body, &uploads);
-    let (rule, estimate) = price(state, user, &body.chatflow_id, input_tokens).await?;
+    let (rule, minimum, wanted) = price(state, &body.chatflow_id, input_tokens).await?;
     let message_id = uuid::Uuid::new_v4().to_string();
     let ctx = Context {
         actor_id: Some(&user.id),
@@ -324,7 +324,8 @@ pub async fn prepare(
     let reserved = Reservation {
         chatflow_id: &body.chatflow_id,
         message_id: &message_id,
-        estimate,
+        minimum,
+        wanted,
         claim: claim.as_ref(),
     };
     if let Some(answer) = reserve(state, user, reserved, &ctx).await? {
@@ -430,42 +431,38 @@ fn input_tokens(body: &PredictBody, uploads: &[CheckedUpload]) -> i64 {
     estimate_tokens(&body.question) + estimate_tokens(&history) + uploaded
 }
 
-/// Step (3a): the rule and the reservation's size; 402 when the balance
-/// does not cover the known part of the price.
+/// What step (3) reserves: the known part of the price (the request and
+/// the input), and the price with [`RESERVE_OUTPUT_TOKENS`] of output.
 async fn price(
     state: &AppState,
-    user: &AuthUser,
     chatflow_id: &str,
     input_tokens: i64,
-) -> Result<(PricingRule, Credits), ApiError> {
+) -> Result<(PricingRule, Credits, Credits), ApiError> {
     let mut conn = state.pg.acquire().await?;
     let rule = pricing::rule_for(&mut conn, Some(chatflow_id)).await?;
     let minimum = rule.cost(input_tokens, 0).credits.max(1);
-    let balance = queries::total_balance(&mut conn, &user.id).await?;
-    if balance < minimum {
-        return Err(ApiError::InsufficientCredits {
-            message: format!("{minimum} credits needed, {balance} available"),
-        });
-    }
-    let estimate = rule
-        .cost(input_tokens, RESERVE_OUTPUT_TOKENS)
-        .credits
-        .min(balance)
-        .max(minimum);
-    Ok((rule, Credits::parse("estimatedCredits", estimate)?))
+    let wanted = rule.cost(input_tokens, RESERVE_OUTPUT_TOKENS).credits;
+    Ok((
+        rule,
+        Credits::parse("estimatedCredits", minimum)?,
+        Credits::parse("estimatedCredits", wanted.max(minimum))?,
+    ))
 }
 
 /// What step (3b) reserves.
 struct Reservation<'a> {
     chatflow_id: &'a str,
     message_id: &'a str,
-    estimate: Credits,
+    minimum: Credits,
+    wanted: Credits,
     claim: Option<&'a KeyClaim>,
 }
 
-/// Step (3b): one transaction claims the key (when there is one) and
-/// reserves the estimate as the gateway's. A key another request holds
-/// rolls it back and answers that request's outcome (or 409).
+/// Step (3b): one transaction claims the key (when there is one), records
+/// the account and reserves as the gateway's, under the account lock
+/// (402 when the balance does not cover the known part of the price).
+/// A key another request holds rolls it back and answers that request's
+/// outcome (or 409), before any balance is looked at.
 async fn reserve(
     state: &AppState,
     user: &AuthUser,
@@ -489,13 +486,13 @@ async fn reserve(
         }
     }
     ensure_account(&mut tx, user).await?;
-    reservations::reserve(
+    reservations::reserve_prediction(
         &mut tx,
         &user.id,
         what.message_id,
         what.chatflow_id,
-        what.estimate,
-        Origin::Gateway,
+        what.minimum,
+        what.wanted,
         ctx,
     )
     .await?;

@@ -1,167 +1,19 @@
 //! The predict family in-process, against real PostgreSQL and MongoDB and
 //! the Flowise double (SPEC §8).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::Router;
+use common::{flowise_config, frames, names, App, ANSWER};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use shared::config::{FlowiseConfig, Limits, Secret};
-use shared::db::mongo::IndexGuard;
 use shared::flowise::FlowiseClient;
-use shared::flowise_double::{split_tokens, Behaviour, FlowiseDouble};
-use shared::ledger::ops::{self, Context};
-use shared::ledger::Credits;
-use shared::testing::{self, call, TestMongo, TestPostgres, TestResponse};
+use shared::flowise_double::{split_tokens, Behaviour};
+use shared::testing::call;
 use shared::token::Role;
 use tower::ServiceExt;
-
-const ANSWER: &str = "Hello from the fake OpenAI server!";
-
-struct App {
-    router: Router,
-    stream: Router,
-    state: predict::AppState,
-    flowise: FlowiseDouble,
-    pg: TestPostgres,
-    _mongo: TestMongo,
-}
-
-fn flowise_config(url: &str) -> FlowiseConfig {
-    FlowiseConfig {
-        api_url: url.to_owned(),
-        api_key: Some(Secret::new("flowise-key")),
-        timeout: Duration::from_secs(3),
-        first_byte_timeout: Duration::from_secs(1),
-        buffered_timeout: Duration::from_secs(25),
-    }
-}
-
-impl App {
-    async fn new() -> App {
-        let (pg, mongo) = tokio::join!(TestPostgres::new(), TestMongo::new());
-        let flowise = FlowiseDouble::start().await;
-        flowise.add_flow("flow-a", "Support bot", Behaviour::answer(ANSWER));
-        let state = predict::AppState {
-            jwt: testing::jwt_keys(),
-            indexes: IndexGuard::new(mongo.stores.clone(), false, true),
-            mongo: mongo.stores.clone(),
-            pg: pg.pool.clone(),
-            flowise: FlowiseClient::new(&flowise_config(&flowise.url)).unwrap(),
-            limits: Limits {
-                max_upload_bytes: 64 * 1024,
-                reservation_ttl: Duration::from_secs(900),
-            },
-        };
-        let app = App {
-            router: predict::router(state.clone()),
-            stream: predict_stream::router(state.clone()),
-            state,
-            flowise,
-            pg,
-            _mongo: mongo,
-        };
-        // The admin syncs, makes flow-a public and prices it: 2 per request
-        // plus 1 per output token.
-        let admin = app.token("admin-1", Role::Admin);
-        assert_eq!(
-            app.send("POST", "/api/v1/admin/chatflows/sync", &admin, None)
-                .await
-                .status,
-            200
-        );
-        let res = app
-            .send(
-                "PUT",
-                "/api/v1/admin/chatflows/flow-a",
-                &admin,
-                Some(json!({"isPublic": true, "pricing": {"perRequest": 2, "perInputToken": 0, "perOutputToken": 1}})),
-            )
-            .await;
-        assert_eq!(res.status, 200, "{}", res.body);
-        app
-    }
-
-    fn token(&self, user: &str, role: Role) -> String {
-        testing::mint_token(&testing::jwt_keys(), user, role)
-    }
-
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> TestResponse {
-        call(&self.router, method, path, body, Some(token)).await
-    }
-
-    async fn grant(&self, user: &str, credits: i64) {
-        let mut tx = self.pg.pool.begin().await.unwrap();
-        ops::allocate(
-            &mut tx,
-            user,
-            Credits::parse("c", credits).unwrap(),
-            Some(30),
-            None,
-            &Context::default(),
-        )
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
-    }
-
-    async fn balance(&self, user: &str) -> i64 {
-        let mut conn = self.pg.pool.acquire().await.unwrap();
-        shared::ledger::queries::total_balance(&mut conn, user)
-            .await
-            .unwrap()
-    }
-
-    async fn predict(&self, token: &str, body: Value) -> TestResponse {
-        self.send("POST", "/api/v1/chat/predict", token, Some(body))
-            .await
-    }
-
-    async fn active_reservations(&self) -> i64 {
-        sqlx::query_scalar("SELECT COUNT(*) FROM streaming_sessions WHERE status = 'active'")
-            .fetch_one(&self.pg.pool)
-            .await
-            .unwrap()
-    }
-
-    /// Opens a stream; returns the status and a reader of its frames.
-    async fn open_stream(&self, token: &str, body: Value) -> (u16, axum::body::BodyDataStream) {
-        let req = axum::http::Request::post("/api/v1/chat/predict/stream")
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        let res = self.stream.clone().oneshot(req).await.unwrap();
-        (res.status().as_u16(), res.into_body().into_data_stream())
-    }
-}
-
-/// Reads the frames until the stream ends, with arrival times.
-async fn frames(mut body: axum::body::BodyDataStream) -> Vec<(String, Value, Instant)> {
-    let mut reader = testing::SseFrames::default();
-    let mut out = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let now = Instant::now();
-        out.extend(
-            reader
-                .push(&chunk.unwrap())
-                .into_iter()
-                .map(|(e, d)| (e, d, now)),
-        );
-    }
-    out
-}
-
-fn names(frames: &[(String, Value, Instant)]) -> Vec<&str> {
-    frames.iter().map(|(e, _, _)| e.as_str()).collect()
-}
 
 #[tokio::test]
 async fn a_buffered_prediction_is_priced_paid_stored_and_recorded() {

@@ -232,3 +232,91 @@ async fn export_streams_csv_with_escaped_fields() {
         lines[1]
     );
 }
+
+#[tokio::test]
+async fn usage_credits_past_two_to_the_53rd_are_400s_and_sums_never_overflow() {
+    let (router, db) = app().await;
+    for credits in [json!(9_007_199_254_740_992_i64), json!(i64::MAX), json!(-1)] {
+        let res = record(
+            &router,
+            json!({"userId": "u1", "service": "chat", "operation": "f", "credits": credits}),
+        )
+        .await;
+        assert_eq!(res.status, 400, "{credits}: {}", res.body);
+        assert!(res.body["message"].as_str().unwrap().contains("credits"));
+    }
+    // Many records at the largest amount: the statistics saturate, never 500.
+    for _ in 0..3 {
+        let res = record(
+            &router,
+            json!({"userId": "u1", "service": "chat", "operation": "f", "credits": 9_007_199_254_740_991_i64}),
+        )
+        .await;
+        assert_eq!(res.status, 201, "{}", res.body);
+    }
+    sqlx::query("INSERT INTO usage_logs (id, user_id, service, operation, credits) SELECT gen_random_uuid(), 'u1', 'chat', 'f', 9007199254740991 FROM generate_series(1, 2000)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let stats = call(
+        &router,
+        "GET",
+        "/api/usage/system-stats",
+        None,
+        Some(&token("admin-1", Role::Admin)),
+    )
+    .await;
+    assert_eq!(stats.status, 200, "{}", stats.body);
+    assert_eq!(stats.body["totalCredits"], 9_007_199_254_740_991_i64);
+}
+
+#[tokio::test]
+async fn an_export_never_hands_a_spreadsheet_a_formula() {
+    let (router, _db) = app().await;
+    for (user, operation) in [
+        ("=HYPERLINK(\"http://evil.example\",\"x\")", "flow"),
+        ("u2", "+cmd|' /C calc'!A0"),
+        ("u3", "-1+1"),
+        ("u4", "@SUM(A1:A9)"),
+        ("u5", "\tlead"),
+    ] {
+        let res = record(
+            &router,
+            json!({"userId": user, "service": "chat", "operation": operation, "credits": 1}),
+        )
+        .await;
+        assert_eq!(res.status, 201, "{}", res.body);
+    }
+    let admin = token("admin-1", Role::Admin);
+    let res = call(&router, "GET", "/api/usage/export", None, Some(&admin)).await;
+    let text = res.body.as_str().unwrap();
+    let cells: Vec<String> = text
+        .lines()
+        .skip(1)
+        .flat_map(|line| {
+            // user_id and operation are the third and fifth cells.
+            let mut fields = Vec::new();
+            let (mut cell, mut quoted) = (String::new(), false);
+            for c in line.chars() {
+                match c {
+                    '"' => quoted = !quoted,
+                    ',' if !quoted => fields.push(std::mem::take(&mut cell)),
+                    _ => cell.push(c),
+                }
+            }
+            fields.push(cell);
+            [fields[2].clone(), fields[4].clone()]
+        })
+        .collect();
+    for cell in &cells {
+        assert!(
+            !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+            "a live formula cell: {cell:?} in {text}"
+        );
+    }
+    assert!(
+        cells.iter().any(|c| c.starts_with("'=HYPERLINK")),
+        "{cells:?}"
+    );
+    assert!(cells.iter().any(|c| c == "'-1+1"), "{cells:?}");
+}

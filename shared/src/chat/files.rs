@@ -371,6 +371,7 @@ pub async fn delete(db: &Database, file_id: &str) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::zip_archive as zip;
 
     #[test]
     fn types_come_from_the_bytes() {
@@ -402,36 +403,6 @@ mod tests {
             sniff(&xlsx, "", "x.xlsx"),
             Some("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
         );
-    }
-
-    /// A minimal ZIP (stored entries, no data) with these entry names.
-    pub(crate) fn zip(names: &[&str]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut directory = Vec::new();
-        for name in names {
-            let offset = out.len() as u32;
-            out.extend_from_slice(b"PK\x03\x04");
-            out.extend_from_slice(&[0; 22]);
-            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            out.extend_from_slice(&[0, 0]);
-            out.extend_from_slice(name.as_bytes());
-            directory.extend_from_slice(b"PK\x01\x02");
-            directory.extend_from_slice(&[0; 24]);
-            directory.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            directory.extend_from_slice(&[0; 12]);
-            directory.extend_from_slice(&offset.to_le_bytes());
-            directory.extend_from_slice(name.as_bytes());
-        }
-        let start = out.len() as u32;
-        out.extend_from_slice(&directory);
-        out.extend_from_slice(b"PK\x05\x06");
-        out.extend_from_slice(&[0; 4]);
-        out.extend_from_slice(&(names.len() as u16).to_le_bytes());
-        out.extend_from_slice(&(names.len() as u16).to_le_bytes());
-        out.extend_from_slice(&(directory.len() as u32).to_le_bytes());
-        out.extend_from_slice(&start.to_le_bytes());
-        out.extend_from_slice(&[0, 0]);
-        out
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::expiry::expire_due_for_user;
 use super::ops::{
     begin_change, debit_locked, insert_transaction, refund_draws, set_total, Context,
 };
-use super::{accounts::lock_account, Credits, TransactionKind};
+use super::{accounts::lock_account, insufficient, Credits, TransactionKind};
 use crate::error::ApiError;
 
 /// Who made a reservation, and so who may settle it.
@@ -108,19 +108,7 @@ pub struct ActiveSession {
     pub created_at: DateTime<Utc>,
 }
 
-/// Holds `estimate` credits for `session_id` (402 when short). Calling it
-/// again for the same session with the same user, chatflow and estimate
-/// returns the client's reservation; any other reuse of the id (a
-/// gateway reservation's id included) is 409.
-pub async fn reserve(
-    conn: &mut PgConnection,
-    user_id: &str,
-    session_id: &str,
-    chatflow_id: &str,
-    estimate: Credits,
-    origin: Origin,
-    ctx: &Context<'_>,
-) -> Result<Reservation, ApiError> {
+fn check_ids(session_id: &str, chatflow_id: &str) -> Result<(), ApiError> {
     if session_id.is_empty() || session_id.len() > 128 {
         return Err(ApiError::invalid_field(
             "sessionId",
@@ -133,6 +121,23 @@ pub async fn reserve(
             "must be 1 to 128 characters",
         ));
     }
+    Ok(())
+}
+
+/// A client's reservation (`POST /api/streaming-sessions/initialize`):
+/// holds `estimate` credits for `session_id` (402 when short). Calling it
+/// again for the same session with the same user, chatflow and estimate
+/// returns the reservation; any other reuse of the id (a gateway
+/// reservation's id included) is 409.
+pub async fn reserve(
+    conn: &mut PgConnection,
+    user_id: &str,
+    session_id: &str,
+    chatflow_id: &str,
+    estimate: Credits,
+    ctx: &Context<'_>,
+) -> Result<Reservation, ApiError> {
+    check_ids(session_id, chatflow_id)?;
     let total = begin_change(conn, user_id).await?;
     let existing: Option<(String, String, i64, String, String)> = sqlx::query_as(
         "SELECT user_id, chatflow_id, reserved_credits, status, origin FROM streaming_sessions
@@ -141,9 +146,9 @@ pub async fn reserve(
     .bind(session_id)
     .fetch_optional(&mut *conn)
     .await?;
-    if let Some((owner, flow, reserved, status, existing_origin)) = existing {
+    if let Some((owner, flow, reserved, status, origin)) = existing {
         let same = owner == user_id && flow == chatflow_id && reserved == estimate.get();
-        if same && existing_origin == origin.as_str() && origin == Origin::Client {
+        if same && origin == Origin::Client.as_str() {
             return Ok(Reservation {
                 session_id: session_id.to_owned(),
                 reserved_credits: reserved,
@@ -152,42 +157,93 @@ pub async fn reserve(
         }
         return Err(session_taken(session_id));
     }
-    let ctx = Context {
-        streaming_session_id: Some(session_id),
-        ..*ctx
-    };
-    let (transaction_id, _) = debit_locked(
-        conn,
+    let hold = Hold {
         user_id,
-        total,
-        estimate.get(),
-        TransactionKind::Reservation,
-        &ctx,
-    )
-    .await?;
-    sqlx::query(
-        "INSERT INTO streaming_sessions
-            (session_id, user_id, chatflow_id, reserved_credits, reservation_transaction_id, origin)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(session_id)
-    .bind(user_id)
-    .bind(chatflow_id)
-    .bind(estimate.get())
-    .bind(transaction_id)
-    .bind(origin.as_str())
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| match &e {
-        // Another user reserved the same id at the same moment.
-        sqlx::Error::Database(db) if db.is_unique_violation() => session_taken(session_id),
-        _ => ApiError::from(e),
-    })?;
-    Ok(Reservation {
-        session_id: session_id.to_owned(),
-        reserved_credits: estimate.get(),
-        status: "active".into(),
-    })
+        session_id,
+        chatflow_id,
+        origin: Origin::Client,
+    };
+    hold.take(conn, total, estimate.get(), ctx).await
+}
+
+/// The gateway's reservation for a prediction: under the account lock,
+/// 402 unless the balance covers `minimum` (the part of the price known
+/// before the answer); else holds `wanted` capped at the balance (never
+/// below `minimum`). `session_id` is fresh (the answer's message id).
+pub async fn reserve_prediction(
+    conn: &mut PgConnection,
+    user_id: &str,
+    session_id: &str,
+    chatflow_id: &str,
+    minimum: Credits,
+    wanted: Credits,
+    ctx: &Context<'_>,
+) -> Result<Reservation, ApiError> {
+    check_ids(session_id, chatflow_id)?;
+    let total = begin_change(conn, user_id).await?;
+    if total < minimum.get() {
+        return Err(insufficient(minimum.get(), total));
+    }
+    let amount = wanted.get().min(total).max(minimum.get());
+    let hold = Hold {
+        user_id,
+        session_id,
+        chatflow_id,
+        origin: Origin::Gateway,
+    };
+    hold.take(conn, total, amount, ctx).await
+}
+
+/// A reservation about to be written.
+struct Hold<'a> {
+    user_id: &'a str,
+    session_id: &'a str,
+    chatflow_id: &'a str,
+    origin: Origin,
+}
+
+impl Hold<'_> {
+    /// Debits `amount` from the locked account (its spendable `total`) as
+    /// a `reservation` entry and records the reservation.
+    async fn take(
+        &self,
+        conn: &mut PgConnection,
+        total: i64,
+        amount: i64,
+        ctx: &Context<'_>,
+    ) -> Result<Reservation, ApiError> {
+        let ctx = Context {
+            streaming_session_id: Some(self.session_id),
+            ..*ctx
+        };
+        let kind = TransactionKind::Reservation;
+        let (entry, _) = debit_locked(conn, self.user_id, total, amount, kind, &ctx).await?;
+        sqlx::query(
+            "INSERT INTO streaming_sessions
+                (session_id, user_id, chatflow_id, reserved_credits, reservation_transaction_id, origin)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(self.session_id)
+        .bind(self.user_id)
+        .bind(self.chatflow_id)
+        .bind(amount)
+        .bind(entry)
+        .bind(self.origin.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| match &e {
+            // Another user reserved the same id at the same moment.
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                session_taken(self.session_id)
+            }
+            _ => ApiError::from(e),
+        })?;
+        Ok(Reservation {
+            session_id: self.session_id.to_owned(),
+            reserved_credits: amount,
+            status: "active".into(),
+        })
+    }
 }
 
 fn session_taken(session_id: &str) -> ApiError {

@@ -176,7 +176,7 @@ pub async fn verify_email(
 /// Counts one evaluated code for `key` (24-hour window); true while under
 /// the daily limit.
 async fn under_daily_limit(state: &AppState, key: &str) -> Result<bool, ApiError> {
-    let count = state
+    let attempt = state
         .store
         .count_attempt(
             Attempts::Code,
@@ -185,7 +185,7 @@ async fn under_daily_limit(state: &AppState, key: &str) -> Result<bool, ApiError
             DAILY_CODE_ATTEMPTS + 1,
         )
         .await?;
-    Ok(count <= DAILY_CODE_ATTEMPTS)
+    Ok(attempt.count <= DAILY_CODE_ATTEMPTS)
 }
 
 /// The live code for `email` that `code` matches, used once. A code's
