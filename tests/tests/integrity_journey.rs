@@ -1,0 +1,341 @@
+//! The money attacks of issue 9 through the served binaries (the Lambda
+//! emulator, buffered and streamed): settling the gateway's reservation,
+//! retried predictions, a buffered call past its deadline, unpriced
+//! uploads, and amounts at the edge of 2^53.
+
+use std::time::{Duration, Instant};
+
+use e2e::{Stack, StackOptions};
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{json, Value};
+use shared::flowise_double::{split_tokens, Behaviour, FlowiseDouble};
+use shared::testing::SseFrames;
+use shared::token::Role;
+
+async fn stack_with(flowise: &FlowiseDouble) -> Stack {
+    Stack::start_with(StackOptions {
+        functions: Some(vec!["predict", "predict-stream", "credits"]),
+        env: vec![
+            ("FLOWISE_API_URL".into(), flowise.url.clone()),
+            ("FLOWISE_FIRST_BYTE_TIMEOUT_SECONDS".into(), "2".into()),
+            ("FLOWISE_TIMEOUT_SECONDS".into(), "10".into()),
+            ("FLOWISE_BUFFERED_TIMEOUT_SECONDS".into(), "4".into()),
+        ],
+        ..Default::default()
+    })
+    .await
+}
+
+/// Syncs, opens every flow to everyone with its price, grants `user` 100.
+async fn set_up(stack: &Stack, prices: &[(&str, Value)], user: &str) {
+    let admin = stack.token("admin-1", Role::Admin);
+    let (status, _) = stack
+        .request(
+            Method::POST,
+            "predict",
+            "/api/v1/admin/chatflows/sync",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    for (flow, pricing) in prices {
+        let (status, body) = stack
+            .request(
+                Method::PUT,
+                "predict",
+                &format!("/api/v1/admin/chatflows/{flow}"),
+                Some(&admin),
+                Some(json!({"isPublic": true, "pricing": pricing})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, _) = stack
+        .request(
+            Method::POST,
+            "credits",
+            "/api/credits/allocate",
+            Some(&admin),
+            Some(json!({"userId": user, "credits": 100})),
+        )
+        .await;
+    assert_eq!(status, 201);
+}
+
+async fn balance(stack: &Stack, token: &str) -> i64 {
+    let (_, body) = stack
+        .request(
+            Method::GET,
+            "credits",
+            "/api/credits/total-balance",
+            Some(token),
+            None,
+        )
+        .await;
+    body["totalCredits"].as_i64().unwrap()
+}
+
+/// Reads frames until one named `event` arrives (or the stream ends).
+async fn read_until(
+    body: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    reader: &mut SseFrames,
+    event: &str,
+) -> Vec<(String, Value)> {
+    let mut frames = Vec::new();
+    while let Some(chunk) = body.next().await {
+        frames.extend(reader.push(&chunk.expect("chunk")));
+        if frames.iter().any(|(name, _)| name == event) {
+            break;
+        }
+    }
+    frames
+}
+
+fn data<'a>(frames: &'a [(String, Value)], event: &str) -> &'a Value {
+    &frames.iter().find(|(n, _)| n == event).expect(event).1
+}
+
+#[tokio::test]
+async fn a_user_cannot_abort_their_running_prediction_for_free() {
+    let flowise = FlowiseDouble::start().await;
+    flowise.add_flow(
+        "flow-slow",
+        "Slow",
+        Behaviour::Answer {
+            tokens: split_tokens("one two three four"),
+            delay: Duration::from_millis(300),
+            usage: None,
+            heartbeat: false,
+        },
+    );
+    let stack = stack_with(&flowise).await;
+    set_up(
+        &stack,
+        &[(
+            "flow-slow",
+            json!({"perRequest": 2, "perInputToken": 0, "perOutputToken": 1}),
+        )],
+        "zoe",
+    )
+    .await;
+    let user = stack.token("zoe", Role::Enduser);
+    let res = stack
+        .http
+        .post(stack.url("predict-stream", "/api/v1/chat/predict/stream"))
+        .bearer_auth(&user)
+        .json(&json!({"chatflow_id": "flow-slow", "question": "Hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let mut reader = SseFrames::default();
+    let first = read_until(&mut body, &mut reader, "session").await;
+    let message_id = data(&first, "session")["message_id"].clone();
+    for (path, body) in [
+        (
+            "/api/streaming-sessions/finalize",
+            json!({"sessionId": message_id, "actualCredits": 0}),
+        ),
+        (
+            "/api/streaming-sessions/abort",
+            json!({"sessionId": message_id}),
+        ),
+    ] {
+        let (status, answer) = stack
+            .request(Method::POST, "credits", path, Some(&user), Some(body))
+            .await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (403, Some("gateway_reservation")),
+            "{path}"
+        );
+    }
+    let (_, active) = stack
+        .request(
+            Method::GET,
+            "credits",
+            "/api/streaming-sessions/active",
+            Some(&user),
+            None,
+        )
+        .await;
+    assert_eq!(active["sessions"], json!([]));
+    let rest = read_until(&mut body, &mut reader, "end").await;
+    // 2 + ceil(18 / 4) = 7, in full.
+    assert_eq!(data(&rest, "end")["credits"]["charged"], 7);
+    assert_eq!(balance(&stack, &user).await, 93);
+}
+
+#[tokio::test]
+async fn a_retried_prediction_is_answered_once_and_paid_once_on_both_routes() {
+    let flowise = FlowiseDouble::start().await;
+    flowise.add_flow("flow-a", "A", Behaviour::answer("Hello there"));
+    let stack = stack_with(&flowise).await;
+    set_up(
+        &stack,
+        &[(
+            "flow-a",
+            json!({"perRequest": 2, "perInputToken": 0, "perOutputToken": 1}),
+        )],
+        "zoe",
+    )
+    .await;
+    let user = stack.token("zoe", Role::Enduser);
+    let body = json!({"chatflow_id": "flow-a", "question": "Hi"});
+    let send = || {
+        stack
+            .http
+            .post(stack.url("predict", "/api/v1/chat/predict"))
+            .bearer_auth(&user)
+            .header("idempotency-key", "order-77")
+            .json(&body)
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    let after_first = balance(&stack, &user).await;
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    // The same key on the streaming route: the stored answer, streamed.
+    let res = stack
+        .http
+        .post(stack.url("predict-stream", "/api/v1/chat/predict/stream"))
+        .bearer_auth(&user)
+        .header("idempotency-key", "order-77")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = res.bytes_stream();
+    let frames = read_until(&mut stream, &mut SseFrames::default(), "end").await;
+    assert_eq!(data(&frames, "token"), &first["text"]);
+    assert_eq!(data(&frames, "end")["replayed"], true);
+    assert_eq!(flowise.received().len(), 1);
+    assert_eq!(balance(&stack, &user).await, after_first);
+    // Another body with the key: 409, nothing charged.
+    let (status, answer) = {
+        let res = stack
+            .http
+            .post(stack.url("predict", "/api/v1/chat/predict"))
+            .bearer_auth(&user)
+            .header("idempotency-key", "order-77")
+            .json(&json!({"chatflow_id": "flow-a", "question": "Other"}))
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json::<Value>().await.unwrap())
+    };
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (409, Some("idempotency_key_reused"))
+    );
+    assert_eq!(balance(&stack, &user).await, after_first);
+}
+
+#[tokio::test]
+async fn a_buffered_prediction_past_its_deadline_is_504_and_free() {
+    let flowise = FlowiseDouble::start().await;
+    flowise.add_flow("flow-stall", "Stall", Behaviour::Stall);
+    let stack = stack_with(&flowise).await;
+    set_up(
+        &stack,
+        &[(
+            "flow-stall",
+            json!({"perRequest": 2, "perInputToken": 0, "perOutputToken": 1}),
+        )],
+        "zoe",
+    )
+    .await;
+    let user = stack.token("zoe", Role::Enduser);
+    let started = Instant::now();
+    let (status, answer) = stack
+        .request(
+            Method::POST,
+            "predict",
+            "/api/v1/chat/predict",
+            Some(&user),
+            Some(json!({"chatflow_id": "flow-stall", "question": "Hi"})),
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (504, Some("upstream_timeout"))
+    );
+    // FLOWISE_BUFFERED_TIMEOUT_SECONDS=4: answered within it.
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert_eq!(balance(&stack, &user).await, 100);
+}
+
+#[tokio::test]
+async fn uploaded_text_is_priced_and_amounts_stay_below_two_to_the_53rd() {
+    let flowise = FlowiseDouble::start().await;
+    flowise.add_flow("flow-p", "Priced", Behaviour::answer("ok"));
+    let stack = stack_with(&flowise).await;
+    set_up(
+        &stack,
+        &[(
+            "flow-p",
+            json!({"perRequest": 0, "perInputToken": 1, "perOutputToken": 0}),
+        )],
+        "zoe",
+    )
+    .await;
+    let user = stack.token("zoe", Role::Enduser);
+    let (status, answer) = stack
+        .request(
+            Method::POST,
+            "predict",
+            "/api/v1/chat/predict",
+            Some(&user),
+            Some(json!({"chatflow_id": "flow-p", "question": "Hi", "uploads": [
+                {"type": "file:full", "name": "doc.txt", "mime": "text/plain", "data": "x".repeat(200)}
+            ]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    // "Hi" 1 + 200 / 4 = 51 input tokens.
+    assert_eq!(answer["credits"]["charged"], 51);
+    let admin = stack.token("admin-1", Role::Admin);
+    let (status, answer) = stack
+        .request(
+            Method::POST,
+            "credits",
+            "/api/credits/allocate",
+            Some(&admin),
+            Some(json!({"userId": "zoe", "credits": 9_007_199_254_740_992_i64})),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("credits"));
+    let (status, answer) = stack
+        .request(
+            Method::POST,
+            "credits",
+            "/api/credits/allocate",
+            Some(&admin),
+            Some(json!({"userId": "zoe", "credits": 9_007_199_254_740_991_i64})),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (422, Some("balance_limit"))
+    );
+    let (status, answer) = stack
+        .request(
+            Method::POST,
+            "credits",
+            "/api/credits/adjust",
+            Some(&admin),
+            Some(json!({"userId": "zoe", "amount": i64::MIN, "notes": "x"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(balance(&stack, &user).await, 49);
+}
