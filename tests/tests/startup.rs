@@ -45,7 +45,14 @@ async fn a_short_jwt_secret_stops_start_up_without_printing_it() {
 
 #[tokio::test]
 async fn a_malformed_timeout_stops_the_predict_function_naming_it() {
-    let (ok, log) = run_until_exit(
+    let (ok, log) = start_predict_with("FLOWISE_TIMEOUT_SECONDS", "two minutes").await;
+    assert!(!ok);
+    assert!(log.contains("FLOWISE_TIMEOUT_SECONDS"), "{log}");
+}
+
+/// The predict function's environment with one variable changed.
+async fn start_predict_with(name: &str, value: &str) -> (bool, String) {
+    run_until_exit(
         "predict",
         &[
             ("JWT_ACCESS_SECRET", ACCESS),
@@ -56,10 +63,24 @@ async fn a_malformed_timeout_stops_the_predict_function_naming_it() {
             ),
             ("MONGODB_URI", "mongodb://127.0.0.1:1"),
             ("FLOWISE_API_URL", "http://127.0.0.1:3000"),
-            ("FLOWISE_TIMEOUT_SECONDS", "two minutes"),
+            (name, value),
         ],
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn limits_that_would_lose_money_or_payloads_stop_start_up() {
+    // The sweep could release a running prediction's reservation.
+    let (ok, log) = start_predict_with("RESERVATION_TTL_MINUTES", "2").await;
     assert!(!ok);
-    assert!(log.contains("FLOWISE_TIMEOUT_SECONDS"), "{log}");
+    assert!(log.contains("RESERVATION_TTL_MINUTES"), "{log}");
+    // API Gateway would cut the request before the answer.
+    let (ok, log) = start_predict_with("FLOWISE_BUFFERED_TIMEOUT_SECONDS", "30").await;
+    assert!(!ok);
+    assert!(log.contains("FLOWISE_BUFFERED_TIMEOUT_SECONDS"), "{log}");
+    // Base64 of the file would not fit Lambda's 6 MB payload.
+    let (ok, log) = start_predict_with("MAX_UPLOAD_BYTES", "5242880").await;
+    assert!(!ok);
+    assert!(log.contains("MAX_UPLOAD_BYTES"), "{log}");
 }
