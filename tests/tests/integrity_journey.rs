@@ -64,6 +64,24 @@ async fn set_up(stack: &Stack, prices: &[(&str, Value)], user: &str) {
     assert_eq!(status, 201);
 }
 
+/// A double with one flow, the stack, the flow opened with `pricing`
+/// (per request, per input token, per output token), and zoe's token with
+/// 100 credits.
+async fn journey(
+    flow: &str,
+    behaviour: Behaviour,
+    pricing: (i64, f64, f64),
+) -> (FlowiseDouble, Stack, String) {
+    let flowise = FlowiseDouble::start().await;
+    flowise.add_flow(flow, flow, behaviour);
+    let stack = stack_with(&flowise).await;
+    let (per_request, per_input, per_output) = pricing;
+    let price = json!({"perRequest": per_request, "perInputToken": per_input, "perOutputToken": per_output});
+    set_up(&stack, &[(flow, price)], "zoe").await;
+    let user = stack.token("zoe", Role::Enduser);
+    (flowise, stack, user)
+}
+
 async fn balance(stack: &Stack, token: &str) -> i64 {
     let (_, body) = stack
         .request(
@@ -99,28 +117,17 @@ fn data<'a>(frames: &'a [(String, Value)], event: &str) -> &'a Value {
 
 #[tokio::test]
 async fn a_user_cannot_abort_their_running_prediction_for_free() {
-    let flowise = FlowiseDouble::start().await;
-    flowise.add_flow(
+    let (_flowise, stack, user) = journey(
         "flow-slow",
-        "Slow",
         Behaviour::Answer {
             tokens: split_tokens("one two three four"),
             delay: Duration::from_millis(300),
             usage: None,
             heartbeat: false,
         },
-    );
-    let stack = stack_with(&flowise).await;
-    set_up(
-        &stack,
-        &[(
-            "flow-slow",
-            json!({"perRequest": 2, "perInputToken": 0, "perOutputToken": 1}),
-        )],
-        "zoe",
+        (2, 0.0, 1.0),
     )
     .await;
-    let user = stack.token("zoe", Role::Enduser);
     let res = stack
         .http
         .post(stack.url("predict-stream", "/api/v1/chat/predict/stream"))
@@ -169,36 +176,29 @@ async fn a_user_cannot_abort_their_running_prediction_for_free() {
     assert_eq!(balance(&stack, &user).await, 93);
 }
 
+/// A buffered prediction with `Idempotency-Key: order-77`.
+async fn keyed_predict(stack: &Stack, token: &str, body: &Value) -> reqwest::Response {
+    stack
+        .http
+        .post(stack.url("predict", "/api/v1/chat/predict"))
+        .bearer_auth(token)
+        .header("idempotency-key", "order-77")
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_retried_prediction_is_answered_once_and_paid_once_on_both_routes() {
-    let flowise = FlowiseDouble::start().await;
-    flowise.add_flow("flow-a", "A", Behaviour::answer("Hello there"));
-    let stack = stack_with(&flowise).await;
-    set_up(
-        &stack,
-        &[(
-            "flow-a",
-            json!({"perRequest": 2, "perInputToken": 0, "perOutputToken": 1}),
-        )],
-        "zoe",
-    )
-    .await;
-    let user = stack.token("zoe", Role::Enduser);
+    let (flowise, stack, user) =
+        journey("flow-a", Behaviour::answer("Hello there"), (2, 0.0, 1.0)).await;
     let body = json!({"chatflow_id": "flow-a", "question": "Hi"});
-    let send = || {
-        stack
-            .http
-            .post(stack.url("predict", "/api/v1/chat/predict"))
-            .bearer_auth(&user)
-            .header("idempotency-key", "order-77")
-            .json(&body)
-            .send()
-    };
-    let first = send().await.unwrap();
+    let first = keyed_predict(&stack, &user, &body).await;
     assert_eq!(first.status(), 200);
     let first: Value = first.json().await.unwrap();
     let after_first = balance(&stack, &user).await;
-    let again = send().await.unwrap();
+    let again = keyed_predict(&stack, &user, &body).await;
     assert_eq!(again.status(), 200);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.json::<Value>().await.unwrap(), first);
@@ -219,18 +219,13 @@ async fn a_retried_prediction_is_answered_once_and_paid_once_on_both_routes() {
     assert_eq!(flowise.received().len(), 1);
     assert_eq!(balance(&stack, &user).await, after_first);
     // Another body with the key: 409, nothing charged.
-    let (status, answer) = {
-        let res = stack
-            .http
-            .post(stack.url("predict", "/api/v1/chat/predict"))
-            .bearer_auth(&user)
-            .header("idempotency-key", "order-77")
-            .json(&json!({"chatflow_id": "flow-a", "question": "Other"}))
-            .send()
-            .await
-            .unwrap();
-        (res.status().as_u16(), res.json::<Value>().await.unwrap())
-    };
+    let res = keyed_predict(
+        &stack,
+        &user,
+        &json!({"chatflow_id": "flow-a", "question": "Other"}),
+    )
+    .await;
+    let (status, answer) = (res.status().as_u16(), res.json::<Value>().await.unwrap());
     assert_eq!(
         (status, answer["error"].as_str()),
         (409, Some("idempotency_key_reused"))
@@ -240,19 +235,7 @@ async fn a_retried_prediction_is_answered_once_and_paid_once_on_both_routes() {
 
 #[tokio::test]
 async fn a_buffered_prediction_past_its_deadline_is_504_and_free() {
-    let flowise = FlowiseDouble::start().await;
-    flowise.add_flow("flow-stall", "Stall", Behaviour::Stall);
-    let stack = stack_with(&flowise).await;
-    set_up(
-        &stack,
-        &[(
-            "flow-stall",
-            json!({"perRequest": 2, "perInputToken": 0, "perOutputToken": 1}),
-        )],
-        "zoe",
-    )
-    .await;
-    let user = stack.token("zoe", Role::Enduser);
+    let (_flowise, stack, user) = journey("flow-stall", Behaviour::Stall, (2, 0.0, 1.0)).await;
     let started = Instant::now();
     let (status, answer) = stack
         .request(
@@ -275,19 +258,7 @@ async fn a_buffered_prediction_past_its_deadline_is_504_and_free() {
 
 #[tokio::test]
 async fn uploaded_text_is_priced_and_amounts_stay_below_two_to_the_53rd() {
-    let flowise = FlowiseDouble::start().await;
-    flowise.add_flow("flow-p", "Priced", Behaviour::answer("ok"));
-    let stack = stack_with(&flowise).await;
-    set_up(
-        &stack,
-        &[(
-            "flow-p",
-            json!({"perRequest": 0, "perInputToken": 1, "perOutputToken": 0}),
-        )],
-        "zoe",
-    )
-    .await;
-    let user = stack.token("zoe", Role::Enduser);
+    let (_flowise, stack, user) = journey("flow-p", Behaviour::answer("ok"), (0, 1.0, 0.0)).await;
     let (status, answer) = stack
         .request(
             Method::POST,

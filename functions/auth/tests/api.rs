@@ -129,17 +129,8 @@ async fn five_failures_lock_an_account_for_fifteen_minutes() {
 #[tokio::test]
 async fn verification_codes_are_hashed_expire_and_allow_five_attempts() {
     let app = App::new().await;
-    app.post(
-        "/api/auth/signup",
-        json!({"username": "dave", "email": "dave@example.com", "password": "dave-password"}),
-    )
-    .await;
-    let code = app
-        .smtp
-        .wait_for("dave@example.com", 0)
-        .await
-        .code()
-        .unwrap();
+    app.signup("dave", "dave-password").await;
+    let code = app.code_for("dave@example.com", 0).await;
     let stored = app
         .state
         .mongo
@@ -655,12 +646,7 @@ async fn profile_changes_check_uniqueness_and_reverify_a_new_email() {
     assert_eq!(res.body["user"]["email"], "liam@example.com");
     assert_eq!(res.body["user"]["pendingEmail"], "liam.new@example.com");
     assert_eq!(res.body["user"]["isVerified"], true);
-    let code = app
-        .smtp
-        .wait_for("liam.new@example.com", 0)
-        .await
-        .code()
-        .unwrap();
+    let code = app.code_for("liam.new@example.com", 0).await;
     assert_eq!(
         app.post(
             "/api/auth/verify-email",

@@ -23,6 +23,13 @@ async fn change_email(app: &App, token: &str, email: &str) -> shared::testing::T
     .await
 }
 
+/// Asks for `email` as the new address and reads the code mailed to it.
+async fn pending_code(app: &App, token: &str, email: &str) -> String {
+    let res = change_email(app, token, email).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    app.code_for(email, 0).await
+}
+
 async fn profile(app: &App, token: &str) -> Value {
     app.send("GET", "/api/profile", token, None).await.body["user"].clone()
 }
@@ -69,12 +76,7 @@ async fn an_email_change_needs_the_password_and_counts_only_once_proven() {
     // The old address is told, the new one gets the code.
     let notice = app.smtp.wait_for("liam@example.com", 1).await;
     assert!(notice.data.contains("liam@new.example"), "{}", notice.data);
-    let code = app
-        .smtp
-        .wait_for("liam@new.example", 0)
-        .await
-        .code()
-        .unwrap();
+    let code = app.code_for("liam@new.example", 0).await;
     // Until then the account is its proven address everywhere.
     app.post(
         "/api/auth/login",
@@ -119,20 +121,8 @@ async fn a_code_for_an_address_no_longer_pending_verifies_nothing() {
     let app = App::new().await;
     app.verified_user("liam", "liam-password").await;
     let token = app.token_of("liam", "liam-password").await;
-    change_email(&app, &token, "first@new.example").await;
-    let first = app
-        .smtp
-        .wait_for("first@new.example", 0)
-        .await
-        .code()
-        .unwrap();
-    change_email(&app, &token, "second@new.example").await;
-    let second = app
-        .smtp
-        .wait_for("second@new.example", 0)
-        .await
-        .code()
-        .unwrap();
+    let first = pending_code(&app, &token, "first@new.example").await;
+    let second = pending_code(&app, &token, "second@new.example").await;
     verify(&app, "first@new.example", &first)
         .await
         .assert_error(400, "invalid_code");
@@ -154,26 +144,11 @@ async fn a_pending_address_reserves_nothing_and_is_checked_again_when_confirmed(
     let app = App::new().await;
     app.verified_user("liam", "liam-password").await;
     let token = app.token_of("liam", "liam-password").await;
-    change_email(&app, &token, "wanted@example.com").await;
-    let code = app
-        .smtp
-        .wait_for("wanted@example.com", 0)
-        .await
-        .code()
-        .unwrap();
+    let code = pending_code(&app, &token, "wanted@example.com").await;
     // Someone else signs up with that address and proves it first.
     app.pass_mail_pause().await;
-    app.post(
-        "/api/auth/signup",
-        json!({"username": "wanted", "email": "wanted@example.com", "password": "wanted-password"}),
-    )
-    .await;
-    let theirs = app
-        .smtp
-        .wait_for("wanted@example.com", 1)
-        .await
-        .code()
-        .unwrap();
+    app.signup("wanted", "wanted-password").await;
+    let theirs = app.code_for("wanted@example.com", 1).await;
     assert_eq!(
         verify(&app, "wanted@example.com", &theirs).await.status,
         200
@@ -236,13 +211,7 @@ async fn a_reset_link_for_an_address_that_left_the_account_is_dead() {
         .await
         .reset_token()
         .unwrap();
-    change_email(&app, &token, "liam@new.example").await;
-    let code = app
-        .smtp
-        .wait_for("liam@new.example", 0)
-        .await
-        .code()
-        .unwrap();
+    let code = pending_code(&app, &token, "liam@new.example").await;
     assert_eq!(verify(&app, "liam@new.example", &code).await.status, 200);
     app.post(
         "/api/auth/reset-password",
@@ -257,11 +226,7 @@ async fn a_reset_link_for_an_address_that_left_the_account_is_dead() {
 async fn a_reset_proves_only_its_own_address_and_signs_in() {
     let app = App::new().await;
     // Signed up, never verified, and with a change to another address pending.
-    app.post(
-        "/api/auth/signup",
-        json!({"username": "nora", "email": "nora@example.com", "password": "nora-password"}),
-    )
-    .await;
+    app.signup("nora", "nora-password").await;
     let id = app
         .state
         .store
@@ -341,17 +306,8 @@ async fn thirty_concurrent_wrong_passwords_get_at_most_five_401s() {
 #[tokio::test]
 async fn fifty_concurrent_guesses_at_a_code_evaluate_at_most_five() {
     let app = App::new().await;
-    app.post(
-        "/api/auth/signup",
-        json!({"username": "dave", "email": "dave@example.com", "password": "dave-password"}),
-    )
-    .await;
-    let code = app
-        .smtp
-        .wait_for("dave@example.com", 0)
-        .await
-        .code()
-        .unwrap();
+    app.signup("dave", "dave-password").await;
+    let code = app.code_for("dave@example.com", 0).await;
     let wrong = if code == "000000" { "111111" } else { "000000" };
     let guesses = (0..50).map(|_| verify(&app, "dave@example.com", wrong));
     let answers = futures_util::future::join_all(guesses).await;
@@ -383,17 +339,8 @@ async fn fifty_concurrent_guesses_at_a_code_evaluate_at_most_five() {
 #[tokio::test]
 async fn twenty_wrong_codes_a_day_per_address_then_429() {
     let app = App::new().await;
-    app.post(
-        "/api/auth/signup",
-        json!({"username": "erin", "email": "erin@example.com", "password": "erin-password"}),
-    )
-    .await;
-    let mut code = app
-        .smtp
-        .wait_for("erin@example.com", 0)
-        .await
-        .code()
-        .unwrap();
+    app.signup("erin", "erin-password").await;
+    let mut code = app.code_for("erin@example.com", 0).await;
     for round in 0..4 {
         let wrong = if code == "000000" { "111111" } else { "000000" };
         for _ in 0..5 {
@@ -417,21 +364,14 @@ async fn twenty_wrong_codes_a_day_per_account_across_addresses_then_429() {
     for n in 0..4 {
         let address = format!("try{n}@new.example");
         app.pass_mail_pause().await;
-        change_email(&app, &token, &address).await;
-        let code = app.smtp.wait_for(&address, 0).await.code().unwrap();
+        let code = pending_code(&app, &token, &address).await;
         let wrong = if code == "000000" { "111111" } else { "000000" };
         for _ in 0..5 {
             verify(&app, &address, wrong).await;
         }
     }
     app.pass_mail_pause().await;
-    change_email(&app, &token, "last@new.example").await;
-    let code = app
-        .smtp
-        .wait_for("last@new.example", 0)
-        .await
-        .code()
-        .unwrap();
+    let code = pending_code(&app, &token, "last@new.example").await;
     verify(&app, "last@new.example", &code)
         .await
         .assert_error(429, "too_many_attempts");
@@ -486,11 +426,7 @@ async fn reset_and_code_mails_go_out_at_most_once_a_minute_per_address() {
     let bodies: Vec<&Value> = answers.iter().map(|r| &r.body).collect();
     assert!(bodies.windows(2).all(|w| w[0] == w[1]));
     // Codes: the signup mail, then the resends of the same minute send nothing.
-    app.post(
-        "/api/auth/signup",
-        json!({"username": "hal", "email": "hal@example.com", "password": "hal-password"}),
-    )
-    .await;
+    app.signup("hal", "hal-password").await;
     for _ in 0..3 {
         let res = app
             .post(
@@ -521,11 +457,7 @@ async fn known_and_unknown_addresses_answer_after_the_same_floor() {
     let floor = Duration::from_millis(400);
     let app = App::on(TestMongo::new().await, floor).await;
     app.verified_user("ivy", "ivy-password").await;
-    app.post(
-        "/api/auth/signup",
-        json!({"username": "jon", "email": "jon@example.com", "password": "jon-password"}),
-    )
-    .await;
+    app.signup("jon", "jon-password").await;
     for path in ["/api/auth/forgot-password", "/api/auth/resend-verification"] {
         let known = if path.contains("forgot") {
             "ivy@example.com"
@@ -671,12 +603,9 @@ async fn missing_indexes_keep_health_at_503_and_are_retried() {
     health.assert_error(503, "store_unavailable");
     assert_eq!(health.body["stores"]["mongodbIndexes"], "missing");
     assert!(health.body["message"].as_str().unwrap().contains("indexes"));
-    app.post(
-        "/api/auth/signup",
-        json!({"username": "pat", "email": "pat@example.com", "password": "pat-password"}),
-    )
-    .await
-    .assert_error(503, "store_unavailable");
+    app.signup("pat", "pat-password")
+        .await
+        .assert_error(503, "store_unavailable");
     // Fixed by the operator: the next probe builds the indexes.
     users.delete_one(doc! {"_id": "b"}).await.unwrap();
     let health = call(&app.router, "GET", "/health", None, None).await;

@@ -45,24 +45,63 @@ async fn transactions_in_progress(app: &App) -> i64 {
     .unwrap()
 }
 
-#[tokio::test]
-async fn a_user_cannot_settle_the_reservation_of_their_running_prediction() {
-    let app = App::new().await;
+/// A slow streamed answer on "flow-slow" (7 credits: 2 + 5 output
+/// tokens) for "u1", granted `credits`, read up to its `session` frame.
+struct SlowStream {
+    user: String,
+    body: axum::body::BodyDataStream,
+    reader: SseFrames,
+    session: Value,
+}
+
+async fn slow_stream(app: &App, credits: i64, headers: &[(&str, &str)]) -> SlowStream {
     // "one two three four" is 18 characters: 5 output tokens.
     app.add_flow("flow-slow", slow("one two three four", 250), (2, 0.0, 1.0))
         .await;
-    app.grant("u1", 100).await;
+    app.grant("u1", credits).await;
     let user = app.token("u1", Role::Enduser);
     let (status, mut body) = app
-        .open_stream(&user, json!({"chatflow_id": "flow-slow", "question": "Hi"}))
+        .open_stream_with(
+            &user,
+            json!({"chatflow_id": "flow-slow", "question": "Hi"}),
+            headers,
+        )
         .await;
     assert_eq!(status, 200);
     let mut reader = SseFrames::default();
     let first = read_until(&mut body, &mut reader, "session").await;
-    let message_id = frame(&first, "session")["message_id"]
-        .as_str()
+    let session = frame(&first, "session").clone();
+    SlowStream {
+        user,
+        body,
+        reader,
+        session,
+    }
+}
+
+impl SlowStream {
+    /// Reads the rest; the `end` frame's data.
+    async fn end(&mut self) -> Value {
+        let rest = read_until(&mut self.body, &mut self.reader, "end").await;
+        frame(&rest, "end").clone()
+    }
+}
+
+/// Releases every active reservation, as a sweep with a too-short TTL
+/// would under a running call.
+async fn sweep_everything(app: &App) -> u64 {
+    shared::ledger::expiry::run_expiry(&app.pg.pool, Duration::ZERO, 10)
+        .await
         .unwrap()
-        .to_owned();
+        .settled_reservations
+}
+
+#[tokio::test]
+async fn a_user_cannot_settle_the_reservation_of_their_running_prediction() {
+    let app = App::new().await;
+    let mut stream = slow_stream(&app, 100, &[]).await;
+    let user = stream.user.clone();
+    let message_id = stream.session["message_id"].as_str().unwrap().to_owned();
     let credits = app.credits();
     // The id the session frame showed cannot settle anything.
     for (path, body) in [
@@ -111,8 +150,7 @@ async fn a_user_cannot_settle_the_reservation_of_their_running_prediction() {
     assert_eq!(all.body["sessions"][0]["sessionId"], message_id.as_str());
     assert_eq!(all.body["sessions"][0]["origin"], "gateway");
     // The answer runs to its end and is paid in full: 2 + 5.
-    let rest = read_until(&mut body, &mut reader, "end").await;
-    assert_eq!(frame(&rest, "end")["credits"]["charged"], 7);
+    assert_eq!(stream.end().await["credits"]["charged"], 7);
     assert_eq!(app.balance("u1").await, 93);
     app.assert_ledger_consistent().await;
 }
@@ -120,24 +158,11 @@ async fn a_user_cannot_settle_the_reservation_of_their_running_prediction() {
 #[tokio::test]
 async fn an_answer_whose_reservation_was_released_meanwhile_is_charged_anyway() {
     let app = App::new().await;
-    app.add_flow("flow-slow", slow("one two three four", 250), (2, 0.0, 1.0))
-        .await;
-    app.grant("u1", 100).await;
-    let user = app.token("u1", Role::Enduser);
-    let (_, mut body) = app
-        .open_stream(&user, json!({"chatflow_id": "flow-slow", "question": "Hi"}))
-        .await;
-    let mut reader = SseFrames::default();
-    read_until(&mut body, &mut reader, "session").await;
-    // Released under the running call (as a sweep with a too-short TTL would).
-    let report = shared::ledger::expiry::run_expiry(&app.pg.pool, Duration::ZERO, 10)
-        .await
-        .unwrap();
-    assert_eq!(report.settled_reservations, 1);
+    let mut stream = slow_stream(&app, 100, &[]).await;
+    assert_eq!(sweep_everything(&app).await, 1);
     assert_eq!(app.balance("u1").await, 100);
-    let rest = read_until(&mut body, &mut reader, "end").await;
     // Never free: charged by a deduction.
-    assert_eq!(frame(&rest, "end")["credits"]["charged"], 7);
+    assert_eq!(stream.end().await["credits"]["charged"], 7);
     assert_eq!(app.balance("u1").await, 93);
     let late: i64 = sqlx::query_scalar(
         "SELECT -amount FROM credit_transactions
@@ -153,18 +178,9 @@ async fn an_answer_whose_reservation_was_released_meanwhile_is_charged_anyway() 
 #[tokio::test]
 async fn a_late_charge_takes_what_the_balance_holds_and_records_the_rest() {
     let app = App::new().await;
-    app.add_flow("flow-slow", slow("one two three four", 250), (2, 0.0, 1.0))
-        .await;
-    app.grant("u1", 10).await;
-    let user = app.token("u1", Role::Enduser);
-    let (_, mut body) = app
-        .open_stream(&user, json!({"chatflow_id": "flow-slow", "question": "Hi"}))
-        .await;
-    let mut reader = SseFrames::default();
-    read_until(&mut body, &mut reader, "session").await;
-    shared::ledger::expiry::run_expiry(&app.pg.pool, Duration::ZERO, 10)
-        .await
-        .unwrap();
+    let mut stream = slow_stream(&app, 10, &[]).await;
+    let user = stream.user.clone();
+    sweep_everything(&app).await;
     // Meanwhile the user spends all but 3 credits elsewhere.
     let credits = app.credits();
     let res = call(
@@ -176,8 +192,7 @@ async fn a_late_charge_takes_what_the_balance_holds_and_records_the_rest() {
     )
     .await;
     assert_eq!(res.status, 200, "{}", res.body);
-    let rest = read_until(&mut body, &mut reader, "end").await;
-    assert_eq!(frame(&rest, "end")["credits"]["charged"], 3);
+    assert_eq!(stream.end().await["credits"]["charged"], 3);
     assert_eq!(app.balance("u1").await, 0);
     let shortfall: i64 = sqlx::query_scalar("SELECT shortfall_credits FROM streaming_sessions")
         .fetch_one(&app.pg.pool)
@@ -308,15 +323,9 @@ async fn a_stream_cut_short_replays_as_incomplete_and_is_not_charged_again() {
 #[tokio::test]
 async fn a_duplicate_while_the_first_runs_is_409_with_retry_after() {
     let app = App::new().await;
-    app.add_flow("flow-slow", slow("one two three four", 300), (2, 0.0, 1.0))
-        .await;
-    app.grant("u1", 100).await;
-    let user = app.token("u1", Role::Enduser);
+    let mut stream = slow_stream(&app, 100, &[KEY]).await;
     let body = json!({"chatflow_id": "flow-slow", "question": "Hi"});
-    let (_, mut stream) = app.open_stream_with(&user, body.clone(), &[KEY]).await;
-    let mut reader = SseFrames::default();
-    read_until(&mut stream, &mut reader, "session").await;
-    let busy = app.predict_with(&user, body, &[KEY]).await;
+    let busy = app.predict_with(&stream.user, body, &[KEY]).await;
     busy.assert_error(409, "idempotency_in_progress");
     assert!(
         busy.headers["retry-after"]
@@ -326,8 +335,7 @@ async fn a_duplicate_while_the_first_runs_is_409_with_retry_after() {
             .unwrap()
             > 0
     );
-    let rest = read_until(&mut stream, &mut reader, "end").await;
-    assert_eq!(frame(&rest, "end")["credits"]["charged"], 7);
+    assert_eq!(stream.end().await["credits"]["charged"], 7);
     assert_eq!(app.balance("u1").await, 93);
     assert_eq!(app.flowise.received().len(), 1);
 }
@@ -410,17 +418,9 @@ async fn keys_are_purged_after_a_day_and_then_run_anew() {
 #[tokio::test]
 async fn the_sweep_frees_the_key_of_a_prediction_that_died_before_settling() {
     let app = App::new().await;
-    app.add_flow("flow-slow", slow("one two three four", 400), (2, 0.0, 1.0))
-        .await;
-    app.grant("u1", 100).await;
-    let user = app.token("u1", Role::Enduser);
-    let body = json!({"chatflow_id": "flow-slow", "question": "Hi"});
-    let (_, mut stream) = app.open_stream_with(&user, body.clone(), &[KEY]).await;
-    read_until(&mut stream, &mut SseFrames::default(), "session").await;
+    let stream = slow_stream(&app, 100, &[KEY]).await;
     // The instance "dies": the sweep releases its reservation (and its key).
-    shared::ledger::expiry::run_expiry(&app.pg.pool, Duration::ZERO, 10)
-        .await
-        .unwrap();
+    sweep_everything(&app).await;
     let state: Vec<String> = sqlx::query_scalar("SELECT state FROM idempotency_keys")
         .fetch_all(&app.pg.pool)
         .await

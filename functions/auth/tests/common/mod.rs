@@ -70,22 +70,31 @@ impl App {
         call(&self.router, method, path, body, Some(token)).await
     }
 
+    /// Signs up `username` with `{username}@example.com` (not verified).
+    pub async fn signup(&self, username: &str, password: &str) -> TestResponse {
+        let email = format!("{username}@example.com");
+        self.post(
+            "/api/auth/signup",
+            json!({"username": username, "email": email, "password": password}),
+        )
+        .await
+    }
+
+    /// The code in the `nth` mail to `email`.
+    pub async fn code_for(&self, email: &str, nth: usize) -> String {
+        self.smtp
+            .wait_for(email, nth)
+            .await
+            .code()
+            .expect("a code in the mail")
+    }
+
     /// Signs up, reads the code from the mail and verifies; returns the user id.
     pub async fn verified_user(&self, username: &str, password: &str) -> String {
         let email = format!("{username}@example.com");
-        let res = self
-            .post(
-                "/api/auth/signup",
-                json!({"username": username, "email": email, "password": password}),
-            )
-            .await;
+        let res = self.signup(username, password).await;
         assert_eq!(res.status, 201, "{}", res.body);
-        let code = self
-            .smtp
-            .wait_for(&email, 0)
-            .await
-            .code()
-            .expect("a code in the mail");
+        let code = self.code_for(&email, 0).await;
         let res = self
             .post(
                 "/api/auth/verify-email",
