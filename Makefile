@@ -1,9 +1,13 @@
 # Every target CI runs is here; `.ci/run` calls the same commands.
-.PHONY: run test fmt fmt-check clippy lint cfn-lint ci release bench-ledger bench-predict bench-coldstart
+.PHONY: run serve test fmt fmt-check clippy lint cfn-lint openapi openapi-check sqlx-prepare sqlx-check ci release bench-ledger bench-predict bench-coldstart
 
 ## Run the local stack: stores, mail catcher, Flowise, every function under cargo lambda watch.
 run:
 	./local/run.sh
+
+## Every function's router on one port (http://127.0.0.1:8080), with the stores of the tests.
+serve:
+	./local/with-stores.sh bash -c 'cargo run -p gateway-admin -- migrate && cargo run -p gateway-admin -- serve --port $${PORT:-8080}'
 
 ## Run every test (unit, store, end-to-end); starts the stores it needs.
 test:
@@ -21,7 +25,19 @@ clippy:
 cfn-lint:
 	bash -c 'source local/lib.sh && ensure_tools && cfn-lint template.yaml && openapi-spec-validator openapi.yaml'
 
-lint: fmt-check clippy cfn-lint
+## Write openapi.yaml from the routes' declarations (and check it).
+openapi:
+	cargo run -q -p gateway-admin -- openapi
+openapi-check:
+	cargo run -q -p gateway-admin -- openapi --check
+
+## Refresh the offline SQL data (.sqlx/) after changing a query (and check it).
+sqlx-prepare:
+	bash -c 'source local/lib.sh && ensure_sqlx_cli && DATABASE_URL="$$(sqlx_database fgw_sqlx_prepare)" cargo sqlx prepare --workspace -- --all-targets'
+sqlx-check:
+	bash -c 'source local/lib.sh && ensure_sqlx_cli && DATABASE_URL="$$(sqlx_database fgw_sqlx_check)" cargo sqlx prepare --workspace --check -- --all-targets'
+
+lint: fmt-check clippy cfn-lint openapi-check sqlx-check
 
 ## What CI runs: lint, then the tests.
 ci:

@@ -25,6 +25,31 @@ ensure_tools() {
   export PATH="$venv/bin:$PATH"
 }
 
+# sqlx-cli (the offline SQL data's `prepare`), built once with lean
+# features into $FGW_CACHE/cargo-tools and put on PATH.
+SQLX_CLI_VERSION=0.8.6
+ensure_sqlx_cli() {
+  local root="$FGW_CACHE/cargo-tools"
+  if ! "$root/bin/cargo-sqlx" sqlx --version 2>/dev/null | grep -q "$SQLX_CLI_VERSION"; then
+    log "building sqlx-cli $SQLX_CLI_VERSION into $root (once)"
+    cargo install sqlx-cli --version "$SQLX_CLI_VERSION" --locked --quiet \
+      --no-default-features --features rustls,postgres --root "$root"
+  fi
+  export PATH="$root/bin:$PATH"
+}
+
+# sqlx_database NAME: a fresh database NAME on the local PostgreSQL with
+# the migrations applied; prints its URL.
+sqlx_database() {
+  local base url
+  base="${DATABASE_URL:-$(local_postgres_url)}"
+  url="${base%/*}/$1"
+  sqlx database drop -y --database-url "$url" >/dev/null 2>&1 || true
+  sqlx database create --database-url "$url"
+  sqlx migrate run --source "$FGW_ROOT/migrations" --database-url "$url" >/dev/null
+  echo "$url"
+}
+
 # True when a Docker engine answers (not just the client).
 have_docker() {
   [ "${FGW_NO_DOCKER:-}" != "1" ] && command -v docker >/dev/null 2>&1 \

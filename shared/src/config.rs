@@ -106,6 +106,12 @@ impl Env {
         }
     }
 
+    /// This environment with `name` set to `value`.
+    pub fn with(mut self, name: &str, value: &str) -> Self {
+        self.vars.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
     /// The process environment, with the secret overlaid when `SECRETS_ARN`
     /// is set. Called once per cold start.
     pub async fn load() -> Result<Self, ConfigError> {
@@ -322,8 +328,9 @@ pub struct PostgresConfig {
     pub url: Secret,
     /// `DATABASE_PASSWORD`, when kept out of the URL.
     pub password: Option<Secret>,
-    /// `DATABASE_MAX_CONNECTIONS` (4): one Lambda instance serves one
-    /// request at a time, so a few connections are plenty.
+    /// `DATABASE_MAX_CONNECTIONS` (2): one Lambda instance serves one
+    /// request at a time; two let a prediction's concurrent reads and its
+    /// settlement overlap.
     pub max_connections: u32,
     /// `MIGRATE_ON_START` (true): apply `migrations/` at cold start.
     pub migrate_on_start: bool,
@@ -342,7 +349,7 @@ impl PostgresConfig {
         Ok(PostgresConfig {
             url: Secret(url),
             password: env.optional("DATABASE_PASSWORD").map(Secret),
-            max_connections: env.parse_or("DATABASE_MAX_CONNECTIONS", 4)?,
+            max_connections: env.parse_or("DATABASE_MAX_CONNECTIONS", 2)?,
             migrate_on_start: env.parse_or("MIGRATE_ON_START", true)?,
         })
     }
@@ -359,6 +366,9 @@ pub struct MongoConfig {
     pub auth_db: String,
     /// `MONGODB_CHAT_DB` (`chat`).
     pub chat_db: String,
+    /// `MONGODB_MAX_POOL_SIZE` (2): connections per instance, which serves
+    /// one request at a time (a URI's `maxPoolSize` wins).
+    pub max_pool_size: u32,
 }
 
 impl MongoConfig {
@@ -382,6 +392,7 @@ impl MongoConfig {
             chat_db: env
                 .optional("MONGODB_CHAT_DB")
                 .unwrap_or_else(|| "chat".into()),
+            max_pool_size: env.parse_or("MONGODB_MAX_POOL_SIZE", 2)?,
         })
     }
 }

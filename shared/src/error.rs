@@ -14,9 +14,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The body of every error response.
-#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable snake_case code.
+    #[schema(pattern = "^[a-z_]+$")]
     pub error: String,
     /// Text for a person; names the field for invalid input.
     pub message: String,

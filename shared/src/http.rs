@@ -35,11 +35,38 @@ pub fn finish(router: Router) -> Router {
 /// routes by the e2e tests).
 pub const OPENAPI: &str = include_str!("../../openapi.yaml");
 
+/// This description.
+#[utoipa::path(get, path = "/openapi.yaml", tag = "every function", security(()),
+    responses((status = 200, description = "OpenAPI YAML", content_type = "application/yaml", body = String)))]
 async fn openapi() -> impl IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "application/yaml")],
         OPENAPI,
     )
+}
+
+/// The stores' state, as every function's `GET /health` reports it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct HealthBody {
+    /// `ok`.
+    status: String,
+    /// Each store: `ok`, `unreachable` (or, for the indexes, `missing`).
+    stores: std::collections::BTreeMap<String, String>,
+}
+
+/// The description of what [`finish`] and [`HealthChecks::router`] add
+/// to every function: `GET /health` and `GET /openapi.yaml`.
+pub fn common_openapi() -> utoipa::openapi::OpenApi {
+    let (_, health) = utoipa_axum::router::OpenApiRouter::<HealthChecks>::new()
+        .routes(utoipa_axum::routes!(health))
+        .split_for_parts();
+    let (_, description) = utoipa_axum::router::OpenApiRouter::<()>::new()
+        .routes(utoipa_axum::routes!(openapi))
+        .split_for_parts();
+    let mut doc = health;
+    doc.merge(description);
+    doc
 }
 
 async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
@@ -107,6 +134,53 @@ async fn request_span(mut req: Request, next: Next) -> Response {
     response
 }
 
+/// Checks a client's idempotency key: 1 to 255 visible ASCII characters.
+pub fn parse_idempotency_key(field: &str, raw: &str) -> Result<String, ApiError> {
+    let key = raw.trim();
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid_field(
+            field,
+            "must be 1 to 255 visible ASCII characters",
+        ));
+    }
+    Ok(key.to_owned())
+}
+
+/// The `Idempotency-Key` of a request: the header, else the body's
+/// `idempotencyKey` field (`Value::Null` for none); both at once must
+/// agree.
+pub fn idempotency_key(
+    headers: &axum::http::HeaderMap,
+    body: &serde_json::Value,
+) -> Result<Option<String>, ApiError> {
+    let header = match headers.get("idempotency-key") {
+        Some(v) => {
+            let text = v
+                .to_str()
+                .map_err(|_| ApiError::invalid_field("Idempotency-Key", "must be visible ASCII"))?;
+            Some(parse_idempotency_key("Idempotency-Key", text)?)
+        }
+        None => None,
+    };
+    let field = match body.get("idempotencyKey") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(parse_idempotency_key("idempotencyKey", s)?),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "idempotencyKey",
+                "must be a string",
+            ))
+        }
+    };
+    match (header, field) {
+        (Some(h), Some(f)) if h != f => Err(ApiError::invalid_field(
+            "idempotencyKey",
+            "differs from the Idempotency-Key header",
+        )),
+        (h, f) => Ok(h.or(f)),
+    }
+}
+
 /// The stores a function depends on, for `GET /health`.
 #[derive(Clone, Default)]
 pub struct HealthChecks {
@@ -143,7 +217,12 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 impl HealthChecks {
     /// `GET /health`: 200 with each store `ok`, or 503 naming the failing store.
     pub fn router(self) -> Router {
-        Router::new().route("/health", get(health)).with_state(self)
+        self.router_at("/health")
+    }
+
+    /// The same check at `path` (the serve mode's `/health/<function>`).
+    pub fn router_at(self, path: &str) -> Router {
+        Router::new().route(path, get(health)).with_state(self)
     }
 
     /// Probes every store concurrently; `(name, ok)` in a fixed order.
@@ -191,6 +270,11 @@ impl HealthChecks {
     }
 }
 
+/// The state of the function's stores: 200 when they answer, 503 naming
+/// the failing one.
+#[utoipa::path(get, path = "/health", tag = "every function", security(()),
+    responses((status = 200, description = "Every store answers", body = HealthBody),
+              (status = 503, description = "A store is unreachable (named)", body = crate::error::ErrorBody)))]
 async fn health(State(checks): State<HealthChecks>) -> Response {
     let results = checks.probe().await;
     let stores: serde_json::Map<String, serde_json::Value> = results
@@ -234,5 +318,33 @@ async fn health(State(checks): State<HealthChecks>) -> Response {
             })),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn idempotency_keys_come_from_the_header_or_the_body_and_must_agree() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(idempotency_key(&headers, &json!({})).unwrap(), None);
+        assert_eq!(
+            idempotency_key(&headers, &json!({"idempotencyKey": "b1"}))
+                .unwrap()
+                .as_deref(),
+            Some("b1")
+        );
+        headers.insert("idempotency-key", "h1".parse().unwrap());
+        assert_eq!(
+            idempotency_key(&headers, &json!({})).unwrap().as_deref(),
+            Some("h1")
+        );
+        assert!(idempotency_key(&headers, &json!({"idempotencyKey": "b1"})).is_err());
+        let none = axum::http::HeaderMap::new();
+        assert!(idempotency_key(&none, &json!({"idempotencyKey": 5})).is_err());
+        assert!(parse_idempotency_key("k", "has space").is_err());
+        assert!(parse_idempotency_key("k", &"k".repeat(256)).is_err());
     }
 }

@@ -34,7 +34,7 @@ pub struct PricingRule {
 }
 
 /// How a cost was computed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Breakdown {
     /// The rule applied (a chatflow id or `default`).
@@ -54,7 +54,7 @@ pub struct Breakdown {
 }
 
 /// A computed cost.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Cost {
     /// Credits to charge.
     pub credits: i64,
@@ -75,9 +75,11 @@ impl PricingRule {
         let micros = i128::from(input) * i128::from(self.per_input_token_micros)
             + i128::from(output) * i128::from(self.per_output_token_micros);
         let token_credits = (micros + i128::from(MICROS) - 1) / i128::from(MICROS);
-        let token_credits = i64::try_from(token_credits).unwrap_or(i64::MAX / 4);
+        let max = i128::from(crate::ledger::MAX_CREDITS);
+        let token_credits = token_credits.min(max) as i64;
         Cost {
-            credits: self.per_request.saturating_add(token_credits),
+            // Capped at the largest amount the ledger takes.
+            credits: (i128::from(self.per_request) + i128::from(token_credits)).min(max) as i64,
             breakdown: Breakdown {
                 rule: self.chatflow_id.clone(),
                 per_request: self.per_request,
@@ -91,15 +93,31 @@ impl PricingRule {
     }
 
     /// The rule as the API shows it.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "chatflowId": self.chatflow_id,
-            "perRequest": self.per_request,
-            "perInputToken": micros_to_credits(self.per_input_token_micros),
-            "perOutputToken": micros_to_credits(self.per_output_token_micros),
-            "updatedAt": self.updated_at,
-        })
+    pub fn view(&self) -> RuleView {
+        RuleView {
+            chatflow_id: self.chatflow_id.clone(),
+            per_request: self.per_request,
+            per_input_token: micros_to_credits(self.per_input_token_micros),
+            per_output_token: micros_to_credits(self.per_output_token_micros),
+            updated_at: self.updated_at,
+        }
     }
+}
+
+/// A pricing rule as the API shows it (per-token prices in credits).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleView {
+    /// The chatflow it prices, or `default`.
+    pub chatflow_id: String,
+    /// Credits per request.
+    pub per_request: i64,
+    /// Credits per input token.
+    pub per_input_token: f64,
+    /// Credits per output token.
+    pub per_output_token: f64,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
 }
 
 /// Tokens estimated from text when Flowise reports none: ceil(characters /
@@ -130,14 +148,17 @@ pub fn price_to_micros(field: &str, credits: f64) -> Result<i64, ApiError> {
 }
 
 /// A rule as the API takes it: per-token prices in credits.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PriceInput {
     /// Credits per request.
+    #[schema(minimum = 0, maximum = 1000000)]
     pub per_request: i64,
     /// Credits per input token (at most six decimals).
+    #[schema(minimum = 0, maximum = 1000000)]
     pub per_input_token: f64,
     /// Credits per output token (at most six decimals).
+    #[schema(minimum = 0, maximum = 1000000)]
     pub per_output_token: f64,
 }
 
@@ -169,12 +190,13 @@ pub async fn rule_for(
     conn: &mut PgConnection,
     chatflow_id: Option<&str>,
 ) -> Result<PricingRule, ApiError> {
-    let rule: Option<PricingRule> = sqlx::query_as(
+    let rule = sqlx::query_as!(
+        PricingRule,
         "SELECT chatflow_id, per_request, per_input_token_micros, per_output_token_micros, updated_at
            FROM pricing_rules WHERE chatflow_id = COALESCE($1, 'default') OR chatflow_id = 'default'
           ORDER BY (chatflow_id = 'default') LIMIT 1",
+        chatflow_id
     )
-    .bind(chatflow_id)
     .fetch_optional(conn)
     .await?;
     rule.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the default pricing rule is missing")))
@@ -182,9 +204,10 @@ pub async fn rule_for(
 
 /// Every rule, the default first.
 pub async fn list_rules(conn: &mut PgConnection) -> Result<Vec<PricingRule>, ApiError> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as!(
+        PricingRule,
         "SELECT chatflow_id, per_request, per_input_token_micros, per_output_token_micros, updated_at
-           FROM pricing_rules ORDER BY (chatflow_id <> 'default'), chatflow_id",
+           FROM pricing_rules ORDER BY (chatflow_id <> 'default'), chatflow_id"
     )
     .fetch_all(conn)
     .await?)
@@ -211,7 +234,8 @@ pub async fn upsert_rule(
             format!("must be a whole number from 0 to {MAX_PRICE}"),
         ));
     }
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as!(
+        PricingRule,
         "INSERT INTO pricing_rules
             (chatflow_id, per_request, per_input_token_micros, per_output_token_micros, updated_by)
          VALUES ($1, $2, $3, $4, $5)
@@ -221,12 +245,12 @@ pub async fn upsert_rule(
                 per_output_token_micros = EXCLUDED.per_output_token_micros,
                 updated_by = EXCLUDED.updated_by, updated_at = now()
          RETURNING chatflow_id, per_request, per_input_token_micros, per_output_token_micros, updated_at",
+        chatflow_id,
+        per_request,
+        per_input_token_micros,
+        per_output_token_micros,
+        actor_id
     )
-    .bind(chatflow_id)
-    .bind(per_request)
-    .bind(per_input_token_micros)
-    .bind(per_output_token_micros)
-    .bind(actor_id)
     .fetch_one(conn)
     .await?)
 }
@@ -263,6 +287,7 @@ mod tests {
     fn huge_token_counts_do_not_overflow() {
         let cost = rule(1, MAX_PRICE * 1_000_000, MAX_PRICE * 1_000_000).cost(i64::MAX, i64::MAX);
         assert!(cost.credits > 0);
+        assert_eq!(cost.credits, crate::ledger::MAX_CREDITS);
     }
 
     #[test]

@@ -193,6 +193,7 @@ impl TestMongo {
             password: None,
             auth_db: format!("{prefix}_auth"),
             chat_db: format!("{prefix}_chat"),
+            max_pool_size: 20,
         };
         let stores = mongo::connect(&config).await.expect("MongoDB client");
         TestMongo { stores, config }
@@ -290,6 +291,28 @@ pub async fn call_with_headers(
         headers,
         body,
     }
+}
+
+/// Grants `credits` never-expiring credits to `user` through the ledger,
+/// creating the account (the admin's allocation, without HTTP).
+pub async fn grant(pool: &PgPool, user: &str, credits: i64) {
+    let user = crate::ids::UserId::parse("userId", user).expect("a valid user id");
+    let credits = crate::ledger::Credits::parse("credits", credits).expect("valid credits");
+    let mut tx = pool.begin().await.expect("begin");
+    let meta = crate::ledger::EntryMeta::default();
+    crate::ledger::changes::allocate(&mut tx, &user, credits, None, None, &meta)
+        .await
+        .expect("allocate");
+    tx.commit().await.expect("commit");
+}
+
+/// `user`'s spendable credits, read from the ledger.
+pub async fn balance(pool: &PgPool, user: &str) -> i64 {
+    let user = crate::ids::UserId::parse("userId", user).expect("a valid user id");
+    let mut conn = pool.acquire().await.expect("connection");
+    crate::ledger::queries::total_balance(&mut conn, &user)
+        .await
+        .expect("balance")
 }
 
 /// A pool on a port where nothing listens: every query fails fast, as when

@@ -20,7 +20,7 @@ use crate::config::JwtConfig;
 use crate::error::ApiError;
 
 /// A user's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything.
@@ -279,6 +279,13 @@ pub struct AuthUser {
 }
 
 impl AuthUser {
+    /// The caller's id as the ledger takes it (checked when the token was
+    /// extracted).
+    pub fn user_id(&self) -> crate::ids::UserId {
+        crate::ids::UserId::try_from(self.id.clone())
+            .unwrap_or_else(|_| unreachable!("the extractor checked the token's sub"))
+    }
+
     /// 403 unless the caller has one of `roles`.
     pub fn require_role(&self, roles: &[Role]) -> Result<(), ApiError> {
         if roles.contains(&self.role) {
@@ -348,6 +355,11 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let keys = JwtKeys::from_ref(state);
         let claims = keys.verify_access(bearer_token(parts)?)?;
+        // An id the stores cannot hold is no identity (only a token signed
+        // with our secret can carry one, but it is checked all the same).
+        if crate::ids::check_id(&claims.sub).as_deref() != Ok(claims.sub.as_str()) {
+            return Err(invalid_token("the token's subject is not a valid user id"));
+        }
         tracing::Span::current().record("user_id", claims.sub.as_str());
         Ok(claims.into())
     }

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::query::DateRange;
 
 /// A stored usage record.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageRecord {
     /// Id.
@@ -26,39 +26,36 @@ pub struct UsageRecord {
     /// Credits charged.
     pub credits: i64,
     /// Free-form details (tokens, latency, session...).
+    #[schema(value_type = Object)]
     pub metadata: Value,
     /// When.
     pub created_at: DateTime<Utc>,
 }
 
-/// Stores one usage record.
-pub async fn record_usage(
-    conn: &mut PgConnection,
-    user_id: &str,
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.is_empty() || value.chars().count() > max {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
+    }
+    if value.contains('\0') {
+        return Err(ApiError::invalid_field(
+            field,
+            "must not contain NUL characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_record(
     service: &str,
     operation: &str,
     credits: i64,
-    metadata: Value,
-) -> Result<UsageRecord, ApiError> {
-    let checks = [
-        ("userId", user_id, 128),
-        ("service", service, 64),
-        ("operation", operation, 128),
-    ];
-    for (field, value, max) in checks {
-        if value.is_empty() || value.chars().count() > max {
-            return Err(ApiError::invalid_field(
-                field,
-                format!("must be 1 to {max} characters"),
-            ));
-        }
-        if value.contains('\0') {
-            return Err(ApiError::invalid_field(
-                field,
-                "must not contain NUL characters",
-            ));
-        }
-    }
+    metadata: &Value,
+) -> Result<(), ApiError> {
+    check_text("service", service, 64)?;
+    check_text("operation", operation, 128)?;
     if !(0..=crate::ledger::MAX_CREDITS).contains(&credits) {
         return Err(ApiError::invalid_field(
             "credits",
@@ -75,104 +72,252 @@ pub async fn record_usage(
             "must not contain NUL characters",
         ));
     }
-    Ok(sqlx::query_as(
+    Ok(())
+}
+
+/// Stores one usage record.
+pub async fn record_usage(
+    conn: &mut PgConnection,
+    user_id: &str,
+    service: &str,
+    operation: &str,
+    credits: i64,
+    metadata: Value,
+) -> Result<UsageRecord, ApiError> {
+    check_text("userId", user_id, 128)?;
+    check_record(service, operation, credits, &metadata)?;
+    Ok(sqlx::query_as!(
+        UsageRecord,
         "INSERT INTO usage_logs (id, user_id, service, operation, credits, metadata)
          VALUES ($1, $2, $3, $4, $5, $6)
          RETURNING id, user_id, service, operation, credits, metadata, created_at",
+        Uuid::now_v7(),
+        user_id,
+        service,
+        operation,
+        credits,
+        metadata
     )
-    .bind(Uuid::now_v7())
-    .bind(user_id)
-    .bind(service)
-    .bind(operation)
-    .bind(credits)
-    .bind(metadata)
     .fetch_one(conn)
     .await?)
 }
 
-/// The chatflow a record is about: its metadata's `chatflow_id` (or
-/// `chatflowId`), else the operation of a `chat` record.
-const CHATFLOW_OF: &str = "COALESCE(metadata->>'chatflow_id', metadata->>'chatflowId', \
-                           CASE WHEN service = 'chat' THEN operation END)";
+/// A report's group by service.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ByService {
+    /// The service.
+    pub service: String,
+    /// Records.
+    pub records: i64,
+    /// Credits (saturating at 2^53 − 1).
+    pub credits: i64,
+}
 
-/// The sum of `credits`, saturating at 2^53 − 1 (a sum past it would not
-/// fit a JavaScript number, nor, far enough, a `bigint`: never a 500).
-const SUM_CREDITS: &str = "LEAST(COALESCE(SUM(credits), 0), 9007199254740991)::bigint";
+/// A report's group by day (UTC).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ByDay {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// Records.
+    pub records: i64,
+    /// Credits (saturating at 2^53 − 1).
+    pub credits: i64,
+}
 
-async fn grouped(
-    conn: &mut PgConnection,
-    key_sql: &str,
-    key_name: &str,
-    user_id: Option<&str>,
-    range: &DateRange,
-    order_by_key: bool,
-    limit: i64,
-) -> Result<Vec<Value>, ApiError> {
-    let order = if order_by_key { "k" } else { "credits DESC, k" };
-    let sql = format!(
-        "SELECT k, COUNT(*) AS records, {SUM_CREDITS} AS credits FROM (
-             SELECT {key_sql} AS k, credits FROM usage_logs
-              WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
-         ) t WHERE k IS NOT NULL GROUP BY k ORDER BY {order} LIMIT $4"
-    );
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(&sql)
-        .bind(range.from)
-        .bind(range.to)
-        .bind(user_id)
-        .bind(limit)
-        .fetch_all(conn)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(k, records, credits)| json!({ key_name: k, "records": records, "credits": credits }))
-        .collect())
+/// A report's group by chatflow: the record's `metadata.chatflow_id`,
+/// else the operation of a `chat` record.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ByChatflow {
+    /// The chatflow.
+    pub chatflow_id: String,
+    /// Records.
+    pub records: i64,
+    /// Credits (saturating at 2^53 − 1).
+    pub credits: i64,
+}
+
+/// A report's group by user (system statistics: the top users).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ByUser {
+    /// The user.
+    pub user_id: String,
+    /// Records.
+    pub records: i64,
+    /// Credits (saturating at 2^53 − 1).
+    pub credits: i64,
+}
+
+/// Usage statistics over a range.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// Start (inclusive).
+    pub from: DateTime<Utc>,
+    /// End (exclusive).
+    pub to: DateTime<Utc>,
+    /// Records in the range.
+    pub total_records: i64,
+    /// Credits in the range (saturating at 2^53 − 1).
+    pub total_credits: i64,
+    /// By service, most credits first.
+    pub by_service: Vec<ByService>,
+    /// By day, in order.
+    pub by_day: Vec<ByDay>,
+    /// By chatflow, most credits first.
+    pub by_chatflow: Vec<ByChatflow>,
+    /// The ten latest records.
+    pub recent: Vec<UsageRecord>,
+    /// The top users (system statistics only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_user: Option<Vec<ByUser>>,
 }
 
 /// Statistics over `range`, for one user or (with `None`) everyone;
-/// `with_users` adds the top users (system statistics).
+/// `with_users` adds the top users (system statistics). Sums saturate at
+/// 2^53 − 1 (past it a sum would not fit a JavaScript number, nor, far
+/// enough, a `bigint`: never a 500).
 pub async fn stats(
     conn: &mut PgConnection,
     user_id: Option<&str>,
     range: &DateRange,
     with_users: bool,
-) -> Result<Value, ApiError> {
-    let (total_records, total_credits): (i64, i64) = sqlx::query_as(&format!(
-        "SELECT COUNT(*), {SUM_CREDITS} FROM usage_logs
-              WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)"
-    ))
-    .bind(range.from)
-    .bind(range.to)
-    .bind(user_id)
+) -> Result<Stats, ApiError> {
+    let (from, to) = (range.from, range.to);
+    let overall = sqlx::query!(
+        r#"SELECT COUNT(*) AS "records!",
+                  LEAST(COALESCE(SUM(credits), 0), 9007199254740991)::bigint AS "credits!"
+             FROM usage_logs
+            WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)"#,
+        from,
+        to,
+        user_id
+    )
     .fetch_one(&mut *conn)
     .await?;
-    let by_service = grouped(conn, "service", "service", user_id, range, false, 100).await?;
-    let day = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')";
-    let by_day = grouped(conn, day, "day", user_id, range, true, 3660).await?;
-    let by_chatflow = grouped(conn, CHATFLOW_OF, "chatflowId", user_id, range, false, 100).await?;
-    let recent: Vec<UsageRecord> = sqlx::query_as(
+    let by_service = sqlx::query!(
+        r#"SELECT service, COUNT(*) AS records,
+                  LEAST(SUM(credits), 9007199254740991)::bigint AS credits
+             FROM usage_logs
+            WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
+            GROUP BY service ORDER BY credits DESC, service LIMIT 100"#,
+        from,
+        to,
+        user_id
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|r| ByService {
+        service: r.service,
+        records: r.records.unwrap_or(0),
+        credits: r.credits.unwrap_or(0),
+    })
+    .collect();
+    let by_day = by_day(conn, user_id, range).await?;
+    let by_chatflow = by_chatflow(conn, user_id, range).await?;
+    let recent = sqlx::query_as!(
+        UsageRecord,
         "SELECT id, user_id, service, operation, credits, metadata, created_at FROM usage_logs
           WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
           ORDER BY created_at DESC, id DESC LIMIT 10",
+        from,
+        to,
+        user_id
     )
-    .bind(range.from)
-    .bind(range.to)
-    .bind(user_id)
     .fetch_all(&mut *conn)
     .await?;
-    let mut out = json!({
-        "from": range.from,
-        "to": range.to,
-        "totalRecords": total_records,
-        "totalCredits": total_credits,
-        "byService": by_service,
-        "byDay": by_day,
-        "byChatflow": by_chatflow,
-        "recent": recent,
-    });
-    if with_users {
-        out["byUser"] = json!(grouped(conn, "user_id", "userId", user_id, range, false, 20).await?);
-    }
-    Ok(out)
+    let by_user = match with_users {
+        true => Some(by_user(conn, range).await?),
+        false => None,
+    };
+    Ok(Stats {
+        from,
+        to,
+        total_records: overall.records,
+        total_credits: overall.credits,
+        by_service,
+        by_day,
+        by_chatflow,
+        recent,
+        by_user,
+    })
+}
+
+async fn by_day(
+    conn: &mut PgConnection,
+    user_id: Option<&str>,
+    range: &DateRange,
+) -> Result<Vec<ByDay>, ApiError> {
+    Ok(sqlx::query!(
+        r#"SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS "day!",
+                  COUNT(*) AS records, LEAST(SUM(credits), 9007199254740991)::bigint AS credits
+             FROM usage_logs
+            WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
+            GROUP BY 1 ORDER BY 1 LIMIT 3660"#,
+        range.from,
+        range.to,
+        user_id
+    )
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .map(|r| ByDay {
+        day: r.day,
+        records: r.records.unwrap_or(0),
+        credits: r.credits.unwrap_or(0),
+    })
+    .collect())
+}
+
+async fn by_chatflow(
+    conn: &mut PgConnection,
+    user_id: Option<&str>,
+    range: &DateRange,
+) -> Result<Vec<ByChatflow>, ApiError> {
+    Ok(sqlx::query!(
+        r#"SELECT k AS "chatflow!", COUNT(*) AS records,
+                  LEAST(SUM(credits), 9007199254740991)::bigint AS credits
+             FROM (SELECT COALESCE(metadata->>'chatflow_id', metadata->>'chatflowId',
+                                   CASE WHEN service = 'chat' THEN operation END) AS k, credits
+                     FROM usage_logs
+                    WHERE created_at >= $1 AND created_at < $2
+                      AND ($3::text IS NULL OR user_id = $3)) t
+            WHERE k IS NOT NULL GROUP BY k ORDER BY credits DESC, k LIMIT 100"#,
+        range.from,
+        range.to,
+        user_id
+    )
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .map(|r| ByChatflow {
+        chatflow_id: r.chatflow,
+        records: r.records.unwrap_or(0),
+        credits: r.credits.unwrap_or(0),
+    })
+    .collect())
+}
+
+async fn by_user(conn: &mut PgConnection, range: &DateRange) -> Result<Vec<ByUser>, ApiError> {
+    Ok(sqlx::query!(
+        r#"SELECT user_id, COUNT(*) AS records,
+                  LEAST(SUM(credits), 9007199254740991)::bigint AS credits
+             FROM usage_logs WHERE created_at >= $1 AND created_at < $2
+            GROUP BY user_id ORDER BY credits DESC, user_id LIMIT 20"#,
+        range.from,
+        range.to
+    )
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .map(|r| ByUser {
+        user_id: r.user_id,
+        records: r.records.unwrap_or(0),
+        credits: r.credits.unwrap_or(0),
+    })
+    .collect())
 }
 
 /// The CSV header of an export.
@@ -240,17 +385,18 @@ pub fn export_csv(
             .after
             .map(|(t, id)| (Some(t), Some(id)))
             .unwrap_or((None, None));
-        let rows: Result<Vec<UsageRecord>, sqlx::Error> = sqlx::query_as(
+        let rows: Result<Vec<UsageRecord>, sqlx::Error> = sqlx::query_as!(
+            UsageRecord,
             "SELECT id, user_id, service, operation, credits, metadata, created_at FROM usage_logs
               WHERE created_at >= $1 AND created_at < $2
-                AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4))
+                AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))
               ORDER BY created_at, id LIMIT $5",
+            range.from,
+            range.to,
+            after_time,
+            after_id,
+            chunk
         )
-        .bind(range.from)
-        .bind(range.to)
-        .bind(after_time)
-        .bind(after_id)
-        .bind(chunk)
         .fetch_all(&s.pool)
         .await;
         match rows {

@@ -6,13 +6,13 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::json;
 use shared::error::ApiError;
+use shared::ids::{ChatflowId, ReservationId, UserId};
 use shared::ledger::accounts::ensure_account;
-use shared::ledger::expiry::run_expiry;
-use shared::ledger::idempotency::{request_hash, run_once};
-use shared::ledger::ops::{self, Context};
+use shared::ledger::idempotency::{self, Begun, RequestKey};
 use shared::ledger::queries;
 use shared::ledger::reservations::{self, Settlement};
-use shared::ledger::Credits;
+use shared::ledger::sweep::run_expiry;
+use shared::ledger::{changes, Adjustment, Charge, Credits, EntryMeta};
 use shared::testing::TestPostgres;
 use shared::token::{AuthUser, Role};
 use sqlx::PgPool;
@@ -21,16 +21,20 @@ fn credits(n: i64) -> Credits {
     Credits::parse("credits", n).unwrap()
 }
 
-fn ctx() -> Context<'static> {
-    Context {
+fn uid(user: &str) -> UserId {
+    UserId::parse("userId", user).unwrap()
+}
+
+fn meta() -> EntryMeta<'static> {
+    EntryMeta {
         actor_id: Some("admin"),
-        ..Context::default()
+        ..EntryMeta::default()
     }
 }
 
 async fn allocate(pool: &PgPool, user: &str, amount: i64, days: Option<i32>) -> uuid::Uuid {
     let mut tx = pool.begin().await.unwrap();
-    let done = ops::allocate(&mut tx, user, credits(amount), days, None, &ctx())
+    let done = changes::allocate(&mut tx, &uid(user), credits(amount), days, None, &meta())
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -39,14 +43,16 @@ async fn allocate(pool: &PgPool, user: &str, amount: i64, days: Option<i32>) -> 
 
 async fn deduct(pool: &PgPool, user: &str, amount: i64) -> Result<i64, ApiError> {
     let mut tx = pool.begin().await?;
-    let (_, balance) = ops::deduct(&mut tx, user, credits(amount), &ctx()).await?;
+    let (_, balance) = changes::deduct(&mut tx, &uid(user), credits(amount), &meta()).await?;
     tx.commit().await?;
     Ok(balance)
 }
 
 async fn reserve(pool: &PgPool, user: &str, session: &str, amount: i64) -> Result<(), ApiError> {
     let mut tx = pool.begin().await?;
-    reservations::reserve(&mut tx, user, session, "flow", credits(amount), &ctx()).await?;
+    let id = ReservationId::parse("sessionId", session)?;
+    let flow = ChatflowId::parse("chatflowId", "flow")?;
+    reservations::reserve(&mut tx, &uid(user), &id, &flow, credits(amount), &meta()).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -59,14 +65,49 @@ async fn settle(
     charge: i64,
 ) -> Result<reservations::SessionOutcome, ApiError> {
     let mut tx = pool.begin().await?;
-    let outcome = reservations::settle(&mut tx, session, user, how, charge).await?;
+    let id = ReservationId::parse("sessionId", session)?;
+    let charge = Charge::try_from(charge).map_err(|e| ApiError::invalid_field("charge", e))?;
+    let outcome = reservations::settle(&mut tx, &id, &uid(user), how, charge).await?;
     tx.commit().await?;
     Ok(outcome)
 }
 
 async fn balance(pool: &PgPool, user: &str) -> i64 {
-    let mut conn = pool.acquire().await.unwrap();
-    queries::total_balance(&mut conn, user).await.unwrap()
+    shared::testing::balance(pool, user).await
+}
+
+async fn adjust(
+    tx: &mut shared::ledger::Tx<'_>,
+    user: &str,
+    amount: i64,
+    notes: &str,
+) -> Result<i64, ApiError> {
+    let amount = Adjustment::try_from(amount).map_err(|e| ApiError::invalid_field("amount", e))?;
+    Ok(changes::adjust(tx, &uid(user), amount, notes, &meta()).await?)
+}
+
+/// One idempotent deduction of `amount` with `key` and `body`, the way a
+/// route runs it: the stored answer, or a fresh transaction and the save.
+async fn deduct_once(
+    pool: &PgPool,
+    key: &str,
+    body: &serde_json::Value,
+    amount: i64,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    let user = uid("u");
+    let key = RequestKey::new(key.to_owned(), "POST /deduct", body);
+    let mut tx = match idempotency::begin(pool, &user, Some(&key), "POST /deduct").await? {
+        Begun::Replay(answer) => return Ok(answer),
+        Begun::Fresh(tx) => tx,
+    };
+    let (id, balance) = changes::deduct(&mut tx, &user, credits(amount), &meta()).await?;
+    let answer = (
+        StatusCode::OK,
+        json!({"transactionId": id, "newBalance": balance}),
+    );
+    idempotency::save(&mut tx, &user, Some(&key), &answer).await?;
+    tx.commit().await?;
+    Ok(answer)
 }
 
 /// Makes an allocation already past its expiry (as if granted long ago).
@@ -242,7 +283,7 @@ async fn deductions_draw_the_soonest_expiring_allocation_first() {
     let soon = allocate(&db.pool, "u", 10, Some(2)).await;
     deduct(&db.pool, "u", 15).await.unwrap();
     let mut conn = db.pool.acquire().await.unwrap();
-    let b = queries::balance(&mut conn, "u").await.unwrap();
+    let b = queries::balance(&mut conn, &uid("u")).await.unwrap();
     let remaining = |id| {
         b.allocations
             .iter()
@@ -302,7 +343,7 @@ async fn a_refund_goes_back_to_its_allocations_and_never_extends_an_expiry() {
         .unwrap();
     assert_eq!((outcome.charged_credits, outcome.refunded_credits), (7, 3));
     let mut conn = db.pool.acquire().await.unwrap();
-    let b = queries::balance(&mut conn, "u").await.unwrap();
+    let b = queries::balance(&mut conn, &uid("u")).await.unwrap();
     // Charged as if 7 had been drawn soonest-first: all 6 of `soon`, 1 of `later`.
     assert!(b.allocations.iter().all(|a| a.id != soon));
     assert_eq!(
@@ -437,23 +478,15 @@ async fn a_negative_adjustment_below_zero_is_422_and_changes_nothing() {
     let db = TestPostgres::new().await;
     allocate(&db.pool, "u", 10, Some(30)).await;
     let mut tx = db.pool.begin().await.unwrap();
-    let err = ops::adjust(&mut tx, "u", -11, "oops", &ctx())
-        .await
-        .unwrap_err();
+    let err = adjust(&mut tx, "u", -11, "oops").await.unwrap_err();
     assert_eq!(
         (err.status(), err.code()),
         (StatusCode::UNPROCESSABLE_ENTITY, "would_go_negative")
     );
     drop(tx);
     let mut tx = db.pool.begin().await.unwrap();
-    assert_eq!(
-        ops::adjust(&mut tx, "u", -4, "fix", &ctx()).await.unwrap(),
-        6
-    );
-    assert_eq!(
-        ops::adjust(&mut tx, "u", 7, "bonus", &ctx()).await.unwrap(),
-        13
-    );
+    assert_eq!(adjust(&mut tx, "u", -4, "fix").await.unwrap(), 6);
+    assert_eq!(adjust(&mut tx, "u", 7, "bonus").await.unwrap(), 13);
     tx.commit().await.unwrap();
     assert_consistent(&db.pool, "u").await;
 }
@@ -463,21 +496,11 @@ async fn the_same_idempotency_key_has_one_effect() {
     let db = TestPostgres::new().await;
     allocate(&db.pool, "u", 100, Some(30)).await;
     let body = json!({"credits": 3});
-    let hash = request_hash("POST /deduct", &body);
-    let run = |pool: PgPool, hash: String| async move {
-        run_once(&pool, "u", Some("key-1"), "POST /deduct", &hash, |conn| {
-            Box::pin(async move {
-                let (id, balance) = ops::deduct(conn, "u", credits(3), &ctx()).await?;
-                Ok((
-                    StatusCode::OK,
-                    json!({"transactionId": id, "newBalance": balance}),
-                ))
-            })
-        })
-        .await
+    let run = |pool: PgPool, body: serde_json::Value| async move {
+        deduct_once(&pool, "key-1", &body, 3).await
     };
     let tasks: Vec<_> = (0..20)
-        .map(|_| tokio::spawn(run(db.pool.clone(), hash.clone())))
+        .map(|_| tokio::spawn(run(db.pool.clone(), body.clone())))
         .collect();
     let mut answers = Vec::new();
     for t in tasks {
@@ -489,7 +512,7 @@ async fn the_same_idempotency_key_has_one_effect() {
     );
     assert_eq!(balance(&db.pool, "u").await, 97);
     // The same key with another body is a conflict, and changes nothing.
-    let other = request_hash("POST /deduct", &json!({"credits": 4}));
+    let other = json!({"credits": 4});
     let err = run(db.pool.clone(), other).await.unwrap_err();
     assert_eq!(
         (err.status(), err.code()),
@@ -502,24 +525,18 @@ async fn the_same_idempotency_key_has_one_effect() {
 #[tokio::test]
 async fn a_failed_request_does_not_burn_its_idempotency_key() {
     let db = TestPostgres::new().await;
-    let hash = request_hash("POST /deduct", &json!({"credits": 5}));
-    let attempt = || {
-        run_once(&db.pool, "u", Some("k"), "POST /deduct", &hash, |conn| {
-            Box::pin(async move {
-                let (_, balance) = ops::deduct(conn, "u", credits(5), &ctx()).await?;
-                Ok((StatusCode::OK, json!({"newBalance": balance})))
-            })
-        })
-    };
+    let body = json!({"credits": 5});
+    let attempt = || deduct_once(&db.pool, "k", &body, 5);
     let mut tx = db.pool.begin().await.unwrap();
-    shared::ledger::accounts::ensure_account_id(&mut tx, "u")
+    shared::ledger::accounts::ensure_account_id(&mut tx, &uid("u"))
         .await
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(attempt().await.unwrap_err().status(), 402);
     allocate(&db.pool, "u", 10, Some(30)).await;
     let (status, body) = attempt().await.unwrap();
-    assert_eq!((status, body), (StatusCode::OK, json!({"newBalance": 5})));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["newBalance"], 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

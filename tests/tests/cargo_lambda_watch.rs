@@ -202,18 +202,7 @@ async fn stream_through(client: &reqwest::Client, base: &str, pool: &sqlx::PgPoo
         .await
         .expect("open");
     assert_eq!(open.status(), 200);
-    let mut tx = pool.begin().await.unwrap();
-    shared::ledger::ops::allocate(
-        &mut tx,
-        "watcher",
-        shared::ledger::Credits::parse("c", 50).unwrap(),
-        None,
-        None,
-        &shared::ledger::ops::Context::default(),
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    shared::testing::grant(pool, "watcher", 50).await;
     let res = client
         .post(format!(
             "{base}/lambda-url/predict-stream/api/v1/chat/predict/stream"

@@ -42,7 +42,7 @@ pub async fn ensure_first_admin(
     {
         tracing::error!(
             "no admin exists, and ADMIN_USERNAME or ADMIN_EMAIL names an existing account; \
-             it is not promoted: choose other values or create the admin with gateway-admin"
+             it is not promoted: choose other ADMIN_USERNAME and ADMIN_EMAIL values"
         );
         return Ok(Bootstrap::Refused);
     }

@@ -2,12 +2,13 @@
 //! user management, on MongoDB.
 
 use axum::extract::FromRef;
-use axum::routing::{get, post};
 use axum::Router;
 use shared::config::{self, AdminBootstrap, ConfigError, Env, JwtConfig, MongoConfig, SmtpConfig};
 use shared::db::mongo::{self, IndexGuard, MongoStores};
 use shared::http::{finish, require_indexes, HealthChecks};
 use shared::token::JwtKeys;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub mod bootstrap;
 pub mod guard;
@@ -93,9 +94,8 @@ impl AppState {
     /// the first admin (logging, not failing, when MongoDB is down).
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
         let stores = mongo::connect(&config.mongo).await?;
+        // Checked on first use (requests answer 503 until they exist).
         let indexes = IndexGuard::new(stores.clone(), true, false);
-        // A failure is logged; requests then answer 503 until it succeeds.
-        let _ = indexes.ensure().await;
         let state = AppState {
             jwt: JwtKeys::new(&config.jwt),
             indexes,
@@ -113,45 +113,54 @@ impl AppState {
     }
 }
 
-/// The function's routes.
-pub fn router(state: AppState) -> Router {
-    let health = HealthChecks {
-        postgres: None,
-        mongodb: Some(state.mongo.client.clone()),
-        indexes: Some(state.indexes.clone()),
-    };
+/// The function's routes, each with its description.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(account::signup))
+        .routes(routes!(account::verify_email))
+        .routes(routes!(account::resend_verification))
+        .routes(routes!(account::login))
+        .routes(routes!(account::refresh))
+        .routes(routes!(account::logout))
+        .routes(routes!(account::logout_all))
+        .routes(routes!(account::forgot_password))
+        .routes(routes!(account::reset_password))
+        .routes(routes!(profile::get_profile, profile::put_profile))
+        .routes(routes!(profile::change_password))
+        .routes(routes!(admin::list_users, admin::create_user))
+        .routes(routes!(
+            admin::get_user,
+            admin::patch_user,
+            admin::delete_user
+        ))
+}
+
+/// The function's description.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+/// The function's API routes on `state` (waiting for the indexes), without
+/// what every router adds.
+pub fn api(state: AppState) -> Router {
     let indexes = state.indexes.clone();
-    let api = Router::new()
-        .route("/api/auth/signup", post(account::signup))
-        .route("/api/auth/verify-email", post(account::verify_email))
-        .route(
-            "/api/auth/resend-verification",
-            post(account::resend_verification),
-        )
-        .route("/api/auth/login", post(account::login))
-        .route("/api/auth/refresh", post(account::refresh))
-        .route("/api/auth/logout", post(account::logout))
-        .route("/api/auth/logout-all", post(account::logout_all))
-        .route("/api/auth/forgot-password", post(account::forgot_password))
-        .route("/api/auth/reset-password", post(account::reset_password))
-        .route(
-            "/api/profile",
-            get(profile::get_profile).put(profile::put_profile),
-        )
-        .route(
-            "/api/profile/change-password",
-            post(profile::change_password),
-        )
-        .route(
-            "/api/admin/users",
-            get(admin::list_users).post(admin::create_user),
-        )
-        .route(
-            "/api/admin/users/{id}",
-            get(admin::get_user)
-                .patch(admin::patch_user)
-                .delete(admin::delete_user),
-        )
-        .with_state(state);
-    finish(require_indexes(api, indexes).merge(health.router()))
+    let (api, _) = routes().with_state(state).split_for_parts();
+    require_indexes(api, indexes)
+}
+
+impl AppState {
+    /// The stores `/health` probes.
+    pub fn health_checks(&self) -> HealthChecks {
+        HealthChecks {
+            postgres: None,
+            mongodb: Some(self.mongo.client.clone()),
+            indexes: Some(self.indexes.clone()),
+        }
+    }
+}
+
+/// The function's router: its API, `/health` and what every router adds.
+pub fn router(state: AppState) -> Router {
+    let health = state.health_checks();
+    finish(api(state).merge(health.router()))
 }

@@ -6,7 +6,6 @@ use chrono::{Duration, Utc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use shared::db::mongo::is_duplicate_key;
 use shared::digest::sha256_hex;
 use shared::token::Role;
@@ -47,23 +46,6 @@ pub struct UserDoc {
     pub created_at: BsonTime,
     /// Last changed.
     pub updated_at: BsonTime,
-}
-
-impl UserDoc {
-    /// The user as the API shows it.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "username": self.username,
-            "email": self.email,
-            "pendingEmail": self.pending_email,
-            "role": self.role,
-            "isVerified": self.is_verified,
-            "disabled": self.disabled,
-            "createdAt": self.created_at.to_chrono(),
-            "updatedAt": self.updated_at.to_chrono(),
-        })
-    }
 }
 
 /// Typed access to the collections.

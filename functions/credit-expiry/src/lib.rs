@@ -1,6 +1,6 @@
 //! The credit-expiry job (SPEC §9): runs on an EventBridge schedule and by
 //! hand (`cargo lambda invoke credit-expiry`). The money part is
-//! [`shared::ledger::expiry::run_expiry`]. When `FLOWISE_API_URL` and
+//! [`shared::ledger::sweep::run_expiry`]. When `FLOWISE_API_URL` and
 //! `MONGODB_URI` are set, each run also syncs the chatflow catalogue from
 //! Flowise (SPEC §8: "on a schedule in the same job binary"); a Flowise
 //! outage is reported in the result and never fails the expiry.
@@ -10,7 +10,7 @@ use shared::chat::chatflows::sync_chatflows;
 use shared::config::{ConfigError, Env, FlowiseConfig, Limits, MongoConfig, PostgresConfig};
 use shared::error::ApiError;
 use shared::flowise::FlowiseClient;
-use shared::ledger::expiry::run_expiry;
+use shared::ledger::sweep::run_expiry;
 
 /// What the job reads from its environment.
 #[derive(Debug, Clone)]

@@ -2,9 +2,10 @@
 //! calculation, transactions and streaming-session reservations, all on
 //! the shared ledger in PostgreSQL.
 
-use axum::routing::{get, post, put};
 use axum::Router;
 use shared::http::finish;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub mod routes;
 
@@ -14,30 +15,37 @@ pub use shared::state::PgApiConfig as Config;
 /// The token keys and the pool, built once per cold start.
 pub use shared::state::PgApiState as AppState;
 
-/// The function's routes.
+/// The function's routes, each with its description.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(routes::balance))
+        .routes(routes!(routes::total_balance))
+        .routes(routes!(routes::balance_of))
+        .routes(routes!(routes::allocate))
+        .routes(routes!(routes::deduct))
+        .routes(routes!(routes::adjust))
+        .routes(routes!(routes::calculate))
+        .routes(routes!(routes::transactions))
+        .routes(routes!(routes::list_pricing))
+        .routes(routes!(routes::put_pricing))
+        .routes(routes!(routes::initialize))
+        .routes(routes!(routes::finalize))
+        .routes(routes!(routes::abort))
+        .routes(routes!(routes::active))
+}
+
+/// The function's description.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+/// The function's API routes on `state`, without what every router adds.
+pub fn api(state: AppState) -> Router {
+    routes().with_state(state).split_for_parts().0
+}
+
+/// The function's router: its API, `/health` and what every router adds.
 pub fn router(state: AppState) -> Router {
     let health = state.health_checks();
-    let api = Router::new()
-        .route("/api/credits/balance", get(routes::balance))
-        .route("/api/credits/total-balance", get(routes::total_balance))
-        .route("/api/credits/balance/{user_id}", get(routes::balance_of))
-        .route("/api/credits/allocate", post(routes::allocate))
-        .route("/api/credits/deduct", post(routes::deduct))
-        .route("/api/credits/adjust", post(routes::adjust))
-        .route("/api/credits/calculate", post(routes::calculate))
-        .route("/api/credits/transactions", get(routes::transactions))
-        .route("/api/credits/pricing", get(routes::list_pricing))
-        .route(
-            "/api/credits/pricing/{chatflow_id}",
-            put(routes::put_pricing),
-        )
-        .route(
-            "/api/streaming-sessions/initialize",
-            post(routes::initialize),
-        )
-        .route("/api/streaming-sessions/finalize", post(routes::finalize))
-        .route("/api/streaming-sessions/abort", post(routes::abort))
-        .route("/api/streaming-sessions/active", get(routes::active))
-        .with_state(state);
-    finish(api.merge(health.router()))
+    finish(api(state).merge(health.router()))
 }

@@ -1,205 +1,80 @@
-//! Handlers of the credits function. Each parses and checks its input,
-//! enforces the caller's role, and calls the shared ledger; every
-//! mutating route honours `Idempotency-Key` through
-//! [`shared::ledger::idempotency::run_once`].
+//! Handlers of the credits function. Each parses its input at the edge
+//! (typed bodies, newtypes for ids and amounts), enforces the caller's
+//! role, and calls the shared ledger. Every mutating route honours
+//! `Idempotency-Key` straight through: [`idempotency::begin`] answers a
+//! fresh transaction or the stored answer, the change runs in that
+//! transaction, and its answer is saved there before the commit.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use shared::error::{double_option, from_json_value, ApiError, JsonBody, PathParams, QueryParams};
+use shared::ids::{ChatflowId, ReservationId, UserId};
 use shared::ledger::accounts::ensure_account;
-use shared::ledger::idempotency::{request_hash, request_key, run_once, Answer};
-use shared::ledger::ops::{self, Context};
-use shared::ledger::queries::{self, TransactionFilter};
-use shared::ledger::reservations::{self, Settlement};
-use shared::ledger::{Credits, TransactionKind};
-use shared::pricing::{self, estimate_tokens, PriceInput};
+use shared::ledger::idempotency::{self, Begun, RequestKey};
+use shared::ledger::queries::{self, Balance, EntryFilter, EntryRecord};
+use shared::ledger::reservations::{self, ActiveSession, Reservation, SessionOutcome, Settlement};
+use shared::ledger::{changes, Adjustment, Allocation, Charge, Credits, EntryKind, EntryMeta, Tx};
+use shared::openapi::{ApiErrors, IdempotencyKeyHeader};
+use shared::pricing::{self, estimate_tokens, Cost, PriceInput, RuleView};
 use shared::query::{parse_instant, PageParams};
 use shared::token::{AuthUser, Role};
 
 use crate::AppState;
 
-type ApiResult = Result<Response, ApiError>;
+type Answer<T> = Result<(StatusCode, Json<T>), ApiError>;
 
-fn answer((status, body): Answer) -> Response {
-    (status, Json(body)).into_response()
+/// A change that honours `Idempotency-Key`: what [`start`] found.
+enum Change<T> {
+    /// Do it in this transaction, then [`finish`].
+    Fresh(Tx<'static>, Option<RequestKey>),
+    /// The first answer of this key and body.
+    Replay(StatusCode, T),
 }
 
-/// Who is calling a mutating route, with the request's idempotency key.
-struct Call {
-    user: AuthUser,
-    key: Option<String>,
-}
-
-/// Runs a mutating route once per idempotency key: parses `body` into `T`,
-/// then runs `effect` in one transaction after recording the caller's
-/// account from their claims.
-async fn mutate<T, F>(
+/// The key of a request to `endpoint` (header or body field), then a
+/// fresh transaction with the caller's account recorded, or the stored
+/// answer of that key.
+async fn start<T: serde::de::DeserializeOwned>(
     state: &AppState,
-    user: AuthUser,
+    user: &AuthUser,
     headers: &HeaderMap,
-    endpoint: &'static str,
-    body: Value,
-    effect: F,
-) -> ApiResult
-where
-    T: serde::de::DeserializeOwned + Send + 'static,
-    F: for<'c> FnOnce(
-            &'c mut sqlx::PgConnection,
-            Call,
-            T,
-        ) -> futures_util::future::BoxFuture<'c, Result<Answer, ApiError>>
-        + Send
-        + 'static,
-{
-    let key = request_key(headers, &body)?;
-    let hash = request_hash(endpoint, &body);
-    let request: T = from_json_value(body)?;
-    let caller = user.id.clone();
-    let stored_key = key.clone();
-    let outcome = run_once(
-        &state.pg,
-        &caller,
-        key.as_deref(),
-        endpoint,
-        &hash,
-        move |conn| {
-            Box::pin(async move {
-                ensure_account(conn, &user).await?;
-                effect(
-                    conn,
-                    Call {
-                        user,
-                        key: stored_key,
-                    },
-                    request,
-                )
-                .await
-            })
-        },
-    )
-    .await?;
-    Ok(answer(outcome))
+    endpoint: &str,
+    raw: &Value,
+) -> Result<Change<T>, ApiError> {
+    let key =
+        shared::http::idempotency_key(headers, raw)?.map(|key| RequestKey::new(key, endpoint, raw));
+    match idempotency::begin(&state.pg, &user.user_id(), key.as_ref(), endpoint).await? {
+        Begun::Replay((status, body)) => {
+            let body = serde_json::from_value(body).map_err(|e| {
+                ApiError::Internal(anyhow::Error::new(e).context("a stored answer"))
+            })?;
+            Ok(Change::Replay(status, body))
+        }
+        Begun::Fresh(mut tx) => {
+            ensure_account(&mut tx, user).await?;
+            Ok(Change::Fresh(tx, key))
+        }
+    }
 }
 
-// ---------------------------------------------------------------- balances
-
-/// `GET /api/credits/balance`
-pub async fn balance(State(state): State<AppState>, user: AuthUser) -> ApiResult {
-    let mut conn = state.pg.acquire().await?;
-    ensure_account(&mut conn, &user).await?;
-    Ok(Json(queries::balance(&mut conn, &user.id).await?).into_response())
-}
-
-/// `GET /api/credits/total-balance`
-pub async fn total_balance(State(state): State<AppState>, user: AuthUser) -> ApiResult {
-    let mut conn = state.pg.acquire().await?;
-    ensure_account(&mut conn, &user).await?;
-    let total = queries::total_balance(&mut conn, &user.id).await?;
-    Ok(Json(json!({ "totalCredits": total })).into_response())
-}
-
-/// `GET /api/credits/balance/{userId}` (admin, supervisor)
-pub async fn balance_of(
-    State(state): State<AppState>,
-    user: AuthUser,
-    PathParams(user_id): PathParams<String>,
-) -> ApiResult {
-    user.require_role(&[Role::Admin, Role::Supervisor])?;
-    let mut conn = state.pg.acquire().await?;
-    Ok(Json(queries::balance(&mut conn, &user_id).await?).into_response())
-}
-
-// ---------------------------------------------------------------- changes
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct AllocateBody {
-    user_id: String,
-    credits: i64,
-    #[serde(default, deserialize_with = "double_option")]
-    expiry_days: Option<Option<i32>>,
-    notes: Option<String>,
-    #[allow(dead_code)]
-    idempotency_key: Option<String>,
-}
-
-/// `POST /api/credits/allocate` (admin, supervisor)
-pub async fn allocate(
-    State(state): State<AppState>,
-    user: AuthUser,
-    headers: HeaderMap,
-    JsonBody(body): JsonBody<Value>,
-) -> ApiResult {
-    user.require_role(&[Role::Admin, Role::Supervisor])?;
-    mutate(
-        &state,
-        user,
-        &headers,
-        "POST /api/credits/allocate",
-        body,
-        move |conn, call, req: AllocateBody| {
-            Box::pin(async move {
-                let credits = Credits::parse("credits", req.credits)?;
-                let expiry_days = match req.expiry_days {
-                    None => Some(30),
-                    Some(None) => None,
-                    Some(Some(days)) if (1..=3650).contains(&days) => Some(days),
-                    Some(Some(_)) => {
-                        return Err(ApiError::invalid_field(
-                            "expiryDays",
-                            "must be from 1 to 3650, or null",
-                        ))
-                    }
-                };
-                let notes = req.notes.filter(|n| !n.trim().is_empty());
-                if notes.as_deref().is_some_and(|n| n.chars().count() > 1000) {
-                    return Err(ApiError::invalid_field(
-                        "notes",
-                        "must be at most 1000 characters",
-                    ));
-                }
-                let ctx = Context {
-                    actor_id: Some(&call.user.id),
-                    idempotency_key: call.key.as_deref(),
-                    ..Context::default()
-                };
-                let done = ops::allocate(
-                    conn,
-                    req.user_id.trim(),
-                    credits,
-                    expiry_days,
-                    notes.as_deref(),
-                    &ctx,
-                )
-                .await?;
-                Ok((
-                    StatusCode::CREATED,
-                    json!({
-                        "success": true,
-                        "allocation": done.allocation,
-                        "newBalance": done.new_balance,
-                        "accountCreated": done.account_created,
-                    }),
-                ))
-            })
-        },
-    )
-    .await
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct DeductBody {
-    credits: i64,
-    user_id: Option<String>,
-    description: Option<String>,
-    reference: Option<String>,
-    #[allow(dead_code)]
-    idempotency_key: Option<String>,
+/// Saves the answer with its key and commits the change.
+async fn finish<T: Serialize>(
+    mut tx: Tx<'static>,
+    user: &AuthUser,
+    key: Option<RequestKey>,
+    status: StatusCode,
+    body: T,
+) -> Answer<T> {
+    let stored = (
+        status,
+        serde_json::to_value(&body).map_err(|e| ApiError::Internal(e.into()))?,
+    );
+    idempotency::save(&mut tx, &user.user_id(), key.as_ref(), &stored).await?;
+    tx.commit().await?;
+    Ok((status, Json(body)))
 }
 
 fn optional_text(
@@ -220,109 +95,297 @@ fn optional_text(
     }
 }
 
-/// `POST /api/credits/deduct` (the caller's own credits; an admin may name `userId`)
+// ---------------------------------------------------------------- balances
+
+/// `{totalCredits}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TotalBody {
+    /// Spendable credits.
+    pub total_credits: i64,
+}
+
+/// The caller's balance and the allocations holding it.
+#[utoipa::path(get, path = "/api/credits/balance", tag = "credits",
+    responses((status = 200, description = "Spendable credits and the allocations holding them", body = Balance), ApiErrors))]
+pub async fn balance(State(state): State<AppState>, user: AuthUser) -> Answer<Balance> {
+    let mut conn = state.pg.acquire().await?;
+    ensure_account(&mut conn, &user).await?;
+    let balance = queries::balance(&mut conn, &user.user_id()).await?;
+    Ok((StatusCode::OK, Json(balance)))
+}
+
+/// The caller's spendable total.
+#[utoipa::path(get, path = "/api/credits/total-balance", tag = "credits",
+    responses((status = 200, description = "Spendable credits", body = TotalBody), ApiErrors))]
+pub async fn total_balance(State(state): State<AppState>, user: AuthUser) -> Answer<TotalBody> {
+    let mut conn = state.pg.acquire().await?;
+    ensure_account(&mut conn, &user).await?;
+    let total_credits = queries::total_balance(&mut conn, &user.user_id()).await?;
+    Ok((StatusCode::OK, Json(TotalBody { total_credits })))
+}
+
+/// Another user's balance (admin, supervisor).
+#[utoipa::path(get, path = "/api/credits/balance/{userId}", tag = "credits",
+    params(("userId" = String, Path, description = "The user")),
+    responses((status = 200, description = "Spendable credits and the allocations holding them", body = Balance), ApiErrors))]
+pub async fn balance_of(
+    State(state): State<AppState>,
+    user: AuthUser,
+    PathParams(target): PathParams<UserId>,
+) -> Answer<Balance> {
+    user.require_role(&[Role::Admin, Role::Supervisor])?;
+    let mut conn = state.pg.acquire().await?;
+    Ok((
+        StatusCode::OK,
+        Json(queries::balance(&mut conn, &target).await?),
+    ))
+}
+
+// ---------------------------------------------------------------- changes
+
+/// `POST /api/credits/allocate`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllocateBody {
+    user_id: UserId,
+    credits: Credits,
+    /// 1 to 3650 days (30 when absent; `null`: never).
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 3650, nullable = true)]
+    expiry_days: Option<Option<i32>>,
+    notes: Option<String>,
+    #[allow(dead_code)]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
+    idempotency_key: Option<String>,
+}
+
+impl AllocateBody {
+    fn expiry_days(&self) -> Result<Option<i32>, ApiError> {
+        match self.expiry_days {
+            None => Ok(Some(30)),
+            Some(None) => Ok(None),
+            Some(Some(days)) if (1..=3650).contains(&days) => Ok(Some(days)),
+            Some(Some(_)) => Err(ApiError::invalid_field(
+                "expiryDays",
+                "must be from 1 to 3650, or null",
+            )),
+        }
+    }
+}
+
+/// What an allocation answers.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocatedBody {
+    /// Always true.
+    pub success: bool,
+    /// The new allocation.
+    pub allocation: Allocation,
+    /// The balance after it.
+    pub new_balance: i64,
+    /// Whether the ledger saw the user for the first time.
+    pub account_created: bool,
+}
+
+/// Grants credits (admin, supervisor).
+#[utoipa::path(post, path = "/api/credits/allocate", tag = "credits",
+    params(IdempotencyKeyHeader), request_body = AllocateBody,
+    responses((status = 201, description = "Granted", body = AllocatedBody), ApiErrors))]
+pub async fn allocate(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    JsonBody(raw): JsonBody<Value>,
+) -> Answer<AllocatedBody> {
+    user.require_role(&[Role::Admin, Role::Supervisor])?;
+    const ENDPOINT: &str = "POST /api/credits/allocate";
+    let body: AllocateBody = from_json_value(raw.clone())?;
+    let expiry_days = body.expiry_days()?;
+    let notes = optional_text("notes", body.notes.clone(), 1000)?;
+    let (mut tx, key) = match start(&state, &user, &headers, ENDPOINT, &raw).await? {
+        Change::Replay(status, answer) => return Ok((status, Json(answer))),
+        Change::Fresh(tx, key) => (tx, key),
+    };
+    let meta = EntryMeta {
+        actor_id: Some(&user.id),
+        idempotency_key: key.as_ref().map(|k| k.key.as_str()),
+        ..EntryMeta::default()
+    };
+    let done = changes::allocate(
+        &mut tx,
+        &body.user_id,
+        body.credits,
+        expiry_days,
+        notes.as_deref(),
+        &meta,
+    )
+    .await
+    .map_err(|e| e.naming("credits"))?;
+    let answer = AllocatedBody {
+        success: true,
+        allocation: done.allocation,
+        new_balance: done.new_balance,
+        account_created: done.account_created,
+    };
+    finish(tx, &user, key, StatusCode::CREATED, answer).await
+}
+
+/// `POST /api/credits/deduct`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeductBody {
+    credits: Credits,
+    /// Another user's (admins only).
+    user_id: Option<UserId>,
+    #[schema(max_length = 1000)]
+    description: Option<String>,
+    #[schema(max_length = 255)]
+    reference: Option<String>,
+    #[allow(dead_code)]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
+    idempotency_key: Option<String>,
+}
+
+/// What a deduction answers.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeductedBody {
+    /// Always true.
+    pub success: bool,
+    /// The balance after it.
+    pub new_balance: i64,
+    /// The entry written.
+    pub transaction_id: uuid::Uuid,
+}
+
+/// Spends the caller's credits (an admin may name `userId`); 402 when short.
+#[utoipa::path(post, path = "/api/credits/deduct", tag = "credits",
+    params(IdempotencyKeyHeader), request_body = DeductBody,
+    responses((status = 200, description = "Deducted", body = DeductedBody), ApiErrors))]
 pub async fn deduct(
     State(state): State<AppState>,
     user: AuthUser,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<Value>,
-) -> ApiResult {
-    mutate(&state, user, &headers, "POST /api/credits/deduct", body, move |conn, call, req: DeductBody| {
-        Box::pin(async move {
-            let credits = Credits::parse("credits", req.credits)?;
-            let target = match req.user_id {
-                Some(id) if id != call.user.id => {
-                    call.user.require_admin()?;
-                    id
-                }
-                _ => call.user.id.clone(),
-            };
-            let description = optional_text("description", req.description, 1000)?;
-            let reference = optional_text("reference", req.reference, 255)?;
-            let ctx = Context {
-                actor_id: Some(&call.user.id),
-                description: description.as_deref(),
-                reference: reference.as_deref(),
-                idempotency_key: call.key.as_deref(),
-                ..Context::default()
-            };
-            let (transaction_id, balance) = ops::deduct(conn, &target, credits, &ctx).await?;
-            Ok((
-                StatusCode::OK,
-                json!({ "success": true, "newBalance": balance, "transactionId": transaction_id }),
-            ))
-        })
-    })
-    .await
+    JsonBody(raw): JsonBody<Value>,
+) -> Answer<DeductedBody> {
+    const ENDPOINT: &str = "POST /api/credits/deduct";
+    let body: DeductBody = from_json_value(raw.clone())?;
+    let target = match body.user_id {
+        Some(id) if id.as_str() != user.id => {
+            user.require_admin()?;
+            id
+        }
+        _ => user.user_id(),
+    };
+    let description = optional_text("description", body.description, 1000)?;
+    let reference = optional_text("reference", body.reference, 255)?;
+    let (mut tx, key) = match start(&state, &user, &headers, ENDPOINT, &raw).await? {
+        Change::Replay(status, answer) => return Ok((status, Json(answer))),
+        Change::Fresh(tx, key) => (tx, key),
+    };
+    let meta = EntryMeta {
+        actor_id: Some(&user.id),
+        description: description.as_deref(),
+        reference: reference.as_deref(),
+        idempotency_key: key.as_ref().map(|k| k.key.as_str()),
+        ..EntryMeta::default()
+    };
+    let (entry, new_balance) = changes::deduct(&mut tx, &target, body.credits, &meta).await?;
+    let answer = DeductedBody {
+        success: true,
+        new_balance,
+        transaction_id: entry,
+    };
+    finish(tx, &user, key, StatusCode::OK, answer).await
 }
 
-#[derive(Deserialize)]
+/// `POST /api/credits/adjust`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct AdjustBody {
-    user_id: String,
-    amount: i64,
+pub struct AdjustBody {
+    user_id: UserId,
+    amount: Adjustment,
+    #[schema(min_length = 1, max_length = 1000)]
     notes: String,
     #[allow(dead_code)]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
     idempotency_key: Option<String>,
 }
 
-/// `POST /api/credits/adjust` (admin)
+/// What an adjustment answers.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdjustedBody {
+    /// Always true.
+    pub success: bool,
+    /// The balance after it.
+    pub new_balance: i64,
+}
+
+/// An admin's signed correction; a negative one below zero is 422
+/// `would_go_negative`, nothing changed.
+#[utoipa::path(post, path = "/api/credits/adjust", tag = "credits",
+    params(IdempotencyKeyHeader), request_body = AdjustBody,
+    responses((status = 200, description = "Adjusted", body = AdjustedBody), ApiErrors))]
 pub async fn adjust(
     State(state): State<AppState>,
     user: AuthUser,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<Value>,
-) -> ApiResult {
+    JsonBody(raw): JsonBody<Value>,
+) -> Answer<AdjustedBody> {
     user.require_admin()?;
-    mutate(
-        &state,
-        user,
-        &headers,
-        "POST /api/credits/adjust",
-        body,
-        move |conn, call, req: AdjustBody| {
-            Box::pin(async move {
-                let notes = req.notes.trim();
-                if notes.is_empty() || notes.chars().count() > 1000 {
-                    return Err(ApiError::invalid_field(
-                        "notes",
-                        "must be 1 to 1000 characters",
-                    ));
-                }
-                let ctx = Context {
-                    actor_id: Some(&call.user.id),
-                    idempotency_key: call.key.as_deref(),
-                    ..Context::default()
-                };
-                let balance =
-                    ops::adjust(conn, req.user_id.trim(), req.amount, notes, &ctx).await?;
-                Ok((
-                    StatusCode::OK,
-                    json!({ "success": true, "newBalance": balance }),
-                ))
-            })
-        },
-    )
-    .await
+    const ENDPOINT: &str = "POST /api/credits/adjust";
+    let body: AdjustBody = from_json_value(raw.clone())?;
+    let notes = body.notes.trim();
+    if notes.is_empty() || notes.chars().count() > 1000 || notes.contains('\0') {
+        return Err(ApiError::invalid_field(
+            "notes",
+            "must be 1 to 1000 characters",
+        ));
+    }
+    let (mut tx, key) = match start(&state, &user, &headers, ENDPOINT, &raw).await? {
+        Change::Replay(status, answer) => return Ok((status, Json(answer))),
+        Change::Fresh(tx, key) => (tx, key),
+    };
+    let meta = EntryMeta {
+        actor_id: Some(&user.id),
+        idempotency_key: key.as_ref().map(|k| k.key.as_str()),
+        ..EntryMeta::default()
+    };
+    let new_balance = changes::adjust(&mut tx, &body.user_id, body.amount, notes, &meta)
+        .await
+        .map_err(|e| e.naming("amount"))?;
+    let answer = AdjustedBody {
+        success: true,
+        new_balance,
+    };
+    finish(tx, &user, key, StatusCode::OK, answer).await
 }
 
 // ---------------------------------------------------------------- pricing
 
-#[derive(Deserialize)]
+/// `POST /api/credits/calculate`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CalculateBody {
-    chatflow_id: Option<String>,
+    chatflow_id: Option<ChatflowId>,
     question: Option<String>,
+    #[schema(minimum = 0, maximum = 1000000000)]
     input_tokens: Option<i64>,
+    #[schema(minimum = 0, maximum = 1000000000)]
     output_tokens: Option<i64>,
 }
 
-/// `POST /api/credits/calculate`
+/// The price of a prediction with these token counts (or this question).
+#[utoipa::path(post, path = "/api/credits/calculate", tag = "credits",
+    request_body = CalculateBody,
+    responses((status = 200, description = "The cost and how it was computed", body = Cost), ApiErrors))]
 pub async fn calculate(
     State(state): State<AppState>,
     _user: AuthUser,
     JsonBody(req): JsonBody<CalculateBody>,
-) -> ApiResult {
+) -> Answer<Cost> {
     for (field, value) in [
         ("inputTokens", req.input_tokens),
         ("outputTokens", req.output_tokens),
@@ -339,177 +402,251 @@ pub async fn calculate(
         .unwrap_or_else(|| estimate_tokens(req.question.as_deref().unwrap_or("")));
     let mut conn = state.pg.acquire().await?;
     let rule = pricing::rule_for(&mut conn, req.chatflow_id.as_deref()).await?;
-    Ok(Json(rule.cost(input, req.output_tokens.unwrap_or(0))).into_response())
+    let cost = rule.cost(input, req.output_tokens.unwrap_or(0));
+    Ok((StatusCode::OK, Json(cost)))
 }
 
-/// `GET /api/credits/pricing`
-pub async fn list_pricing(State(state): State<AppState>, _user: AuthUser) -> ApiResult {
+/// `{rules}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RulesBody {
+    /// Every rule, the default first.
+    pub rules: Vec<RuleView>,
+}
+
+/// Every pricing rule.
+#[utoipa::path(get, path = "/api/credits/pricing", tag = "credits",
+    responses((status = 200, description = "Pricing rules", body = RulesBody), ApiErrors))]
+pub async fn list_pricing(State(state): State<AppState>, _user: AuthUser) -> Answer<RulesBody> {
     let mut conn = state.pg.acquire().await?;
-    let rules: Vec<Value> = pricing::list_rules(&mut conn)
-        .await?
-        .iter()
-        .map(pricing::PricingRule::to_json)
-        .collect();
-    Ok(Json(json!({ "rules": rules })).into_response())
+    let rules = pricing::list_rules(&mut conn).await?;
+    let rules = rules.iter().map(pricing::PricingRule::view).collect();
+    Ok((StatusCode::OK, Json(RulesBody { rules })))
 }
 
-/// `PUT /api/credits/pricing/{chatflowId or "default"}` (admin)
+/// `{rule}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RuleBody {
+    /// The rule.
+    pub rule: RuleView,
+}
+
+/// Sets the price of a chatflow, or the default (admin).
+#[utoipa::path(put, path = "/api/credits/pricing/{chatflowId}", tag = "credits",
+    params(("chatflowId" = String, Path, description = "A chatflow id, or `default`")),
+    request_body = PriceInput,
+    responses((status = 200, description = "The rule", body = RuleBody), ApiErrors))]
 pub async fn put_pricing(
     State(state): State<AppState>,
     user: AuthUser,
-    PathParams(chatflow_id): PathParams<String>,
+    PathParams(chatflow_id): PathParams<ChatflowId>,
     JsonBody(prices): JsonBody<PriceInput>,
-) -> ApiResult {
+) -> Answer<RuleBody> {
     user.require_admin()?;
     let mut conn = state.pg.acquire().await?;
     let rule = prices.save(&mut conn, &chatflow_id, &user.id, "").await?;
-    Ok(Json(json!({ "rule": rule.to_json() })).into_response())
+    Ok((StatusCode::OK, Json(RuleBody { rule: rule.view() })))
 }
 
 // ---------------------------------------------------------------- history
 
-#[derive(Deserialize)]
+/// `?page&limit&type&from&to&userId`.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct TransactionsQuery {
+    /// 1-based page (1).
+    #[param(minimum = 1, default = 1)]
     page: Option<i64>,
+    /// Items per page (20).
+    #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<i64>,
+    /// Only this kind.
     #[serde(rename = "type")]
+    #[param(rename = "type", value_type = Option<EntryKind>)]
     kind: Option<String>,
+    /// RFC 3339 or YYYY-MM-DD.
     from: Option<String>,
+    /// RFC 3339 or YYYY-MM-DD (the whole day).
     to: Option<String>,
+    /// Another user's (admin, supervisor).
     user_id: Option<String>,
 }
 
-/// `GET /api/credits/transactions` (own; admin and supervisor may name `userId`)
+impl TransactionsQuery {
+    fn filter(&self) -> Result<EntryFilter, ApiError> {
+        Ok(EntryFilter {
+            kind: self
+                .kind
+                .as_deref()
+                .map(str::parse::<EntryKind>)
+                .transpose()
+                .map_err(|e| ApiError::invalid_field("type", e))?,
+            // An empty parameter (`?from=`) counts as absent.
+            from: self
+                .from
+                .as_deref()
+                .filter(|f| !f.is_empty())
+                .map(|f| parse_instant("from", f, false))
+                .transpose()?,
+            to: self
+                .to
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .map(|t| parse_instant("to", t, true))
+                .transpose()?,
+        })
+    }
+}
+
+/// A page of entries.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TransactionsBody {
+    /// Newest first.
+    pub transactions: Vec<EntryRecord>,
+    /// Page.
+    pub page: i64,
+    /// Page size.
+    pub limit: i64,
+    /// All matching.
+    pub total: i64,
+}
+
+/// The caller's history (admin and supervisor may name `userId`).
+#[utoipa::path(get, path = "/api/credits/transactions", tag = "credits",
+    params(TransactionsQuery),
+    responses((status = 200, description = "A page of the history, newest first", body = TransactionsBody), ApiErrors))]
 pub async fn transactions(
     State(state): State<AppState>,
     user: AuthUser,
     QueryParams(q): QueryParams<TransactionsQuery>,
-) -> ApiResult {
+) -> Answer<TransactionsBody> {
     let (page, limit) = PageParams {
         page: q.page,
         limit: q.limit,
     }
     .resolve()?;
-    let target = match q.user_id {
+    let target = match q.user_id.as_deref() {
         Some(id) if id != user.id => {
             user.require_role(&[Role::Admin, Role::Supervisor])?;
-            id
+            UserId::parse("userId", id)?
         }
-        _ => user.id.clone(),
+        _ => user.user_id(),
     };
-    let filter = TransactionFilter {
-        kind: q
-            .kind
-            .map(|k| k.parse::<TransactionKind>())
-            .transpose()
-            .map_err(|e| ApiError::invalid_field("type", e))?,
-        // An empty parameter (`?from=`) counts as absent.
-        from: q
-            .from
-            .filter(|f| !f.is_empty())
-            .map(|f| parse_instant("from", &f, false))
-            .transpose()?,
-        to: q
-            .to
-            .filter(|t| !t.is_empty())
-            .map(|t| parse_instant("to", &t, true))
-            .transpose()?,
-    };
+    let filter = q.filter()?;
     let mut conn = state.pg.acquire().await?;
-    let (rows, total) = queries::transactions(&mut conn, &target, &filter, page, limit).await?;
-    Ok(
-        Json(json!({ "transactions": rows, "page": page, "limit": limit, "total": total }))
-            .into_response(),
-    )
+    let (transactions, total) = queries::entries(&mut conn, &target, &filter, page, limit).await?;
+    let body = TransactionsBody {
+        transactions,
+        page,
+        limit,
+        total,
+    };
+    Ok((StatusCode::OK, Json(body)))
 }
 
 // ---------------------------------------------------------------- reservations
 
-#[derive(Deserialize)]
+/// `POST /api/streaming-sessions/initialize`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct InitializeBody {
-    session_id: String,
-    chatflow_id: String,
-    estimated_credits: i64,
+pub struct InitializeBody {
+    session_id: ReservationId,
+    chatflow_id: ChatflowId,
+    estimated_credits: Credits,
     #[allow(dead_code)]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
     idempotency_key: Option<String>,
 }
 
-/// `POST /api/streaming-sessions/initialize`
+/// A reservation as initialize answers it (for replays).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservationBody {
+    /// The session id.
+    pub session_id: String,
+    /// Credits held.
+    pub reserved_credits: i64,
+    /// `active`.
+    #[schema(pattern = "^active$")]
+    pub status: String,
+}
+
+impl From<Reservation> for ReservationBody {
+    fn from(r: Reservation) -> Self {
+        ReservationBody {
+            session_id: r.session_id.to_string(),
+            reserved_credits: r.reserved_credits,
+            status: r.status,
+        }
+    }
+}
+
+/// Reserves an estimate for a client's streamed answer; 402 when short.
+#[utoipa::path(post, path = "/api/streaming-sessions/initialize", tag = "credits",
+    params(IdempotencyKeyHeader), request_body = InitializeBody,
+    responses((status = 201, description = "Reserved", body = ReservationBody), ApiErrors))]
 pub async fn initialize(
     State(state): State<AppState>,
     user: AuthUser,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<Value>,
-) -> ApiResult {
-    let endpoint = "POST /api/streaming-sessions/initialize";
-    mutate(
-        &state,
-        user,
-        &headers,
-        endpoint,
-        body,
-        move |conn, call, req: InitializeBody| {
-            Box::pin(async move {
-                let estimate = Credits::parse("estimatedCredits", req.estimated_credits)?;
-                let ctx = Context {
-                    actor_id: Some(&call.user.id),
-                    idempotency_key: call.key.as_deref(),
-                    ..Context::default()
-                };
-                let reservation = reservations::reserve(
-                    conn,
-                    &call.user.id,
-                    &req.session_id,
-                    &req.chatflow_id,
-                    estimate,
-                    &ctx,
-                )
-                .await?;
-                Ok((
-                    StatusCode::CREATED,
-                    serde_json::to_value(reservation).unwrap_or_default(),
-                ))
-            })
-        },
-    )
-    .await
+    JsonBody(raw): JsonBody<Value>,
+) -> Answer<ReservationBody> {
+    const ENDPOINT: &str = "POST /api/streaming-sessions/initialize";
+    let body: InitializeBody = from_json_value(raw.clone())?;
+    let (mut tx, key) = match start(&state, &user, &headers, ENDPOINT, &raw).await? {
+        Change::Replay(status, answer) => return Ok((status, Json(answer))),
+        Change::Fresh(tx, key) => (tx, key),
+    };
+    let meta = EntryMeta {
+        actor_id: Some(&user.id),
+        idempotency_key: key.as_ref().map(|k| k.key.as_str()),
+        ..EntryMeta::default()
+    };
+    let (id, flow, estimate) = (&body.session_id, &body.chatflow_id, body.estimated_credits);
+    let reserved =
+        reservations::reserve(&mut tx, &user.user_id(), id, flow, estimate, &meta).await?;
+    finish(tx, &user, key, StatusCode::CREATED, reserved.into()).await
 }
 
-#[derive(Deserialize)]
+/// `POST /api/streaming-sessions/finalize`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FinalizeBody {
-    session_id: String,
-    actual_credits: i64,
+    session_id: ReservationId,
+    actual_credits: Charge,
 }
 
-#[derive(Deserialize)]
+/// `POST /api/streaming-sessions/abort`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AbortBody {
-    session_id: String,
-    partial_credits: Option<i64>,
+    session_id: ReservationId,
+    partial_credits: Option<Charge>,
 }
 
 async fn settle(
     state: &AppState,
     user: &AuthUser,
-    session_id: &str,
+    id: &ReservationId,
     how: Settlement,
-    charge: i64,
-) -> ApiResult {
+    charge: Charge,
+) -> Answer<SessionOutcome> {
     let mut tx = state.pg.begin().await?;
-    let outcome = reservations::settle(&mut tx, session_id, &user.id, how, charge).await?;
+    let outcome = reservations::settle(&mut tx, id, &user.user_id(), how, charge).await?;
     tx.commit().await?;
-    Ok(Json(outcome).into_response())
+    Ok((StatusCode::OK, Json(outcome)))
 }
 
-/// `POST /api/streaming-sessions/finalize` (owner)
+/// Charges the actual cost of the caller's reservation (idempotent; 403
+/// for another user's or the gateway's).
+#[utoipa::path(post, path = "/api/streaming-sessions/finalize", tag = "credits",
+    request_body = FinalizeBody,
+    responses((status = 200, description = "How the reservation was settled (a second call returns the first outcome)", body = SessionOutcome), ApiErrors))]
 pub async fn finalize(
     State(state): State<AppState>,
     user: AuthUser,
     JsonBody(req): JsonBody<FinalizeBody>,
-) -> ApiResult {
+) -> Answer<SessionOutcome> {
     settle(
         &state,
         &user,
@@ -520,43 +657,54 @@ pub async fn finalize(
     .await
 }
 
-/// `POST /api/streaming-sessions/abort` (owner)
+/// Charges the partial cost (0 by default) of the caller's reservation.
+#[utoipa::path(post, path = "/api/streaming-sessions/abort", tag = "credits",
+    request_body = AbortBody,
+    responses((status = 200, description = "How the reservation was settled (a second call returns the first outcome)", body = SessionOutcome), ApiErrors))]
 pub async fn abort(
     State(state): State<AppState>,
     user: AuthUser,
     JsonBody(req): JsonBody<AbortBody>,
-) -> ApiResult {
-    settle(
-        &state,
-        &user,
-        &req.session_id,
-        Settlement::Abort,
-        req.partial_credits.unwrap_or(0),
-    )
-    .await
+) -> Answer<SessionOutcome> {
+    let charge = req.partial_credits.unwrap_or(Charge::ZERO);
+    settle(&state, &user, &req.session_id, Settlement::Abort, charge).await
 }
 
-#[derive(Deserialize)]
+/// `?all`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ActiveQuery {
+    /// Everyone's (admins).
     all: Option<bool>,
 }
 
-/// `GET /api/streaming-sessions/active` (own; admin with `?all=true`).
-/// Reservations the gateway holds for running predictions are listed to
-/// admins only: an end user never learns their ids.
+/// `{sessions}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ActiveBody {
+    /// Newest first.
+    pub sessions: Vec<ActiveSession>,
+}
+
+/// The caller's active reservations (admins: `?all=true`). Reservations
+/// the gateway holds for running predictions are listed to admins only:
+/// an end user never learns their ids.
+#[utoipa::path(get, path = "/api/streaming-sessions/active", tag = "credits",
+    params(ActiveQuery),
+    responses((status = 200, description = "Active reservations (the gateway's own, for running predictions, to admins only)", body = ActiveBody), ApiErrors))]
 pub async fn active(
     State(state): State<AppState>,
     user: AuthUser,
     QueryParams(q): QueryParams<ActiveQuery>,
-) -> ApiResult {
+) -> Answer<ActiveBody> {
+    let me = user.user_id();
     let scope = if q.all.unwrap_or(false) {
         user.require_admin()?;
         None
     } else {
-        Some(user.id.as_str())
+        Some(&me)
     };
     let mut conn = state.pg.acquire().await?;
     let with_gateway = user.role == Role::Admin;
     let sessions = reservations::active_sessions(&mut conn, scope, with_gateway).await?;
-    Ok(Json(json!({ "sessions": sessions })).into_response())
+    Ok((StatusCode::OK, Json(ActiveBody { sessions })))
 }

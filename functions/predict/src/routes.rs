@@ -1,5 +1,6 @@
 //! Handlers of the predict function (SPEC §8). The predict family keeps
-//! the seed's snake_case keys.
+//! the seed's snake_case keys. The prediction itself is
+//! `shared::prediction`, which the streaming function runs too.
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Request, State};
@@ -7,39 +8,71 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine;
-use serde::Deserialize;
-use serde_json::{json, Value};
-use shared::chat::{chatflows, files, sessions};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shared::chat::chatflows::{self, AdminChatflowView, ChatflowView, SyncReport};
+use shared::chat::files::{self, FileView};
+use shared::chat::sessions::{self, MessageView, SessionView};
 use shared::error::{ApiError, JsonBody, PathParams, QueryParams};
 use shared::http::{RequestArrival, RequestId};
+use shared::ids::{ChatSessionId, ChatflowId};
+use shared::openapi::{ApiErrors, IdempotencyKeyHeader, PageQuery};
+use shared::prediction::{
+    self, PredictBody, PredictRequest, PredictionAnswer, Start, FINISH_MARGIN,
+};
+use shared::pricing::{PriceInput, RuleView};
 use shared::query::PageParams;
 use shared::token::AuthUser;
 
-use crate::prediction::{self, Outcome, PredictRequest, Start, FINISH_MARGIN};
 use crate::AppState;
 
-type ApiResult = Result<Response, ApiError>;
+type Answer<T> = Result<(StatusCode, Json<T>), ApiError>;
+
+fn ok<T>(body: T) -> Answer<T> {
+    Ok((StatusCode::OK, Json(body)))
+}
 
 // ---------------------------------------------------------------- chatflows
 
-/// `GET /api/v1/chatflows`: the chatflows this user may use.
-pub async fn list_chatflows(State(state): State<AppState>, user: AuthUser) -> ApiResult {
-    let flows: Vec<Value> = chatflows::list_for(&state.mongo.chat, &user)
-        .await?
-        .iter()
-        .map(chatflows::ChatflowDoc::to_public_json)
-        .collect();
-    Ok(Json(json!({ "chatflows": flows })).into_response())
+/// `{chatflows}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChatflowsBody {
+    /// By name.
+    pub chatflows: Vec<ChatflowView>,
 }
 
-/// `GET /api/v1/chatflows/{id}`: 404 unknown or removed, 403 without access.
+/// `{chatflow}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChatflowBody {
+    /// The chatflow.
+    pub chatflow: ChatflowView,
+}
+
+/// The chatflows this user may use.
+#[utoipa::path(get, path = "/api/v1/chatflows", tag = "predict",
+    responses((status = 200, description = "The chatflows this user may use", body = ChatflowsBody), ApiErrors))]
+pub async fn list_chatflows(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Answer<ChatflowsBody> {
+    let flows = chatflows::list_for(&state.mongo.chat, &user).await?;
+    let chatflows = flows.iter().map(chatflows::ChatflowDoc::view).collect();
+    ok(ChatflowsBody { chatflows })
+}
+
+/// One chatflow: 404 unknown or removed, 403 without access.
+#[utoipa::path(get, path = "/api/v1/chatflows/{id}", tag = "predict",
+    params(("id" = String, Path, description = "The chatflow")),
+    responses((status = 200, description = "One chatflow", body = ChatflowBody), ApiErrors))]
 pub async fn get_chatflow(
     State(state): State<AppState>,
     user: AuthUser,
-    PathParams(id): PathParams<String>,
-) -> ApiResult {
+    PathParams(id): PathParams<ChatflowId>,
+) -> Answer<ChatflowBody> {
     let flow = chatflows::usable(&state.mongo.chat, &id, &user).await?;
-    Ok(Json(json!({ "chatflow": flow.to_public_json() })).into_response())
+    ok(ChatflowBody {
+        chatflow: flow.view(),
+    })
 }
 
 // ---------------------------------------------------------------- predict
@@ -47,10 +80,16 @@ pub async fn get_chatflow(
 /// Marks a response as the stored answer of an `Idempotency-Key`.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
-/// `POST /api/v1/chat/predict`: the five steps, buffered, answered within
+/// The five steps, buffered, answered within
 /// `FLOWISE_BUFFERED_TIMEOUT_SECONDS` of the request's arrival (API
 /// Gateway cuts a request at 30 s): Flowise gets what remains minus
-/// [`FINISH_MARGIN`], and past it the answer is 504 and free.
+/// [`FINISH_MARGIN`], and past it the answer is 504 and free. With
+/// Idempotency-Key (one scope with the streaming route) a retry gets the
+/// first answer (header Idempotent-Replayed), 409 idempotency_in_progress
+/// with Retry-After while it runs.
+#[utoipa::path(post, path = "/api/v1/chat/predict", tag = "predict",
+    params(IdempotencyKeyHeader), request_body = PredictBody,
+    responses((status = 200, description = "The answer, paid for and stored", body = PredictionAnswer), ApiErrors))]
 pub async fn predict(
     State(state): State<AppState>,
     user: AuthUser,
@@ -58,7 +97,7 @@ pub async fn predict(
     Extension(RequestArrival(arrival)): Extension<RequestArrival>,
     headers: HeaderMap,
     JsonBody(raw): JsonBody<Value>,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     let deadline = arrival + state.flowise.buffered_timeout();
     let request = PredictRequest::parse(&headers, raw)?;
     let prepared = match prediction::prepare(&state, &user, request, &request_id).await? {
@@ -70,58 +109,87 @@ pub async fn predict(
     let budget = deadline
         .saturating_duration_since(std::time::Instant::now())
         .saturating_sub(FINISH_MARGIN);
-    let answer = match state
-        .flowise
-        .predict(&prepared.chatflow_id, &prepared.request, budget)
-        .await
-    {
-        Ok(answer) => answer,
-        Err(e) => return Err(prediction::fail(&state, &user, &prepared, e).await),
-    };
-    let outcome = Outcome::answered(&prepared, answer);
-    let answer = prediction::finish(&state, &user, &prepared, &outcome).await?;
+    let answer = prediction::answer_buffered(&state, &prepared, budget).await?;
     Ok(Json(answer).into_response())
 }
 
 // ---------------------------------------------------------------- sessions
 
-/// `GET /api/v1/chat/sessions`
+/// A page of sessions.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionsBody {
+    /// Latest activity first.
+    pub sessions: Vec<SessionView>,
+    /// Page.
+    pub page: i64,
+    /// Page size.
+    pub limit: i64,
+    /// All of them.
+    pub total: u64,
+}
+
+/// The user's sessions.
+#[utoipa::path(get, path = "/api/v1/chat/sessions", tag = "predict", params(PageQuery),
+    responses((status = 200, description = "The user's sessions", body = SessionsBody), ApiErrors))]
 pub async fn list_sessions(
     State(state): State<AppState>,
     user: AuthUser,
     QueryParams(page): QueryParams<PageParams>,
-) -> ApiResult {
+) -> Answer<SessionsBody> {
     let (page, limit) = page.resolve()?;
     let (items, total) = sessions::list(&state.mongo.chat, &user.id, page, limit).await?;
-    let items: Vec<Value> = items.iter().map(sessions::SessionDoc::to_json).collect();
-    Ok(
-        Json(json!({ "sessions": items, "page": page, "limit": limit, "total": total }))
-            .into_response(),
-    )
+    let sessions = items.iter().map(sessions::SessionDoc::view).collect();
+    ok(SessionsBody {
+        sessions,
+        page,
+        limit,
+        total,
+    })
 }
 
-/// `GET /api/v1/chat/sessions/{id}/messages` (owner)
+/// A page of messages.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MessagesBody {
+    /// Oldest first.
+    pub messages: Vec<MessageView>,
+    /// Page.
+    pub page: i64,
+    /// Page size.
+    pub limit: i64,
+    /// All of them.
+    pub total: u64,
+}
+
+/// A session's messages, oldest first (owner).
+#[utoipa::path(get, path = "/api/v1/chat/sessions/{id}/messages", tag = "predict",
+    params(("id" = String, Path, description = "The session"), PageQuery),
+    responses((status = 200, description = "The session's messages, oldest first", body = MessagesBody), ApiErrors))]
 pub async fn list_messages(
     State(state): State<AppState>,
     user: AuthUser,
-    PathParams(id): PathParams<String>,
+    PathParams(id): PathParams<ChatSessionId>,
     QueryParams(page): QueryParams<PageParams>,
-) -> ApiResult {
+) -> Answer<MessagesBody> {
     let (page, limit) = page.resolve()?;
     sessions::owned(&state.mongo.chat, &id, &user.id).await?;
     let (items, total) = sessions::messages_page(&state.mongo.chat, &id, page, limit).await?;
-    let items: Vec<Value> = items.iter().map(sessions::MessageDoc::to_json).collect();
-    Ok(
-        Json(json!({ "messages": items, "page": page, "limit": limit, "total": total }))
-            .into_response(),
-    )
+    let messages = items.iter().map(sessions::MessageDoc::view).collect();
+    ok(MessagesBody {
+        messages,
+        page,
+        limit,
+        total,
+    })
 }
 
-/// `DELETE /api/v1/chat/sessions/{id}` (owner): messages and files go too.
+/// Deletes a session with its messages and files (owner).
+#[utoipa::path(delete, path = "/api/v1/chat/sessions/{id}", tag = "predict",
+    params(("id" = String, Path, description = "The session")),
+    responses((status = 204, description = "Deleted with its messages and files"), ApiErrors))]
 pub async fn delete_session(
     State(state): State<AppState>,
     user: AuthUser,
-    PathParams(id): PathParams<String>,
+    PathParams(id): PathParams<ChatSessionId>,
 ) -> Result<StatusCode, ApiError> {
     sessions::owned(&state.mongo.chat, &id, &user.id).await?;
     sessions::delete(&state.mongo.chat, &id).await?;
@@ -130,49 +198,71 @@ pub async fn delete_session(
 
 // ---------------------------------------------------------------- files
 
-#[derive(Deserialize)]
+/// A file sent as JSON.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileBody {
     name: String,
     mime: String,
+    /// The bytes, base64-encoded.
+    #[schema(format = Byte)]
     data: String,
 }
 
-/// `POST /api/v1/chat/files`: multipart (field `file`) or JSON
-/// `{name, mime, data (base64)}`.
+/// A file sent as a multipart form.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct FileForm {
+    /// The file.
+    #[schema(format = Binary, value_type = String)]
+    file: Vec<u8>,
+}
+
+async fn multipart_file(
+    request: Request,
+    state: &AppState,
+) -> Result<(String, String, Vec<u8>), ApiError> {
+    let mut form = axum::extract::Multipart::from_request(request, state)
+        .await
+        .map_err(|e| ApiError::BadRequest {
+            code: "invalid_multipart",
+            message: e.body_text(),
+        })?;
+    while let Some(field) = form.next_field().await.map_err(multipart_error)? {
+        if field.name() == Some("file") {
+            let name = field.file_name().unwrap_or("upload").to_owned();
+            let mime = field
+                .content_type()
+                .unwrap_or("application/octet-stream")
+                .to_owned();
+            let bytes = field.bytes().await.map_err(multipart_error)?;
+            return Ok((name, mime, bytes.to_vec()));
+        }
+    }
+    Err(ApiError::invalid_field(
+        "file",
+        "a multipart field named file is required",
+    ))
+}
+
+/// Stores a file: multipart (field `file`) or JSON `{name, mime, data
+/// (base64)}`; 413 past `MAX_UPLOAD_BYTES`, 415 when its bytes are not an
+/// allowed type.
+#[utoipa::path(post, path = "/api/v1/chat/files", tag = "predict",
+    request_body(content((FileForm = "multipart/form-data"), (FileBody = "application/json"))),
+    responses((status = 201, description = "Stored", body = FileView), ApiErrors))]
 pub async fn upload_file(
     State(state): State<AppState>,
     user: AuthUser,
     request: Request,
-) -> ApiResult {
+) -> Answer<FileView> {
     let multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     let (name, mime, bytes) = if multipart {
-        let mut form = axum::extract::Multipart::from_request(request, &state)
-            .await
-            .map_err(|e| ApiError::BadRequest {
-                code: "invalid_multipart",
-                message: e.body_text(),
-            })?;
-        let mut found = None;
-        while let Some(field) = form.next_field().await.map_err(multipart_error)? {
-            if field.name() == Some("file") {
-                let name = field.file_name().unwrap_or("upload").to_owned();
-                let mime = field
-                    .content_type()
-                    .unwrap_or("application/octet-stream")
-                    .to_owned();
-                let bytes = field.bytes().await.map_err(multipart_error)?;
-                found = Some((name, mime, bytes.to_vec()));
-                break;
-            }
-        }
-        found.ok_or_else(|| {
-            ApiError::invalid_field("file", "a multipart field named file is required")
-        })?
+        multipart_file(request, &state).await?
     } else {
         let JsonBody(body) = JsonBody::<FileBody>::from_request(request, &state).await?;
         let bytes = base64::engine::general_purpose::STANDARD
@@ -180,16 +270,9 @@ pub async fn upload_file(
             .map_err(|_| ApiError::invalid_field("data", "must be base64"))?;
         (body.name, body.mime, bytes)
     };
-    let file = files::store(
-        &state.mongo.chat,
-        &user.id,
-        &name,
-        &mime,
-        bytes,
-        state.limits.max_upload_bytes,
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(file.to_json())).into_response())
+    let limit = state.limits.max_upload_bytes;
+    let file = files::store(&state.mongo.chat, &user.id, &name, &mime, bytes, limit).await?;
+    Ok((StatusCode::CREATED, Json(file.view())))
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
@@ -205,12 +288,15 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     }
 }
 
-/// `GET /api/v1/chat/files/{id}` (owner): the bytes with their type.
+/// The bytes of a file, with their type (owner).
+#[utoipa::path(get, path = "/api/v1/chat/files/{id}", tag = "predict",
+    params(("id" = String, Path, description = "The file")),
+    responses((status = 200, description = "The bytes, with their content type", content_type = "application/octet-stream", body = shared::openapi::Binary), ApiErrors))]
 pub async fn get_file(
     State(state): State<AppState>,
     user: AuthUser,
     PathParams(id): PathParams<String>,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     let file = files::owned(&state.mongo.chat, &id, &user.id).await?;
     let disposition = format!(
         "inline; filename=\"{}\"",
@@ -230,7 +316,10 @@ pub async fn get_file(
         .into_response())
 }
 
-/// `DELETE /api/v1/chat/files/{id}` (owner)
+/// Deletes a file (owner).
+#[utoipa::path(delete, path = "/api/v1/chat/files/{id}", tag = "predict",
+    params(("id" = String, Path, description = "The file")),
+    responses((status = 204, description = "Deleted"), ApiErrors))]
 pub async fn delete_file(
     State(state): State<AppState>,
     user: AuthUser,
@@ -243,40 +332,69 @@ pub async fn delete_file(
 
 // ---------------------------------------------------------------- admin
 
-/// `POST /api/v1/admin/chatflows/sync` (admin)
-pub async fn sync(State(state): State<AppState>, user: AuthUser) -> ApiResult {
+/// Pulls the catalogue from Flowise (admin).
+#[utoipa::path(post, path = "/api/v1/admin/chatflows/sync", tag = "predict",
+    responses((status = 200, description = "What the sync did", body = SyncReport), ApiErrors))]
+pub async fn sync(State(state): State<AppState>, user: AuthUser) -> Answer<SyncReport> {
     user.require_admin()?;
-    let report = chatflows::sync_chatflows(&state.mongo.chat, &state.flowise).await?;
-    Ok(Json(report).into_response())
+    ok(chatflows::sync_chatflows(&state.mongo.chat, &state.flowise).await?)
 }
 
-/// `GET /api/v1/admin/chatflows` (admin): removed ones included.
-pub async fn admin_list(State(state): State<AppState>, user: AuthUser) -> ApiResult {
+/// `{chatflows}`, as admins see them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AdminChatflowsBody {
+    /// By name, removed ones included.
+    pub chatflows: Vec<AdminChatflowView>,
+}
+
+/// Every chatflow, removed ones included (admin).
+#[utoipa::path(get, path = "/api/v1/admin/chatflows", tag = "predict",
+    responses((status = 200, description = "Every chatflow", body = AdminChatflowsBody), ApiErrors))]
+pub async fn admin_list(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Answer<AdminChatflowsBody> {
     user.require_admin()?;
-    let flows: Vec<Value> = chatflows::list_all(&state.mongo.chat)
-        .await?
+    let flows = chatflows::list_all(&state.mongo.chat).await?;
+    let chatflows = flows
         .iter()
-        .map(chatflows::ChatflowDoc::to_admin_json)
+        .map(chatflows::ChatflowDoc::admin_view)
         .collect();
-    Ok(Json(json!({ "chatflows": flows })).into_response())
+    ok(AdminChatflowsBody { chatflows })
 }
 
-#[derive(Deserialize)]
+/// `PUT /api/v1/admin/chatflows/{id}`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdminChatflowBody {
     is_public: Option<bool>,
+    /// User ids or emails.
     allowed_users: Option<Vec<String>>,
-    pricing: Option<shared::pricing::PriceInput>,
+    pricing: Option<PriceInput>,
 }
 
-/// `PUT /api/v1/admin/chatflows/{id}` (admin): public flag, access list
-/// (user ids or emails) and the chatflow's pricing rule.
+/// `{chatflow, pricing?}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AdminChatflowAnswer {
+    /// The chatflow, as admins see it.
+    pub chatflow: AdminChatflowView,
+    /// Its pricing rule, when the request set one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<RuleView>,
+}
+
+/// The public flag, the access list (user ids or emails) and the price
+/// of a chatflow (admin).
+#[utoipa::path(put, path = "/api/v1/admin/chatflows/{id}", tag = "predict",
+    params(("id" = String, Path, description = "The chatflow")),
+    request_body = AdminChatflowBody,
+    responses((status = 200, description = "The chatflow, as admins see it", body = AdminChatflowAnswer), ApiErrors))]
 pub async fn admin_update(
     State(state): State<AppState>,
     user: AuthUser,
-    PathParams(id): PathParams<String>,
+    PathParams(id): PathParams<ChatflowId>,
     JsonBody(body): JsonBody<AdminChatflowBody>,
-) -> ApiResult {
+) -> Answer<AdminChatflowAnswer> {
     user.require_admin()?;
     let allowed = body
         .allowed_users
@@ -288,31 +406,46 @@ pub async fn admin_update(
         prices.micros("pricing.")?;
     }
     let flow = chatflows::update_access(&state.mongo.chat, &id, body.is_public, allowed).await?;
-    let mut out = json!({ "chatflow": flow.to_admin_json() });
-    if let Some(prices) = &body.pricing {
-        let mut conn = state.pg.acquire().await?;
-        out["pricing"] = prices
-            .save(&mut conn, &id, &user.id, "pricing.")
-            .await?
-            .to_json();
-    }
-    Ok(Json(out).into_response())
+    let pricing = match &body.pricing {
+        Some(prices) => {
+            let mut conn = state.pg.acquire().await?;
+            Some(
+                prices
+                    .save(&mut conn, &id, &user.id, "pricing.")
+                    .await?
+                    .view(),
+            )
+        }
+        None => None,
+    };
+    ok(AdminChatflowAnswer {
+        chatflow: flow.admin_view(),
+        pricing,
+    })
 }
 
-#[derive(Deserialize)]
+/// `{userIds?, emails?}`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UsersBody {
     user_ids: Option<Vec<String>>,
     emails: Option<Vec<String>>,
 }
 
+/// `{chatflow}`, as admins see it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AdminChatflowEnvelope {
+    /// The chatflow.
+    pub chatflow: AdminChatflowView,
+}
+
 async fn change_users(
     state: &AppState,
     user: &AuthUser,
-    id: &str,
+    id: &ChatflowId,
     body: UsersBody,
     grant: bool,
-) -> ApiResult {
+) -> Answer<AdminChatflowEnvelope> {
     user.require_admin()?;
     let mut entries = body.user_ids.unwrap_or_default();
     entries.extend(body.emails.unwrap_or_default());
@@ -321,25 +454,35 @@ async fn change_users(
     }
     let entries = chatflows::parse_users("userIds", &entries)?;
     let flow = chatflows::change_users(&state.mongo.chat, id, entries, grant).await?;
-    Ok(Json(json!({ "chatflow": flow.to_admin_json() })).into_response())
+    ok(AdminChatflowEnvelope {
+        chatflow: flow.admin_view(),
+    })
 }
 
-/// `POST /api/v1/admin/chatflows/{id}/users` (admin): grant access.
+/// Grants users access (admin).
+#[utoipa::path(post, path = "/api/v1/admin/chatflows/{id}/users", tag = "predict",
+    params(("id" = String, Path, description = "The chatflow")),
+    request_body = UsersBody,
+    responses((status = 200, description = "The chatflow, as admins see it", body = AdminChatflowEnvelope), ApiErrors))]
 pub async fn grant_users(
     State(state): State<AppState>,
     user: AuthUser,
-    PathParams(id): PathParams<String>,
+    PathParams(id): PathParams<ChatflowId>,
     JsonBody(body): JsonBody<UsersBody>,
-) -> ApiResult {
+) -> Answer<AdminChatflowEnvelope> {
     change_users(&state, &user, &id, body, true).await
 }
 
-/// `DELETE /api/v1/admin/chatflows/{id}/users` (admin): revoke access.
+/// Takes users' access away (admin).
+#[utoipa::path(delete, path = "/api/v1/admin/chatflows/{id}/users", tag = "predict",
+    params(("id" = String, Path, description = "The chatflow")),
+    request_body = UsersBody,
+    responses((status = 200, description = "The chatflow, as admins see it", body = AdminChatflowEnvelope), ApiErrors))]
 pub async fn revoke_users(
     State(state): State<AppState>,
     user: AuthUser,
-    PathParams(id): PathParams<String>,
+    PathParams(id): PathParams<ChatflowId>,
     JsonBody(body): JsonBody<UsersBody>,
-) -> ApiResult {
+) -> Answer<AdminChatflowEnvelope> {
     change_users(&state, &user, &id, body, false).await
 }

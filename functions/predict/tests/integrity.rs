@@ -90,7 +90,7 @@ impl SlowStream {
 /// Releases every active reservation, as a sweep with a too-short TTL
 /// would under a running call.
 async fn sweep_everything(app: &App) -> u64 {
-    shared::ledger::expiry::run_expiry(&app.pg.pool, Duration::ZERO, 10)
+    shared::ledger::sweep::run_expiry(&app.pg.pool, Duration::ZERO, 10)
         .await
         .unwrap()
         .settled_reservations
@@ -405,7 +405,7 @@ async fn keys_are_purged_after_a_day_and_then_run_anew() {
         .execute(&app.pg.pool)
         .await
         .unwrap();
-    let report = shared::ledger::expiry::run_expiry(&app.pg.pool, Duration::from_secs(900), 10)
+    let report = shared::ledger::sweep::run_expiry(&app.pg.pool, Duration::from_secs(900), 10)
         .await
         .unwrap();
     assert_eq!(report.purged_idempotency_keys, 1);

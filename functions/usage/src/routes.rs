@@ -8,41 +8,53 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 use shared::error::{ApiError, JsonBody, PathParams, QueryParams};
+use shared::ids::UserId;
+use shared::openapi::{ApiErrors, RangeQuery as RangeParams};
 use shared::query::DateRange;
 use shared::token::{AuthUser, Role};
-use shared::usage;
+use shared::usage::{self, Stats, UsageRecord};
 
 use crate::AppState;
 
-type ApiResult = Result<Response, ApiError>;
+type Answer<T> = Result<(StatusCode, Json<T>), ApiError>;
 
 /// Reports cover the last 30 days unless `from` says otherwise.
 const DEFAULT_DAYS: i64 = 30;
 /// Rows per query while streaming an export.
 const EXPORT_CHUNK: i64 = 1000;
 
-#[derive(Deserialize)]
+/// `POST /api/usage/record`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecordBody {
-    user_id: Option<String>,
+    /// The user (the caller when absent).
+    user_id: Option<UserId>,
+    #[schema(min_length = 1, max_length = 64)]
     service: String,
+    #[schema(min_length = 1, max_length = 128)]
     operation: String,
+    #[schema(minimum = 0, maximum = 9007199254740991_i64)]
     credits: i64,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
 }
 
-/// `POST /api/usage/record` (admin; end users cannot write their own usage)
+/// Records usage (admin; end users cannot write their own usage, the
+/// predict functions record theirs in-process).
+#[utoipa::path(post, path = "/api/usage/record", tag = "usage",
+    request_body = RecordBody,
+    responses((status = 201, description = "Recorded", body = UsageRecord), ApiErrors))]
 pub async fn record(
     State(state): State<AppState>,
     user: AuthUser,
     JsonBody(req): JsonBody<RecordBody>,
-) -> ApiResult {
+) -> Answer<UsageRecord> {
     user.require_admin()?;
-    let user_id = req.user_id.unwrap_or_else(|| user.id.clone());
+    let user_id = req.user_id.unwrap_or_else(|| user.user_id());
     let mut conn = state.pg.acquire().await?;
     let record = usage::record_usage(
         &mut conn,
-        user_id.trim(),
+        &user_id,
         req.service.trim(),
         req.operation.trim(),
         req.credits,
@@ -50,7 +62,7 @@ pub async fn record(
             .unwrap_or_else(|| Value::Object(Default::default())),
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(record)).into_response())
+    Ok((StatusCode::CREATED, Json(record)))
 }
 
 #[derive(Deserialize)]
@@ -70,48 +82,58 @@ async fn stats_for(
     user_id: Option<&str>,
     q: &RangeQuery,
     with_users: bool,
-) -> ApiResult {
+) -> Answer<Stats> {
     let range = q.range()?;
     let mut conn = state.pg.acquire().await?;
-    Ok(Json(usage::stats(&mut conn, user_id, &range, with_users).await?).into_response())
+    let stats = usage::stats(&mut conn, user_id, &range, with_users).await?;
+    Ok((StatusCode::OK, Json(stats)))
 }
 
-/// `GET /api/usage/stats` (own)
+/// The caller's usage over the range (the last 30 days by default).
+#[utoipa::path(get, path = "/api/usage/stats", tag = "usage", params(RangeParams),
+    responses((status = 200, description = "Usage statistics over the range", body = Stats), ApiErrors))]
 pub async fn my_stats(
     State(state): State<AppState>,
     user: AuthUser,
     QueryParams(q): QueryParams<RangeQuery>,
-) -> ApiResult {
+) -> Answer<Stats> {
     stats_for(&state, Some(&user.id), &q, false).await
 }
 
-/// `GET /api/usage/stats/{userId}` (admin, supervisor)
+/// A user's usage (admin, supervisor).
+#[utoipa::path(get, path = "/api/usage/stats/{userId}", tag = "usage",
+    params(("userId" = String, Path, description = "The user"), RangeParams),
+    responses((status = 200, description = "Usage statistics over the range", body = Stats), ApiErrors))]
 pub async fn user_stats(
     State(state): State<AppState>,
     user: AuthUser,
-    PathParams(user_id): PathParams<String>,
+    PathParams(user_id): PathParams<UserId>,
     QueryParams(q): QueryParams<RangeQuery>,
-) -> ApiResult {
+) -> Answer<Stats> {
     user.require_role(&[Role::Admin, Role::Supervisor])?;
     stats_for(&state, Some(&user_id), &q, false).await
 }
 
-/// `GET /api/usage/system-stats` (admin, supervisor)
+/// Everyone's usage with the top users (admin, supervisor).
+#[utoipa::path(get, path = "/api/usage/system-stats", tag = "usage", params(RangeParams),
+    responses((status = 200, description = "Usage statistics over the range, with byUser", body = Stats), ApiErrors))]
 pub async fn system_stats(
     State(state): State<AppState>,
     user: AuthUser,
     QueryParams(q): QueryParams<RangeQuery>,
-) -> ApiResult {
+) -> Answer<Stats> {
     user.require_role(&[Role::Admin, Role::Supervisor])?;
     stats_for(&state, None, &q, true).await
 }
 
-/// `GET /api/usage/export` (admin, supervisor): CSV, streamed in chunks.
+/// Usage records as CSV, streamed in chunks (admin, supervisor).
+#[utoipa::path(get, path = "/api/usage/export", tag = "usage", params(RangeParams),
+    responses((status = 200, description = "Usage records as CSV", content_type = "text/csv", body = String), ApiErrors))]
 pub async fn export(
     State(state): State<AppState>,
     user: AuthUser,
     QueryParams(q): QueryParams<RangeQuery>,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     user.require_role(&[Role::Admin, Role::Supervisor])?;
     let range = q.range()?;
     let filename = format!(

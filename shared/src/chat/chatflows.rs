@@ -5,7 +5,6 @@
 use bson::{doc, DateTime as BsonTime};
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use super::now;
 use crate::flowise::{FlowiseClient, FlowiseError};
@@ -37,30 +36,69 @@ pub struct ChatflowDoc {
     pub synced_at: BsonTime,
 }
 
+/// A chatflow as end users see it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatflowView {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Anyone signed in may use it.
+    pub is_public: bool,
+}
+
+/// A chatflow as admins see it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminChatflowView {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Anyone signed in may use it.
+    pub is_public: bool,
+    /// User ids and emails that may use it.
+    pub allowed_users: Vec<String>,
+    /// Gone from Flowise.
+    pub removed: bool,
+    /// Flowise's own flag (informational).
+    pub deployed: Option<bool>,
+    /// Flowise's type.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Last sync that saw it.
+    pub synced_at: chrono::DateTime<chrono::Utc>,
+}
+
 impl ChatflowDoc {
     /// As end users see it.
-    pub fn to_public_json(&self) -> Value {
-        json!({
-            "id": self.chatflow_id,
-            "name": self.name,
-            "description": self.description,
-            "isPublic": self.is_public,
-        })
+    pub fn view(&self) -> ChatflowView {
+        ChatflowView {
+            id: self.chatflow_id.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            is_public: self.is_public,
+        }
     }
 
     /// As admins see it.
-    pub fn to_admin_json(&self) -> Value {
-        json!({
-            "id": self.chatflow_id,
-            "name": self.name,
-            "description": self.description,
-            "isPublic": self.is_public,
-            "allowedUsers": self.allowed_users,
-            "removed": self.removed,
-            "deployed": self.deployed,
-            "type": self.kind,
-            "syncedAt": self.synced_at.to_chrono(),
-        })
+    pub fn admin_view(&self) -> AdminChatflowView {
+        AdminChatflowView {
+            id: self.chatflow_id.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            is_public: self.is_public,
+            allowed_users: self.allowed_users.clone(),
+            removed: self.removed,
+            deployed: self.deployed,
+            kind: self.kind.clone(),
+            synced_at: self.synced_at.to_chrono(),
+        }
     }
 
     /// Whether `user` may use it: admins always; others when it is public
@@ -76,7 +114,7 @@ impl ChatflowDoc {
 }
 
 /// What a sync did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SyncReport {
     /// New chatflows.
     pub created: u64,

@@ -36,16 +36,31 @@ pub struct FileDoc {
     pub created_at: BsonTime,
 }
 
+/// A stored file's metadata as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FileView {
+    /// Id.
+    pub file_id: String,
+    /// Name.
+    pub name: String,
+    /// Sniffed content type.
+    pub mime: String,
+    /// Bytes.
+    pub size: i64,
+    /// SHA-256 of the bytes.
+    pub sha256: String,
+}
+
 impl FileDoc {
     /// The metadata as the API shows it.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "file_id": self.file_id,
-            "name": self.name,
-            "mime": self.mime,
-            "size": self.size,
-            "sha256": self.sha256,
-        })
+    pub fn view(&self) -> FileView {
+        FileView {
+            file_id: self.file_id.clone(),
+            name: self.name.clone(),
+            mime: self.mime.clone(),
+            size: self.size,
+            sha256: self.sha256.clone(),
+        }
     }
 
     /// The file as a Flowise upload: a data URL of type `file`, with the

@@ -4,7 +4,7 @@
 use bson::{doc, DateTime as BsonTime, Document};
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::now;
 use crate::ApiError;
@@ -28,17 +28,34 @@ pub struct SessionDoc {
     pub message_count: i64,
 }
 
+/// A session as the API shows it (snake_case, as the predict family does).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SessionView {
+    /// Id.
+    pub session_id: String,
+    /// The chatflow.
+    pub chatflow_id: String,
+    /// The first 50 characters of the first question.
+    pub topic: String,
+    /// Created.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Last message.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// Messages stored.
+    pub message_count: i64,
+}
+
 impl SessionDoc {
-    /// As the API shows it (snake_case, as the predict family does).
-    pub fn to_json(&self) -> Value {
-        json!({
-            "session_id": self.session_id,
-            "chatflow_id": self.chatflow_id,
-            "topic": self.topic,
-            "created_at": self.created_at.to_chrono(),
-            "updated_at": self.updated_at.to_chrono(),
-            "message_count": self.message_count,
-        })
+    /// As the API shows it.
+    pub fn view(&self) -> SessionView {
+        SessionView {
+            session_id: self.session_id.clone(),
+            chatflow_id: self.chatflow_id.clone(),
+            topic: self.topic.clone(),
+            created_at: self.created_at.to_chrono(),
+            updated_at: self.updated_at.to_chrono(),
+            message_count: self.message_count,
+        }
     }
 }
 
@@ -74,24 +91,46 @@ pub struct MessageDoc {
 /// `upstream_error`, so no upstream detail ever reaches a user.
 pub const FAILURE_CODES: &[&str] = &["upstream_error", "upstream_timeout", "client_disconnected"];
 
+/// A message as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MessageView {
+    /// Id.
+    pub message_id: String,
+    /// `user` or `assistant`.
+    #[schema(pattern = "^(user|assistant)$")]
+    pub role: String,
+    /// Text.
+    pub content: String,
+    /// `complete` or `incomplete`.
+    #[schema(value_type = crate::openapi::AnswerStatus)]
+    pub status: String,
+    /// Stored.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Files sent with it.
+    pub file_ids: Vec<String>,
+    /// Tokens, credits, sources, a failure code...
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+}
+
 impl MessageDoc {
     /// As the API shows it.
-    pub fn to_json(&self) -> Value {
+    pub fn view(&self) -> MessageView {
         let mut metadata = self.metadata.clone();
         if let Ok(error) = metadata.get_str("error") {
             if !FAILURE_CODES.contains(&error) {
                 metadata.insert("error", "upstream_error");
             }
         }
-        json!({
-            "message_id": self.message_id,
-            "role": self.role,
-            "content": self.content,
-            "status": self.status,
-            "created_at": self.created_at.to_chrono(),
-            "file_ids": self.file_ids,
-            "metadata": bson::Bson::Document(metadata).into_relaxed_extjson(),
-        })
+        MessageView {
+            message_id: self.message_id.clone(),
+            role: self.role.clone(),
+            content: self.content.clone(),
+            status: self.status.clone(),
+            created_at: self.created_at.to_chrono(),
+            file_ids: self.file_ids.clone(),
+            metadata: bson::Bson::Document(metadata).into_relaxed_extjson(),
+        }
     }
 }
 
@@ -190,6 +229,18 @@ pub async fn append(
     if !docs.is_empty() {
         messages(db).insert_many(docs).await?;
     }
+    Ok(())
+}
+
+/// Marks a stored message `incomplete` (its answer was not paid for: the
+/// settlement failed after the history was written).
+pub async fn mark_incomplete(db: &Database, message_id: &str) -> Result<(), ApiError> {
+    messages(db)
+        .update_one(
+            doc! {"message_id": message_id},
+            doc! {"$set": {"status": "incomplete"}},
+        )
+        .await?;
     Ok(())
 }
 

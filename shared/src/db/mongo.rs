@@ -43,6 +43,8 @@ pub async fn connect(config: &MongoConfig) -> anyhow::Result<MongoStores> {
     options
         .connect_timeout
         .get_or_insert(Duration::from_secs(5));
+    // One Lambda instance serves one request at a time.
+    options.max_pool_size.get_or_insert(config.max_pool_size);
     let client = Client::with_options(options).context("Failed to build the MongoDB client")?;
     Ok(MongoStores {
         auth: client.database(&config.auth_db),
@@ -83,11 +85,47 @@ fn expires(field: &str, name: &str) -> IndexModel {
         .build()
 }
 
+/// Creates those of `models` that `collection` lacks (by name): one
+/// `listIndexes`, and a `createIndexes` only when one is missing.
 async fn create(db: &Database, collection: &str, models: Vec<IndexModel>) -> anyhow::Result<()> {
-    db.collection::<Document>(collection)
-        .create_indexes(models)
+    let coll = db.collection::<Document>(collection);
+    let existing: Vec<String> = match coll.list_index_names().await {
+        Ok(names) => names,
+        // A collection that does not exist yet has no index.
+        Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 26) => {
+            Vec::new()
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)).with_context(|| {
+                format!("Failed to list the indexes of {}.{collection}", db.name())
+            })
+        }
+    };
+    let missing: Vec<IndexModel> = models
+        .into_iter()
+        .filter(|m| {
+            let name = m.options.as_ref().and_then(|o| o.name.as_deref());
+            !name.is_some_and(|n| existing.iter().any(|e| e == n))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    coll.create_indexes(missing)
         .await
         .with_context(|| format!("Failed to create the indexes of {}.{collection}", db.name()))?;
+    Ok(())
+}
+
+/// Ensures every `(collection, indexes)` of `table`, concurrently.
+async fn ensure_all(
+    db: &Database,
+    table: Vec<(&'static str, Vec<IndexModel>)>,
+) -> anyhow::Result<()> {
+    let work = table
+        .into_iter()
+        .map(|(collection, models)| create(db, collection, models));
+    futures_util::future::try_join_all(work).await?;
     Ok(())
 }
 
@@ -95,39 +133,48 @@ async fn create(db: &Database, collection: &str, models: Vec<IndexModel>) -> any
 /// through `username_key` (the lower-cased username), emails through the
 /// lower-cased `email`.
 pub async fn ensure_auth_indexes(db: &Database) -> anyhow::Result<()> {
-    create(
+    ensure_all(
         db,
-        "users",
         vec![
-            unique(doc! {"username_key": 1}, "username_key_unique"),
-            unique(doc! {"email": 1}, "email_unique"),
-            index(doc! {"role": 1, "created_at": -1}, "role_created_at"),
-            index(doc! {"pending_email": 1}, "pending_email"),
-        ],
-    )
-    .await?;
-    create(
-        db,
-        "refresh_tokens",
-        vec![
-            unique(doc! {"token_hash": 1}, "token_hash_unique"),
-            index(doc! {"family_id": 1}, "family_id"),
-            index(doc! {"user_id": 1}, "user_id"),
-            expires("expires_at", "expires_at_ttl"),
-        ],
-    )
-    .await?;
-    for windows in ["login_failures", "code_attempts", "mail_throttle"] {
-        create(db, windows, vec![expires("expires_at", "expires_at_ttl")]).await?;
-    }
-    create(
-        db,
-        "email_codes",
-        vec![
-            index(doc! {"email": 1, "purpose": 1}, "email_purpose"),
-            index(doc! {"user_id": 1, "purpose": 1}, "user_purpose"),
-            index(doc! {"code_hash": 1}, "code_hash"),
-            expires("expires_at", "expires_at_ttl"),
+            (
+                "users",
+                vec![
+                    unique(doc! {"username_key": 1}, "username_key_unique"),
+                    unique(doc! {"email": 1}, "email_unique"),
+                    index(doc! {"role": 1, "created_at": -1}, "role_created_at"),
+                    index(doc! {"pending_email": 1}, "pending_email"),
+                ],
+            ),
+            (
+                "refresh_tokens",
+                vec![
+                    unique(doc! {"token_hash": 1}, "token_hash_unique"),
+                    index(doc! {"family_id": 1}, "family_id"),
+                    index(doc! {"user_id": 1}, "user_id"),
+                    expires("expires_at", "expires_at_ttl"),
+                ],
+            ),
+            (
+                "login_failures",
+                vec![expires("expires_at", "expires_at_ttl")],
+            ),
+            (
+                "code_attempts",
+                vec![expires("expires_at", "expires_at_ttl")],
+            ),
+            (
+                "mail_throttle",
+                vec![expires("expires_at", "expires_at_ttl")],
+            ),
+            (
+                "email_codes",
+                vec![
+                    index(doc! {"email": 1, "purpose": 1}, "email_purpose"),
+                    index(doc! {"user_id": 1, "purpose": 1}, "user_purpose"),
+                    index(doc! {"code_hash": 1}, "code_hash"),
+                    expires("expires_at", "expires_at_ttl"),
+                ],
+            ),
         ],
     )
     .await
@@ -135,36 +182,37 @@ pub async fn ensure_auth_indexes(db: &Database) -> anyhow::Result<()> {
 
 /// Indexes of the `chat` database.
 pub async fn ensure_chat_indexes(db: &Database) -> anyhow::Result<()> {
-    create(
+    ensure_all(
         db,
-        "chatflows",
-        vec![unique(doc! {"chatflow_id": 1}, "chatflow_id_unique")],
-    )
-    .await?;
-    create(
-        db,
-        "chat_sessions",
         vec![
-            unique(doc! {"session_id": 1}, "session_id_unique"),
-            index(doc! {"user_id": 1, "updated_at": -1}, "user_updated_at"),
-        ],
-    )
-    .await?;
-    create(
-        db,
-        "chat_messages",
-        vec![index(
-            doc! {"session_id": 1, "created_at": 1},
-            "session_created_at",
-        )],
-    )
-    .await?;
-    create(
-        db,
-        "files",
-        vec![
-            index(doc! {"owner_id": 1, "created_at": -1}, "owner_created_at"),
-            index(doc! {"session_id": 1}, "session_id"),
+            (
+                "chatflows",
+                vec![unique(doc! {"chatflow_id": 1}, "chatflow_id_unique")],
+            ),
+            (
+                "chat_sessions",
+                vec![
+                    unique(doc! {"session_id": 1}, "session_id_unique"),
+                    index(doc! {"user_id": 1, "updated_at": -1}, "user_updated_at"),
+                ],
+            ),
+            (
+                "chat_messages",
+                vec![
+                    index(
+                        doc! {"session_id": 1, "created_at": 1},
+                        "session_created_at",
+                    ),
+                    index(doc! {"message_id": 1}, "message_id"),
+                ],
+            ),
+            (
+                "files",
+                vec![
+                    index(doc! {"owner_id": 1, "created_at": -1}, "owner_created_at"),
+                    index(doc! {"session_id": 1}, "session_id"),
+                ],
+            ),
         ],
     )
     .await

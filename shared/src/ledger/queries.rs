@@ -1,4 +1,4 @@
-//! Reads: balances and transaction history. A balance excludes an
+//! Reads: balances and the history of entries. A balance excludes an
 //! allocation the moment its `expires_at` passes, before any job runs.
 
 use chrono::{DateTime, Utc};
@@ -6,16 +6,15 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::ops::Allocation;
-use super::TransactionKind;
-use crate::error::ApiError;
+use super::types::{Allocation, EntryKind, LedgerError};
+use crate::ids::UserId;
 
 /// A user's spendable credits and the allocations holding them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Balance {
     /// The user.
-    pub user_id: String,
+    pub user_id: UserId,
     /// Σ `remaining` over allocations not expired.
     pub total_credits: i64,
     /// Unexpired allocations with credits left, soonest-expiring first
@@ -24,44 +23,44 @@ pub struct Balance {
 }
 
 /// The user's spendable total.
-pub async fn total_balance(conn: &mut PgConnection, user_id: &str) -> Result<i64, ApiError> {
-    Ok(sqlx::query_scalar(
-        "SELECT COALESCE(SUM(remaining), 0)::bigint FROM credit_allocations
-          WHERE user_id = $1 AND remaining > 0 AND expired_at IS NULL
-            AND (expires_at IS NULL OR expires_at > now())",
+pub async fn total_balance(conn: &mut PgConnection, user: &UserId) -> Result<i64, LedgerError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT COALESCE(SUM(remaining), 0)::bigint AS "total!" FROM credit_allocations
+            WHERE user_id = $1 AND remaining > 0 AND expired_at IS NULL
+              AND (expires_at IS NULL OR expires_at > now())"#,
+        user.as_str()
     )
-    .bind(user_id)
     .fetch_one(conn)
     .await?)
 }
 
 /// The user's balance with its allocations (zero for an unknown user).
-pub async fn balance(conn: &mut PgConnection, user_id: &str) -> Result<Balance, ApiError> {
-    let allocations: Vec<Allocation> = sqlx::query_as(
+pub async fn balance(conn: &mut PgConnection, user: &UserId) -> Result<Balance, LedgerError> {
+    let allocations = sqlx::query_as!(
+        Allocation,
         "SELECT id, credits, remaining, expires_at, allocated_at FROM credit_allocations
           WHERE user_id = $1 AND remaining > 0 AND expired_at IS NULL
             AND (expires_at IS NULL OR expires_at > now())
           ORDER BY expires_at ASC NULLS LAST, allocated_at, id",
+        user.as_str()
     )
-    .bind(user_id)
     .fetch_all(conn)
     .await?;
     Ok(Balance {
-        user_id: user_id.to_owned(),
+        user_id: user.clone(),
         total_credits: allocations.iter().map(|a| a.remaining).sum(),
         allocations,
     })
 }
 
-/// One row of a user's history.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// One entry of a user's history (the API calls them transactions).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct TransactionRecord {
+pub struct EntryRecord {
     /// Id.
     pub id: Uuid,
     /// Kind.
     #[serde(rename = "type")]
-    #[sqlx(rename = "type")]
     pub kind: String,
     /// Signed amount.
     pub amount: i64,
@@ -77,9 +76,9 @@ pub struct TransactionRecord {
 
 /// Filters of a history page.
 #[derive(Debug, Clone, Default)]
-pub struct TransactionFilter {
+pub struct EntryFilter {
     /// Only this kind.
-    pub kind: Option<TransactionKind>,
+    pub kind: Option<EntryKind>,
     /// From (inclusive).
     pub from: Option<DateTime<Utc>>,
     /// To (exclusive).
@@ -88,41 +87,42 @@ pub struct TransactionFilter {
 
 /// A page of the user's history, newest first (in the order the changes
 /// happened), and the total count.
-pub async fn transactions(
+pub async fn entries(
     conn: &mut PgConnection,
-    user_id: &str,
-    filter: &TransactionFilter,
+    user: &UserId,
+    filter: &EntryFilter,
     page: i64,
     limit: i64,
-) -> Result<(Vec<TransactionRecord>, i64), ApiError> {
-    let kind = filter.kind.map(TransactionKind::as_str);
-    let total: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM credit_transactions
-          WHERE user_id = $1 AND ($2::text IS NULL OR type = $2)
-            AND ($3::timestamptz IS NULL OR created_at >= $3)
-            AND ($4::timestamptz IS NULL OR created_at < $4)",
+) -> Result<(Vec<EntryRecord>, i64), LedgerError> {
+    let kind = filter.kind.map(EntryKind::as_str);
+    let total = sqlx::query_scalar!(
+        r#"SELECT COUNT(*) AS "count!" FROM credit_transactions
+            WHERE user_id = $1 AND ($2::text IS NULL OR type = $2)
+              AND ($3::timestamptz IS NULL OR created_at >= $3)
+              AND ($4::timestamptz IS NULL OR created_at < $4)"#,
+        user.as_str(),
+        kind,
+        filter.from,
+        filter.to
     )
-    .bind(user_id)
-    .bind(kind)
-    .bind(filter.from)
-    .bind(filter.to)
     .fetch_one(&mut *conn)
     .await?;
-    let rows = sqlx::query_as(
-        "SELECT id, type, amount, balance_after, description, reference, created_at
-           FROM credit_transactions
-          WHERE user_id = $1 AND ($2::text IS NULL OR type = $2)
-            AND ($3::timestamptz IS NULL OR created_at >= $3)
-            AND ($4::timestamptz IS NULL OR created_at < $4)
-          ORDER BY seq DESC
-          LIMIT $5 OFFSET $6",
+    let rows = sqlx::query_as!(
+        EntryRecord,
+        r#"SELECT id, type AS kind, amount, balance_after, description, reference, created_at
+             FROM credit_transactions
+            WHERE user_id = $1 AND ($2::text IS NULL OR type = $2)
+              AND ($3::timestamptz IS NULL OR created_at >= $3)
+              AND ($4::timestamptz IS NULL OR created_at < $4)
+            ORDER BY seq DESC
+            LIMIT $5 OFFSET $6"#,
+        user.as_str(),
+        kind,
+        filter.from,
+        filter.to,
+        limit,
+        (page - 1) * limit
     )
-    .bind(user_id)
-    .bind(kind)
-    .bind(filter.from)
-    .bind(filter.to)
-    .bind(limit)
-    .bind((page - 1) * limit)
     .fetch_all(&mut *conn)
     .await?;
     Ok((rows, total))

@@ -1,8 +1,8 @@
-//! Reservations for streaming predictions (SPEC §6): initialize holds the
-//! estimate; finalize charges the actual cost and refunds the rest (or
-//! charges the excess as far as the balance goes, recording the
-//! shortfall); abort charges the partial cost. Finalize and abort are
-//! idempotent per session: a second call returns the first outcome.
+//! Reservations (SPEC §6): credits held for a streamed answer until it is
+//! settled, once. Finalize charges the actual cost and refunds the rest
+//! (or charges the excess as far as the balance goes, recording the
+//! shortfall); abort charges the partial cost. A second settlement
+//! returns the first outcome.
 //!
 //! A reservation has an [`Origin`]: a client's (made through
 //! `/api/streaming-sessions`, settled by that client) or the gateway's
@@ -12,15 +12,13 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::expiry::expire_due_for_user;
-use super::ops::{
-    begin_change, debit_locked, insert_transaction, refund_draws, set_total, Context,
+use super::primitives::{
+    begin_change, debit_locked, expire_due, insert_entry, lock_account, refund_draws, set_total, Tx,
 };
-use super::{accounts::lock_account, insufficient, Credits, TransactionKind};
-use crate::error::ApiError;
+use super::types::{Charge, Credits, EntryKind, EntryMeta, LedgerError};
+use crate::ids::{ChatflowId, ReservationId, UserId};
 
 /// Who made a reservation, and so who may settle it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -44,9 +42,9 @@ impl Origin {
 /// How a reservation ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settlement {
-    /// The stream completed: charge the actual cost.
+    /// The answer completed: charge the actual cost.
     Finalize,
-    /// The stream was cut short: charge the partial cost.
+    /// The answer was cut short: charge the partial cost.
     Abort,
 }
 
@@ -57,14 +55,21 @@ impl Settlement {
             Settlement::Abort => "aborted",
         }
     }
+
+    fn description(self) -> &'static str {
+        match self {
+            Settlement::Finalize => "streaming session finalized",
+            Settlement::Abort => "streaming session aborted",
+        }
+    }
 }
 
 /// An active reservation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Reservation {
-    /// The session id.
-    pub session_id: String,
+    /// The reservation (session) id.
+    pub session_id: ReservationId,
     /// Credits held.
     pub reserved_credits: i64,
     /// Always `active` when returned by [`reserve`].
@@ -72,11 +77,11 @@ pub struct Reservation {
 }
 
 /// How a reservation was settled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionOutcome {
-    /// The session id.
-    pub session_id: String,
+    /// The reservation (session) id.
+    pub session_id: ReservationId,
     /// Credits charged in all.
     pub charged_credits: i64,
     /// Credits returned to their allocations.
@@ -84,14 +89,15 @@ pub struct SessionOutcome {
     /// Credits the actual cost exceeded what could be charged.
     pub shortfall_credits: i64,
     /// `completed` or `aborted`.
+    #[schema(value_type = crate::openapi::SettlementStatus)]
     pub status: String,
     /// False when this call found the session already settled.
     #[serde(skip)]
     pub settled_now: bool,
 }
 
-/// An active session as listed.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// An active reservation as listed.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActiveSession {
     /// Session id.
@@ -103,102 +109,89 @@ pub struct ActiveSession {
     /// Credits held.
     pub reserved_credits: i64,
     /// `client` or `gateway` (only admins see the gateway's).
+    #[schema(value_type = crate::openapi::ReservationOrigin)]
     pub origin: String,
     /// When it was reserved.
     pub created_at: DateTime<Utc>,
 }
 
-fn check_ids(session_id: &str, chatflow_id: &str) -> Result<(), ApiError> {
-    if session_id.is_empty() || session_id.len() > 128 {
-        return Err(ApiError::invalid_field(
-            "sessionId",
-            "must be 1 to 128 characters",
-        ));
-    }
-    if chatflow_id.is_empty() || chatflow_id.len() > 128 {
-        return Err(ApiError::invalid_field(
-            "chatflowId",
-            "must be 1 to 128 characters",
-        ));
-    }
-    Ok(())
-}
-
 /// A client's reservation (`POST /api/streaming-sessions/initialize`):
-/// holds `estimate` credits for `session_id` (402 when short). Calling it
-/// again for the same session with the same user, chatflow and estimate
-/// returns the reservation; any other reuse of the id (a gateway
-/// reservation's id included) is 409.
+/// holds `estimate` credits for `id` (402 when short). Calling it again
+/// for the same session with the same user, chatflow and estimate returns
+/// the reservation; any other reuse of the id (a gateway reservation's id
+/// included) is 409.
 pub async fn reserve(
-    conn: &mut PgConnection,
-    user_id: &str,
-    session_id: &str,
-    chatflow_id: &str,
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    id: &ReservationId,
+    chatflow: &ChatflowId,
     estimate: Credits,
-    ctx: &Context<'_>,
-) -> Result<Reservation, ApiError> {
-    check_ids(session_id, chatflow_id)?;
-    let total = begin_change(conn, user_id).await?;
-    let existing: Option<(String, String, i64, String, String)> = sqlx::query_as(
+    meta: &EntryMeta<'_>,
+) -> Result<Reservation, LedgerError> {
+    let total = begin_change(tx, user).await?;
+    let existing = sqlx::query!(
         "SELECT user_id, chatflow_id, reserved_credits, status, origin FROM streaming_sessions
           WHERE session_id = $1",
+        id.as_str()
     )
-    .bind(session_id)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(&mut **tx)
     .await?;
-    if let Some((owner, flow, reserved, status, origin)) = existing {
-        let same = owner == user_id && flow == chatflow_id && reserved == estimate.get();
-        if same && origin == Origin::Client.as_str() {
+    if let Some(found) = existing {
+        let same = found.user_id == user.as_str()
+            && found.chatflow_id == chatflow.as_str()
+            && found.reserved_credits == estimate.get();
+        if same && found.origin == Origin::Client.as_str() {
             return Ok(Reservation {
-                session_id: session_id.to_owned(),
-                reserved_credits: reserved,
-                status,
+                session_id: id.clone(),
+                reserved_credits: found.reserved_credits,
+                status: found.status,
             });
         }
-        return Err(session_taken(session_id));
+        return Err(LedgerError::ReservationTaken(id.clone()));
     }
     let hold = Hold {
-        user_id,
-        session_id,
-        chatflow_id,
+        user,
+        id,
+        chatflow,
         origin: Origin::Client,
     };
-    hold.take(conn, total, estimate.get(), ctx).await
+    hold.take(tx, total, estimate.get(), meta).await
 }
 
 /// The gateway's reservation for a prediction: under the account lock,
 /// 402 unless the balance covers `minimum` (the part of the price known
 /// before the answer); else holds `wanted` capped at the balance (never
-/// below `minimum`). `session_id` is fresh (the answer's message id).
+/// below `minimum`). `id` is fresh (the answer's message id).
 pub async fn reserve_prediction(
-    conn: &mut PgConnection,
-    user_id: &str,
-    session_id: &str,
-    chatflow_id: &str,
-    minimum: Credits,
-    wanted: Credits,
-    ctx: &Context<'_>,
-) -> Result<Reservation, ApiError> {
-    check_ids(session_id, chatflow_id)?;
-    let total = begin_change(conn, user_id).await?;
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    id: &ReservationId,
+    chatflow: &ChatflowId,
+    (minimum, wanted): (Credits, Credits),
+    meta: &EntryMeta<'_>,
+) -> Result<Reservation, LedgerError> {
+    let total = begin_change(tx, user).await?;
     if total < minimum.get() {
-        return Err(insufficient(minimum.get(), total));
+        return Err(LedgerError::Insufficient {
+            needed: minimum.get(),
+            available: total,
+        });
     }
     let amount = wanted.get().min(total).max(minimum.get());
     let hold = Hold {
-        user_id,
-        session_id,
-        chatflow_id,
+        user,
+        id,
+        chatflow,
         origin: Origin::Gateway,
     };
-    hold.take(conn, total, amount, ctx).await
+    hold.take(tx, total, amount, meta).await
 }
 
 /// A reservation about to be written.
 struct Hold<'a> {
-    user_id: &'a str,
-    session_id: &'a str,
-    chatflow_id: &'a str,
+    user: &'a UserId,
+    id: &'a ReservationId,
+    chatflow: &'a ChatflowId,
     origin: Origin,
 }
 
@@ -207,165 +200,133 @@ impl Hold<'_> {
     /// a `reservation` entry and records the reservation.
     async fn take(
         &self,
-        conn: &mut PgConnection,
+        tx: &mut Tx<'_>,
         total: i64,
         amount: i64,
-        ctx: &Context<'_>,
-    ) -> Result<Reservation, ApiError> {
-        let ctx = Context {
-            streaming_session_id: Some(self.session_id),
-            ..*ctx
+        meta: &EntryMeta<'_>,
+    ) -> Result<Reservation, LedgerError> {
+        let meta = EntryMeta {
+            reservation_id: Some(self.id.as_str()),
+            ..*meta
         };
-        let kind = TransactionKind::Reservation;
-        let (entry, _) = debit_locked(conn, self.user_id, total, amount, kind, &ctx).await?;
-        sqlx::query(
+        let kind = EntryKind::Reservation;
+        let (entry, _) = debit_locked(tx, self.user, total, amount, kind, &meta).await?;
+        sqlx::query!(
             "INSERT INTO streaming_sessions
                 (session_id, user_id, chatflow_id, reserved_credits, reservation_transaction_id, origin)
              VALUES ($1, $2, $3, $4, $5, $6)",
+            self.id.as_str(),
+            self.user.as_str(),
+            self.chatflow.as_str(),
+            amount,
+            entry,
+            self.origin.as_str(),
         )
-        .bind(self.session_id)
-        .bind(self.user_id)
-        .bind(self.chatflow_id)
-        .bind(amount)
-        .bind(entry)
-        .bind(self.origin.as_str())
-        .execute(&mut *conn)
+        .execute(&mut **tx)
         .await
         .map_err(|e| match &e {
             // Another user reserved the same id at the same moment.
             sqlx::Error::Database(db) if db.is_unique_violation() => {
-                session_taken(self.session_id)
+                LedgerError::ReservationTaken(self.id.clone())
             }
-            _ => ApiError::from(e),
+            _ => LedgerError::Store(e),
         })?;
         Ok(Reservation {
-            session_id: self.session_id.to_owned(),
+            session_id: self.id.clone(),
             reserved_credits: amount,
             status: "active".into(),
         })
     }
 }
 
-fn session_taken(session_id: &str) -> ApiError {
-    ApiError::Conflict {
-        code: "session_exists",
-        message: format!("streaming session {session_id} already exists with other values"),
-    }
-}
-
-/// Settles the client reservation `session_id` for its owner `caller_id`
-/// (403 for anyone else and for a reservation the gateway made, 404 when
-/// unknown), charging `charge` credits.
+/// Settles the client reservation `id` for its owner `caller` (403 for
+/// anyone else and for a reservation the gateway made, 404 when
+/// unknown), charging `charge`.
 pub async fn settle(
-    conn: &mut PgConnection,
-    session_id: &str,
-    caller_id: &str,
+    tx: &mut Tx<'_>,
+    id: &ReservationId,
+    caller: &UserId,
     how: Settlement,
-    charge: i64,
-) -> Result<SessionOutcome, ApiError> {
-    if !(0..=super::MAX_CREDITS).contains(&charge) {
-        let field = match how {
-            Settlement::Finalize => "actualCredits",
-            Settlement::Abort => "partialCredits",
-        };
-        return Err(ApiError::invalid_field(
-            field,
-            "must be a whole number of 0 or more",
-        ));
+    charge: Charge,
+) -> Result<SessionOutcome, LedgerError> {
+    let found = sqlx::query!(
+        "SELECT user_id, origin FROM streaming_sessions WHERE session_id = $1",
+        id.as_str()
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| LedgerError::NoReservation(id.clone()))?;
+    if found.user_id != caller.as_str() {
+        return Err(LedgerError::NotOwner);
     }
-    let found: Option<(String, String)> =
-        sqlx::query_as("SELECT user_id, origin FROM streaming_sessions WHERE session_id = $1")
-            .bind(session_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let (owner, origin) =
-        found.ok_or_else(|| ApiError::not_found(format!("no streaming session {session_id}")))?;
-    if owner != caller_id {
-        return Err(ApiError::forbidden(
-            "this streaming session belongs to another user",
-        ));
+    if found.origin != Origin::Client.as_str() {
+        return Err(LedgerError::GatewayReservation);
     }
-    if origin != Origin::Client.as_str() {
-        return Err(ApiError::Forbidden {
-            code: "gateway_reservation",
-            message: "this reservation belongs to a prediction the gateway is making; \
-                      it is settled when the answer ends"
-                .into(),
-        });
-    }
-    let total = lock_account(conn, &owner).await?;
-    settle_locked(conn, session_id, total, how, charge, caller_id).await
+    let total = lock_account(tx, caller).await?;
+    settle_locked(tx, id, total, how, charge, caller.as_str()).await
 }
 
-/// Settles the gateway's reservation for a prediction of `user_id`,
-/// charging `charge`. Finding it already settled is an anomaly (the sweep
-/// released a live call, or a bug): it is logged at error and the actual
-/// cost is charged again through a deduction, as far as the balance goes,
-/// with the rest recorded as a shortfall. The answer is never free.
+/// Settles the gateway's reservation for a prediction of `user`, charging
+/// `charge`. Finding it already settled is an anomaly (the sweep released
+/// a live call, or a bug): it is logged at error and the actual cost is
+/// charged again through a deduction, as far as the balance goes, with
+/// the rest recorded as a shortfall. The answer is never free.
 pub async fn settle_prediction(
-    conn: &mut PgConnection,
-    session_id: &str,
-    user_id: &str,
+    tx: &mut Tx<'_>,
+    id: &ReservationId,
+    user: &UserId,
     how: Settlement,
-    charge: i64,
-) -> Result<SessionOutcome, ApiError> {
-    let total = lock_account(conn, user_id).await?;
-    let outcome = settle_locked(conn, session_id, total, how, charge, user_id).await?;
+    charge: Charge,
+) -> Result<SessionOutcome, LedgerError> {
+    let total = lock_account(tx, user).await?;
+    let outcome = settle_locked(tx, id, total, how, charge, user.as_str()).await?;
     if outcome.settled_now {
         return Ok(outcome);
     }
     tracing::error!(
-        session_id,
+        reservation = %id,
         status = %outcome.status,
-        charge,
+        charge = charge.get(),
         "a prediction found its reservation already settled; charging it by deduction"
     );
-    charge_late(conn, session_id, user_id, charge).await
+    charge_late(tx, id, user, charge).await
 }
 
 /// The anomaly path of [`settle_prediction`]: a deduction of `charge`
 /// (as far as the balance goes) added to the settled session's record.
 async fn charge_late(
-    conn: &mut PgConnection,
-    session_id: &str,
-    user_id: &str,
-    charge: i64,
-) -> Result<SessionOutcome, ApiError> {
-    let total = begin_change(conn, user_id).await?;
-    let taken = charge.min(total).max(0);
+    tx: &mut Tx<'_>,
+    id: &ReservationId,
+    user: &UserId,
+    charge: Charge,
+) -> Result<SessionOutcome, LedgerError> {
+    let total = begin_change(tx, user).await?;
+    let taken = charge.get().min(total);
     if taken > 0 {
-        let ctx = Context {
+        let meta = EntryMeta {
             actor_id: Some("system"),
             description: Some("prediction charged after its reservation was settled elsewhere"),
-            streaming_session_id: Some(session_id),
-            ..Context::default()
+            reservation_id: Some(id.as_str()),
+            ..EntryMeta::default()
         };
-        debit_locked(
-            conn,
-            user_id,
-            total,
-            taken,
-            TransactionKind::Deduction,
-            &ctx,
-        )
-        .await?;
+        debit_locked(tx, user, total, taken, EntryKind::Deduction, &meta).await?;
     }
-    let shortfall = charge.max(0) - taken;
-    let (status,): (String,) = sqlx::query_as(
+    let shortfall = charge.get() - taken;
+    let status = sqlx::query_scalar!(
         "UPDATE streaming_sessions
             SET charged_credits = charged_credits + $2, shortfall_credits = shortfall_credits + $3
           WHERE session_id = $1 RETURNING status",
+        id.as_str(),
+        taken,
+        shortfall
     )
-    .bind(session_id)
-    .bind(taken)
-    .bind(shortfall)
-    .fetch_one(&mut *conn)
+    .fetch_one(&mut **tx)
     .await?;
     if shortfall > 0 {
-        tracing::error!(session_id, shortfall, "a late prediction charge was short");
+        tracing::error!(reservation = %id, shortfall, "a late prediction charge was short");
     }
     Ok(SessionOutcome {
-        session_id: session_id.to_owned(),
+        session_id: id.clone(),
         charged_credits: taken,
         refunded_credits: 0,
         shortfall_credits: shortfall,
@@ -374,38 +335,38 @@ async fn charge_late(
     })
 }
 
-/// Settles a session whose owner's account the caller has locked (with its
-/// cached `total`). Idempotent: a settled session returns its outcome.
+/// A reservation's row, locked.
+struct Held {
+    user: UserId,
+    reserved: i64,
+    reservation_entry: Option<Uuid>,
+}
+
+/// Settles a reservation whose owner's account the caller has locked (with
+/// its cached `total`). Idempotent: a settled reservation returns its
+/// outcome. The steps: read the reservation, expire what is due, charge
+/// (refunding the rest, or charging the excess as far as the balance
+/// goes), record the outcome.
 pub(crate) async fn settle_locked(
-    conn: &mut PgConnection,
-    session_id: &str,
+    tx: &mut Tx<'_>,
+    id: &ReservationId,
     total: i64,
     how: Settlement,
-    charge: i64,
-    actor_id: &str,
-) -> Result<SessionOutcome, ApiError> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        user_id: String,
-        reserved_credits: i64,
-        charged_credits: Option<i64>,
-        refunded_credits: Option<i64>,
-        shortfall_credits: i64,
-        status: String,
-        reservation_transaction_id: Option<Uuid>,
-    }
-    let row: Row = sqlx::query_as(
+    charge: Charge,
+    actor: &str,
+) -> Result<SessionOutcome, LedgerError> {
+    let row = sqlx::query!(
         "SELECT user_id, reserved_credits, charged_credits, refunded_credits, shortfall_credits,
                 status, reservation_transaction_id
            FROM streaming_sessions WHERE session_id = $1 FOR UPDATE",
+        id.as_str()
     )
-    .bind(session_id)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(&mut **tx)
     .await?
-    .ok_or_else(|| ApiError::not_found(format!("no streaming session {session_id}")))?;
+    .ok_or_else(|| LedgerError::NoReservation(id.clone()))?;
     if row.status != "active" {
         return Ok(SessionOutcome {
-            session_id: session_id.to_owned(),
+            session_id: id.clone(),
             charged_credits: row.charged_credits.unwrap_or(0),
             refunded_credits: row.refunded_credits.unwrap_or(0),
             shortfall_credits: row.shortfall_credits,
@@ -413,79 +374,83 @@ pub(crate) async fn settle_locked(
             settled_now: false,
         });
     }
-    let user_id = row.user_id.as_str();
-    let (_, expired) = expire_due_for_user(conn, user_id, total).await?;
-    let mut balance = total - expired;
-    let ctx = Context {
-        actor_id: Some(actor_id),
-        streaming_session_id: Some(session_id),
-        description: Some(match how {
-            Settlement::Finalize => "streaming session finalized",
-            Settlement::Abort => "streaming session aborted",
-        }),
-        ..Context::default()
+    let held = Held {
+        user: UserId::stored(row.user_id),
+        reserved: row.reserved_credits,
+        reservation_entry: row.reservation_transaction_id,
     };
-    let reserved = row.reserved_credits;
-    let (charged, refunded, shortfall) = if charge <= reserved {
-        let returned = match row.reservation_transaction_id {
-            Some(debit) if charge < reserved => {
-                refund_draws(conn, debit, reserved - charge).await?
-            }
-            _ => 0,
-        };
-        if returned > 0 {
-            balance += returned;
-            insert_transaction(
-                conn,
-                user_id,
-                TransactionKind::Refund,
-                returned,
-                balance,
-                None,
-                &ctx,
-            )
-            .await?;
-            set_total(conn, user_id, balance).await?;
-        }
-        (charge, returned, 0)
-    } else {
-        let excess = charge - reserved;
+    let (_, expired) = expire_due(tx, &held.user, total).await?;
+    let meta = EntryMeta {
+        actor_id: Some(actor),
+        reservation_id: Some(id.as_str()),
+        description: Some(how.description()),
+        ..EntryMeta::default()
+    };
+    let balance = total - expired;
+    let charged = charge_reservation(tx, &held, balance, charge.get(), &meta).await?;
+    record_settlement(tx, id, how, charged).await
+}
+
+/// Charged, refunded, shortfall.
+type Charged = (i64, i64, i64);
+
+/// Charges `charge` against the reservation: the rest goes back to the
+/// allocations it drew from, or the excess is debited as far as the
+/// `balance` goes and the remainder is the shortfall.
+async fn charge_reservation(
+    tx: &mut Tx<'_>,
+    held: &Held,
+    balance: i64,
+    charge: i64,
+    meta: &EntryMeta<'_>,
+) -> Result<Charged, LedgerError> {
+    let user = &held.user;
+    if charge > held.reserved {
+        let excess = charge - held.reserved;
         let extra = excess.min(balance);
         if extra > 0 {
-            debit_locked(
-                conn,
-                user_id,
-                balance,
-                extra,
-                TransactionKind::Settlement,
-                &ctx,
-            )
-            .await?;
+            debit_locked(tx, user, balance, extra, EntryKind::Settlement, meta).await?;
         }
-        (reserved + extra, 0, excess - extra)
+        return Ok((held.reserved + extra, 0, excess - extra));
+    }
+    let returned = match held.reservation_entry {
+        Some(debit) if charge < held.reserved => {
+            refund_draws(tx, debit, held.reserved - charge).await?
+        }
+        _ => 0,
     };
-    sqlx::query(
+    if returned > 0 {
+        let after = balance + returned;
+        insert_entry(tx, user, EntryKind::Refund, returned, after, None, meta).await?;
+        set_total(tx, user, after).await?;
+    }
+    Ok((charge, returned, 0))
+}
+
+async fn record_settlement(
+    tx: &mut Tx<'_>,
+    id: &ReservationId,
+    how: Settlement,
+    (charged, refunded, shortfall): Charged,
+) -> Result<SessionOutcome, LedgerError> {
+    sqlx::query!(
         "UPDATE streaming_sessions
             SET status = $2, charged_credits = $3, refunded_credits = $4,
                 shortfall_credits = $5, settled_at = now()
           WHERE session_id = $1",
+        id.as_str(),
+        how.status(),
+        charged,
+        refunded,
+        shortfall
     )
-    .bind(session_id)
-    .bind(how.status())
-    .bind(charged)
-    .bind(refunded)
-    .bind(shortfall)
-    .execute(&mut *conn)
+    .execute(&mut **tx)
     .await?;
     if shortfall > 0 {
-        tracing::warn!(
-            session_id,
-            shortfall,
-            "streaming session cost more than the balance"
-        );
+        tracing::warn!(reservation = %id, shortfall, "a reservation cost more than the balance");
     }
     Ok(SessionOutcome {
-        session_id: session_id.to_owned(),
+        session_id: id.clone(),
         charged_credits: charged,
         refunded_credits: refunded,
         shortfall_credits: shortfall,
@@ -494,23 +459,24 @@ pub(crate) async fn settle_locked(
     })
 }
 
-/// Active reservations: the user's, or everyone's when `user_id` is `None`;
+/// Active reservations: the user's, or everyone's when `user` is `None`;
 /// the gateway's own only when `with_gateway` (admins), so an end user
 /// never learns the id of a prediction's reservation.
 pub async fn active_sessions(
-    conn: &mut PgConnection,
-    user_id: Option<&str>,
+    conn: &mut sqlx::PgConnection,
+    user: Option<&UserId>,
     with_gateway: bool,
-) -> Result<Vec<ActiveSession>, ApiError> {
-    Ok(sqlx::query_as(
+) -> Result<Vec<ActiveSession>, LedgerError> {
+    Ok(sqlx::query_as!(
+        ActiveSession,
         "SELECT session_id, user_id, chatflow_id, reserved_credits, origin, created_at
            FROM streaming_sessions
           WHERE status = 'active' AND ($1::text IS NULL OR user_id = $1)
             AND ($2 OR origin = 'client')
           ORDER BY created_at DESC LIMIT 500",
+        user.map(UserId::as_str),
+        with_gateway
     )
-    .bind(user_id)
-    .bind(with_gateway)
     .fetch_all(conn)
     .await?)
 }

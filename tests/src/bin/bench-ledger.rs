@@ -2,7 +2,7 @@
 //!
 //! 1. over HTTP through the credits function (16 function instances behind
 //!    the Lambda emulator, as Lambda scales out to 16 concurrent requests);
-//! 2. directly through the shared ledger code (`ledger::ops::deduct`);
+//! 2. directly through the shared ledger code (`ledger::changes::deduct`);
 //! 3. the same SQL statements driven by `pgbench`: the database's ceiling.
 //!
 //! Each runs twice: every client on its own account (the usual case), and
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use e2e::{Stack, StackOptions};
 use serde_json::json;
-use shared::ledger::ops::{self, Context};
 use shared::ledger::Credits;
+use shared::ledger::{changes, EntryMeta};
 use shared::testing::TestPostgres;
 use shared::token::Role;
 use sqlx::PgPool;
@@ -33,18 +33,7 @@ fn user_of(client: usize, shared_account: bool) -> String {
 }
 
 async fn grant(pool: &PgPool, user: &str) {
-    let mut tx = pool.begin().await.expect("begin");
-    ops::allocate(
-        &mut tx,
-        user,
-        Credits::parse("credits", GRANT).expect("credits"),
-        None,
-        None,
-        &Context::default(),
-    )
-    .await
-    .expect("allocate");
-    tx.commit().await.expect("commit");
+    shared::testing::grant(pool, user, GRANT).await;
 }
 
 async fn grant_all(pool: &PgPool, shared_account: bool) {
@@ -94,7 +83,8 @@ async fn direct(shared_account: bool) -> f64 {
             let user = user_of(client, shared_account);
             let mut tx = pool.begin().await.expect("begin");
             let one = Credits::parse("credits", 1).expect("credits");
-            let ok = ops::deduct(&mut tx, &user, one, &Context::default())
+            let user = shared::ids::UserId::parse("userId", &user).expect("user id");
+            let ok = changes::deduct(&mut tx, &user, one, &EntryMeta::default())
                 .await
                 .is_ok();
             tx.commit().await.expect("commit");

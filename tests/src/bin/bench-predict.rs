@@ -12,8 +12,6 @@ use e2e::{Stack, StackOptions};
 use futures_util::StreamExt;
 use serde_json::json;
 use shared::flowise_double::{Behaviour, FlowiseDouble};
-use shared::ledger::ops::{self, Context};
-use shared::ledger::Credits;
 use shared::token::Role;
 
 const FLOW: &str = "bench-flow";
@@ -99,18 +97,7 @@ async fn main() {
         .map(|c| stack.token(&format!("bench-{c}"), Role::Enduser))
         .collect();
     for c in 0..16 {
-        let mut tx = stack.pg.pool.begin().await.unwrap();
-        ops::allocate(
-            &mut tx,
-            &format!("bench-{c}"),
-            Credits::parse("c", 1_000_000_000).unwrap(),
-            None,
-            None,
-            &Context::default(),
-        )
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
+        shared::testing::grant(&stack.pg.pool, &format!("bench-{c}"), 1_000_000_000).await;
     }
     let http = stack.http.clone();
     let direct_url = format!("{}/api/v1/prediction/{FLOW}", flowise.url);

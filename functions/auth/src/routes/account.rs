@@ -3,22 +3,20 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Duration;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use shared::digest::random_bytes;
 use shared::error::{ApiError, JsonBody};
 use shared::identity::{Email, Password, Username};
+use shared::openapi::ApiErrors;
 use shared::token::{AuthUser, Role};
 
+use super::{done, Answer, MessageBody, SignedIn, TokenPair};
 use crate::guard::{self, answer_after_floor, lock_key, mail_deadline, send_by};
 use crate::password::hash_password;
 use crate::store::{code_matches, Attempts, CodeDoc, CodePurpose, UserDoc};
 use crate::AppState;
-
-type ApiResult = Result<Response, ApiError>;
 
 /// Wrong tries a verification code survives.
 pub const CODE_ATTEMPTS: i32 = 5;
@@ -29,10 +27,6 @@ pub const RESEND_SECONDS: i64 = 60;
 /// Wrong codes allowed per address and per account in 24 hours, across
 /// resends; past them, 429.
 pub const DAILY_CODE_ATTEMPTS: usize = 20;
-
-fn message(status: StatusCode, text: &str) -> Response {
-    (status, Json(json!({ "message": text }))).into_response()
-}
 
 fn invalid_code() -> ApiError {
     ApiError::BadRequest {
@@ -85,12 +79,25 @@ pub async fn send_verification(
     Ok(())
 }
 
-#[derive(Deserialize)]
+/// `POST /api/auth/signup`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupBody {
+    #[schema(min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_.-]+$")]
     username: String,
     email: String,
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
+}
+
+/// `{userId, message}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedUp {
+    /// The new account's id.
+    pub user_id: String,
+    /// What happens next.
+    pub message: String,
 }
 
 /// Builds a new account document (not stored).
@@ -117,11 +124,14 @@ pub async fn new_user(
     })
 }
 
-/// `POST /api/auth/signup`
+/// Creates an account and mails its verification code.
+#[utoipa::path(post, path = "/api/auth/signup", tag = "auth", security(()),
+    request_body = SignupBody,
+    responses((status = 201, description = "Created; the code is on its way", body = SignedUp), ApiErrors))]
 pub async fn signup(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<SignupBody>,
-) -> ApiResult {
+) -> Answer<SignedUp> {
     let username = Username::parse("username", &body.username)?;
     let email = Email::parse("email", &body.email)?;
     let password = Password::parse("password", &body.password)?;
@@ -129,17 +139,15 @@ pub async fn signup(
     state.store.insert_user(&user).await?;
     tracing::info!(user_id = %user.id, "account created");
     send_verification(&state, &user, &user.email).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "userId": user.id,
-            "message": "account created; the verification code is on its way by email",
-        })),
-    )
-        .into_response())
+    let answer = SignedUp {
+        user_id: user.id,
+        message: "account created; the verification code is on its way by email".into(),
+    };
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
-#[derive(Deserialize)]
+/// `POST /api/auth/verify-email`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyBody {
     email: String,
@@ -153,10 +161,13 @@ pub struct VerifyBody {
 /// is compared: at most [`CODE_ATTEMPTS`] per code, however many arrive at
 /// once, and [`DAILY_CODE_ATTEMPTS`] per address and per account in 24
 /// hours, across resends (then 429).
+#[utoipa::path(post, path = "/api/auth/verify-email", tag = "auth", security(()),
+    request_body = VerifyBody,
+    responses((status = 200, description = "Verified", body = MessageBody), ApiErrors))]
 pub async fn verify_email(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<VerifyBody>,
-) -> ApiResult {
+) -> Answer<MessageBody> {
     let email = Email::parse("email", &body.email)?;
     let code = body.code.trim();
     if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
@@ -170,7 +181,7 @@ pub async fn verify_email(
     ] {
         state.store.clear_attempts(Attempts::Code, &key).await?;
     }
-    Ok(message(StatusCode::OK, "email verified"))
+    done("email verified")
 }
 
 /// Counts one evaluated code for `key` (24-hour window); true while under
@@ -253,7 +264,8 @@ async fn prove_address(state: &AppState, used: &CodeDoc) -> Result<(), ApiError>
     Err(invalid_code())
 }
 
-#[derive(Deserialize)]
+/// `{email}`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailBody {
     email: String,
@@ -262,10 +274,13 @@ pub struct EmailBody {
 /// `POST /api/auth/resend-verification`: a new code for an unverified
 /// account's address, or for an address an account has pending. The same
 /// answer, after the same time, whether or not anything was sent.
+#[utoipa::path(post, path = "/api/auth/resend-verification", tag = "auth", security(()),
+    request_body = EmailBody,
+    responses((status = 200, description = "The same answer whether or not the address is known", body = MessageBody), ApiErrors))]
 pub async fn resend_verification(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<EmailBody>,
-) -> ApiResult {
+) -> Answer<MessageBody> {
     let email = Email::parse("email", &body.email)?;
     answer_after_floor(&state, async {
         let own = state
@@ -283,13 +298,11 @@ pub async fn resend_verification(
         Ok::<_, ApiError>(())
     })
     .await?;
-    Ok(message(
-        StatusCode::OK,
-        "if an unverified account uses this address, a new code has been sent",
-    ))
+    done("if an unverified account uses this address, a new code has been sent")
 }
 
-#[derive(Deserialize)]
+/// `POST /api/auth/login`: a username or an email, and the password.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
     username: Option<String>,
@@ -344,10 +357,13 @@ fn login_identifier(body: &LoginBody) -> Result<String, ApiError> {
 /// password (and the same time spent); 5 failures in 15 minutes lock the
 /// account (or, for an unknown name, that name) for 15 minutes, counted
 /// before each password is checked (see [`guard::check_password`]).
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", security(()),
+    request_body = LoginBody,
+    responses((status = 200, description = "Signed in", body = SignedIn), ApiErrors))]
 pub async fn login(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<LoginBody>,
-) -> ApiResult {
+) -> Answer<SignedIn> {
     let identifier = login_identifier(&body)?;
     let user = if identifier.contains('@') {
         state.store.user_by_email(&identifier).await?
@@ -366,9 +382,9 @@ pub async fn login(
     if !user.is_verified {
         return Err(not_verified());
     }
-    let (access, refresh) = issue_pair(&state, &user, None).await?;
+    let pair = issue_pair(&state, &user, None).await?;
     tracing::info!(user_id = %user.id, "logged in");
-    Ok(Json(signed_in(&user, &access, &refresh)).into_response())
+    Ok((StatusCode::OK, Json(SignedIn::new(&user, pair))))
 }
 
 fn not_verified() -> ApiError {
@@ -378,22 +394,8 @@ fn not_verified() -> ApiError {
     }
 }
 
-/// The answer of a sign-in: the token pair and the user.
-pub fn signed_in(user: &UserDoc, access: &str, refresh: &str) -> serde_json::Value {
-    json!({
-        "accessToken": access,
-        "refreshToken": refresh,
-        "user": {
-            "id": user.id,
-            "username": user.username,
-            "email": user.email,
-            "role": user.role,
-            "isVerified": user.is_verified,
-        },
-    })
-}
-
-#[derive(Deserialize)]
+/// `{refreshToken}`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RefreshBody {
     refresh_token: String,
@@ -402,10 +404,13 @@ pub struct RefreshBody {
 /// `POST /api/auth/refresh`: rotation. Presenting a token that was already
 /// rotated revokes its whole family (theft detection). The user is read
 /// again, so a role change or a disabled account takes effect here.
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", security(()),
+    request_body = RefreshBody,
+    responses((status = 200, description = "A new pair (the old refresh token is used up)", body = TokenPair), ApiErrors))]
 pub async fn refresh(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RefreshBody>,
-) -> ApiResult {
+) -> Answer<TokenPair> {
     let claims = state.jwt.verify_refresh(&body.refresh_token)?;
     let record = match state.store.use_refresh(&body.refresh_token).await? {
         Ok(record) => record,
@@ -446,8 +451,13 @@ pub async fn refresh(
         state.store.revoke_family(&record.family_id).await?;
         return Err(not_verified());
     }
-    let (access, refresh) = issue_pair(&state, &user, Some(record.family_id)).await?;
-    Ok(Json(json!({ "accessToken": access, "refreshToken": refresh })).into_response())
+    let (access_token, refresh_token) = issue_pair(&state, &user, Some(record.family_id)).await?;
+    let pair = TokenPair {
+        access_token,
+        refresh_token,
+        message: None,
+    };
+    Ok((StatusCode::OK, Json(pair)))
 }
 
 fn disabled_or_gone() -> ApiError {
@@ -459,32 +469,40 @@ fn disabled_or_gone() -> ApiError {
 
 /// `POST /api/auth/logout`: revokes the refresh token. An expired one is
 /// already useless, so it is accepted too.
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth", security(()),
+    request_body = RefreshBody,
+    responses((status = 200, description = "Logged out", body = MessageBody), ApiErrors))]
 pub async fn logout(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RefreshBody>,
-) -> ApiResult {
+) -> Answer<MessageBody> {
     match state.jwt.verify_refresh(&body.refresh_token) {
         Ok(_) => state.store.revoke_refresh(&body.refresh_token).await?,
         Err(err) if err.code() == "token_expired" => {}
         Err(err) => return Err(err),
     }
-    Ok(message(StatusCode::OK, "logged out"))
+    done("logged out")
 }
 
-/// `POST /api/auth/logout-all`
-pub async fn logout_all(State(state): State<AppState>, user: AuthUser) -> ApiResult {
+/// Ends every session of the caller.
+#[utoipa::path(post, path = "/api/auth/logout-all", tag = "auth",
+    responses((status = 200, description = "Every refresh token revoked", body = MessageBody), ApiErrors))]
+pub async fn logout_all(State(state): State<AppState>, user: AuthUser) -> Answer<MessageBody> {
     state.store.revoke_user_tokens(&user.id, None).await?;
-    Ok(message(StatusCode::OK, "every session is logged out"))
+    done("every session is logged out")
 }
 
 /// `POST /api/auth/forgot-password`: always 200, after the same time;
 /// mails a single-use reset link valid for one hour when the address
 /// belongs to an enabled account (at most one reset mail per address per
 /// minute).
+#[utoipa::path(post, path = "/api/auth/forgot-password", tag = "auth", security(()),
+    request_body = EmailBody,
+    responses((status = 200, description = "The same answer whether or not the address is known", body = MessageBody), ApiErrors))]
 pub async fn forgot_password(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<EmailBody>,
-) -> ApiResult {
+) -> Answer<MessageBody> {
     let email = Email::parse("email", &body.email)?;
     answer_after_floor(&state, async {
         let user = state
@@ -509,16 +527,15 @@ pub async fn forgot_password(
         Ok::<_, ApiError>(())
     })
     .await?;
-    Ok(message(
-        StatusCode::OK,
-        "if an account uses this address, a reset link has been sent",
-    ))
+    done("if an account uses this address, a reset link has been sent")
 }
 
-#[derive(Deserialize)]
+/// `POST /api/auth/reset-password`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResetBody {
     token: String,
+    #[schema(min_length = 8, max_length = 128)]
     new_password: String,
 }
 
@@ -534,10 +551,13 @@ fn invalid_reset_token() -> ApiError {
 /// since left the account is dead). Sets the password, proves that
 /// address (and nothing else), revokes every refresh token, lifts a
 /// lock-out, and signs the owner in with a fresh token pair.
+#[utoipa::path(post, path = "/api/auth/reset-password", tag = "auth", security(()),
+    request_body = ResetBody,
+    responses((status = 200, description = "Signed in with the new password", body = SignedIn), ApiErrors))]
 pub async fn reset_password(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<ResetBody>,
-) -> ApiResult {
+) -> Answer<SignedIn> {
     let password = Password::parse("newPassword", &body.new_password)?;
     let used = state
         .store
@@ -561,8 +581,7 @@ pub async fn reset_password(
     state.store.revoke_user_tokens(&user.id, None).await?;
     let key = lock_key(Some(&user), "");
     state.store.clear_attempts(Attempts::Login, &key).await?;
-    let (access, refresh) = issue_pair(&state, &user, None).await?;
-    let mut answer = signed_in(&user, &access, &refresh);
-    answer["message"] = json!("password changed; you are signed in");
-    Ok(Json(answer).into_response())
+    let mut answer = SignedIn::new(&user, issue_pair(&state, &user, None).await?);
+    answer.message = Some("password changed; you are signed in".into());
+    Ok((StatusCode::OK, Json(answer)))
 }

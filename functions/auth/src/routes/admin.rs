@@ -2,30 +2,51 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bson::doc;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use shared::error::{ApiError, JsonBody, PathParams, QueryParams};
 use shared::identity::{Email, Password, Username};
+use shared::openapi::ApiErrors;
 use shared::query::PageParams;
 use shared::token::{AuthUser, Role};
 
 use super::account::new_user;
+use super::{Answer, UserEnvelope, UserView};
 use crate::store::UserDoc;
 use crate::AppState;
 
-type ApiResult = Result<Response, ApiError>;
-
 const ADMIN_LEASE: &str = "admin-changes";
 
-#[derive(Deserialize)]
+/// `?page&limit&role&search`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// 1-based page (1).
+    #[param(minimum = 1, default = 1)]
     page: Option<i64>,
+    /// Items per page (20).
+    #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<i64>,
+    /// Only this role.
+    #[param(value_type = Option<Role>)]
     role: Option<String>,
+    /// Part of the username or the email.
+    #[param(max_length = 100)]
     search: Option<String>,
+}
+
+/// A page of accounts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsersPage {
+    /// Newest first.
+    pub users: Vec<UserView>,
+    /// Page.
+    pub page: i64,
+    /// Page size.
+    pub limit: i64,
+    /// All matching.
+    pub total: u64,
 }
 
 fn escape_regex(text: &str) -> String {
@@ -42,11 +63,13 @@ fn escape_regex(text: &str) -> String {
 
 /// `GET /api/admin/users` (admin, supervisor): `?page&limit&role&search`,
 /// `search` matching part of the username or the email.
+#[utoipa::path(get, path = "/api/admin/users", tag = "auth", params(ListQuery),
+    responses((status = 200, description = "A page of accounts", body = UsersPage), ApiErrors))]
 pub async fn list_users(
     State(state): State<AppState>,
     user: AuthUser,
     QueryParams(q): QueryParams<ListQuery>,
-) -> ApiResult {
+) -> Answer<UsersPage> {
     user.require_role(&[Role::Admin, Role::Supervisor])?;
     let (page, limit) = PageParams {
         page: q.page,
@@ -88,48 +111,60 @@ pub async fn list_users(
         .skip(((page - 1) * limit) as u64)
         .limit(limit)
         .await?;
-    let items: Vec<serde_json::Value> = shared::db::mongo::collect_all::<UserDoc>(cursor)
+    let users = shared::db::mongo::collect_all::<UserDoc>(cursor)
         .await?
         .iter()
-        .map(UserDoc::to_json)
+        .map(UserView::from)
         .collect();
-    Ok(
-        Json(json!({ "users": items, "page": page, "limit": limit, "total": total }))
-            .into_response(),
-    )
+    let body = UsersPage {
+        users,
+        page,
+        limit,
+        total,
+    };
+    Ok((StatusCode::OK, Json(body)))
 }
 
-/// `GET /api/admin/users/{id}` (admin, supervisor)
+/// One account (admin, supervisor).
+#[utoipa::path(get, path = "/api/admin/users/{id}", tag = "auth",
+    params(("id" = String, Path, description = "The user")),
+    responses((status = 200, description = "A user", body = UserEnvelope), ApiErrors))]
 pub async fn get_user(
     State(state): State<AppState>,
     user: AuthUser,
     PathParams(id): PathParams<String>,
-) -> ApiResult {
+) -> Answer<UserEnvelope> {
     user.require_role(&[Role::Admin, Role::Supervisor])?;
     let doc = state
         .store
         .user_by_id(&id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
-    Ok(Json(json!({ "user": doc.to_json() })).into_response())
+    UserEnvelope::of(&doc)
 }
 
-#[derive(Deserialize)]
+/// `POST /api/admin/users`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
+    #[schema(min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_.-]+$")]
     username: String,
     email: String,
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
     role: Role,
     verified: Option<bool>,
 }
 
-/// `POST /api/admin/users` (admin)
+/// Creates an account (admin).
+#[utoipa::path(post, path = "/api/admin/users", tag = "auth",
+    request_body = CreateBody,
+    responses((status = 201, description = "A user", body = UserEnvelope), ApiErrors))]
 pub async fn create_user(
     State(state): State<AppState>,
     user: AuthUser,
     JsonBody(body): JsonBody<CreateBody>,
-) -> ApiResult {
+) -> Answer<UserEnvelope> {
     user.require_admin()?;
     let username = Username::parse("username", &body.username)?;
     let email = Email::parse("email", &body.email)?;
@@ -144,10 +179,16 @@ pub async fn create_user(
     .await?;
     state.store.insert_user(&doc).await?;
     tracing::info!(created = %doc.id, role = doc.role.as_str(), "account created by an admin");
-    Ok((StatusCode::CREATED, Json(json!({ "user": doc.to_json() }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(UserEnvelope {
+            user: (&doc).into(),
+        }),
+    ))
 }
 
-#[derive(Deserialize)]
+/// `PATCH /api/admin/users/{id}`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatchBody {
     role: Option<Role>,
@@ -175,12 +216,16 @@ fn rank(role: Role) -> u8 {
 /// Disabling or demoting ends the user's refresh tokens at once; access
 /// tokens already issued live out their 15 minutes. `isVerified` concerns
 /// the account's own address only, never a pending one.
+#[utoipa::path(patch, path = "/api/admin/users/{id}", tag = "auth",
+    params(("id" = String, Path, description = "The user")),
+    request_body = PatchBody,
+    responses((status = 200, description = "A user", body = UserEnvelope), ApiErrors))]
 pub async fn patch_user(
     State(state): State<AppState>,
     user: AuthUser,
     PathParams(id): PathParams<String>,
     JsonBody(body): JsonBody<PatchBody>,
-) -> ApiResult {
+) -> Answer<UserEnvelope> {
     user.require_admin()?;
     if id == user.id && body.disabled == Some(true) {
         return Err(ApiError::Unprocessable {
@@ -224,10 +269,13 @@ pub async fn patch_user(
         })
         .await?;
     tracing::info!(target = %id, "account changed by an admin");
-    Ok(Json(json!({ "user": updated.to_json() })).into_response())
+    UserEnvelope::of(&updated)
 }
 
-/// `DELETE /api/admin/users/{id}` (admin): never yourself, never the last admin.
+/// Deletes an account (admin): never yourself, never the last admin.
+#[utoipa::path(delete, path = "/api/admin/users/{id}", tag = "auth",
+    params(("id" = String, Path, description = "The user")),
+    responses((status = 204, description = "Deleted"), ApiErrors))]
 pub async fn delete_user(
     State(state): State<AppState>,
     user: AuthUser,

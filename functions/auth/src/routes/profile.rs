@@ -1,21 +1,20 @@
 //! The caller's own account (SPEC §5).
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
 use shared::error::{ApiError, JsonBody};
 use shared::identity::{Email, Password, Username};
+use shared::openapi::ApiErrors;
 use shared::token::AuthUser;
 
 use super::account::{issue_pair, send_verification};
+use super::{Answer, TokenPair, UserEnvelope};
 use crate::guard::{self, lock_key, send_by};
 use crate::password::hash_password;
 use crate::store::UserDoc;
 use crate::AppState;
-
-type ApiResult = Result<Response, ApiError>;
 
 async fn current(state: &AppState, user: &AuthUser) -> Result<UserDoc, ApiError> {
     state
@@ -25,13 +24,15 @@ async fn current(state: &AppState, user: &AuthUser) -> Result<UserDoc, ApiError>
         .ok_or_else(|| ApiError::not_found("this account no longer exists"))
 }
 
-/// `GET /api/profile`
-pub async fn get_profile(State(state): State<AppState>, user: AuthUser) -> ApiResult {
-    let doc = current(&state, &user).await?;
-    Ok(Json(json!({ "user": doc.to_json() })).into_response())
+/// The caller's account.
+#[utoipa::path(get, path = "/api/profile", tag = "auth",
+    responses((status = 200, description = "A user", body = UserEnvelope), ApiErrors))]
+pub async fn get_profile(State(state): State<AppState>, user: AuthUser) -> Answer<UserEnvelope> {
+    UserEnvelope::of(&current(&state, &user).await?)
 }
 
-#[derive(Deserialize)]
+/// `PUT /api/profile`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProfileBody {
     username: Option<String>,
@@ -72,11 +73,14 @@ fn wrong_password() -> ApiError {
 /// until the code mailed to the new one is entered at
 /// `POST /api/auth/verify-email`; the old address is told. Asking for the
 /// current address again cancels a pending change.
+#[utoipa::path(put, path = "/api/profile", tag = "auth",
+    request_body = ProfileBody,
+    responses((status = 200, description = "A user", body = UserEnvelope), ApiErrors))]
 pub async fn put_profile(
     State(state): State<AppState>,
     user: AuthUser,
     JsonBody(body): JsonBody<ProfileBody>,
-) -> ApiResult {
+) -> Answer<UserEnvelope> {
     let before = current(&state, &user).await?;
     let mut set = bson::Document::new();
     let mut unset = bson::Document::new();
@@ -113,7 +117,7 @@ pub async fn put_profile(
         tell_old_address(&state, &after, new.as_str()).await;
         tracing::info!(user_id = %after.id, "email change asked for");
     }
-    Ok(Json(json!({ "user": after.to_json() })).into_response())
+    UserEnvelope::of(&after)
 }
 
 async fn tell_old_address(state: &AppState, user: &UserDoc, new_address: &str) {
@@ -127,7 +131,8 @@ async fn tell_old_address(state: &AppState, user: &UserDoc, new_address: &str) {
     send_by(deadline, mail, "email change notice").await;
 }
 
-#[derive(Deserialize)]
+/// `POST /api/profile/change-password`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChangePasswordBody {
     current_password: String,
@@ -138,11 +143,14 @@ pub struct ChangePasswordBody {
 /// `POST /api/profile/change-password`: needs the current password;
 /// revokes every refresh token except the one sent, and answers with a
 /// fresh pair.
+#[utoipa::path(post, path = "/api/profile/change-password", tag = "auth",
+    request_body = ChangePasswordBody,
+    responses((status = 200, description = "Changed; a fresh pair", body = TokenPair), ApiErrors))]
 pub async fn change_password(
     State(state): State<AppState>,
     user: AuthUser,
     JsonBody(body): JsonBody<ChangePasswordBody>,
-) -> ApiResult {
+) -> Answer<TokenPair> {
     let new_password = Password::parse("newPassword", &body.new_password)?;
     let doc = current(&state, &user).await?;
     require_password(
@@ -161,11 +169,11 @@ pub async fn change_password(
         .store
         .revoke_user_tokens(&user.id, body.refresh_token.as_deref())
         .await?;
-    let (access, refresh) = issue_pair(&state, &doc, None).await?;
-    Ok(Json(json!({
-        "message": "password changed",
-        "accessToken": access,
-        "refreshToken": refresh,
-    }))
-    .into_response())
+    let (access_token, refresh_token) = issue_pair(&state, &doc, None).await?;
+    let pair = TokenPair {
+        access_token,
+        refresh_token,
+        message: Some("password changed".into()),
+    };
+    Ok((StatusCode::OK, Json(pair)))
 }

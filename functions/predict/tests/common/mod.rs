@@ -12,8 +12,6 @@ use shared::config::{FlowiseConfig, Limits, Secret};
 use shared::db::mongo::IndexGuard;
 use shared::flowise::FlowiseClient;
 use shared::flowise_double::{Behaviour, FlowiseDouble};
-use shared::ledger::ops::{self, Context};
-use shared::ledger::Credits;
 use shared::testing::{self, call, TestMongo, TestPostgres, TestResponse};
 use shared::token::Role;
 use tower::ServiceExt;
@@ -126,25 +124,11 @@ impl App {
     }
 
     pub async fn grant(&self, user: &str, credits: i64) {
-        let mut tx = self.pg.pool.begin().await.unwrap();
-        ops::allocate(
-            &mut tx,
-            user,
-            Credits::parse("c", credits).unwrap(),
-            Some(30),
-            None,
-            &Context::default(),
-        )
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
+        testing::grant(&self.pg.pool, user, credits).await;
     }
 
     pub async fn balance(&self, user: &str) -> i64 {
-        let mut conn = self.pg.pool.acquire().await.unwrap();
-        shared::ledger::queries::total_balance(&mut conn, user)
-            .await
-            .unwrap()
+        testing::balance(&self.pg.pool, user).await
     }
 
     pub async fn predict(&self, token: &str, body: Value) -> TestResponse {

@@ -2,14 +2,18 @@
 //! (2) the session, (3) the price, reserved in the ledger, (4) the call to
 //! Flowise, (5) settlement, history and usage. The buffered route runs it
 //! in one go; the streaming route runs (1)–(3) through [`prepare`] and
-//! relays (4) as it arrives through [`relay_stream`].
+//! relays (4) as it arrives through [`stream::relay_stream`].
 //!
-//! The reservation is the gateway's (`Origin::Gateway`): no client can
-//! settle it, and [`finish`] never takes an already settled one as paid.
-//! An `Idempotency-Key` is claimed with the reservation and completed with
-//! the settlement (two transactions, none of them open while Flowise
-//! answers), so a retried prediction replays the first answer instead of
-//! paying twice.
+//! The reservation is the gateway's: no client can settle it, and
+//! [`finish`] never takes an already settled one as paid. An
+//! `Idempotency-Key` is claimed with the reservation and completed with the
+//! settlement (two transactions, none of them open while Flowise answers),
+//! so a retried prediction replays the first answer instead of paying
+//! twice. Reads that do not depend on each other run concurrently, and so
+//! do the settlement and the history writes, all before the answer.
+
+pub mod state;
+pub mod stream;
 
 use std::time::{Duration, Instant};
 
@@ -17,22 +21,21 @@ use axum::http::HeaderMap;
 use bson::doc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use shared::chat::chatflows;
-use shared::chat::files::{self, CheckedUpload};
-use shared::chat::sessions::{self, NewMessage, SessionDoc};
-use shared::error::{from_json_value, ApiError};
-use shared::flowise::{
-    FlowiseError, Prediction, PredictionRequest, ReportedUsage, StreamEvent, TokenUsage,
-};
-use shared::ledger::accounts::ensure_account;
-use shared::ledger::idempotency::{self, StoredKey};
-use shared::ledger::ops::Context;
-use shared::ledger::reservations::{self, Settlement};
-use shared::ledger::{queries, Credits};
-use shared::pricing::{self, estimate_tokens, PricingRule};
-use shared::token::AuthUser;
 
-use crate::AppState;
+use crate::chat::chatflows;
+use crate::chat::files::{self, CheckedUpload};
+use crate::chat::sessions::{self, NewMessage, SessionDoc};
+use crate::error::{from_json_value, ApiError};
+use crate::flowise::{FlowiseError, Prediction, PredictionRequest, TokenUsage};
+use crate::ids::{ChatSessionId, ChatflowId, ReservationId, UserId};
+use crate::ledger::accounts::ensure_account;
+use crate::ledger::idempotency::{self, RequestKey, StoredKey};
+use crate::ledger::reservations::{self, Settlement};
+use crate::ledger::{queries, Charge, Credits, EntryMeta};
+use crate::pricing::{self, estimate_tokens, PricingRule};
+use crate::token::AuthUser;
+
+pub use state::{PredictConfig, PredictState};
 
 /// Output tokens assumed when reserving, before the answer's length is
 /// known. The reservation is the cost with this many output tokens, capped
@@ -54,17 +57,18 @@ pub const PREDICT_ENDPOINT: &str = "POST /api/v1/chat/predict";
 pub const FINISH_MARGIN: Duration = Duration::from_secs(3);
 
 /// One `history` item, as Flowise takes it.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryItem {
     /// `userMessage` or `apiMessage`.
+    #[schema(value_type = crate::openapi::HistoryRole)]
     pub role: String,
     /// Text.
     pub content: String,
 }
 
 /// One `uploads` item: a stored file, or Flowise's own upload object.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum UploadItem {
     /// A file this user stored (`POST /api/v1/chat/files`).
@@ -87,31 +91,26 @@ pub enum UploadItem {
 }
 
 /// The body of both prediction routes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictBody {
     /// The chatflow.
-    pub chatflow_id: String,
+    pub chatflow_id: ChatflowId,
     /// The question.
+    #[schema(min_length = 1, max_length = 100000)]
     pub question: String,
     /// An existing session of this user (a new one when absent).
-    pub session_id: Option<String>,
+    pub session_id: Option<ChatSessionId>,
     /// Passed to Flowise (its `sessionId` is always ours).
     #[serde(rename = "overrideConfig")]
+    #[schema(value_type = Option<Object>)]
     pub override_config: Option<Value>,
     /// Prior turns to prepend.
+    #[schema(max_items = 100)]
     pub history: Option<Vec<HistoryItem>>,
     /// Files.
+    #[schema(max_items = 10)]
     pub uploads: Option<Vec<UploadItem>>,
-}
-
-/// A prediction's `Idempotency-Key` with the hash of its body.
-#[derive(Debug, Clone)]
-pub struct KeyClaim {
-    /// The key.
-    pub key: String,
-    /// What the request asked for.
-    pub hash: String,
 }
 
 /// A prediction request as parsed at the edge.
@@ -120,21 +119,18 @@ pub struct PredictRequest {
     /// The body.
     pub body: PredictBody,
     /// Its `Idempotency-Key`, when it has one.
-    pub claim: Option<KeyClaim>,
+    pub key: Option<RequestKey>,
 }
 
 impl PredictRequest {
     /// Parses the JSON body and the `Idempotency-Key` header (400 naming
     /// the field on bad input).
     pub fn parse(headers: &HeaderMap, raw: Value) -> Result<Self, ApiError> {
-        let key = idempotency::request_key(headers, &Value::Null)?;
-        let claim = key.map(|key| KeyClaim {
-            hash: idempotency::request_hash(PREDICT_ENDPOINT, &raw),
-            key,
-        });
+        let key = crate::http::idempotency_key(headers, &Value::Null)?
+            .map(|key| RequestKey::new(key, PREDICT_ENDPOINT, &raw));
         let body: PredictBody = from_json_value(raw)?;
         check_body(&body)?;
-        Ok(PredictRequest { body, claim })
+        Ok(PredictRequest { body, key })
     }
 }
 
@@ -172,8 +168,10 @@ impl Failure {
 
 /// Steps (1)–(3) done: what the call and the settlement need.
 pub struct Prepared {
+    /// The caller, as the ledger knows them.
+    pub user_id: UserId,
     /// The chatflow.
-    pub chatflow_id: String,
+    pub chatflow_id: ChatflowId,
     /// The session (not stored yet when `new_session`).
     pub session: SessionDoc,
     /// Whether the session is created by this prediction.
@@ -181,7 +179,7 @@ pub struct Prepared {
     /// The user's message id.
     pub user_message_id: String,
     /// The answer's message id; also the reservation's id in the ledger.
-    pub message_id: String,
+    pub message_id: ReservationId,
     /// What goes to Flowise.
     pub request: PredictionRequest,
     /// The pricing rule applied.
@@ -191,13 +189,13 @@ pub struct Prepared {
     /// Stored files sent.
     pub file_ids: Vec<String>,
     /// The claimed `Idempotency-Key`, completed with the settlement.
-    pub claim: Option<KeyClaim>,
+    pub key: Option<RequestKey>,
     /// When the work started.
     pub started: Instant,
 }
 
 /// Credits as a prediction's answer reports them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChargedCredits {
     /// Credits charged.
     pub charged: i64,
@@ -207,7 +205,7 @@ pub struct ChargedCredits {
 
 /// What a prediction answers: the buffered JSON, what a stream's frames
 /// carry, and what an `Idempotency-Key` replays.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PredictionAnswer {
     /// The session.
     pub session_id: String,
@@ -215,15 +213,19 @@ pub struct PredictionAnswer {
     pub message_id: String,
     /// The answer (partial when cut short).
     pub text: String,
-    /// `complete`, or `incomplete` for a stream cut short.
+    /// `complete`, or `incomplete` for a stream cut short (seen when
+    /// replaying one).
+    #[schema(value_type = crate::openapi::AnswerStatus)]
     pub status: String,
     /// Charged and balance.
     pub credits: ChargedCredits,
     /// Sources, when Flowise gave them.
     #[serde(rename = "sourceDocuments", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub source_documents: Option<Value>,
     /// Tools, when Flowise gave them.
     #[serde(rename = "usedTools", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub used_tools: Option<Value>,
 }
 
@@ -237,12 +239,6 @@ pub enum Start {
 }
 
 fn check_body(body: &PredictBody) -> Result<(), ApiError> {
-    if body.chatflow_id.trim().is_empty() || body.chatflow_id.len() > 128 {
-        return Err(ApiError::invalid_field(
-            "chatflow_id",
-            "must be 1 to 128 characters",
-        ));
-    }
     let chars = body.question.chars().count();
     if body.question.trim().is_empty() || chars > MAX_QUESTION_CHARS {
         return Err(ApiError::invalid_field(
@@ -289,46 +285,75 @@ fn check_history(history: &[HistoryItem]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Steps (1)–(3): chatflow access (404/403), session ownership (403), the
-/// price reserved in the ledger (402, with nothing sent to Flowise). A
-/// request whose `Idempotency-Key` was used before gets the stored answer
-/// (or 409) instead, before anything else happens.
+/// What the checks of steps (1)–(3a) found, read concurrently.
+struct Checked {
+    session: (SessionDoc, bool),
+    uploads: (Vec<CheckedUpload>, Vec<String>),
+    rule: PricingRule,
+}
+
+/// Steps (1), (2) and the pricing rule, concurrently: chatflow access
+/// (404/403), session ownership (403), uploads (403, 413, 415).
+async fn check(
+    state: &PredictState,
+    user: &AuthUser,
+    body: &PredictBody,
+) -> Result<Checked, ApiError> {
+    let db = &state.mongo.chat;
+    let rule = async {
+        let mut conn = state.pg.acquire().await?;
+        pricing::rule_for(&mut conn, Some(body.chatflow_id.as_str())).await
+    };
+    let (_, session, uploads, rule) = tokio::try_join!(
+        chatflows::usable(db, &body.chatflow_id, user),
+        session_for(state, user, body),
+        checked_uploads(state, user, body),
+        rule,
+    )?;
+    Ok(Checked {
+        session,
+        uploads,
+        rule,
+    })
+}
+
+/// Steps (1)–(3): the checks, then the price reserved in the ledger (402,
+/// with nothing sent to Flowise). A request whose `Idempotency-Key` was
+/// used before gets the stored answer (or 409) instead, before anything
+/// else happens.
 pub async fn prepare(
-    state: &AppState,
+    state: &PredictState,
     user: &AuthUser,
     request: PredictRequest,
     request_id: &str,
 ) -> Result<Start, ApiError> {
     let started = Instant::now();
-    let PredictRequest { body, claim } = request;
-    if let Some(claim) = &claim {
-        let mut conn = state.pg.acquire().await?;
-        if let Some(stored) = idempotency::lookup(&mut conn, &user.id, &claim.key).await? {
-            return stored_answer(stored, &claim.hash).map(|a| Start::Replay(Box::new(a)));
-        }
+    let PredictRequest { body, key } = request;
+    let user_id = user.user_id();
+    if let Some(answer) = stored_for(state, &user_id, key.as_ref()).await? {
+        return Ok(Start::Replay(Box::new(answer)));
     }
-    let db = &state.mongo.chat;
-    chatflows::usable(db, &body.chatflow_id, user).await?;
-    let (session, new_session) = session_for(state, user, &body).await?;
-    let (uploads, file_ids) = checked_uploads(state, user, &body).await?;
+    let Checked {
+        session: (session, new_session),
+        uploads: (uploads, file_ids),
+        rule,
+    } = check(state, user, &body).await?;
     let input_tokens = input_tokens(&body, &uploads);
-    let (rule, minimum, wanted) = price(state, &body.chatflow_id, input_tokens).await?;
-    let message_id = uuid::Uuid::new_v4().to_string();
-    let ctx = Context {
+    let message_id = ReservationId::random();
+    let meta = EntryMeta {
         actor_id: Some(&user.id),
         idempotency_key: Some(request_id),
         description: Some("prediction"),
         reference: Some(&session.session_id),
-        ..Context::default()
+        ..EntryMeta::default()
     };
     let reserved = Reservation {
         chatflow_id: &body.chatflow_id,
         message_id: &message_id,
-        minimum,
-        wanted,
-        claim: claim.as_ref(),
+        amounts: reservation_amounts(&rule, input_tokens)?,
+        key: key.as_ref(),
     };
-    if let Some(answer) = reserve(state, user, reserved, &ctx).await? {
+    if let Some(answer) = reserve(state, user, reserved, &meta).await? {
         return Ok(Start::Replay(Box::new(answer)));
     }
     let request = PredictionRequest {
@@ -339,6 +364,7 @@ pub async fn prepare(
         uploads: uploads.into_iter().map(|u| u.upload).collect(),
     };
     Ok(Start::Fresh(Box::new(Prepared {
+        user_id,
         chatflow_id: body.chatflow_id,
         session,
         new_session,
@@ -348,9 +374,25 @@ pub async fn prepare(
         rule,
         input_tokens,
         file_ids,
-        claim,
+        key,
         started,
     })))
+}
+
+/// The stored answer of a key used before (or 409), when there is one.
+async fn stored_for(
+    state: &PredictState,
+    user: &UserId,
+    key: Option<&RequestKey>,
+) -> Result<Option<PredictionAnswer>, ApiError> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let mut conn = state.pg.acquire().await?;
+    match idempotency::lookup(&mut conn, user, &key.key).await? {
+        Some(stored) => stored_answer(stored, &key.hash).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// The stored answer of a key used before (or 409).
@@ -363,7 +405,7 @@ fn stored_answer(stored: StoredKey, hash: &str) -> Result<PredictionAnswer, ApiE
 /// Step (2): the given session, which must be this user's and this
 /// chatflow's, or a new one (stored only once the answer is paid for).
 async fn session_for(
-    state: &AppState,
+    state: &PredictState,
     user: &AuthUser,
     body: &PredictBody,
 ) -> Result<(SessionDoc, bool), ApiError> {
@@ -372,7 +414,7 @@ async fn session_for(
         return Ok((session, true));
     };
     let session = sessions::owned(&state.mongo.chat, id, &user.id).await?;
-    if session.chatflow_id != body.chatflow_id {
+    if session.chatflow_id != body.chatflow_id.as_str() {
         return Err(ApiError::invalid_field(
             "session_id",
             "belongs to another chatflow",
@@ -384,7 +426,7 @@ async fn session_for(
 /// Every upload, checked: stored files the user owns (403 otherwise) and
 /// inline ones against the stored files' allow-list (413, 415).
 async fn checked_uploads(
-    state: &AppState,
+    state: &PredictState,
     user: &AuthUser,
     body: &PredictBody,
 ) -> Result<(Vec<CheckedUpload>, Vec<String>), ApiError> {
@@ -433,17 +475,13 @@ fn input_tokens(body: &PredictBody, uploads: &[CheckedUpload]) -> i64 {
 
 /// What step (3) reserves: the known part of the price (the request and
 /// the input), and the price with [`RESERVE_OUTPUT_TOKENS`] of output.
-async fn price(
-    state: &AppState,
-    chatflow_id: &str,
+fn reservation_amounts(
+    rule: &PricingRule,
     input_tokens: i64,
-) -> Result<(PricingRule, Credits, Credits), ApiError> {
-    let mut conn = state.pg.acquire().await?;
-    let rule = pricing::rule_for(&mut conn, Some(chatflow_id)).await?;
+) -> Result<(Credits, Credits), ApiError> {
     let minimum = rule.cost(input_tokens, 0).credits.max(1);
     let wanted = rule.cost(input_tokens, RESERVE_OUTPUT_TOKENS).credits;
     Ok((
-        rule,
         Credits::parse("estimatedCredits", minimum)?,
         Credits::parse("estimatedCredits", wanted.max(minimum))?,
     ))
@@ -451,11 +489,10 @@ async fn price(
 
 /// What step (3b) reserves.
 struct Reservation<'a> {
-    chatflow_id: &'a str,
-    message_id: &'a str,
-    minimum: Credits,
-    wanted: Credits,
-    claim: Option<&'a KeyClaim>,
+    chatflow_id: &'a ChatflowId,
+    message_id: &'a ReservationId,
+    amounts: (Credits, Credits),
+    key: Option<&'a RequestKey>,
 }
 
 /// Step (3b): one transaction claims the key (when there is one), records
@@ -464,36 +501,29 @@ struct Reservation<'a> {
 /// A key another request holds rolls it back and answers that request's
 /// outcome (or 409), before any balance is looked at.
 async fn reserve(
-    state: &AppState,
+    state: &PredictState,
     user: &AuthUser,
     what: Reservation<'_>,
-    ctx: &Context<'_>,
+    meta: &EntryMeta<'_>,
 ) -> Result<Option<PredictionAnswer>, ApiError> {
+    let user_id = user.user_id();
     let mut tx = state.pg.begin().await?;
-    if let Some(claim) = what.claim {
-        let held = idempotency::claim(
-            &mut tx,
-            &user.id,
-            &claim.key,
-            PREDICT_ENDPOINT,
-            &claim.hash,
-            what.message_id,
-        )
-        .await?;
+    if let Some(key) = what.key {
+        let endpoint = PREDICT_ENDPOINT;
+        let held = idempotency::claim(&mut tx, &user_id, key, endpoint, what.message_id).await?;
         if let Some(stored) = held {
             tx.rollback().await?;
-            return stored_answer(stored, &claim.hash).map(Some);
+            return stored_answer(stored, &key.hash).map(Some);
         }
     }
     ensure_account(&mut tx, user).await?;
     reservations::reserve_prediction(
         &mut tx,
-        &user.id,
+        &user_id,
         what.message_id,
         what.chatflow_id,
-        what.minimum,
-        what.wanted,
-        ctx,
+        what.amounts,
+        meta,
     )
     .await?;
     tx.commit().await?;
@@ -507,7 +537,7 @@ pub struct Outcome {
     /// `complete` or `incomplete`.
     pub complete: bool,
     /// Credits to charge.
-    pub charge: i64,
+    pub charge: Charge,
     /// Input and output tokens counted.
     pub tokens: TokenUsage,
     /// Sources, when Flowise gave them.
@@ -528,7 +558,7 @@ impl Outcome {
         };
         let tokens = prediction.usage.unwrap_or_default().or_estimate(estimate);
         Outcome {
-            charge: prepared.rule.cost(tokens.input, tokens.output).credits,
+            charge: Charge::capped(prepared.rule.cost(tokens.input, tokens.output).credits),
             text: prediction.text,
             complete: true,
             tokens,
@@ -543,9 +573,9 @@ impl Outcome {
     pub fn cut_short(prepared: &Prepared, text: String, failure: Failure) -> Outcome {
         let output = estimate_tokens(&text);
         let charge = if text.is_empty() {
-            0
+            Charge::ZERO
         } else {
-            prepared.rule.cost(0, output).credits
+            Charge::capped(prepared.rule.cost(0, output).credits)
         };
         Outcome {
             text,
@@ -568,13 +598,19 @@ impl Outcome {
             "incomplete"
         }
     }
+
+    /// Whether anything goes to the history (a failure with nothing
+    /// delivered stores nothing).
+    fn stored(&self) -> bool {
+        self.complete || !self.text.is_empty()
+    }
 }
 
 impl Prepared {
     fn answer(&self, outcome: &Outcome, charged: i64, balance: Option<i64>) -> PredictionAnswer {
         PredictionAnswer {
             session_id: self.session.session_id.clone(),
-            message_id: self.message_id.clone(),
+            message_id: self.message_id.to_string(),
             text: outcome.text.clone(),
             status: outcome.status().to_owned(),
             credits: ChargedCredits { charged, balance },
@@ -602,68 +638,82 @@ impl Prepared {
     }
 }
 
-/// Step (5): in one transaction, settles the gateway's reservation
-/// (finalize for a complete answer, abort for anything else), records
-/// usage, reads the balance and completes (or, when nothing was charged
-/// for a failure, frees) the `Idempotency-Key`; then stores the messages.
+/// Step (5): the settlement transaction and the history writes, run
+/// concurrently and both finished before the answer. The settlement
+/// settles the gateway's reservation (finalize for a complete answer,
+/// abort for anything else), records usage, reads the balance and
+/// completes (or, when nothing was charged for a failure, frees) the
+/// `Idempotency-Key`. A history written for a settlement that then fails
+/// is marked `incomplete`; a history that fails to be written is logged
+/// (the answer is paid for and returned all the same).
 pub async fn finish(
-    state: &AppState,
-    user: &AuthUser,
+    state: &PredictState,
     prepared: &Prepared,
     outcome: &Outcome,
+) -> Result<PredictionAnswer, ApiError> {
+    let latency_ms = prepared.started.elapsed().as_millis() as i64;
+    let history = async {
+        if outcome.stored() {
+            store_messages(state, prepared, outcome, latency_ms).await
+        } else {
+            Ok(())
+        }
+    };
+    let (settled, stored) = tokio::join!(settle(state, prepared, outcome, latency_ms), history);
+    let stored = stored.map_err(|err| {
+        tracing::error!(error = %err, message_id = %prepared.message_id, "a paid answer was not stored in the history");
+    });
+    if settled.is_err() && outcome.complete && stored.is_ok() {
+        let marked = sessions::mark_incomplete(&state.mongo.chat, &prepared.message_id).await;
+        if let Err(err) = marked {
+            tracing::error!(error = %err, "an unsettled answer was not marked incomplete");
+        }
+    }
+    settled
+}
+
+/// The settlement transaction of [`finish`].
+async fn settle(
+    state: &PredictState,
+    prepared: &Prepared,
+    outcome: &Outcome,
+    latency_ms: i64,
 ) -> Result<PredictionAnswer, ApiError> {
     let how = if outcome.complete {
         Settlement::Finalize
     } else {
         Settlement::Abort
     };
-    let latency_ms = prepared.started.elapsed().as_millis() as i64;
+    let user = &prepared.user_id;
     let mut tx = state.pg.begin().await?;
-    let settled = reservations::settle_prediction(
-        &mut tx,
-        &prepared.message_id,
-        &user.id,
-        how,
-        outcome.charge,
-    )
-    .await?;
+    let settled =
+        reservations::settle_prediction(&mut tx, &prepared.message_id, user, how, outcome.charge)
+            .await?;
     let metadata = prepared.usage_metadata(outcome, latency_ms);
     let charged = settled.charged_credits;
-    shared::usage::record_usage(
-        &mut tx,
-        &user.id,
-        "chat",
-        &prepared.chatflow_id,
-        charged,
-        metadata,
-    )
-    .await?;
-    let balance = queries::total_balance(&mut tx, &user.id).await?;
+    let flow = prepared.chatflow_id.as_str();
+    crate::usage::record_usage(&mut tx, user, "chat", flow, charged, metadata).await?;
+    let balance = queries::total_balance(&mut tx, user).await?;
     let answer = prepared.answer(outcome, charged, Some(balance));
-    if let Some(claim) = &prepared.claim {
+    if let Some(key) = &prepared.key {
         if outcome.failure.is_some() && charged == 0 {
-            idempotency::release(&mut tx, &user.id, &claim.key).await?;
+            idempotency::release(&mut tx, user, key).await?;
         } else {
             let stored = (axum::http::StatusCode::OK, json!(answer));
-            idempotency::complete(&mut tx, &user.id, &claim.key, &stored).await?;
+            idempotency::complete(&mut tx, user, key, &stored).await?;
         }
     }
     tx.commit().await?;
-    // The answer is paid for: from here on nothing may turn it into an
-    // error for the user. A history write that fails is logged.
-    if outcome.complete || !outcome.text.is_empty() {
-        if let Err(err) = store_messages(state, prepared, outcome, charged, latency_ms).await {
-            tracing::error!(error = %err, message_id = %prepared.message_id, "a paid answer was not stored in the history");
-        }
-    }
     Ok(answer)
 }
 
+/// The history of a prediction: the session (when new), the files it
+/// used, the question and the answer (`metadata.credits` is the answer's
+/// price).
 async fn store_messages(
-    state: &AppState,
+    state: &PredictState,
     prepared: &Prepared,
     outcome: &Outcome,
-    charged: i64,
     latency_ms: i64,
 ) -> Result<(), ApiError> {
     let db = &state.mongo.chat;
@@ -673,8 +723,28 @@ async fn store_messages(
     for file_id in &prepared.file_ids {
         files::attach(db, file_id, &prepared.session.session_id).await?;
     }
+    let question = NewMessage {
+        message_id: prepared.user_message_id.clone(),
+        role: "user",
+        content: prepared.request.question.clone(),
+        status: "complete",
+        file_ids: prepared.file_ids.clone(),
+        metadata: doc! {},
+    };
+    let answer = NewMessage {
+        message_id: prepared.message_id.to_string(),
+        role: "assistant",
+        content: outcome.text.clone(),
+        status: outcome.status(),
+        file_ids: Vec::new(),
+        metadata: answer_metadata(outcome, latency_ms),
+    };
+    sessions::append(db, &prepared.session, vec![question, answer]).await
+}
+
+fn answer_metadata(outcome: &Outcome, latency_ms: i64) -> bson::Document {
     let mut metadata = doc! {
-        "credits": charged,
+        "credits": outcome.charge.get(),
         "input_tokens": outcome.tokens.input,
         "output_tokens": outcome.tokens.output,
         "latency_ms": latency_ms,
@@ -690,200 +760,31 @@ async fn store_messages(
     if let Some(failure) = outcome.failure {
         metadata.insert("error", failure.as_str());
     }
-    let question = NewMessage {
-        message_id: prepared.user_message_id.clone(),
-        role: "user",
-        content: prepared.request.question.clone(),
-        status: "complete",
-        file_ids: prepared.file_ids.clone(),
-        metadata: doc! {},
-    };
-    let answer = NewMessage {
-        message_id: prepared.message_id.clone(),
-        role: "assistant",
-        content: outcome.text.clone(),
-        status: outcome.status(),
-        file_ids: Vec::new(),
-        metadata,
-    };
-    sessions::append(db, &prepared.session, vec![question, answer]).await
+    metadata
 }
 
 /// Releases the whole reservation after Flowise failed before answering
 /// (the user pays nothing, the `Idempotency-Key` is freed) and records the
 /// failure; returns the error to answer with (502, or 504 for a timeout).
-pub async fn fail(
-    state: &AppState,
-    user: &AuthUser,
-    prepared: &Prepared,
-    error: FlowiseError,
-) -> ApiError {
+pub async fn fail(state: &PredictState, prepared: &Prepared, error: FlowiseError) -> ApiError {
     let outcome = Outcome::cut_short(prepared, String::new(), Failure::of(&error));
-    if let Err(settle_error) = finish(state, user, prepared, &outcome).await {
+    if let Err(settle_error) = finish(state, prepared, &outcome).await {
         tracing::error!(error = %settle_error, "a failed prediction could not be settled; the expiry job will release it");
     }
     ApiError::from(error)
 }
 
-/// One outgoing SSE frame: `event: <name>\ndata: <json>\n\n`.
-pub fn sse_frame(event: &str, data: &Value) -> bytes::Bytes {
-    bytes::Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
-}
-
-fn session_frame(session_id: &str, message_id: &str) -> bytes::Bytes {
-    sse_frame(
-        "session",
-        &json!({"session_id": session_id, "message_id": message_id}),
-    )
-}
-
-fn end_frame(answer: &PredictionAnswer, replayed: bool) -> bytes::Bytes {
-    let mut data = json!({"status": answer.status, "credits": answer.credits});
-    if replayed {
-        data["replayed"] = json!(true);
+/// Steps (4) and (5), buffered: Flowise gets `budget` (what remains of
+/// `FLOWISE_BUFFERED_TIMEOUT_SECONDS` minus [`FINISH_MARGIN`]); past it the
+/// answer is 504 and free.
+pub async fn answer_buffered(
+    state: &PredictState,
+    prepared: &Prepared,
+    budget: Duration,
+) -> Result<PredictionAnswer, ApiError> {
+    let flow = prepared.chatflow_id.as_str();
+    match state.flowise.predict(flow, &prepared.request, budget).await {
+        Ok(answer) => finish(state, prepared, &Outcome::answered(prepared, answer)).await,
+        Err(e) => Err(fail(state, prepared, e).await),
     }
-    sse_frame("end", &data)
-}
-
-/// A stored answer as a short stream: `session`, `start`, one `token` with
-/// the whole text, the sources and tools it had, and `end` (with its
-/// status, so an answer cut short replays as `incomplete`).
-pub fn replay_frames(answer: &PredictionAnswer) -> Vec<bytes::Bytes> {
-    let mut frames = vec![
-        session_frame(&answer.session_id, &answer.message_id),
-        sse_frame("start", &json!("")),
-        sse_frame("token", &json!(answer.text)),
-    ];
-    for (name, value) in [
-        ("sourceDocuments", &answer.source_documents),
-        ("usedTools", &answer.used_tools),
-    ] {
-        if let Some(value) = value {
-            frames.push(sse_frame(name, value));
-        }
-    }
-    frames.push(end_frame(answer, true));
-    frames
-}
-
-/// The events relayed to the client as they are; `error` is relayed with a
-/// clean message (Flowise's own is logged); the rest (usage, agent
-/// internals) are consumed here.
-const RELAYED: &[&str] = &["start", "token", "metadata", "sourceDocuments", "usedTools"];
-
-/// What a stream delivered so far.
-#[derive(Default)]
-struct Relayed {
-    text: String,
-    usage: ReportedUsage,
-    reported: bool,
-    sources: Option<Value>,
-    tools: Option<Value>,
-    failure: Option<Failure>,
-    client_gone: bool,
-}
-
-impl Relayed {
-    /// Takes one event in; returns whether the stream is over.
-    fn take(&mut self, event: &StreamEvent) -> bool {
-        match event.event.as_str() {
-            "end" => return true,
-            // One report per LLM call of the flow: every one counts.
-            "usageMetadata" => {
-                if let Some(report) = ReportedUsage::from_value(&event.data) {
-                    self.usage = self.usage.plus(report);
-                    self.reported = true;
-                }
-            }
-            "token" | "start" => {
-                if let Some(piece) = event.data.as_str() {
-                    self.text.push_str(piece);
-                }
-            }
-            "sourceDocuments" => self.sources = Some(event.data.clone()),
-            "usedTools" => self.tools = Some(event.data.clone()),
-            "error" => {
-                tracing::warn!(error = %event.data, "Flowise reported an error inside the stream");
-                self.failure = Some(Failure::UpstreamError);
-            }
-            _ => {}
-        }
-        false
-    }
-
-    fn outcome(self, prepared: &Prepared) -> Outcome {
-        match (self.failure, self.client_gone) {
-            (None, false) => Outcome::answered(
-                prepared,
-                Prediction {
-                    text: self.text,
-                    source_documents: self.sources,
-                    used_tools: self.tools,
-                    usage: self.reported.then_some(self.usage),
-                },
-            ),
-            (Some(failure), _) => Outcome::cut_short(prepared, self.text, failure),
-            (None, true) => Outcome::cut_short(prepared, self.text, Failure::ClientDisconnected),
-        }
-    }
-}
-
-/// The message a client sees for a failure inside a stream.
-fn public_stream_error(failure: Failure) -> &'static str {
-    match failure {
-        Failure::UpstreamTimeout => "the chat service did not answer in time",
-        _ => "the chat service failed to answer",
-    }
-}
-
-/// Step (4) streamed, then (5): relays Flowise's events into `tx` as they
-/// arrive, after the `session` frame. A failed send means the client went
-/// away: the reservation is then aborted with the cost of what was
-/// delivered, and the partial answer stored as incomplete. The final `end`
-/// frame carries the credits charged.
-pub async fn relay_stream<S>(
-    state: AppState,
-    user: AuthUser,
-    prepared: Prepared,
-    mut events: S,
-    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
-) where
-    S: futures_util::Stream<Item = Result<StreamEvent, FlowiseError>> + Unpin,
-{
-    use futures_util::StreamExt;
-    let mut relayed = Relayed::default();
-    let first = session_frame(&prepared.session.session_id, &prepared.message_id);
-    relayed.client_gone = tx.send(first).await.is_err();
-    while !relayed.client_gone {
-        let event = match events.next().await {
-            None => break,
-            Some(Err(e)) => {
-                let failure = Failure::of(&e);
-                let _ = tx
-                    .send(sse_frame("error", &json!(public_stream_error(failure))))
-                    .await;
-                relayed.failure = Some(failure);
-                break;
-            }
-            Some(Ok(event)) => event,
-        };
-        if relayed.take(&event) {
-            break;
-        }
-        let frame = match event.event.as_str() {
-            "error" => sse_frame("error", &json!(public_stream_error(Failure::UpstreamError))),
-            name if RELAYED.contains(&name) => sse_frame(name, &event.data),
-            _ => continue,
-        };
-        relayed.client_gone = tx.send(frame).await.is_err();
-    }
-    let outcome = relayed.outcome(&prepared);
-    let last = match finish(&state, &user, &prepared, &outcome).await {
-        Ok(answer) => end_frame(&answer, false),
-        Err(err) => {
-            tracing::error!(error = %err, "a streamed prediction could not be settled; the expiry job will release it");
-            sse_frame("error", &json!(err.public_message()))
-        }
-    };
-    let _ = tx.send(last).await;
 }

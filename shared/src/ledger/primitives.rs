@@ -1,0 +1,318 @@
+//! The steps every change runs, inside one database transaction ([`Tx`]):
+//! lock the account, expire what is due, draw from allocations, refund
+//! draws, write an entry, set the cached total. A function here never
+//! commits; the change that calls it does.
+
+use sqlx::Postgres;
+use uuid::Uuid;
+
+use super::types::{Allocation, Credits, EntryKind, EntryMeta, LedgerError, MAX_CREDITS};
+use crate::ids::UserId;
+
+/// A database transaction. Every ledger change takes one, so a change
+/// cannot be made outside a transaction: it does not compile.
+pub type Tx<'c> = sqlx::Transaction<'c, Postgres>;
+
+/// Locks the account for the rest of the transaction and returns its
+/// cached total. Every change takes this lock first.
+pub async fn lock_account(tx: &mut Tx<'_>, user: &UserId) -> Result<i64, LedgerError> {
+    sqlx::query_scalar!(
+        "SELECT total_credits FROM user_accounts WHERE user_id = $1 FOR UPDATE",
+        user.as_str()
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| LedgerError::NoAccount(user.clone()))
+}
+
+/// Like [`lock_account`], but `None` when another transaction holds the
+/// account (the job skips it; its next run takes it).
+pub async fn try_lock_account(tx: &mut Tx<'_>, user: &UserId) -> Result<Option<i64>, LedgerError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT total_credits FROM user_accounts WHERE user_id = $1 FOR UPDATE SKIP LOCKED",
+        user.as_str()
+    )
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+/// Expires the user's due allocations: `remaining` goes to 0 and one
+/// `expiry` entry is written for each that held credits. The caller holds
+/// the account lock and passes the cached `total`; returns (allocations
+/// expired, credits lost) and stores the new total. An allocation already
+/// expired is never touched again, so overlapping runs cannot expire
+/// anything twice.
+pub async fn expire_due(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    total: i64,
+) -> Result<(u64, i64), LedgerError> {
+    let due = sqlx::query!(
+        "SELECT id, remaining FROM credit_allocations
+          WHERE user_id = $1 AND expired_at IS NULL AND expires_at <= now()
+          ORDER BY expires_at, id
+          FOR UPDATE",
+        user.as_str()
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    if due.is_empty() {
+        return Ok((0, 0));
+    }
+    let meta = EntryMeta {
+        actor_id: Some("system"),
+        description: Some("allocation expired"),
+        ..EntryMeta::default()
+    };
+    let (mut balance, mut count) = (total, 0);
+    for allocation in due {
+        sqlx::query!(
+            "UPDATE credit_allocations SET remaining = 0, expired_at = now() WHERE id = $1",
+            allocation.id
+        )
+        .execute(&mut **tx)
+        .await?;
+        if allocation.remaining > 0 {
+            balance -= allocation.remaining;
+            let kind = EntryKind::Expiry;
+            let lost = -allocation.remaining;
+            insert_entry(tx, user, kind, lost, balance, Some(allocation.id), &meta).await?;
+            count += 1;
+        }
+    }
+    set_total(tx, user, balance).await?;
+    Ok((count, total - balance))
+}
+
+/// Locks the account and expires what is due: the start of every change.
+/// Returns the spendable total.
+pub async fn begin_change(tx: &mut Tx<'_>, user: &UserId) -> Result<i64, LedgerError> {
+    let total = lock_account(tx, user).await?;
+    let (_, expired) = expire_due(tx, user, total).await?;
+    Ok(total - expired)
+}
+
+/// Writes one entry (a `credit_transactions` row) and returns its id.
+pub async fn insert_entry(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    kind: EntryKind,
+    amount: i64,
+    balance_after: i64,
+    allocation_id: Option<Uuid>,
+    meta: &EntryMeta<'_>,
+) -> Result<Uuid, LedgerError> {
+    let id = Uuid::now_v7();
+    sqlx::query!(
+        "INSERT INTO credit_transactions
+            (id, user_id, type, amount, balance_after, actor_id, description, reference,
+             idempotency_key, allocation_id, streaming_session_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        id,
+        user.as_str(),
+        kind.as_str(),
+        amount,
+        balance_after,
+        meta.actor_id,
+        meta.description,
+        meta.reference,
+        meta.idempotency_key,
+        allocation_id,
+        meta.reservation_id,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+/// Stores the account's new cached total.
+pub async fn set_total(tx: &mut Tx<'_>, user: &UserId, total: i64) -> Result<(), LedgerError> {
+    sqlx::query!(
+        "UPDATE user_accounts SET total_credits = $2, updated_at = now() WHERE user_id = $1",
+        user.as_str(),
+        total
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// 422 `balance_limit` unless `balance` plus `amount` stays within
+/// [`MAX_CREDITS`].
+pub fn check_balance_limit(balance: i64, amount: i64) -> Result<(), LedgerError> {
+    if balance
+        .checked_add(amount)
+        .is_none_or(|sum| sum > MAX_CREDITS)
+    {
+        return Err(LedgerError::BalanceLimit { balance, amount });
+    }
+    Ok(())
+}
+
+/// Grants `credits` to the locked account as a new allocation that
+/// expires after `expiry_days` (`None`: never).
+pub async fn insert_allocation(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    credits: Credits,
+    expiry_days: Option<i32>,
+    actor: &str,
+    notes: Option<&str>,
+) -> Result<Allocation, LedgerError> {
+    Ok(sqlx::query_as!(
+        Allocation,
+        r#"INSERT INTO credit_allocations (id, user_id, credits, remaining, expires_at, allocated_by, notes)
+           VALUES ($1, $2, $3, $3, now() + make_interval(days => $4), $5, $6)
+           RETURNING id, credits, remaining, expires_at, allocated_at"#,
+        Uuid::now_v7(),
+        user.as_str(),
+        credits.get(),
+        expiry_days,
+        actor,
+        notes,
+    )
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// Takes `amount` from the user's spendable allocations, soonest-expiring
+/// first (never-expiring last), and records each draw against the entry
+/// `entry_id`. The caller holds the account lock, has expired what is due,
+/// and has checked that the total covers `amount`.
+pub async fn draw(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    amount: i64,
+    entry_id: Uuid,
+) -> Result<(), LedgerError> {
+    let allocations = sqlx::query!(
+        "SELECT id, remaining FROM credit_allocations
+          WHERE user_id = $1 AND remaining > 0 AND expired_at IS NULL
+          ORDER BY expires_at ASC NULLS LAST, allocated_at, id
+          FOR UPDATE",
+        user.as_str()
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut left = amount;
+    for allocation in allocations {
+        if left == 0 {
+            break;
+        }
+        let take = allocation.remaining.min(left);
+        sqlx::query!(
+            "UPDATE credit_allocations SET remaining = remaining - $2 WHERE id = $1",
+            allocation.id,
+            take
+        )
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query!(
+            "INSERT INTO credit_draws (transaction_id, allocation_id, amount) VALUES ($1, $2, $3)",
+            entry_id,
+            allocation.id,
+            take
+        )
+        .execute(&mut **tx)
+        .await?;
+        left -= take;
+    }
+    if left != 0 {
+        // The cached total promised more than the allocations hold: never
+        // commit that; the transaction rolls back.
+        return Err(LedgerError::Inconsistent(format!(
+            "{user}: the total covers {amount} but the allocations lack {left}"
+        )));
+    }
+    Ok(())
+}
+
+/// Returns up to `amount` credits of the debit `debit_id` to the
+/// allocations it drew from, latest-expiring first (as if only the rest
+/// had been drawn), skipping allocations that have expired: credits are
+/// never revived. Returns how many credits went back.
+pub async fn refund_draws(
+    tx: &mut Tx<'_>,
+    debit_id: Uuid,
+    amount: i64,
+) -> Result<i64, LedgerError> {
+    let draws = sqlx::query!(
+        r#"SELECT d.allocation_id, d.amount - d.refunded AS "refundable!",
+                  (a.expired_at IS NULL AND (a.expires_at IS NULL OR a.expires_at > now())) AS "live!"
+             FROM credit_draws d JOIN credit_allocations a ON a.id = d.allocation_id
+            WHERE d.transaction_id = $1 AND d.amount > d.refunded
+            ORDER BY a.expires_at DESC NULLS FIRST, a.allocated_at DESC, a.id DESC
+            FOR UPDATE OF d, a"#,
+        debit_id
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let (mut left, mut returned) = (amount, 0);
+    for draw in draws {
+        if left == 0 {
+            break;
+        }
+        let give = draw.refundable.min(left);
+        left -= give;
+        // Expired: the share is forfeited, as it would have been unspent.
+        sqlx::query!(
+            "UPDATE credit_draws SET refunded = refunded + $3
+              WHERE transaction_id = $1 AND allocation_id = $2",
+            debit_id,
+            draw.allocation_id,
+            give
+        )
+        .execute(&mut **tx)
+        .await?;
+        if draw.live {
+            sqlx::query!(
+                "UPDATE credit_allocations SET remaining = remaining + $2 WHERE id = $1",
+                draw.allocation_id,
+                give
+            )
+            .execute(&mut **tx)
+            .await?;
+            returned += give;
+        }
+    }
+    Ok(returned)
+}
+
+/// Takes `amount` from the locked account (its spendable `total`) as one
+/// entry of `kind` with a negative amount; 402 when the balance is short,
+/// nothing changed. Returns the entry's id and the new balance.
+pub async fn debit_locked(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    total: i64,
+    amount: i64,
+    kind: EntryKind,
+    meta: &EntryMeta<'_>,
+) -> Result<(Uuid, i64), LedgerError> {
+    if amount > total {
+        return Err(LedgerError::Insufficient {
+            needed: amount,
+            available: total,
+        });
+    }
+    let balance = total - amount;
+    let entry = insert_entry(tx, user, kind, -amount, balance, None, meta).await?;
+    draw(tx, user, amount, entry).await?;
+    set_total(tx, user, balance).await?;
+    Ok((entry, balance))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_balance_never_passes_two_to_the_53rd() {
+        assert!(check_balance_limit(0, MAX_CREDITS).is_ok());
+        assert!(matches!(
+            check_balance_limit(1, MAX_CREDITS),
+            Err(LedgerError::BalanceLimit { .. })
+        ));
+        assert!(check_balance_limit(i64::MAX, 1).is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! The scheduled job's ledger work (SPEC §9): expire the allocations of
+//! users who are not active (every change expires its own user's), settle
+//! reservations left active past the TTL, purge old idempotency keys.
+//! Each user or reservation is handled in its own transaction, so a crash
+//! leaves every row either fully processed or untouched; one whose
+//! account another transaction holds is skipped (`SKIP LOCKED`) and taken
+//! by the next run. Two runs at once never expire or settle anything twice.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::idempotency::{purge_old_keys, release_for_reservation};
+use super::primitives::{expire_due, try_lock_account};
+use super::reservations::{settle_locked, Settlement};
+use super::types::{Charge, LedgerError};
+use crate::ids::{ReservationId, UserId};
+
+/// What one run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpiryReport {
+    /// Allocations expired (with credits left in them).
+    pub expired_allocations: u64,
+    /// Credits those allocations held.
+    pub expired_credits: i64,
+    /// Stale reservations settled as aborts charging nothing.
+    pub settled_reservations: u64,
+    /// Idempotency keys older than 24 hours, deleted.
+    pub purged_idempotency_keys: u64,
+}
+
+/// One run of the job, `batch` users or reservations per query:
+/// allocations, then reservations older than `reservation_ttl`, then keys.
+pub async fn run_expiry(
+    pool: &PgPool,
+    reservation_ttl: Duration,
+    batch: i64,
+) -> Result<ExpiryReport, LedgerError> {
+    let mut report = ExpiryReport::default();
+    expire_due_users(pool, batch, &mut report).await?;
+    settle_stale_reservations(pool, reservation_ttl, batch, &mut report).await?;
+    report.purged_idempotency_keys = purge_old_keys(pool, batch).await?;
+    tracing::info!(
+        expired_allocations = report.expired_allocations,
+        expired_credits = report.expired_credits,
+        settled_reservations = report.settled_reservations,
+        purged_idempotency_keys = report.purged_idempotency_keys,
+        "credit expiry run finished"
+    );
+    Ok(report)
+}
+
+/// Expires every user's due allocations, visiting each user once
+/// (keyset pagination over user ids).
+async fn expire_due_users(
+    pool: &PgPool,
+    batch: i64,
+    report: &mut ExpiryReport,
+) -> Result<(), LedgerError> {
+    let mut after = String::new();
+    loop {
+        let users = sqlx::query_scalar!(
+            "SELECT DISTINCT user_id FROM credit_allocations
+              WHERE expired_at IS NULL AND expires_at <= now() AND user_id > $1
+              ORDER BY user_id LIMIT $2",
+            after,
+            batch
+        )
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = users.last().cloned() else {
+            return Ok(());
+        };
+        for user in users {
+            let user = UserId::stored(user);
+            let mut tx = pool.begin().await?;
+            let Some(total) = try_lock_account(&mut tx, &user).await? else {
+                continue;
+            };
+            let (count, credits) = expire_due(&mut tx, &user, total).await?;
+            tx.commit().await?;
+            report.expired_allocations += count;
+            report.expired_credits += credits;
+        }
+        after = last;
+    }
+}
+
+/// Settles, as aborts charging nothing, the reservations active for longer
+/// than `ttl`, and frees the in-progress idempotency key of each (its
+/// prediction died before settling, and was charged nothing).
+async fn settle_stale_reservations(
+    pool: &PgPool,
+    ttl: Duration,
+    batch: i64,
+    report: &mut ExpiryReport,
+) -> Result<(), LedgerError> {
+    let mut after = String::new();
+    loop {
+        let stale = sqlx::query!(
+            "SELECT session_id, user_id FROM streaming_sessions
+              WHERE status = 'active' AND created_at < now() - make_interval(secs => $1)
+                AND session_id > $2
+              ORDER BY session_id LIMIT $3",
+            ttl.as_secs_f64(),
+            after,
+            batch
+        )
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = stale.last().map(|s| s.session_id.clone()) else {
+            return Ok(());
+        };
+        for reservation in stale {
+            let id = ReservationId::stored(reservation.session_id);
+            let user = UserId::stored(reservation.user_id);
+            let mut tx = pool.begin().await?;
+            let Some(total) = try_lock_account(&mut tx, &user).await? else {
+                continue;
+            };
+            let how = Settlement::Abort;
+            let outcome = settle_locked(&mut tx, &id, total, how, Charge::ZERO, "system").await?;
+            release_for_reservation(&mut tx, &id).await?;
+            tx.commit().await?;
+            if outcome.settled_now {
+                report.settled_reservations += 1;
+            }
+        }
+        after = last;
+    }
+}

@@ -1,0 +1,109 @@
+//! What `gateway-admin` does, as a library its tests drive.
+
+use std::time::Duration;
+
+use axum::Router;
+use shared::config::{Env, MongoConfig, PostgresConfig};
+use shared::db::{mongo, postgres};
+use shared::http::{finish, HealthChecks};
+
+/// Applies the migrations and makes the indexes (the deploy step).
+pub async fn migrate() -> Result<(), shared::BoxError> {
+    let env = Env::load().await?;
+    let pg = PostgresConfig::from_env(&env)?;
+    let mongo_config = MongoConfig::from_env(&env)?;
+    postgres::create_database_if_missing(&pg).await?;
+    let pool = postgres::connect_lazy(&pg)?;
+    postgres::migrate(&pool).await?;
+    tracing::info!("PostgreSQL migrations applied");
+    let stores = mongo::connect(&mongo_config).await?;
+    mongo::ensure_auth_indexes(&stores.auth).await?;
+    mongo::ensure_chat_indexes(&stores.chat).await?;
+    tracing::info!("MongoDB indexes ensured");
+    Ok(())
+}
+
+/// The whole gateway's description: every function's routes, from the
+/// declarations their routers are built from.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    shared::openapi::merged([
+        shared::http::common_openapi(),
+        auth::openapi(),
+        credits::openapi(),
+        usage::openapi(),
+        predict::openapi(),
+        predict_stream::openapi(),
+    ])
+}
+
+/// The description as the committed `openapi.yaml`.
+pub fn openapi_yaml() -> Result<String, shared::BoxError> {
+    let yaml = openapi().to_yaml()?;
+    Ok(format!(
+        "# Written by `gateway-admin openapi` (make openapi) from the routes' declarations; do not edit.\n{yaml}"
+    ))
+}
+
+/// Server-sized pools, unless the environment says otherwise.
+fn server_env(mut env: Env) -> Env {
+    for (name, value) in [
+        ("DATABASE_MAX_CONNECTIONS", "20"),
+        ("MONGODB_MAX_POOL_SIZE", "20"),
+    ] {
+        if env.optional(name).is_none() {
+            env = env.with(name, value);
+        }
+    }
+    env
+}
+
+/// Every function's router on one axum app: the API Gateway paths, the
+/// streaming route included, `/health/<function>` for each function, one
+/// description (`/openapi.yaml`) and one fallback.
+pub async fn app(env: &Env) -> Result<Router, shared::BoxError> {
+    let auth = auth::AppState::connect(&auth::Config::from_env(env)?).await?;
+    let ledger = credits::AppState::connect(&credits::Config::from_env(env)?).await?;
+    let predict = predict::AppState::connect(&predict::Config::from_env(env)?).await?;
+    let health = |checks: HealthChecks, name: &str| checks.router_at(&format!("/health/{name}"));
+    let api = Router::new()
+        .merge(auth::api(auth.clone()))
+        .merge(credits::api(ledger.clone()))
+        .merge(usage::api(ledger.clone()))
+        .merge(predict::api(predict.clone()))
+        .merge(predict_stream::api(predict.clone()))
+        .merge(health(auth.health_checks(), "auth"))
+        .merge(health(ledger.health_checks(), "credits"))
+        .merge(health(ledger.health_checks(), "usage"))
+        .merge(health(predict.health_checks(), "predict"))
+        .merge(health(predict.health_checks(), "predict-stream"));
+    Ok(finish(api))
+}
+
+/// Serves [`app`] on `port` (127.0.0.1 unless `SERVE_ADDRESS` says
+/// otherwise) and runs the credit-expiry job every
+/// `SERVE_JOB_INTERVAL_MINUTES` (15; 0 turns it off), as EventBridge does
+/// in AWS.
+pub async fn serve(port: u16) -> Result<(), shared::BoxError> {
+    let env = server_env(Env::load().await?);
+    let app = app(&env).await?;
+    let minutes: u64 = env.parse_or("SERVE_JOB_INTERVAL_MINUTES", 15)?;
+    if minutes > 0 {
+        let job = credit_expiry::Job::connect(&credit_expiry::Config::from_env(&env)?).await?;
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(minutes * 60));
+            loop {
+                every.tick().await;
+                if let Err(err) = job.run().await {
+                    tracing::error!(error = %err, "the credit-expiry job failed");
+                }
+            }
+        });
+    }
+    let address = env
+        .optional("SERVE_ADDRESS")
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let listener = tokio::net::TcpListener::bind((address.as_str(), port)).await?;
+    tracing::info!(address = %listener.local_addr()?, "serving every function");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
