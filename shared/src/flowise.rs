@@ -436,10 +436,107 @@ impl FlowiseClient {
     }
 }
 
+/// Reads Flowise's events out of an SSE body, within the deadlines.
+struct SseReader<S> {
+    body: S,
+    buffer: BytesMut,
+    seen_data: bool,
+    done: bool,
+    first_deadline: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+}
+
+impl<S> SseReader<S>
+where
+    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
+{
+    /// The next event in the buffer, if a whole frame with data is there
+    /// (heartbeats and empty frames are skipped).
+    fn buffered_event(&mut self) -> Option<StreamEvent> {
+        while let Some(frame) = take_frame(&mut self.buffer) {
+            let Some(payload) = frame_data(&frame) else {
+                continue;
+            };
+            self.seen_data = true;
+            let event = parse_event(payload);
+            if event.event == "end" {
+                self.done = true;
+            }
+            return Some(event);
+        }
+        None
+    }
+
+    /// Reads more of the body: `Err` with the event that ends the stream
+    /// (a timeout, an early end, a transport error).
+    async fn read_more(&mut self) -> Result<(), FlowiseError> {
+        let until = if self.seen_data {
+            self.deadline
+        } else {
+            self.first_deadline.min(self.deadline)
+        };
+        match tokio::time::timeout_at(until, self.body.next()).await {
+            Err(_) => Err(FlowiseError::Timeout(
+                if self.seen_data {
+                    "the stream did not finish in time"
+                } else {
+                    "no data event arrived in time"
+                }
+                .into(),
+            )),
+            Ok(None) => Err(FlowiseError::Stream(
+                "the stream ended before its end event".into(),
+            )),
+            Ok(Some(Err(e))) => Err(transport_error(e)),
+            Ok(Some(Ok(chunk))) => {
+                self.buffer.extend_from_slice(&chunk);
+                Ok(())
+            }
+        }
+    }
+
+    /// The next event, or the error that ends the stream, or `None` once
+    /// it has ended.
+    async fn next_event(&mut self) -> Option<Result<StreamEvent, FlowiseError>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(event) = self.buffered_event() {
+                return Some(Ok(event));
+            }
+            if let Err(e) = self.read_more().await {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+    }
+}
+
+/// One frame's JSON `{"event": .., "data": ..}`; a payload that is not
+/// JSON is a `message` event carrying the text.
+fn parse_event(payload: String) -> StreamEvent {
+    match serde_json::from_str::<Value>(&payload) {
+        Ok(v) => StreamEvent {
+            event: v
+                .get("event")
+                .and_then(Value::as_str)
+                .unwrap_or("message")
+                .to_owned(),
+            data: v.get("data").cloned().unwrap_or(Value::Null),
+        },
+        Err(_) => StreamEvent {
+            event: "message".into(),
+            data: Value::String(payload),
+        },
+    }
+}
+
 /// Splits an SSE byte stream into events. Frames end with a blank line;
 /// comment lines (`:heartbeat`) and unknown fields (`message:`) are
 /// skipped; only `data:` lines carry the event, which works for both the
-/// 3.1.2 framing and the older `message\ndata:` one.
+/// 3.1.2 framing and the older `message\ndata:` one. The first data event
+/// must arrive by `first_deadline` and the whole stream end by `deadline`.
 pub fn sse_events<S>(
     body: S,
     first_deadline: tokio::time::Instant,
@@ -448,15 +545,7 @@ pub fn sse_events<S>(
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
 {
-    struct State<S> {
-        body: S,
-        buffer: BytesMut,
-        seen_data: bool,
-        done: bool,
-        first_deadline: tokio::time::Instant,
-        deadline: tokio::time::Instant,
-    }
-    let state = State {
+    let reader = SseReader {
         body,
         buffer: BytesMut::new(),
         seen_data: false,
@@ -464,66 +553,8 @@ where
         first_deadline,
         deadline,
     };
-    futures_util::stream::unfold(state, |mut s| async move {
-        loop {
-            if s.done {
-                return None;
-            }
-            if let Some(frame) = take_frame(&mut s.buffer) {
-                let Some(payload) = frame_data(&frame) else {
-                    continue; // a heartbeat or an empty frame
-                };
-                s.seen_data = true;
-                let event = match serde_json::from_str::<Value>(&payload) {
-                    Ok(v) => StreamEvent {
-                        event: v
-                            .get("event")
-                            .and_then(Value::as_str)
-                            .unwrap_or("message")
-                            .to_owned(),
-                        data: v.get("data").cloned().unwrap_or(Value::Null),
-                    },
-                    Err(_) => StreamEvent {
-                        event: "message".into(),
-                        data: Value::String(payload),
-                    },
-                };
-                if event.event == "end" {
-                    s.done = true;
-                }
-                return Some((Ok(event), s));
-            }
-            let until = if s.seen_data {
-                s.deadline
-            } else {
-                s.first_deadline.min(s.deadline)
-            };
-            match tokio::time::timeout_at(until, s.body.next()).await {
-                Err(_) => {
-                    s.done = true;
-                    let what = if s.seen_data {
-                        "the stream did not finish in time"
-                    } else {
-                        "no data event arrived in time"
-                    };
-                    return Some((Err(FlowiseError::Timeout(what.into())), s));
-                }
-                Ok(None) => {
-                    s.done = true;
-                    return Some((
-                        Err(FlowiseError::Stream(
-                            "the stream ended before its end event".into(),
-                        )),
-                        s,
-                    ));
-                }
-                Ok(Some(Err(e))) => {
-                    s.done = true;
-                    return Some((Err(transport_error(e)), s));
-                }
-                Ok(Some(Ok(chunk))) => s.buffer.extend_from_slice(&chunk),
-            }
-        }
+    futures_util::stream::unfold(reader, |mut r| async move {
+        r.next_event().await.map(|item| (item, r))
     })
 }
 

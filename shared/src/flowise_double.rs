@@ -174,6 +174,105 @@ fn frame(event: &str, data: Value) -> Bytes {
     ))
 }
 
+/// What one prediction request asked for, as the answers echo it.
+struct Call {
+    streaming: bool,
+    question: String,
+    session: String,
+    chat_id: String,
+    message_id: String,
+}
+
+impl Call {
+    fn of(body: &Value) -> Call {
+        let streaming = matches!(body.get("streaming"), Some(Value::Bool(true)))
+            || body.get("streaming").and_then(Value::as_str) == Some("true");
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+        let session = text(body.pointer("/overrideConfig/sessionId"))
+            .or_else(|| text(body.get("chatId")))
+            .unwrap_or_else(|| "generated-chat-id".into());
+        Call {
+            streaming,
+            question: text(body.get("question")).unwrap_or_default(),
+            chat_id: text(body.get("chatId")).unwrap_or_else(|| session.clone()),
+            session,
+            message_id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// The buffered answer, with `metrics` when there are token counts.
+    fn json(&self, text: String, usage: Option<(i64, i64)>) -> Response {
+        let mut v = json!({
+            "text": text, "question": self.question, "chatId": self.chat_id,
+            "chatMessageId": self.message_id, "isStreamValid": false,
+            "sessionId": self.session, "memoryType": "Buffer Memory"
+        });
+        if let Some((i, o)) = usage {
+            v["metrics"] = json!({"usage": {"prompt_tokens": i, "completion_tokens": o}});
+        }
+        (StatusCode::OK, Json(v)).into_response()
+    }
+
+    /// A streamed answer: `start`, a `token` per piece (`delay` before
+    /// each), `metadata`, the usage, `end`.
+    fn stream(
+        &self,
+        tokens: Vec<String>,
+        delay: Duration,
+        usage: Option<(i64, i64)>,
+        heartbeat: bool,
+    ) -> Response {
+        let mut frames = Vec::new();
+        if heartbeat {
+            frames.push((Duration::ZERO, Bytes::from_static(b":heartbeat\n\n")));
+        }
+        frames.push((Duration::ZERO, frame("start", json!(""))));
+        for token in tokens {
+            frames.push((delay, frame("token", json!(token))));
+        }
+        let metadata = json!({"chatId": self.chat_id, "chatMessageId": self.message_id, "question": self.question, "sessionId": self.session, "memoryType": "Buffer Memory"});
+        frames.push((Duration::ZERO, frame("metadata", metadata)));
+        if let Some((i, o)) = usage {
+            let report = json!({"input_tokens": i, "output_tokens": o, "total_tokens": i + o});
+            frames.push((Duration::ZERO, frame("usageMetadata", report)));
+        }
+        frames.push((Duration::ZERO, frame("end", json!("[DONE]"))));
+        sse(frames)
+    }
+}
+
+/// Exactly these events (`delay` before each), then `end`; buffered, the
+/// `token` data joined.
+fn events_answer(call: &Call, events: Vec<(String, Value)>, delay: Duration) -> Response {
+    if !call.streaming {
+        let text: String = events
+            .iter()
+            .filter(|(name, _)| name == "token")
+            .filter_map(|(_, data)| data.as_str())
+            .collect();
+        return call.json(text, None);
+    }
+    let mut frames: Vec<(Duration, Bytes)> = events
+        .into_iter()
+        .map(|(name, data)| (delay, frame(&name, data)))
+        .collect();
+    frames.push((Duration::ZERO, frame("end", json!("[DONE]"))));
+    sse(frames)
+}
+
+/// What a failing LLM answers: 500 with Flowise's error JSON, or, streamed,
+/// an `error` event then `end`.
+fn failure(call: &Call, message: String) -> Response {
+    if !call.streaming {
+        let body = json!({"statusCode": 500, "success": false, "message": message, "stack": {}});
+        return (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response();
+    }
+    sse(vec![
+        (Duration::ZERO, frame("error", json!(message))),
+        (Duration::ZERO, frame("end", json!("[DONE]"))),
+    ])
+}
+
 async fn prediction(
     State(inner): State<Arc<Mutex<Inner>>>,
     Path(id): Path<String>,
@@ -192,113 +291,32 @@ async fn prediction(
         });
         inner.flows.get(&id).map(|f| f.behaviour.clone())
     };
-    let streaming = matches!(body.get("streaming"), Some(Value::Bool(true)))
-        || body.get("streaming").and_then(Value::as_str) == Some("true");
-    let question = body
-        .get("question")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let session = body
-        .pointer("/overrideConfig/sessionId")
-        .and_then(Value::as_str)
-        .or_else(|| body.get("chatId").and_then(Value::as_str))
-        .unwrap_or("generated-chat-id")
-        .to_owned();
-    let chat_id = body
-        .get("chatId")
-        .and_then(Value::as_str)
-        .unwrap_or(&session)
-        .to_owned();
-    let message_id = uuid::Uuid::new_v4().to_string();
-    let answer_json = |text: String, usage: Option<(i64, i64)>| {
-        let mut v = json!({
-            "text": text, "question": question, "chatId": chat_id, "chatMessageId": message_id,
-            "isStreamValid": false, "sessionId": session, "memoryType": "Buffer Memory"
-        });
-        if let Some((i, o)) = usage {
-            v["metrics"] = json!({"usage": {"prompt_tokens": i, "completion_tokens": o}});
-        }
-        (StatusCode::OK, Json(v)).into_response()
-    };
+    let call = Call::of(&body);
     let Some(behaviour) = behaviour else {
-        if streaming {
+        if call.streaming {
             // Captured: no response at all.
             std::future::pending::<()>().await;
         }
         return not_found(&id);
     };
     match behaviour {
-        Behaviour::Stall => {
-            std::future::pending::<()>().await;
-            StatusCode::OK.into_response()
-        }
-        Behaviour::JsonOnly(text) => answer_json(text, None),
+        Behaviour::Stall => std::future::pending::<Response>().await,
+        Behaviour::JsonOnly(text) => call.json(text, None),
         Behaviour::Slow { text, pause } => {
             tokio::time::sleep(pause).await;
-            answer_json(text, None)
+            call.json(text, None)
         }
-        Behaviour::Events { events, .. } if !streaming => {
-            let text: String = events
-                .iter()
-                .filter(|(name, _)| name == "token")
-                .filter_map(|(_, data)| data.as_str())
-                .collect();
-            answer_json(text, None)
+        Behaviour::Events { events, delay } => events_answer(&call, events, delay),
+        Behaviour::Fail(message) => failure(&call, message),
+        Behaviour::Answer { tokens, usage, .. } if !call.streaming => {
+            call.json(tokens.concat(), usage)
         }
-        Behaviour::Events { events, delay } => {
-            let mut frames: Vec<(Duration, Bytes)> = events
-                .into_iter()
-                .map(|(name, data)| (delay, frame(&name, data)))
-                .collect();
-            frames.push((Duration::ZERO, frame("end", json!("[DONE]"))));
-            sse(frames)
-        }
-        Behaviour::Fail(message) if !streaming => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"statusCode": 500, "success": false, "message": message, "stack": {}})),
-        )
-            .into_response(),
-        Behaviour::Answer { tokens, usage, .. } if !streaming => {
-            answer_json(tokens.concat(), usage)
-        }
-        Behaviour::Fail(message) => sse(vec![
-            (Duration::ZERO, frame("error", json!(message))),
-            (Duration::ZERO, frame("end", json!("[DONE]"))),
-        ]),
         Behaviour::Answer {
             tokens,
             delay,
             usage,
             heartbeat,
-        } => {
-            let mut frames = Vec::new();
-            if heartbeat {
-                frames.push((Duration::ZERO, Bytes::from_static(b":heartbeat\n\n")));
-            }
-            frames.push((Duration::ZERO, frame("start", json!(""))));
-            for token in tokens {
-                frames.push((delay, frame("token", json!(token))));
-            }
-            frames.push((
-                Duration::ZERO,
-                frame(
-                    "metadata",
-                    json!({"chatId": chat_id, "chatMessageId": message_id, "question": question, "sessionId": session, "memoryType": "Buffer Memory"}),
-                ),
-            ));
-            if let Some((i, o)) = usage {
-                frames.push((
-                    Duration::ZERO,
-                    frame(
-                        "usageMetadata",
-                        json!({"input_tokens": i, "output_tokens": o, "total_tokens": i + o}),
-                    ),
-                ));
-            }
-            frames.push((Duration::ZERO, frame("end", json!("[DONE]"))));
-            sse(frames)
-        }
+        } => call.stream(tokens, delay, usage, heartbeat),
     }
 }
 

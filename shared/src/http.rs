@@ -231,10 +231,13 @@ impl HealthChecks {
             match &self.postgres {
                 None => None,
                 Some(pool) => Some(
-                    tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool))
-                        .await
-                        .map(|r| r.is_ok())
-                        .unwrap_or(false),
+                    tokio::time::timeout(
+                        PROBE_TIMEOUT,
+                        sqlx::query!("SELECT 1 AS one").fetch_one(pool),
+                    )
+                    .await
+                    .map(|r| r.is_ok())
+                    .unwrap_or(false),
                 ),
             }
         };

@@ -436,10 +436,46 @@ impl TestSmtp {
     }
 }
 
-async fn smtp_session(
-    socket: tokio::net::TcpStream,
-    store: std::sync::Arc<std::sync::Mutex<Vec<ReceivedMail>>>,
-) -> std::io::Result<()> {
+type Mails = std::sync::Arc<std::sync::Mutex<Vec<ReceivedMail>>>;
+
+/// The address of `MAIL FROM:<a>` / `RCPT TO:<a>`.
+fn smtp_address(command: &str) -> String {
+    command
+        .split_once(':')
+        .map(|(_, a)| {
+            a.trim()
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads a mail's data up to the lone `.` line, undoing dot-stuffing;
+/// `None` when the client went away.
+async fn smtp_data<R>(lines: &mut R) -> std::io::Result<Option<String>>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    use tokio::io::AsyncBufReadExt;
+    let (mut data, mut line) = (String::new(), String::new());
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).await? == 0 {
+            return Ok(None);
+        }
+        let text = line.trim_end_matches(['\r', '\n']);
+        if text == "." {
+            return Ok(Some(data));
+        }
+        data.push_str(text.strip_prefix('.').unwrap_or(text));
+        data.push('\n');
+    }
+}
+
+async fn smtp_session(socket: tokio::net::TcpStream, store: Mails) -> std::io::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let (read, mut write) = socket.into_split();
     let mut lines = BufReader::new(read);
@@ -453,59 +489,37 @@ async fn smtp_session(
         }
         let command = line.trim_end().to_owned();
         let upper = command.to_ascii_uppercase();
-        let addr = |c: &str| {
-            c.split_once(':')
-                .map(|(_, a)| {
-                    a.trim()
-                        .trim_start_matches('<')
-                        .split('>')
-                        .next()
-                        .unwrap_or("")
-                        .to_owned()
-                })
-                .unwrap_or_default()
-        };
-        if upper.starts_with("EHLO") {
-            write
-                .write_all(b"250-test-smtp\r\n250 8BITMIME\r\n")
-                .await?;
+        let reply: &[u8] = if upper.starts_with("EHLO") {
+            b"250-test-smtp\r\n250 8BITMIME\r\n"
         } else if upper.starts_with("HELO") {
-            write.write_all(b"250 test-smtp\r\n").await?;
+            b"250 test-smtp\r\n"
         } else if upper.starts_with("MAIL FROM") {
-            from = addr(&command);
+            from = smtp_address(&command);
             to.clear();
-            write.write_all(b"250 OK\r\n").await?;
+            b"250 OK\r\n"
         } else if upper.starts_with("RCPT TO") {
-            to.push(addr(&command));
-            write.write_all(b"250 OK\r\n").await?;
+            to.push(smtp_address(&command));
+            b"250 OK\r\n"
         } else if upper == "DATA" {
             write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
-            let mut data = String::new();
-            loop {
-                line.clear();
-                if lines.read_line(&mut line).await? == 0 {
-                    return Ok(());
-                }
-                let text = line.trim_end_matches(['\r', '\n']);
-                if text == "." {
-                    break;
-                }
-                data.push_str(text.strip_prefix('.').unwrap_or(text));
-                data.push('\n');
-            }
-            store.lock().expect("mails").push(ReceivedMail {
+            let Some(data) = smtp_data(&mut lines).await? else {
+                return Ok(());
+            };
+            let mail = ReceivedMail {
                 from: from.clone(),
                 to: to.clone(),
                 data,
-            });
-            write.write_all(b"250 OK queued\r\n").await?;
+            };
+            store.lock().expect("mails").push(mail);
+            b"250 OK queued\r\n"
         } else if upper == "QUIT" {
             write.write_all(b"221 bye\r\n").await?;
             return Ok(());
         } else {
             // RSET, NOOP and the rest.
-            write.write_all(b"250 OK\r\n").await?;
-        }
+            b"250 OK\r\n"
+        };
+        write.write_all(reply).await?;
     }
 }
 

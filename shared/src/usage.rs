@@ -196,25 +196,7 @@ pub async fn stats(
     )
     .fetch_one(&mut *conn)
     .await?;
-    let by_service = sqlx::query!(
-        r#"SELECT service, COUNT(*) AS records,
-                  LEAST(SUM(credits), 9007199254740991)::bigint AS credits
-             FROM usage_logs
-            WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
-            GROUP BY service ORDER BY credits DESC, service LIMIT 100"#,
-        from,
-        to,
-        user_id
-    )
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|r| ByService {
-        service: r.service,
-        records: r.records.unwrap_or(0),
-        credits: r.credits.unwrap_or(0),
-    })
-    .collect();
+    let by_service = by_service(conn, user_id, range).await?;
     let by_day = by_day(conn, user_id, range).await?;
     let by_chatflow = by_chatflow(conn, user_id, range).await?;
     let recent = sqlx::query_as!(
@@ -243,6 +225,32 @@ pub async fn stats(
         recent,
         by_user,
     })
+}
+
+async fn by_service(
+    conn: &mut PgConnection,
+    user_id: Option<&str>,
+    range: &DateRange,
+) -> Result<Vec<ByService>, ApiError> {
+    Ok(sqlx::query!(
+        r#"SELECT service, COUNT(*) AS records,
+                  LEAST(SUM(credits), 9007199254740991)::bigint AS credits
+             FROM usage_logs
+            WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
+            GROUP BY service ORDER BY credits DESC, service LIMIT 100"#,
+        range.from,
+        range.to,
+        user_id
+    )
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .map(|r| ByService {
+        service: r.service,
+        records: r.records.unwrap_or(0),
+        credits: r.credits.unwrap_or(0),
+    })
+    .collect())
 }
 
 async fn by_day(

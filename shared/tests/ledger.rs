@@ -1,5 +1,6 @@
 //! The ledger against real PostgreSQL: money is never lost, duplicated or
 //! overdrawn, under concurrency, retries and the expiry job.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! The whole account journey over HTTP through the served auth function,
 //! with codes and links read from the mail it sends.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use e2e::{Stack, StackOptions};
 use reqwest::Method;

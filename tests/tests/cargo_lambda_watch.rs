@@ -1,6 +1,7 @@
 //! The local development path: `cargo lambda watch` serves every function
 //! at `/lambda-url/<name>/...` exactly as the README says. Needs
 //! `cargo lambda` on PATH (the test command installs it).
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! The credits journey over HTTP through the served functions, and the
 //! expiry job invoked as Lambda invokes it.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use e2e::{Stack, StackOptions};
 use reqwest::Method;

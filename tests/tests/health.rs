@@ -1,4 +1,5 @@
 //! Every function starts as Lambda starts it and answers `/health` over HTTP.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use e2e::{Stack, HTTP_FUNCTIONS};
 use reqwest::Method;

@@ -2,6 +2,7 @@
 //! emulator, buffered and streamed): settling the gateway's reservation,
 //! retried predictions, a buffered call past its deadline, unpriced
 //! uploads, and amounts at the edge of 2^53.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,7 @@
 //! The prediction journey over HTTP through the served functions: the
 //! buffered one through `lambda_http::run`, the streamed one through
 //! Lambda response streaming, both behind the function-URL front.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use std::time::{Duration, Instant};
 

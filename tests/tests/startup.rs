@@ -1,5 +1,6 @@
 //! A function with a missing or malformed variable stops at start-up with a
 //! message naming it, and never prints the secret it was given.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use e2e::stack::run_until_exit;
 

@@ -1,6 +1,7 @@
 //! Attacks on identity and sign-in (issue 9), each sent to the served
 //! function: taking an address one does not own, reviving dead links and
 //! codes, racing the limits, mail as a weapon, and the first admin.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 mod common;
 

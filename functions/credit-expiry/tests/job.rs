@@ -1,4 +1,5 @@
 //! The job's chatflow sync, and that a Flowise outage never stops expiry.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use std::time::Duration;
 

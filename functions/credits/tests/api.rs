@@ -1,5 +1,6 @@
 //! The credits function's routes, in-process against real PostgreSQL:
 //! bodies, statuses, roles and the error format of SPEC §6.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use axum::Router;
 use serde_json::{json, Value};

@@ -1,5 +1,6 @@
 //! The predict family in-process, against real PostgreSQL and MongoDB and
 //! the Flowise double (SPEC §8).
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 mod common;
 

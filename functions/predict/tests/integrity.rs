@@ -3,6 +3,7 @@
 //! copies, a buffered call past API Gateway's limit, unpriced uploads and
 //! usage, upstream text leaking out. Each checks that balances, ledger
 //! rows and stored data are what they must be.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 mod common;
 

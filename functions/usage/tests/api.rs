@@ -1,4 +1,5 @@
 //! The usage function's routes, in-process against real PostgreSQL (SPEC §7).
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use axum::Router;
 use serde_json::{json, Value};

@@ -7,7 +7,7 @@ use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use super::now;
-use crate::flowise::{FlowiseClient, FlowiseError};
+use crate::flowise::{FlowiseClient, FlowiseError, RemoteChatflow};
 use crate::token::{AuthUser, Role};
 use crate::ApiError;
 
@@ -128,7 +128,9 @@ fn collection(db: &Database) -> Collection<ChatflowDoc> {
     db.collection("chatflows")
 }
 
-/// Pulls `GET /api/v1/chatflows` and reconciles the catalogue.
+/// Pulls `GET /api/v1/chatflows` and reconciles the catalogue: new
+/// chatflows are created, known ones updated, and those gone from Flowise
+/// marked removed.
 pub async fn sync_chatflows(db: &Database, client: &FlowiseClient) -> Result<SyncReport, ApiError> {
     let remote = client
         .list_chatflows()
@@ -140,45 +142,10 @@ pub async fn sync_chatflows(db: &Database, client: &FlowiseClient) -> Result<Syn
     let mut seen = Vec::new();
     for flow in remote {
         seen.push(flow.id.clone());
-        let description = flow.description();
         match flows.find_one(doc! {"chatflow_id": &flow.id}).await? {
-            None => {
-                let inserted = flows
-                    .insert_one(ChatflowDoc {
-                        chatflow_id: flow.id.clone(),
-                        name: flow.name.clone(),
-                        description,
-                        // Flowise's isPublic is nullable; the gateway's flag
-                        // starts from it and is the admin's afterwards.
-                        is_public: flow.is_public.unwrap_or(false),
-                        allowed_users: Vec::new(),
-                        removed: false,
-                        deployed: flow.deployed,
-                        kind: flow.kind.clone(),
-                        synced_at,
-                    })
-                    .await;
-                match inserted {
-                    Ok(_) => report.created += 1,
-                    // A concurrent sync inserted it first.
-                    Err(e) if crate::db::mongo::is_duplicate_key(&e) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            None => report.created += create_synced(&flows, &flow, synced_at).await?,
             Some(known) => {
-                if known.name != flow.name || known.description != description || known.removed {
-                    report.updated += 1;
-                }
-                flows
-                    .update_one(
-                        doc! {"chatflow_id": &flow.id},
-                        doc! {"$set": {
-                            "name": &flow.name, "description": description,
-                            "deployed": flow.deployed, "kind": flow.kind.clone(),
-                            "removed": false, "synced_at": synced_at,
-                        }},
-                    )
-                    .await?;
+                report.updated += update_synced(&flows, &known, &flow, synced_at).await?
             }
         }
     }
@@ -196,6 +163,58 @@ pub async fn sync_chatflows(db: &Database, client: &FlowiseClient) -> Result<Syn
         "chatflows synced"
     );
     Ok(report)
+}
+
+/// Adds a chatflow Flowise has and the catalogue lacks; 1 when this call
+/// created it (0 when a concurrent sync did).
+async fn create_synced(
+    flows: &Collection<ChatflowDoc>,
+    flow: &RemoteChatflow,
+    synced_at: BsonTime,
+) -> Result<u64, ApiError> {
+    let inserted = flows
+        .insert_one(ChatflowDoc {
+            chatflow_id: flow.id.clone(),
+            name: flow.name.clone(),
+            description: flow.description(),
+            // Flowise's isPublic is nullable; the gateway's flag starts
+            // from it and is the admin's afterwards.
+            is_public: flow.is_public.unwrap_or(false),
+            allowed_users: Vec::new(),
+            removed: false,
+            deployed: flow.deployed,
+            kind: flow.kind.clone(),
+            synced_at,
+        })
+        .await;
+    match inserted {
+        Ok(_) => Ok(1),
+        Err(e) if crate::db::mongo::is_duplicate_key(&e) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Refreshes a known chatflow from Flowise (keeping the admin's access
+/// settings); 1 when its name or description changed or it came back.
+async fn update_synced(
+    flows: &Collection<ChatflowDoc>,
+    known: &ChatflowDoc,
+    flow: &RemoteChatflow,
+    synced_at: BsonTime,
+) -> Result<u64, ApiError> {
+    let description = flow.description();
+    let changed = known.name != flow.name || known.description != description || known.removed;
+    flows
+        .update_one(
+            doc! {"chatflow_id": &flow.id},
+            doc! {"$set": {
+                "name": &flow.name, "description": description,
+                "deployed": flow.deployed, "kind": flow.kind.clone(),
+                "removed": false, "synced_at": synced_at,
+            }},
+        )
+        .await?;
+    Ok(u64::from(changed))
 }
 
 /// One chatflow, removed or not.

@@ -384,6 +384,7 @@ pub async fn delete(db: &Database, file_id: &str) -> Result<(), ApiError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::too_many_lines)]
 mod tests {
     use super::*;
     use crate::testing::zip_archive as zip;

@@ -45,13 +45,15 @@ pub async fn create_database_if_missing(config: &PostgresConfig) -> anyhow::Resu
         .connect_with(admin)
         .await
         .context("Failed to connect to the PostgreSQL server")?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&pool)
-            .await
-            .context("Failed to look the database up")?;
+    let exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#,
+        name
+    )
+    .fetch_one(&pool)
+    .await
+    .context("Failed to look the database up")?;
     if !exists {
+        // An identifier, which cannot be a bound parameter: quoted instead.
         sqlx::query(&format!(
             r#"CREATE DATABASE "{}""#,
             name.replace('"', "\"\"")

@@ -1,3 +1,4 @@
+#![allow(clippy::too_many_lines)]
 //! The gateway's own overhead on a prediction: the latency of a buffered
 //! prediction through the predict function minus the same call made
 //! straight to the Flowise double, at 1 and 16 concurrent clients, and the

@@ -1,6 +1,7 @@
 //! The auth function in-process for tests: a real MongoDB wire-protocol
 //! server and a real SMTP server the tests read mail from, exactly as a
 //! user would.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 #![allow(dead_code)]
 
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! The predict functions in-process for tests, against real PostgreSQL
 //! and MongoDB and the Flowise double.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
