@@ -369,28 +369,8 @@ where
 mod tests {
     use super::*;
     use crate::config::Secret;
-    use base64_url as b64;
-
-    mod base64_url {
-        /// Minimal unpadded base64url for crafting hostile tokens in tests.
-        pub fn encode(input: &[u8]) -> String {
-            const ALPHABET: &[u8] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-            let mut out = String::new();
-            for chunk in input.chunks(3) {
-                let b = [
-                    chunk[0],
-                    *chunk.get(1).unwrap_or(&0),
-                    *chunk.get(2).unwrap_or(&0),
-                ];
-                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-                for i in 0..=chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                }
-            }
-            out
-        }
-    }
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
 
     fn keys() -> JwtKeys {
         JwtKeys::new(&JwtConfig {
@@ -459,7 +439,7 @@ mod tests {
             "sub":"u1","username":"ann","email":"ann@example.com","role":"admin",
             "type":"access","iat":now(),"exp":now()+900,"jti":"x"
         });
-        parts[1] = b64::encode(forged.to_string().as_bytes());
+        parts[1] = URL_SAFE_NO_PAD.encode(forged.to_string().as_bytes());
         assert_eq!(
             code(k.verify_access(&parts.join(".")).unwrap_err()),
             "invalid_token"
@@ -468,12 +448,12 @@ mod tests {
 
     #[test]
     fn alg_none_is_rejected() {
-        let header = b64::encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let claims = serde_json::json!({
             "sub":"u1","username":"ann","email":"ann@example.com","role":"admin",
             "type":"access","iat":now(),"exp":now()+900,"jti":"x"
         });
-        let payload = b64::encode(claims.to_string().as_bytes());
+        let payload = URL_SAFE_NO_PAD.encode(claims.to_string().as_bytes());
         for token in [
             format!("{header}.{payload}."),
             format!("{header}.{payload}"),

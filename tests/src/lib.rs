@@ -4,6 +4,7 @@
 //! every test. Scenarios live in `tests/`.
 
 pub mod lambda;
+pub mod routes;
 pub mod stack;
 
 pub use stack::{Stack, StackOptions, ALL_FUNCTIONS, HTTP_FUNCTIONS};

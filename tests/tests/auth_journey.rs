@@ -3,15 +3,15 @@
 #![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use e2e::{Stack, StackOptions};
-use reqwest::Method;
 use serde_json::{json, Value};
 
 const ADMIN_PASSWORD: &str = "first-admin-password";
 
 async fn post(stack: &Stack, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-    stack
-        .request(Method::POST, "auth", path, token, Some(body))
-        .await
+    match token {
+        Some(token) => stack.post("auth", path, token, body).await,
+        None => stack.post_public("auth", path, body).await,
+    }
 }
 
 #[tokio::test]
@@ -74,9 +74,7 @@ async fn a_user_signs_up_verifies_logs_in_rotates_resets_and_an_admin_promotes_t
     assert_eq!(status, 200, "{login}");
     let access = login["accessToken"].as_str().unwrap().to_owned();
     let refresh = login["refreshToken"].as_str().unwrap().to_owned();
-    let (status, profile) = stack
-        .request(Method::GET, "auth", "/api/profile", Some(&access), None)
-        .await;
+    let (status, profile) = stack.get("auth", "/api/profile", &access).await;
     assert_eq!(
         (status, profile["user"]["id"].as_str()),
         (200, Some(user_id.as_str()))
@@ -191,23 +189,12 @@ async fn a_user_signs_up_verifies_logs_in_rotates_resets_and_an_admin_promotes_t
     assert_eq!(admin["user"]["role"], "admin");
     let admin_token = admin["accessToken"].as_str().unwrap().to_owned();
     let (status, list) = stack
-        .request(
-            Method::GET,
-            "auth",
-            "/api/admin/users?search=paula",
-            Some(&admin_token),
-            None,
-        )
+        .get("auth", "/api/admin/users?search=paula", &admin_token)
         .await;
     assert_eq!((status, list["total"].as_u64()), (200, Some(1)), "{list}");
+    let path = format!("/api/admin/users/{user_id}");
     let (status, body) = stack
-        .request(
-            Method::PATCH,
-            "auth",
-            &format!("/api/admin/users/{user_id}"),
-            Some(&admin_token),
-            Some(json!({"role": "supervisor"})),
-        )
+        .patch("auth", &path, &admin_token, json!({"role": "supervisor"}))
         .await;
     assert_eq!(
         (status, body["user"]["role"].as_str()),

@@ -3,7 +3,6 @@
 #![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use e2e::{Stack, StackOptions};
-use reqwest::Method;
 use serde_json::json;
 use shared::token::Role;
 
@@ -21,25 +20,16 @@ async fn admin_allocates_user_spends_reserves_and_reads_history() {
     let user = stack.token("alice", Role::Enduser);
 
     let (status, body) = stack
-        .request(
-            Method::POST,
+        .post(
             "credits",
             "/api/credits/allocate",
-            Some(&admin),
-            Some(json!({"userId": "alice", "credits": 40, "expiryDays": 30})),
+            &admin,
+            json!({"userId": "alice", "credits": 40, "expiryDays": 30}),
         )
         .await;
     assert_eq!(status, 201, "{body}");
 
-    let (status, body) = stack
-        .request(
-            Method::GET,
-            "credits",
-            "/api/credits/balance",
-            Some(&user),
-            None,
-        )
-        .await;
+    let (status, body) = stack.get("credits", "/api/credits/balance", &user).await;
     assert_eq!(
         (status, body["totalCredits"].as_i64()),
         (200, Some(40)),
@@ -47,12 +37,11 @@ async fn admin_allocates_user_spends_reserves_and_reads_history() {
     );
 
     let (status, body) = stack
-        .request(
-            Method::POST,
+        .post(
             "credits",
             "/api/credits/deduct",
-            Some(&user),
-            Some(json!({"credits": 15, "description": "report"})),
+            &user,
+            json!({"credits": 15, "description": "report"}),
         )
         .await;
     assert_eq!(
@@ -62,12 +51,11 @@ async fn admin_allocates_user_spends_reserves_and_reads_history() {
     );
 
     let (status, body) = stack
-        .request(
-            Method::POST,
+        .post(
             "credits",
             "/api/credits/deduct",
-            Some(&user),
-            Some(json!({"credits": 26})),
+            &user,
+            json!({"credits": 26}),
         )
         .await;
     assert_eq!(
@@ -77,23 +65,21 @@ async fn admin_allocates_user_spends_reserves_and_reads_history() {
     );
 
     let reserve = |session: &'static str, estimate: i64| {
-        stack.request(
-            Method::POST,
+        stack.post(
             "credits",
             "/api/streaming-sessions/initialize",
-            Some(&user),
-            Some(json!({"sessionId": session, "chatflowId": "flow", "estimatedCredits": estimate})),
+            &user,
+            json!({"sessionId": session, "chatflowId": "flow", "estimatedCredits": estimate}),
         )
     };
     let (status, body) = reserve("s-final", 10).await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = stack
-        .request(
-            Method::POST,
+        .post(
             "credits",
             "/api/streaming-sessions/finalize",
-            Some(&user),
-            Some(json!({"sessionId": "s-final", "actualCredits": 6})),
+            &user,
+            json!({"sessionId": "s-final", "actualCredits": 6}),
         )
         .await;
     assert_eq!(
@@ -107,12 +93,11 @@ async fn admin_allocates_user_spends_reserves_and_reads_history() {
     let (status, _) = reserve("s-abort", 5).await;
     assert_eq!(status, 201);
     let (status, body) = stack
-        .request(
-            Method::POST,
+        .post(
             "credits",
             "/api/streaming-sessions/abort",
-            Some(&user),
-            Some(json!({"sessionId": "s-abort"})),
+            &user,
+            json!({"sessionId": "s-abort"}),
         )
         .await;
     assert_eq!(
@@ -125,13 +110,7 @@ async fn admin_allocates_user_spends_reserves_and_reads_history() {
     );
 
     let (status, body) = stack
-        .request(
-            Method::GET,
-            "credits",
-            "/api/credits/transactions?limit=100",
-            Some(&user),
-            None,
-        )
+        .get("credits", "/api/credits/transactions?limit=100", &user)
         .await;
     assert_eq!(status, 200);
     let kinds: Vec<&str> = body["transactions"]
@@ -154,29 +133,20 @@ async fn admin_allocates_user_spends_reserves_and_reads_history() {
     assert_eq!(body["transactions"][0]["balanceAfter"], 19);
 
     let (_, body) = stack
-        .request(
-            Method::GET,
-            "credits",
-            "/api/credits/total-balance",
-            Some(&user),
-            None,
-        )
+        .get("credits", "/api/credits/total-balance", &user)
         .await;
     assert_eq!(body["totalCredits"], 19);
     // The other family answers too: an admin records usage for alice.
     let (status, _) = stack
-        .request(
-            Method::POST,
+        .post(
             "usage",
             "/api/usage/record",
-            Some(&admin),
-            Some(json!({"userId": "alice", "service": "chat", "operation": "flow", "credits": 6})),
+            &admin,
+            json!({"userId": "alice", "service": "chat", "operation": "flow", "credits": 6}),
         )
         .await;
     assert_eq!(status, 201);
-    let (_, stats) = stack
-        .request(Method::GET, "usage", "/api/usage/stats", Some(&user), None)
-        .await;
+    let (_, stats) = stack.get("usage", "/api/usage/stats", &user).await;
     assert_eq!(stats["totalCredits"], 6);
 }
 
@@ -187,12 +157,11 @@ async fn the_invoked_expiry_job_expires_an_allocation_made_to_expire() {
     let user = stack.token("bob", Role::Enduser);
     for days in [30, 1] {
         let (status, _) = stack
-            .request(
-                Method::POST,
+            .post(
                 "credits",
                 "/api/credits/allocate",
-                Some(&admin),
-                Some(json!({"userId": "bob", "credits": 10, "expiryDays": days})),
+                &admin,
+                json!({"userId": "bob", "credits": 10, "expiryDays": days}),
             )
             .await;
         assert_eq!(status, 201);
@@ -208,13 +177,7 @@ async fn the_invoked_expiry_job_expires_an_allocation_made_to_expire() {
     .unwrap();
     // Reads exclude it before the job has run.
     let (_, body) = stack
-        .request(
-            Method::GET,
-            "credits",
-            "/api/credits/total-balance",
-            Some(&user),
-            None,
-        )
+        .get("credits", "/api/credits/total-balance", &user)
         .await;
     assert_eq!(body["totalCredits"], 10);
 
@@ -239,13 +202,7 @@ async fn the_invoked_expiry_job_expires_an_allocation_made_to_expire() {
     assert_eq!(again["expiredAllocations"], 0, "nothing is expired twice");
 
     let (_, body) = stack
-        .request(
-            Method::GET,
-            "credits",
-            "/api/credits/transactions?type=expiry",
-            Some(&user),
-            None,
-        )
+        .get("credits", "/api/credits/transactions?type=expiry", &user)
         .await;
     assert_eq!(body["total"], 1);
     assert_eq!(body["transactions"][0]["amount"], -10);

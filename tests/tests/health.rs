@@ -2,16 +2,13 @@
 #![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use e2e::{Stack, HTTP_FUNCTIONS};
-use reqwest::Method;
 use serde_json::json;
 
 #[tokio::test]
 async fn every_http_function_answers_health_with_its_stores() {
     let stack = Stack::start().await;
     for function in HTTP_FUNCTIONS {
-        let (status, body) = stack
-            .request(Method::GET, function, "/health", None, None)
-            .await;
+        let (status, body) = stack.get_public(function, "/health").await;
         assert_eq!(status, 200, "{function}: {body}");
         assert_eq!(body["status"], "ok", "{function}: {body}");
         let expected = match *function {
@@ -30,9 +27,7 @@ async fn unknown_routes_answer_404_in_the_error_format_through_lambda() {
         ..Default::default()
     })
     .await;
-    let (status, body) = stack
-        .request(Method::GET, "credits", "/api/nothing-here", None, None)
-        .await;
+    let (status, body) = stack.get_public("credits", "/api/nothing-here").await;
     assert_eq!(status, 404);
     assert_eq!(body["error"], "not_found");
 }
@@ -48,9 +43,7 @@ async fn a_function_whose_database_is_down_reports_503_naming_it() {
         ..Default::default()
     })
     .await;
-    let (status, body) = stack
-        .request(Method::GET, "usage", "/health", None, None)
-        .await;
+    let (status, body) = stack.get_public("usage", "/health").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "store_unavailable");
     assert_eq!(body["stores"]["postgres"], "unreachable");

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use e2e::{Stack, StackOptions};
 use futures_util::StreamExt;
-use reqwest::Method;
 use serde_json::{json, Value};
 use shared::flowise_double::{split_tokens, Behaviour, FlowiseDouble};
 use shared::testing::SseFrames;
@@ -31,38 +30,13 @@ async fn stack_with(flowise: &FlowiseDouble) -> Stack {
 /// Syncs, opens every flow to everyone with its price, grants `user` 100.
 async fn set_up(stack: &Stack, prices: &[(&str, Value)], user: &str) {
     let admin = stack.token("admin-1", Role::Admin);
-    let (status, _) = stack
-        .request(
-            Method::POST,
-            "predict",
-            "/api/v1/admin/chatflows/sync",
-            Some(&admin),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
+    stack.sync_chatflows(&admin).await;
     for (flow, pricing) in prices {
-        let (status, body) = stack
-            .request(
-                Method::PUT,
-                "predict",
-                &format!("/api/v1/admin/chatflows/{flow}"),
-                Some(&admin),
-                Some(json!({"isPublic": true, "pricing": pricing})),
-            )
+        stack
+            .open_chatflow(&admin, flow, Some(pricing.clone()))
             .await;
-        assert_eq!(status, 200, "{body}");
     }
-    let (status, _) = stack
-        .request(
-            Method::POST,
-            "credits",
-            "/api/credits/allocate",
-            Some(&admin),
-            Some(json!({"userId": user, "credits": 100})),
-        )
-        .await;
-    assert_eq!(status, 201);
+    stack.allocate(&admin, user, 100).await;
 }
 
 /// A double with one flow, the stack, the flow opened with `pricing`
@@ -84,16 +58,7 @@ async fn journey(
 }
 
 async fn balance(stack: &Stack, token: &str) -> i64 {
-    let (_, body) = stack
-        .request(
-            Method::GET,
-            "credits",
-            "/api/credits/total-balance",
-            Some(token),
-            None,
-        )
-        .await;
-    body["totalCredits"].as_i64().unwrap()
+    stack.balance(token).await
 }
 
 /// Reads frames until one named `event` arrives (or the stream ends).
@@ -130,13 +95,12 @@ async fn a_user_cannot_abort_their_running_prediction_for_free() {
     )
     .await;
     let res = stack
-        .http
-        .post(stack.url("predict-stream", "/api/v1/chat/predict/stream"))
-        .bearer_auth(&user)
-        .json(&json!({"chatflow_id": "flow-slow", "question": "Hi"}))
-        .send()
-        .await
-        .unwrap();
+        .open_stream(
+            &user,
+            &json!({"chatflow_id": "flow-slow", "question": "Hi"}),
+            &[],
+        )
+        .await;
     assert_eq!(res.status(), 200);
     let mut body = res.bytes_stream();
     let mut reader = SseFrames::default();
@@ -152,9 +116,7 @@ async fn a_user_cannot_abort_their_running_prediction_for_free() {
             json!({"sessionId": message_id}),
         ),
     ] {
-        let (status, answer) = stack
-            .request(Method::POST, "credits", path, Some(&user), Some(body))
-            .await;
+        let (status, answer) = stack.post("credits", path, &user, body).await;
         assert_eq!(
             (status, answer["error"].as_str()),
             (403, Some("gateway_reservation")),
@@ -162,13 +124,7 @@ async fn a_user_cannot_abort_their_running_prediction_for_free() {
         );
     }
     let (_, active) = stack
-        .request(
-            Method::GET,
-            "credits",
-            "/api/streaming-sessions/active",
-            Some(&user),
-            None,
-        )
+        .get("credits", "/api/streaming-sessions/active", &user)
         .await;
     assert_eq!(active["sessions"], json!([]));
     let rest = read_until(&mut body, &mut reader, "end").await;
@@ -205,14 +161,8 @@ async fn a_retried_prediction_is_answered_once_and_paid_once_on_both_routes() {
     assert_eq!(again.json::<Value>().await.unwrap(), first);
     // The same key on the streaming route: the stored answer, streamed.
     let res = stack
-        .http
-        .post(stack.url("predict-stream", "/api/v1/chat/predict/stream"))
-        .bearer_auth(&user)
-        .header("idempotency-key", "order-77")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+        .open_stream(&user, &body, &[("idempotency-key", "order-77")])
+        .await;
     let mut stream = res.bytes_stream();
     let frames = read_until(&mut stream, &mut SseFrames::default(), "end").await;
     assert_eq!(data(&frames, "token"), &first["text"]);
@@ -239,12 +189,11 @@ async fn a_buffered_prediction_past_its_deadline_is_504_and_free() {
     let (_flowise, stack, user) = journey("flow-stall", Behaviour::Stall, (2, 0.0, 1.0)).await;
     let started = Instant::now();
     let (status, answer) = stack
-        .request(
-            Method::POST,
+        .post(
             "predict",
             "/api/v1/chat/predict",
-            Some(&user),
-            Some(json!({"chatflow_id": "flow-stall", "question": "Hi"})),
+            &user,
+            json!({"chatflow_id": "flow-stall", "question": "Hi"}),
         )
         .await;
     let took = started.elapsed();
@@ -260,39 +209,30 @@ async fn a_buffered_prediction_past_its_deadline_is_504_and_free() {
 #[tokio::test]
 async fn uploaded_text_is_priced_and_amounts_stay_below_two_to_the_53rd() {
     let (_flowise, stack, user) = journey("flow-p", Behaviour::answer("ok"), (0, 1.0, 0.0)).await;
-    let (status, answer) = stack
-        .request(
-            Method::POST,
-            "predict",
-            "/api/v1/chat/predict",
-            Some(&user),
-            Some(json!({"chatflow_id": "flow-p", "question": "Hi", "uploads": [
+    let (status, answer) = stack.post("predict", "/api/v1/chat/predict", &user, json!({"chatflow_id": "flow-p", "question": "Hi", "uploads": [
                 {"type": "file:full", "name": "doc.txt", "mime": "text/plain", "data": "x".repeat(200)}
-            ]})),
-        )
+            ]}))
         .await;
     assert_eq!(status, 200, "{answer}");
     // "Hi" 1 + 200 / 4 = 51 input tokens.
     assert_eq!(answer["credits"]["charged"], 51);
     let admin = stack.token("admin-1", Role::Admin);
     let (status, answer) = stack
-        .request(
-            Method::POST,
+        .post(
             "credits",
             "/api/credits/allocate",
-            Some(&admin),
-            Some(json!({"userId": "zoe", "credits": 9_007_199_254_740_992_i64})),
+            &admin,
+            json!({"userId": "zoe", "credits": 9_007_199_254_740_992_i64}),
         )
         .await;
     assert_eq!(status, 400, "{answer}");
     assert!(answer["message"].as_str().unwrap().contains("credits"));
     let (status, answer) = stack
-        .request(
-            Method::POST,
+        .post(
             "credits",
             "/api/credits/allocate",
-            Some(&admin),
-            Some(json!({"userId": "zoe", "credits": 9_007_199_254_740_991_i64})),
+            &admin,
+            json!({"userId": "zoe", "credits": 9_007_199_254_740_991_i64}),
         )
         .await;
     assert_eq!(
@@ -300,12 +240,11 @@ async fn uploaded_text_is_priced_and_amounts_stay_below_two_to_the_53rd() {
         (422, Some("balance_limit"))
     );
     let (status, answer) = stack
-        .request(
-            Method::POST,
+        .post(
             "credits",
             "/api/credits/adjust",
-            Some(&admin),
-            Some(json!({"userId": "zoe", "amount": i64::MIN, "notes": "x"})),
+            &admin,
+            json!({"userId": "zoe", "amount": i64::MIN, "notes": "x"}),
         )
         .await;
     assert_eq!(status, 400, "{answer}");

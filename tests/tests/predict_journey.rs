@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use e2e::{Stack, StackOptions};
 use futures_util::StreamExt;
-use reqwest::Method;
 use serde_json::{json, Value};
 use shared::flowise_double::{split_tokens, Behaviour, FlowiseDouble};
 use shared::token::Role;
@@ -62,55 +61,31 @@ async fn admin_syncs_and_grants_then_a_user_predicts_buffered_and_streamed_until
     let user = stack.token("zoe", Role::Enduser);
 
     // The admin syncs the catalogue, grants zoe access and credits.
-    let (status, body) = stack
-        .request(
-            Method::POST,
-            "predict",
-            "/api/v1/admin/chatflows/sync",
-            Some(&admin),
-            None,
-        )
-        .await;
-    assert_eq!((status, body["created"].as_u64()), (200, Some(1)), "{body}");
+    let body = stack.sync_chatflows(&admin).await;
+    assert_eq!(body["created"].as_u64(), Some(1), "{body}");
     let (status, _) = stack
-        .request(
-            Method::GET,
-            "predict",
-            "/api/v1/chatflows/flow-e2e",
-            Some(&user),
-            None,
-        )
+        .get("predict", "/api/v1/chatflows/flow-e2e", &user)
         .await;
     assert_eq!(status, 403);
     let (status, _) = stack
-        .request(
-            Method::POST,
+        .post(
             "predict",
             "/api/v1/admin/chatflows/flow-e2e/users",
-            Some(&admin),
-            Some(json!({"userIds": ["zoe"]})),
+            &admin,
+            json!({"userIds": ["zoe"]}),
         )
         .await;
     assert_eq!(status, 200);
     let (status, _) = stack
-        .request(
-            Method::POST,
+        .post(
             "credits",
             "/api/credits/allocate",
-            Some(&admin),
-            Some(json!({"userId": "zoe", "credits": 30})),
+            &admin,
+            json!({"userId": "zoe", "credits": 30}),
         )
         .await;
     assert_eq!(status, 201);
-    let (_, flows) = stack
-        .request(
-            Method::GET,
-            "predict",
-            "/api/v1/chatflows",
-            Some(&user),
-            None,
-        )
-        .await;
+    let (_, flows) = stack.get("predict", "/api/v1/chatflows", &user).await;
     assert_eq!(flows["chatflows"][0]["id"], "flow-e2e");
 
     // A file, then a buffered prediction that uses it.
@@ -132,14 +107,7 @@ async fn admin_syncs_and_grants_then_a_user_predicts_buffered_and_streamed_until
         .unwrap();
     assert_eq!(res.status(), 201);
     let file: Value = res.json().await.unwrap();
-    let (status, answer) = stack
-        .request(
-            Method::POST,
-            "predict",
-            "/api/v1/chat/predict",
-            Some(&user),
-            Some(json!({"chatflow_id": "flow-e2e", "question": "What is in the picture?", "uploads": [{"file_id": file["file_id"]}]})),
-        )
+    let (status, answer) = stack.post("predict", "/api/v1/chat/predict", &user, json!({"chatflow_id": "flow-e2e", "question": "What is in the picture?", "uploads": [{"file_id": file["file_id"]}]}))
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["text"], ANSWER);
@@ -179,12 +147,10 @@ async fn admin_syncs_and_grants_then_a_user_predicts_buffered_and_streamed_until
 
     // The history holds all four messages.
     let (_, history) = stack
-        .request(
-            Method::GET,
+        .get(
             "predict",
             &format!("/api/v1/chat/sessions/{session}/messages"),
-            Some(&user),
-            None,
+            &user,
         )
         .await;
     let contents: Vec<&str> = history["messages"]
@@ -200,23 +166,21 @@ async fn admin_syncs_and_grants_then_a_user_predicts_buffered_and_streamed_until
 
     // Spend the rest, then 402 with nothing sent to Flowise.
     let (status, _) = stack
-        .request(
-            Method::POST,
+        .post(
             "credits",
             "/api/credits/deduct",
-            Some(&user),
-            Some(json!({"credits": 26})),
+            &user,
+            json!({"credits": 26}),
         )
         .await;
     assert_eq!(status, 200);
     let before = flowise.received().len();
     let (status, body) = stack
-        .request(
-            Method::POST,
+        .post(
             "predict",
             "/api/v1/chat/predict",
-            Some(&user),
-            Some(json!({"chatflow_id": "flow-e2e", "question": "Hi"})),
+            &user,
+            json!({"chatflow_id": "flow-e2e", "question": "Hi"}),
         )
         .await;
     assert_eq!(

@@ -137,9 +137,7 @@ async fn a_route_on_the_wrong_function_is_404() {
         ..Default::default()
     })
     .await;
-    let (status, body) = stack
-        .request(Method::GET, "usage", "/api/credits/balance", None, None)
-        .await;
+    let (status, body) = stack.get_public("usage", "/api/credits/balance").await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
 }
 

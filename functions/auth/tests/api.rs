@@ -17,7 +17,7 @@ use shared::token::Role;
 async fn signup_verify_login_and_profile() {
     let app = App::new().await;
     let res = app
-        .post(
+        .post_public(
             "/api/auth/signup",
             json!({"username": "Ann", "email": "Ann@Example.com", "password": "correct horse"}),
         )
@@ -31,14 +31,14 @@ async fn signup_verify_login_and_profile() {
     let mail = app.smtp.wait_for("ann@example.com", 0).await;
     let code = mail.code().expect("the code stands on a line of its own");
     let res = app
-        .post(
+        .post_public(
             "/api/auth/verify-email",
             json!({"email": "ANN@example.com", "code": code}),
         )
         .await;
     assert_eq!(res.status, 200, "{}", res.body);
     let res = app
-        .post(
+        .post_public(
             "/api/auth/login",
             json!({"email": "ann@EXAMPLE.com", "password": "correct horse"}),
         )
@@ -54,13 +54,13 @@ async fn signup_verify_login_and_profile() {
     let profile = app.send("GET", "/api/profile", access, None).await;
     assert_eq!(profile.body["user"]["email"], "ann@example.com");
     // Usernames and emails are unique case-insensitively.
-    app.post(
+    app.post_public(
         "/api/auth/signup",
         json!({"username": "ANN", "email": "other@example.com", "password": "12345678"}),
     )
     .await
     .assert_error(409, "username_taken");
-    app.post(
+    app.post_public(
         "/api/auth/signup",
         json!({"username": "ann2", "email": "ANN@example.com", "password": "12345678"}),
     )
@@ -77,8 +77,12 @@ async fn login_reveals_nothing_about_which_accounts_exist() {
     assert_eq!((unknown.status, &unknown.body), (wrong.status, &wrong.body));
     unknown.assert_error(401, "invalid_credentials");
     for path in ["/api/auth/resend-verification", "/api/auth/forgot-password"] {
-        let known = app.post(path, json!({"email": "bob@example.com"})).await;
-        let missing = app.post(path, json!({"email": "ghost@example.com"})).await;
+        let known = app
+            .post_public(path, json!({"email": "bob@example.com"}))
+            .await;
+        let missing = app
+            .post_public(path, json!({"email": "ghost@example.com"}))
+            .await;
         assert_eq!(
             (known.status.as_u16(), &known.body),
             (200, &missing.body),
@@ -100,7 +104,7 @@ async fn five_failures_lock_an_account_for_fifteen_minutes() {
     app.login("carol", "carol-password")
         .await
         .assert_error(429, "account_locked");
-    app.post(
+    app.post_public(
         "/api/auth/login",
         json!({"email": "carol@example.com", "password": "carol-password"}),
     )
@@ -147,7 +151,7 @@ async fn verification_codes_are_hashed_expire_and_allow_five_attempts() {
     );
     // The code works only with its own email.
     app.verified_user("erin", "erin-password").await;
-    app.post(
+    app.post_public(
         "/api/auth/verify-email",
         json!({"email": "erin@example.com", "code": code}),
     )
@@ -156,19 +160,19 @@ async fn verification_codes_are_hashed_expire_and_allow_five_attempts() {
     // Five wrong tries spend the code.
     let wrong = if code == "000000" { "111111" } else { "000000" };
     for _ in 0..4 {
-        app.post(
+        app.post_public(
             "/api/auth/verify-email",
             json!({"email": "dave@example.com", "code": wrong}),
         )
         .await
         .assert_error(400, "invalid_code");
     }
-    app.post(
+    app.post_public(
         "/api/auth/verify-email",
         json!({"email": "dave@example.com", "code": wrong}),
     )
     .await;
-    app.post(
+    app.post_public(
         "/api/auth/verify-email",
         json!({"email": "dave@example.com", "code": code}),
     )
@@ -186,7 +190,7 @@ async fn verification_codes_are_hashed_expire_and_allow_five_attempts() {
         )
         .await
         .unwrap();
-    app.post(
+    app.post_public(
         "/api/auth/verify-email",
         json!({"email": "dave@example.com", "code": fresh}),
     )
@@ -203,18 +207,18 @@ async fn a_reused_refresh_token_revokes_its_whole_family() {
         .unwrap()
         .to_owned();
     let rotated = app
-        .post("/api/auth/refresh", json!({"refreshToken": first}))
+        .post_public("/api/auth/refresh", json!({"refreshToken": first}))
         .await;
     assert_eq!(rotated.status, 200, "{}", rotated.body);
     let second = rotated.body["refreshToken"].as_str().unwrap().to_owned();
     assert_ne!(first, second);
     assert!(rotated.body["accessToken"].is_string());
     // The thief (or the victim) presents the used token again...
-    app.post("/api/auth/refresh", json!({"refreshToken": first}))
+    app.post_public("/api/auth/refresh", json!({"refreshToken": first}))
         .await
         .assert_error(401, "token_reused");
     // ...and the whole family is dead, the newest token included.
-    app.post("/api/auth/refresh", json!({"refreshToken": second}))
+    app.post_public("/api/auth/refresh", json!({"refreshToken": second}))
         .await
         .assert_error(401, "token_reused");
     // An access token is not a refresh token.
@@ -222,7 +226,7 @@ async fn a_reused_refresh_token_revokes_its_whole_family() {
         .as_str()
         .unwrap()
         .to_owned();
-    app.post("/api/auth/refresh", json!({"refreshToken": access}))
+    app.post_public("/api/auth/refresh", json!({"refreshToken": access}))
         .await
         .assert_error(401, "invalid_token");
 }
@@ -236,7 +240,7 @@ async fn logout_and_logout_all_revoke_refresh_tokens() {
     let c = app.login("gina", "gina-password").await;
     let token = |r: &TestResponse, k: &str| r.body[k].as_str().unwrap().to_owned();
     assert_eq!(
-        app.post(
+        app.post_public(
             "/api/auth/logout",
             json!({"refreshToken": token(&a, "refreshToken")})
         )
@@ -244,7 +248,7 @@ async fn logout_and_logout_all_revoke_refresh_tokens() {
         .status,
         200
     );
-    app.post(
+    app.post_public(
         "/api/auth/refresh",
         json!({"refreshToken": token(&a, "refreshToken")}),
     )
@@ -261,7 +265,7 @@ async fn logout_and_logout_all_revoke_refresh_tokens() {
     assert_eq!(res.status, 200);
     for r in [&b, &c] {
         assert_eq!(
-            app.post(
+            app.post_public(
                 "/api/auth/refresh",
                 json!({"refreshToken": token(r, "refreshToken")})
             )
@@ -281,7 +285,7 @@ async fn password_reset_by_mailed_link_is_single_use_and_revokes_sessions() {
         .unwrap()
         .to_owned();
     assert_eq!(
-        app.post(
+        app.post_public(
             "/api/auth/forgot-password",
             json!({"email": "hank@example.com"})
         )
@@ -296,26 +300,26 @@ async fn password_reset_by_mailed_link_is_single_use_and_revokes_sessions() {
         mail.data
     );
     let token = mail.reset_token().unwrap();
-    app.post(
+    app.post_public(
         "/api/auth/reset-password",
         json!({"token": token, "newPassword": "short"}),
     )
     .await
     .assert_error(400, "invalid_input");
     let res = app
-        .post(
+        .post_public(
             "/api/auth/reset-password",
             json!({"token": token, "newPassword": "brand-new-password"}),
         )
         .await;
     assert_eq!(res.status, 200, "{}", res.body);
-    app.post(
+    app.post_public(
         "/api/auth/reset-password",
         json!({"token": token, "newPassword": "another-password"}),
     )
     .await
     .assert_error(400, "invalid_token");
-    app.post("/api/auth/refresh", json!({"refreshToken": session}))
+    app.post_public("/api/auth/refresh", json!({"refreshToken": session}))
         .await
         .assert_error(401, "token_reused");
     app.login("hank", "hank-password")
@@ -351,14 +355,14 @@ async fn change_password_needs_the_current_one_and_keeps_only_this_session() {
     assert_eq!(res.status, 200, "{}", res.body);
     assert!(res.body["accessToken"].is_string() && res.body["refreshToken"].is_string());
     assert_eq!(
-        app.post("/api/auth/refresh", json!({"refreshToken": keep}))
+        app.post_public("/api/auth/refresh", json!({"refreshToken": keep}))
             .await
             .status,
         200
     );
     let other_refresh = other.body["refreshToken"].as_str().unwrap();
     assert_eq!(
-        app.post("/api/auth/refresh", json!({"refreshToken": other_refresh}))
+        app.post_public("/api/auth/refresh", json!({"refreshToken": other_refresh}))
             .await
             .status,
         401
@@ -384,7 +388,7 @@ async fn a_role_change_or_a_disabled_account_takes_effect_at_the_next_refresh() 
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(res.body["user"]["role"], "supervisor");
     let rotated = app
-        .post("/api/auth/refresh", json!({"refreshToken": refresh}))
+        .post_public("/api/auth/refresh", json!({"refreshToken": refresh}))
         .await;
     let claims = testing::jwt_keys()
         .verify_access(rotated.body["accessToken"].as_str().unwrap())
@@ -398,7 +402,7 @@ async fn a_role_change_or_a_disabled_account_takes_effect_at_the_next_refresh() 
     )
     .await;
     let next = rotated.body["refreshToken"].as_str().unwrap();
-    app.post("/api/auth/refresh", json!({"refreshToken": next}))
+    app.post_public("/api/auth/refresh", json!({"refreshToken": next}))
         .await
         .assert_error(401, "account_disabled");
     app.login("jack", "jack-password")
@@ -510,7 +514,7 @@ async fn a_mail_server_that_is_down_does_not_lose_the_account() {
     // Later the user asks again, and this time the mail arrives.
     let code = app.resend_code("kim@example.com", 0).await;
     assert_eq!(
-        app.post(
+        app.post_public(
             "/api/auth/verify-email",
             json!({"email": "kim@example.com", "code": code})
         )
@@ -558,7 +562,7 @@ async fn bad_input_is_a_400_naming_the_field() {
             "admin",
         ),
     ] {
-        let res = app.post("/api/auth/signup", body).await;
+        let res = app.post_public("/api/auth/signup", body).await;
         assert_eq!(res.status, 400, "{}", res.body);
         assert!(
             res.body["message"].as_str().unwrap().contains(field),
@@ -566,7 +570,9 @@ async fn bad_input_is_a_400_naming_the_field() {
             res.body
         );
     }
-    let res = app.post("/api/auth/login", json!({"password": "x"})).await;
+    let res = app
+        .post_public("/api/auth/login", json!({"password": "x"}))
+        .await;
     assert!(
         res.body["message"].as_str().unwrap().contains("username"),
         "{}",
@@ -649,7 +655,7 @@ async fn profile_changes_check_uniqueness_and_reverify_a_new_email() {
     assert_eq!(res.body["user"]["isVerified"], true);
     let code = app.code_for("liam.new@example.com", 0).await;
     assert_eq!(
-        app.post(
+        app.post_public(
             "/api/auth/verify-email",
             json!({"email": "liam.new@example.com", "code": code})
         )

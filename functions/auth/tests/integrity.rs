@@ -36,7 +36,7 @@ async fn profile(app: &App, token: &str) -> Value {
 }
 
 async fn verify(app: &App, email: &str, code: &str) -> shared::testing::TestResponse {
-    app.post(
+    app.post_public(
         "/api/auth/verify-email",
         json!({"email": email, "code": code}),
     )
@@ -79,7 +79,7 @@ async fn an_email_change_needs_the_password_and_counts_only_once_proven() {
     assert!(notice.data.contains("liam@new.example"), "{}", notice.data);
     let code = app.code_for("liam@new.example", 0).await;
     // Until then the account is its proven address everywhere.
-    app.post(
+    app.post_public(
         "/api/auth/login",
         json!({"email": "liam@new.example", "password": "liam-password"}),
     )
@@ -92,7 +92,7 @@ async fn an_email_change_needs_the_password_and_counts_only_once_proven() {
     );
     let refresh = session.body["refreshToken"].as_str().unwrap();
     let rotated = app
-        .post("/api/auth/refresh", json!({"refreshToken": refresh}))
+        .post_public("/api/auth/refresh", json!({"refreshToken": refresh}))
         .await;
     assert_eq!(
         claims_email(rotated.body["accessToken"].as_str().unwrap()),
@@ -106,7 +106,7 @@ async fn an_email_change_needs_the_password_and_counts_only_once_proven() {
         (Some("liam@new.example"), true)
     );
     let session = app
-        .post(
+        .post_public(
             "/api/auth/login",
             json!({"email": "liam@new.example", "password": "liam-password"}),
         )
@@ -188,7 +188,7 @@ async fn an_admin_verification_never_promotes_a_pending_address_and_tokens_carry
         Some(json!({"isVerified": false})),
     )
     .await;
-    app.post(
+    app.post_public(
         "/api/auth/refresh",
         json!({"refreshToken": session.body["refreshToken"]}),
     )
@@ -201,7 +201,7 @@ async fn a_reset_link_for_an_address_that_left_the_account_is_dead() {
     let app = App::new().await;
     app.verified_user("liam", "liam-password").await;
     let token = app.token_of("liam", "liam-password").await;
-    app.post(
+    app.post_public(
         "/api/auth/forgot-password",
         json!({"email": "liam@example.com"}),
     )
@@ -214,7 +214,7 @@ async fn a_reset_link_for_an_address_that_left_the_account_is_dead() {
         .unwrap();
     let code = pending_code(&app, &token, "liam@new.example").await;
     assert_eq!(verify(&app, "liam@new.example", &code).await.status, 200);
-    app.post(
+    app.post_public(
         "/api/auth/reset-password",
         json!({"token": link, "newPassword": "taken-over-password"}),
     )
@@ -242,7 +242,7 @@ async fn a_reset_proves_only_its_own_address_and_signs_in() {
         .await
         .unwrap();
     app.pass_mail_pause().await;
-    app.post(
+    app.post_public(
         "/api/auth/forgot-password",
         json!({"email": "nora@example.com"}),
     )
@@ -254,7 +254,7 @@ async fn a_reset_proves_only_its_own_address_and_signs_in() {
         .reset_token()
         .unwrap();
     let res = app
-        .post(
+        .post_public(
             "/api/auth/reset-password",
             json!({"token": link, "newPassword": "nora-new-password"}),
         )
@@ -266,7 +266,7 @@ async fn a_reset_proves_only_its_own_address_and_signs_in() {
         "nora@example.com"
     );
     let refreshed = app
-        .post(
+        .post_public(
             "/api/auth/refresh",
             json!({"refreshToken": res.body["refreshToken"]}),
         )
@@ -396,7 +396,7 @@ async fn a_lock_mails_its_owner_once_and_a_reset_lifts_it_and_signs_in() {
     let link = mail.reset_token().expect("a reset link in the lock mail");
     assert!(mail.data.contains("http://app.test/reset-password?token="));
     let res = app
-        .post(
+        .post_public(
             "/api/auth/reset-password",
             json!({"token": link, "newPassword": "carol-new-password"}),
         )
@@ -413,7 +413,7 @@ async fn reset_and_code_mails_go_out_at_most_once_a_minute_per_address() {
     let mut answers = Vec::new();
     for _ in 0..3 {
         answers.push(
-            app.post(
+            app.post_public(
                 "/api/auth/forgot-password",
                 json!({"email": "gus@example.com"}),
             )
@@ -430,7 +430,7 @@ async fn reset_and_code_mails_go_out_at_most_once_a_minute_per_address() {
     app.signup("hal", "hal-password").await;
     for _ in 0..3 {
         let res = app
-            .post(
+            .post_public(
                 "/api/auth/resend-verification",
                 json!({"email": "hal@example.com"}),
             )
@@ -443,7 +443,7 @@ async fn reset_and_code_mails_go_out_at_most_once_a_minute_per_address() {
 
 async fn timed(app: &App, path: &str, email: &str) -> Duration {
     let started = Instant::now();
-    let res = app.post(path, json!({ "email": email })).await;
+    let res = app.post_public(path, json!({ "email": email })).await;
     assert_eq!(res.status, 200, "{}", res.body);
     started.elapsed()
 }
@@ -516,7 +516,7 @@ async fn disabling_deleting_or_demoting_ends_refresh_tokens_at_once() {
             .await;
         assert!(res.status.is_success(), "{}", res.body);
         let res = app
-            .post("/api/auth/refresh", json!({"refreshToken": refresh}))
+            .post_public("/api/auth/refresh", json!({"refreshToken": refresh}))
             .await;
         assert_eq!(res.status, 401, "{method}: {}", res.body);
     }
@@ -612,7 +612,7 @@ async fn missing_indexes_keep_health_at_503_and_are_retried() {
     let health = call(&app.router, "GET", "/health", None, None).await;
     assert_eq!(health.status, 200, "{}", health.body);
     let signup = |name: &str| {
-        app.post(
+        app.post_public(
             "/api/auth/signup",
             json!({"username": name, "email": "pat@example.com", "password": "pat-password"}),
         )

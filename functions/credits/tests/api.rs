@@ -2,14 +2,20 @@
 //! bodies, statuses, roles and the error format of SPEC §6.
 #![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
-use axum::Router;
 use serde_json::{json, Value};
-use shared::testing::{self, call, call_with_headers, TestPostgres};
+use shared::testing::{self, call, call_with_headers, TestClient, TestPostgres};
 use shared::token::Role;
 
 struct App {
-    router: Router,
+    client: TestClient,
     db: TestPostgres,
+}
+
+impl std::ops::Deref for App {
+    type Target = TestClient;
+    fn deref(&self) -> &TestClient {
+        &self.client
+    }
 }
 
 impl App {
@@ -20,23 +26,12 @@ impl App {
             pg: db.pool.clone(),
         };
         App {
-            router: credits::router(state),
+            client: TestClient::new(credits::router(state)),
             db,
         }
     }
 
-    fn token(&self, user: &str, role: Role) -> String {
-        testing::mint_token(&testing::jwt_keys(), user, role)
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> testing::TestResponse {
-        call(&self.router, "POST", path, Some(body), Some(token)).await
-    }
-
-    async fn get(&self, path: &str, token: &str) -> testing::TestResponse {
-        call(&self.router, "GET", path, None, Some(token)).await
-    }
-
+    /// An admin's allocation, over HTTP.
     async fn grant(&self, user: &str, credits: i64) {
         let admin = self.token("admin-1", Role::Admin);
         let res = self

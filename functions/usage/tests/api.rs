@@ -1,40 +1,29 @@
 //! The usage function's routes, in-process against real PostgreSQL (SPEC §7).
 #![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
-use axum::Router;
 use serde_json::{json, Value};
-use shared::testing::{self, call, TestPostgres};
+use shared::testing::{self, TestClient, TestPostgres};
 use shared::token::Role;
 
-async fn app() -> (Router, TestPostgres) {
+async fn app() -> (TestClient, TestPostgres) {
     let db = TestPostgres::new().await;
     let router = usage::router(usage::AppState {
         jwt: testing::jwt_keys(),
         pg: db.pool.clone(),
     });
-    (router, db)
+    (TestClient::new(router), db)
 }
 
-fn token(user: &str, role: Role) -> String {
-    testing::mint_token(&testing::jwt_keys(), user, role)
-}
-
-async fn record(router: &Router, body: Value) -> testing::TestResponse {
-    call(
-        router,
-        "POST",
-        "/api/usage/record",
-        Some(body),
-        Some(&token("admin-1", Role::Admin)),
-    )
-    .await
+async fn record(client: &TestClient, body: Value) -> testing::TestResponse {
+    let admin = client.token("admin-1", Role::Admin);
+    client.post("/api/usage/record", &admin, body).await
 }
 
 #[tokio::test]
 async fn an_admin_records_usage_and_an_end_user_cannot() {
-    let (router, _db) = app().await;
+    let (client, _db) = app().await;
     let res = record(
-        &router,
+        &client,
         json!({"userId": "u1", "service": "chat", "operation": "flow-a", "credits": 3, "metadata": {"tokens": 10}}),
     )
     .await;
@@ -43,16 +32,15 @@ async fn an_admin_records_usage_and_an_end_user_cannot() {
     assert_eq!(res.body["credits"], 3);
     assert_eq!(res.body["metadata"], json!({"tokens": 10}));
     assert!(res.body["id"].is_string() && res.body["createdAt"].is_string());
-    let user = token("u1", Role::Enduser);
-    call(
-        &router,
-        "POST",
-        "/api/usage/record",
-        Some(json!({"service": "chat", "operation": "x", "credits": 1})),
-        Some(&user),
-    )
-    .await
-    .assert_error(403, "forbidden");
+    let user = client.token("u1", Role::Enduser);
+    client
+        .post(
+            "/api/usage/record",
+            &user,
+            json!({"service": "chat", "operation": "x", "credits": 1}),
+        )
+        .await
+        .assert_error(403, "forbidden");
     for bad in [
         json!({"service": "chat", "operation": "x", "credits": -1}),
         json!({"service": "", "operation": "x", "credits": 1}),
@@ -61,14 +49,14 @@ async fn an_admin_records_usage_and_an_end_user_cannot() {
         json!({"service": "ch\u{0}at", "operation": "x", "credits": 1}),
         json!({"service": "chat", "operation": "x", "credits": 1, "metadata": {"k\u{0}": 1}}),
     ] {
-        let res = record(&router, bad).await;
+        let res = record(&client, bad).await;
         assert_eq!(res.status, 400, "{}", res.body);
     }
 }
 
 #[tokio::test]
 async fn statistics_group_by_service_day_chatflow_and_user() {
-    let (router, _db) = app().await;
+    let (client, _db) = app().await;
     for (user, service, op, credits) in [
         ("u1", "chat", "flow-a", 3),
         ("u1", "chat", "flow-a", 2),
@@ -77,20 +65,15 @@ async fn statistics_group_by_service_day_chatflow_and_user() {
         ("u2", "chat", "flow-a", 11),
     ] {
         let res = record(
-            &router,
+            &client,
             json!({"userId": user, "service": service, "operation": op, "credits": credits}),
         )
         .await;
         assert_eq!(res.status, 201);
     }
-    let mine = call(
-        &router,
-        "GET",
-        "/api/usage/stats",
-        None,
-        Some(&token("u1", Role::Enduser)),
-    )
-    .await;
+    let mine = client
+        .get("/api/usage/stats", &client.token("u1", Role::Enduser))
+        .await;
     assert_eq!(mine.status, 200, "{}", mine.body);
     assert_eq!(mine.body["totalRecords"], 4);
     assert_eq!(mine.body["totalCredits"], 10);
@@ -110,31 +93,19 @@ async fn statistics_group_by_service_day_chatflow_and_user() {
     assert_eq!(mine.body["recent"].as_array().unwrap().len(), 4);
     assert!(mine.body.get("byUser").is_none());
 
-    let user = token("u1", Role::Enduser);
-    call(&router, "GET", "/api/usage/stats/u2", None, Some(&user))
+    let user = client.token("u1", Role::Enduser);
+    client
+        .get("/api/usage/stats/u2", &user)
         .await
         .assert_error(403, "forbidden");
-    call(&router, "GET", "/api/usage/system-stats", None, Some(&user))
+    client
+        .get("/api/usage/system-stats", &user)
         .await
         .assert_error(403, "forbidden");
-    let supervisor = token("s1", Role::Supervisor);
-    let theirs = call(
-        &router,
-        "GET",
-        "/api/usage/stats/u2",
-        None,
-        Some(&supervisor),
-    )
-    .await;
+    let supervisor = client.token("s1", Role::Supervisor);
+    let theirs = client.get("/api/usage/stats/u2", &supervisor).await;
     assert_eq!(theirs.body["totalCredits"], 11);
-    let system = call(
-        &router,
-        "GET",
-        "/api/usage/system-stats",
-        None,
-        Some(&supervisor),
-    )
-    .await;
+    let system = client.get("/api/usage/system-stats", &supervisor).await;
     assert_eq!(system.body["totalCredits"], 21);
     assert_eq!(
         system.body["byUser"],
@@ -144,69 +115,50 @@ async fn statistics_group_by_service_day_chatflow_and_user() {
 
 #[tokio::test]
 async fn the_date_range_filters_and_is_validated() {
-    let (router, _db) = app().await;
+    let (client, _db) = app().await;
     record(
-        &router,
+        &client,
         json!({"userId": "u1", "service": "chat", "operation": "f", "credits": 1}),
     )
     .await;
-    let user = token("u1", Role::Enduser);
-    let past = call(
-        &router,
-        "GET",
-        "/api/usage/stats?from=2020-01-01&to=2020-12-31",
-        None,
-        Some(&user),
-    )
-    .await;
+    let user = client.token("u1", Role::Enduser);
+    let past = client
+        .get("/api/usage/stats?from=2020-01-01&to=2020-12-31", &user)
+        .await;
     assert_eq!(past.body["totalRecords"], 0);
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    let now = call(
-        &router,
-        "GET",
-        &format!("/api/usage/stats?from={today}&to={today}"),
-        None,
-        Some(&user),
-    )
-    .await;
+    let now = client
+        .get(&format!("/api/usage/stats?from={today}&to={today}"), &user)
+        .await;
     assert_eq!(
         now.body["totalRecords"], 1,
         "`to` as a date includes that whole day"
     );
-    call(
-        &router,
-        "GET",
-        "/api/usage/stats?from=tomorrow",
-        None,
-        Some(&user),
-    )
-    .await
-    .assert_error(400, "invalid_input");
-    call(
-        &router,
-        "GET",
-        "/api/usage/stats?from=2026-12-01&to=2026-01-01",
-        None,
-        Some(&user),
-    )
-    .await
-    .assert_error(400, "invalid_input");
+    client
+        .get("/api/usage/stats?from=tomorrow", &user)
+        .await
+        .assert_error(400, "invalid_input");
+    client
+        .get("/api/usage/stats?from=2026-12-01&to=2026-01-01", &user)
+        .await
+        .assert_error(400, "invalid_input");
 }
 
 #[tokio::test]
 async fn export_streams_csv_with_escaped_fields() {
-    let (router, _db) = app().await;
+    let (client, _db) = app().await;
     for i in 0..2500 {
         let op = if i == 0 { "flow, \"quoted\"" } else { "flow" };
-        let res = record(&router, json!({"userId": format!("u{}", i % 3), "service": "chat", "operation": op, "credits": 1})).await;
+        let res = record(&client, json!({"userId": format!("u{}", i % 3), "service": "chat", "operation": op, "credits": 1})).await;
         assert_eq!(res.status, 201);
     }
-    let user = token("u1", Role::Enduser);
-    call(&router, "GET", "/api/usage/export", None, Some(&user))
+    let user = client.token("u1", Role::Enduser);
+    client
+        .get("/api/usage/export", &user)
         .await
         .assert_error(403, "forbidden");
-    let admin = token("admin-1", Role::Admin);
-    let res = call(&router, "GET", "/api/usage/export", None, Some(&admin)).await;
+    let admin = client.token("admin-1", Role::Admin);
+    let res = client.get("/api/usage/export", &admin).await;
     assert_eq!(res.status, 200);
     assert!(res.headers["content-type"]
         .to_str()
@@ -236,10 +188,10 @@ async fn export_streams_csv_with_escaped_fields() {
 
 #[tokio::test]
 async fn usage_credits_past_two_to_the_53rd_are_400s_and_sums_never_overflow() {
-    let (router, db) = app().await;
+    let (client, db) = app().await;
     for credits in [json!(9_007_199_254_740_992_i64), json!(i64::MAX), json!(-1)] {
         let res = record(
-            &router,
+            &client,
             json!({"userId": "u1", "service": "chat", "operation": "f", "credits": credits}),
         )
         .await;
@@ -249,7 +201,7 @@ async fn usage_credits_past_two_to_the_53rd_are_400s_and_sums_never_overflow() {
     // Many records at the largest amount: the statistics saturate, never 500.
     for _ in 0..3 {
         let res = record(
-            &router,
+            &client,
             json!({"userId": "u1", "service": "chat", "operation": "f", "credits": 9_007_199_254_740_991_i64}),
         )
         .await;
@@ -259,21 +211,19 @@ async fn usage_credits_past_two_to_the_53rd_are_400s_and_sums_never_overflow() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let stats = call(
-        &router,
-        "GET",
-        "/api/usage/system-stats",
-        None,
-        Some(&token("admin-1", Role::Admin)),
-    )
-    .await;
+    let stats = client
+        .get(
+            "/api/usage/system-stats",
+            &client.token("admin-1", Role::Admin),
+        )
+        .await;
     assert_eq!(stats.status, 200, "{}", stats.body);
     assert_eq!(stats.body["totalCredits"], 9_007_199_254_740_991_i64);
 }
 
 #[tokio::test]
 async fn an_export_never_hands_a_spreadsheet_a_formula() {
-    let (router, _db) = app().await;
+    let (client, _db) = app().await;
     for (user, operation) in [
         ("=HYPERLINK(\"http://evil.example\",\"x\")", "flow"),
         ("u2", "+cmd|' /C calc'!A0"),
@@ -282,14 +232,14 @@ async fn an_export_never_hands_a_spreadsheet_a_formula() {
         ("u5", "\tlead"),
     ] {
         let res = record(
-            &router,
+            &client,
             json!({"userId": user, "service": "chat", "operation": operation, "credits": 1}),
         )
         .await;
         assert_eq!(res.status, 201, "{}", res.body);
     }
-    let admin = token("admin-1", Role::Admin);
-    let res = call(&router, "GET", "/api/usage/export", None, Some(&admin)).await;
+    let admin = client.token("admin-1", Role::Admin);
+    let res = client.get("/api/usage/export", &admin).await;
     let text = res.body.as_str().unwrap();
     let cells: Vec<String> = text
         .lines()

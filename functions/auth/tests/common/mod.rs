@@ -8,18 +8,24 @@ use std::time::Duration;
 
 use auth::mail::Mailer;
 use auth::store::AuthStore;
-use axum::Router;
 use bson::doc;
-use serde_json::{json, Value};
+use serde_json::json;
 use shared::config::{SmtpConfig, SmtpTls};
 use shared::db::mongo::IndexGuard;
-use shared::testing::{self, call, TestMongo, TestResponse, TestSmtp};
+use shared::testing::{self, TestClient, TestMongo, TestResponse, TestSmtp};
 
 pub struct App {
-    pub router: Router,
+    pub client: TestClient,
     pub state: auth::AppState,
     pub smtp: TestSmtp,
     pub mongo: TestMongo,
+}
+
+impl std::ops::Deref for App {
+    type Target = TestClient;
+    fn deref(&self) -> &TestClient {
+        &self.client
+    }
 }
 
 pub fn smtp_config(port: u16) -> SmtpConfig {
@@ -50,31 +56,17 @@ impl App {
             mail_floor,
         };
         App {
-            router: auth::router(state.clone()),
+            client: TestClient::new(auth::router(state.clone())),
             state,
             smtp,
             mongo,
         }
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> TestResponse {
-        call(&self.router, "POST", path, Some(body), None).await
-    }
-
-    pub async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> TestResponse {
-        call(&self.router, method, path, body, Some(token)).await
-    }
-
     /// Signs up `username` with `{username}@example.com` (not verified).
     pub async fn signup(&self, username: &str, password: &str) -> TestResponse {
         let email = format!("{username}@example.com");
-        self.post(
+        self.post_public(
             "/api/auth/signup",
             json!({"username": username, "email": email, "password": password}),
         )
@@ -97,7 +89,7 @@ impl App {
         assert_eq!(res.status, 201, "{}", res.body);
         let code = self.code_for(&email, 0).await;
         let res = self
-            .post(
+            .post_public(
                 "/api/auth/verify-email",
                 json!({"email": email, "code": code}),
             )
@@ -131,13 +123,13 @@ impl App {
     /// `nth` mail to `email`.
     pub async fn resend_code(&self, email: &str, nth: usize) -> String {
         self.pass_mail_pause().await;
-        self.post("/api/auth/resend-verification", json!({"email": email}))
+        self.post_public("/api/auth/resend-verification", json!({"email": email}))
             .await;
         self.smtp.wait_for(email, nth).await.code().expect("a code")
     }
 
     pub async fn login(&self, username: &str, password: &str) -> TestResponse {
-        self.post(
+        self.post_public(
             "/api/auth/login",
             json!({"username": username, "password": password}),
         )

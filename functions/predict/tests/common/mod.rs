@@ -13,19 +13,26 @@ use shared::config::{FlowiseConfig, Limits, Secret};
 use shared::db::mongo::IndexGuard;
 use shared::flowise::FlowiseClient;
 use shared::flowise_double::{Behaviour, FlowiseDouble};
-use shared::testing::{self, call, TestMongo, TestPostgres, TestResponse};
+use shared::testing::{self, TestClient, TestMongo, TestPostgres, TestResponse};
 use shared::token::Role;
 use tower::ServiceExt;
 
 pub const ANSWER: &str = "Hello from the fake OpenAI server!";
 
 pub struct App {
-    pub router: Router,
+    pub client: TestClient,
     pub stream: Router,
     pub state: predict::AppState,
     pub flowise: FlowiseDouble,
     pub pg: TestPostgres,
     pub mongo: TestMongo,
+}
+
+impl std::ops::Deref for App {
+    type Target = TestClient;
+    fn deref(&self) -> &TestClient {
+        &self.client
+    }
 }
 
 pub fn flowise_config(url: &str) -> FlowiseConfig {
@@ -55,7 +62,7 @@ impl App {
             },
         };
         let app = App {
-            router: predict::router(state.clone()),
+            client: TestClient::new(predict::router(state.clone())),
             stream: predict_stream::router(state.clone()),
             state,
             flowise,
@@ -110,20 +117,6 @@ impl App {
         assert_eq!(res.status, 200, "{}", res.body);
     }
 
-    pub fn token(&self, user: &str, role: Role) -> String {
-        testing::mint_token(&testing::jwt_keys(), user, role)
-    }
-
-    pub async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> TestResponse {
-        call(&self.router, method, path, body, Some(token)).await
-    }
-
     pub async fn grant(&self, user: &str, credits: i64) {
         testing::grant(&self.pg.pool, user, credits).await;
     }
@@ -151,12 +144,11 @@ impl App {
         body: Value,
         headers: &[(&str, &str)],
     ) -> TestResponse {
-        testing::call_with_headers(
-            &self.router,
+        self.send_with(
             "POST",
             "/api/v1/chat/predict",
-            Some(body),
             Some(token),
+            Some(body),
             headers,
         )
         .await
