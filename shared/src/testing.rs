@@ -99,6 +99,22 @@ pub struct TestPostgres {
     pub url: String,
     name: String,
     admin_url: String,
+    roles: Vec<String>,
+}
+
+/// `deploy/app-role.sql`: the deployed functions' role.
+const APP_ROLE_SQL: &str = include_str!("../../deploy/app-role.sql");
+
+/// `url` with its user (and password) replaced by `user`.
+pub fn with_user(url: &str, user: &str) -> String {
+    let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let host = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    format!("{}{user}@{host}", &url[..scheme_end])
 }
 
 impl TestPostgres {
@@ -131,20 +147,41 @@ impl TestPostgres {
             url,
             name,
             admin_url,
+            roles: Vec::new(),
         }
+    }
+
+    /// A login role made by `deploy/app-role.sql` (rows, no DDL: the role
+    /// the deployed functions use), dropped after the database; returns
+    /// the URL that connects as it.
+    pub async fn app_role(&mut self) -> String {
+        let role = unique_name("fgw_app");
+        sqlx::raw_sql(&APP_ROLE_SQL.replace("gateway_app", &role))
+            .execute(&self.pool)
+            .await
+            .expect("deploy/app-role.sql applies");
+        self.roles.push(role.clone());
+        with_user(&self.url, &role)
     }
 }
 
 impl Drop for TestPostgres {
     fn drop(&mut self) {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let roles = std::mem::take(&mut self.roles);
         // The pool belongs to the test's runtime, which this blocks, so it
-        // is not closed here: FORCE ends its connections instead.
+        // is not closed here: FORCE ends its connections instead. Roles go
+        // once the database that holds their grants has.
         run_to_completion(async move {
             if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
                 let _ = sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
                     .execute(&mut admin)
                     .await;
+                for role in roles {
+                    let _ = sqlx::query(&format!(r#"DROP ROLE IF EXISTS "{role}""#))
+                        .execute(&mut admin)
+                        .await;
+                }
             }
         });
     }
@@ -386,6 +423,22 @@ pub fn unreachable_postgres() -> PgPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_user_replaces_only_the_user() {
+        assert_eq!(
+            with_user("postgres://postgres@127.0.0.1:5432/db", "app"),
+            "postgres://app@127.0.0.1:5432/db"
+        );
+        assert_eq!(
+            with_user("postgres://u:p@h/db?sslmode=disable", "app"),
+            "postgres://app@h/db?sslmode=disable"
+        );
+        assert_eq!(
+            with_user("postgres://h:5432/db", "app"),
+            "postgres://app@h:5432/db"
+        );
+    }
 
     #[test]
     fn with_database_replaces_only_the_name() {

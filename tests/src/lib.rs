@@ -6,5 +6,6 @@
 pub mod lambda;
 pub mod routes;
 pub mod stack;
+pub mod wire;
 
 pub use stack::{Stack, StackOptions, ALL_FUNCTIONS, HTTP_FUNCTIONS};

@@ -56,7 +56,7 @@ pub fn ensure_binaries_built() {
         cmd.args(["build", "--quiet", "--target-dir"])
             .arg(target_dir)
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-        for f in ALL_FUNCTIONS {
+        for f in ALL_FUNCTIONS.iter().chain(&["gateway-admin"]) {
             cmd.args(["--bin", f]);
         }
         if profile == "release" {
@@ -79,6 +79,70 @@ pub struct StackOptions {
     pub instances: usize,
     /// Functions to start (default: all).
     pub functions: Option<Vec<&'static str>>,
+    /// Where the binaries are (default: this build's, [`binary_dir`]): a
+    /// benchmark's baseline built from another commit.
+    pub binaries: Option<PathBuf>,
+    /// Serve every HTTP function from one `gateway-admin serve` process
+    /// (server-sized pools, API Gateway paths) instead of Lambda instances.
+    pub serve: bool,
+    /// Reach PostgreSQL at this address instead (a counting proxy).
+    pub postgres_at: Option<SocketAddr>,
+    /// Reach MongoDB at this address instead (a counting proxy).
+    pub mongodb_at: Option<SocketAddr>,
+    /// Connect as the deployed functions do: as the role of
+    /// `deploy/app-role.sql` (no DDL rights), with `MIGRATE_ON_START=false`.
+    pub app_role: bool,
+}
+
+/// The value `env` gives `name` (the last one set wins, as in a process).
+fn value_of<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a String> {
+    env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+impl StackOptions {
+    /// The functions' environment: the test defaults for these stores, the
+    /// deployed role (`role_url`), the options' own variables, and the
+    /// stores' addresses moved to the proxies.
+    fn environment(
+        &self,
+        pg: &TestPostgres,
+        mongo: Option<&TestMongo>,
+        smtp_port: u16,
+        role_url: Option<String>,
+    ) -> Vec<(String, String)> {
+        let mut env = function_env(pg, mongo, smtp_port);
+        if let Some(url) = role_url {
+            env.push(("DATABASE_URL".into(), url));
+            env.push(("MIGRATE_ON_START".into(), "false".into()));
+        }
+        env.extend(self.env.iter().cloned());
+        let moved = self.store_overrides(&env);
+        env.extend(moved);
+        env
+    }
+
+    /// The environment variables pointing the stores at the proxies.
+    fn store_overrides(&self, env: &[(String, String)]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (name, at) in [
+            ("DATABASE_URL", self.postgres_at),
+            ("MONGODB_URI", self.mongodb_at),
+        ] {
+            if let (Some(at), Some(url)) = (at, value_of(env, name)) {
+                let mut url = reqwest::Url::parse(url).expect("a store URL");
+                url.set_ip_host(at.ip()).expect("a host");
+                url.set_port(Some(at.port())).expect("a port");
+                if name == "MONGODB_URI" && !url.query().unwrap_or("").contains("directConnection")
+                {
+                    // Stay on the proxy rather than follow the server's own address.
+                    url.query_pairs_mut()
+                        .append_pair("directConnection", "true");
+                }
+                out.push((name.to_owned(), url.to_string()));
+            }
+        }
+        out
+    }
 }
 
 /// A running stack. Processes are killed when it is dropped.
@@ -93,7 +157,10 @@ pub struct Stack {
     pub base_url: String,
     /// A client for the front.
     pub http: reqwest::Client,
+    /// The `DATABASE_URL` the functions were given.
+    pub functions_database_url: String,
     runtimes: HashMap<String, Arc<RuntimeApi>>,
+    served: bool,
     log_dir: PathBuf,
     children: Vec<Child>,
 }
@@ -152,42 +219,38 @@ impl Stack {
             .functions
             .clone()
             .unwrap_or_else(|| ALL_FUNCTIONS.to_vec());
-        let needs_mongo = functions
-            .iter()
-            .any(|f| matches!(*f, "auth" | "predict" | "predict-stream"));
-        let pg = TestPostgres::new().await;
+        let needs_mongo = options.serve
+            || functions
+                .iter()
+                .any(|f| matches!(*f, "auth" | "predict" | "predict-stream"));
+        let mut pg = TestPostgres::new().await;
+        let role_url = if options.app_role {
+            Some(pg.app_role().await)
+        } else {
+            None
+        };
         let mongo = if needs_mongo {
             Some(TestMongo::new().await)
         } else {
             None
         };
         let smtp = TestSmtp::start().await;
-        let mut env = function_env(&pg, mongo.as_ref(), smtp.port);
-        env.extend(options.env.iter().cloned());
-        let instances = options.instances.max(1);
+        let env = options.environment(&pg, mongo.as_ref(), smtp.port, role_url);
+        let functions_database_url = value_of(&env, "DATABASE_URL").cloned().unwrap_or_default();
         let log_dir = std::env::temp_dir().join(format!("e2e-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&log_dir).expect("log dir");
-
-        let mut runtimes = HashMap::new();
-        let mut children = Vec::new();
-        for name in &functions {
-            let api = RuntimeApi::start(name).await;
-            for i in 0..instances {
-                children.push(spawn_function(name, i, &api, &env, &log_dir));
-            }
-            runtimes.insert((*name).to_owned(), api);
-        }
-        for name in &functions {
-            let ready = runtimes[*name]
-                .wait_ready(instances as u64, Duration::from_secs(60))
-                .await;
-            if !ready {
-                let log = std::fs::read_to_string(log_dir.join(format!("{name}-0.log")))
-                    .unwrap_or_default();
-                panic!("function {name} did not start; its log:\n{log}");
-            }
-        }
-        let front: SocketAddr = lambda::serve_front(runtimes.clone()).await;
+        let binaries = options.binaries.clone().unwrap_or_else(binary_dir);
+        let (front, runtimes, children) = if options.serve {
+            let (front, child) = serve_all(&binaries, &env, &log_dir).await;
+            (front, HashMap::new(), vec![child])
+        } else {
+            let lambdas = Lambdas {
+                binaries: &binaries,
+                env: &env,
+                log_dir: &log_dir,
+            };
+            lambdas.start(&functions, options.instances.max(1)).await
+        };
         Stack {
             pg,
             mongo,
@@ -197,15 +260,23 @@ impl Stack {
                 .timeout(Duration::from_secs(150))
                 .build()
                 .expect("client"),
+            functions_database_url,
             runtimes,
+            served: options.serve,
             log_dir,
             children,
         }
     }
 
-    /// The URL of `path` on function `name`, as `cargo lambda watch` serves it.
+    /// The URL of `path` on function `name`, as `cargo lambda watch` serves
+    /// it (or, served from one process, under the API Gateway paths with
+    /// health at `/health/<function>`).
     pub fn url(&self, function: &str, path: &str) -> String {
-        format!("{}/lambda-url/{function}{path}", self.base_url)
+        match (self.served, path) {
+            (true, "/health") => format!("{}/health/{function}", self.base_url),
+            (true, _) => format!("{}{path}", self.base_url),
+            (false, _) => format!("{}/lambda-url/{function}{path}", self.base_url),
+        }
     }
 
     /// Invokes a function with a raw event, as `cargo lambda invoke` does.
@@ -217,9 +288,15 @@ impl Stack {
             .await
     }
 
-    /// Everything function `name`'s first instance logged so far.
+    /// Everything function `name`'s first instance (or the one serving
+    /// process) logged so far.
     pub fn logs(&self, function: &str) -> String {
-        std::fs::read_to_string(self.log_dir.join(format!("{function}-0.log"))).unwrap_or_default()
+        let name = if self.served {
+            SERVE_LOG.to_owned()
+        } else {
+            format!("{function}-0.log")
+        };
+        std::fs::read_to_string(self.log_dir.join(name)).unwrap_or_default()
     }
 
     /// A valid access token (minted with the stack's secret).
@@ -266,6 +343,96 @@ impl Drop for Stack {
     }
 }
 
+/// The log of the one serving process.
+const SERVE_LOG: &str = "gateway-admin-serve.log";
+
+/// Function instances behind the Lambda emulator: where their binaries
+/// are, their environment and their logs.
+struct Lambdas<'a> {
+    binaries: &'a std::path::Path,
+    env: &'a [(String, String)],
+    log_dir: &'a std::path::Path,
+}
+
+impl Lambdas<'_> {
+    /// `instances` of each function, each polling its function's Runtime
+    /// API, and the function-URL front once all are ready.
+    async fn start(
+        &self,
+        functions: &[&str],
+        instances: usize,
+    ) -> (SocketAddr, HashMap<String, Arc<RuntimeApi>>, Vec<Child>) {
+        let mut runtimes = HashMap::new();
+        let mut children = Vec::new();
+        for name in functions {
+            let api = RuntimeApi::start(name).await;
+            for i in 0..instances {
+                children.push(spawn_function_from(
+                    self.binaries,
+                    name,
+                    i,
+                    &api,
+                    self.env,
+                    self.log_dir,
+                ));
+            }
+            runtimes.insert((*name).to_owned(), api);
+        }
+        for name in functions {
+            let ready = runtimes[*name]
+                .wait_ready(instances as u64, Duration::from_secs(60))
+                .await;
+            if !ready {
+                let log = std::fs::read_to_string(self.log_dir.join(format!("{name}-0.log")))
+                    .unwrap_or_default();
+                panic!("function {name} did not start; its log:\n{log}");
+            }
+        }
+        let front = lambda::serve_front(runtimes.clone()).await;
+        (front, runtimes, children)
+    }
+}
+
+/// `gateway-admin serve` on a free port with `env` (the job off), once
+/// every function's health answers.
+async fn serve_all(
+    binaries: &std::path::Path,
+    env: &[(String, String)],
+    log_dir: &std::path::Path,
+) -> (SocketAddr, Child) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let log = std::fs::File::create(log_dir.join(SERVE_LOG)).expect("log file");
+    let child = Command::new(binaries.join("gateway-admin"))
+        .args(["serve", "--port", &port.to_string()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("SERVE_JOB_INTERVAL_MINUTES", "0")
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn gateway-admin serve");
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let http = reqwest::Client::new();
+    for _ in 0..600 {
+        let health = http
+            .get(format!("http://{address}/health/predict"))
+            .send()
+            .await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            return (address, child);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(log_dir.join(SERVE_LOG)).unwrap_or_default();
+    panic!("gateway-admin serve did not start; its log:\n{log}");
+}
+
 /// Starts instance `instance` of function `name` as Lambda starts
 /// `bootstrap`: polling `api`, with `env`, logging to `log_dir`.
 pub fn spawn_function(
@@ -275,7 +442,19 @@ pub fn spawn_function(
     env: &[(String, String)],
     log_dir: &std::path::Path,
 ) -> Child {
-    let binary = binary_dir().join(name);
+    spawn_function_from(&binary_dir(), name, instance, api, env, log_dir)
+}
+
+/// [`spawn_function`] with the binaries of `binaries`.
+fn spawn_function_from(
+    binaries: &std::path::Path,
+    name: &str,
+    instance: usize,
+    api: &RuntimeApi,
+    env: &[(String, String)],
+    log_dir: &std::path::Path,
+) -> Child {
+    let binary = binaries.join(name);
     assert!(
         binary.exists(),
         "{} is missing: build the functions first (`cargo build --workspace --bins`)",

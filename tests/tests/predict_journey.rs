@@ -13,7 +13,9 @@ use shared::token::Role;
 
 const ANSWER: &str = "Hello from the fake OpenAI server!";
 
-async fn stack_with(flowise: &FlowiseDouble) -> Stack {
+/// The functions the journey uses, as Lambda instances or (`serve`) from
+/// one `gateway-admin serve` process.
+async fn stack_with(flowise: &FlowiseDouble, serve: bool) -> Stack {
     Stack::start_with(StackOptions {
         functions: Some(vec!["predict", "predict-stream", "credits"]),
         env: vec![
@@ -21,6 +23,7 @@ async fn stack_with(flowise: &FlowiseDouble) -> Stack {
             ("FLOWISE_FIRST_BYTE_TIMEOUT_SECONDS".into(), "2".into()),
             ("FLOWISE_TIMEOUT_SECONDS".into(), "10".into()),
         ],
+        serve,
         ..Default::default()
     })
     .await
@@ -45,6 +48,16 @@ async fn read_frames(res: reqwest::Response) -> Vec<(String, Value, Instant)> {
 
 #[tokio::test]
 async fn admin_syncs_and_grants_then_a_user_predicts_buffered_and_streamed_until_out_of_credits() {
+    journey(false).await;
+}
+
+/// The same journey, every function's router mounted on one port.
+#[tokio::test]
+async fn the_same_journey_served_from_one_process() {
+    journey(true).await;
+}
+
+async fn journey(serve: bool) {
     let flowise = FlowiseDouble::start().await;
     flowise.add_flow(
         "flow-e2e",
@@ -56,7 +69,7 @@ async fn admin_syncs_and_grants_then_a_user_predicts_buffered_and_streamed_until
             heartbeat: true,
         },
     );
-    let stack = stack_with(&flowise).await;
+    let stack = stack_with(&flowise, serve).await;
     let admin = stack.token("admin-1", Role::Admin);
     let user = stack.token("zoe", Role::Enduser);
 
@@ -76,15 +89,7 @@ async fn admin_syncs_and_grants_then_a_user_predicts_buffered_and_streamed_until
         )
         .await;
     assert_eq!(status, 200);
-    let (status, _) = stack
-        .post(
-            "credits",
-            "/api/credits/allocate",
-            &admin,
-            json!({"userId": "zoe", "credits": 30}),
-        )
-        .await;
-    assert_eq!(status, 201);
+    stack.allocate(&admin, "zoe", 30).await;
     let (_, flows) = stack.get("predict", "/api/v1/chatflows", &user).await;
     assert_eq!(flows["chatflows"][0]["id"], "flow-e2e");
 
@@ -107,7 +112,7 @@ async fn admin_syncs_and_grants_then_a_user_predicts_buffered_and_streamed_until
         .unwrap();
     assert_eq!(res.status(), 201);
     let file: Value = res.json().await.unwrap();
-    let (status, answer) = stack.post("predict", "/api/v1/chat/predict", &user, json!({"chatflow_id": "flow-e2e", "question": "What is in the picture?", "uploads": [{"file_id": file["file_id"]}]}))
+    let (status, answer) = stack.predict(&user, json!({"chatflow_id": "flow-e2e", "question": "What is in the picture?", "uploads": [{"file_id": file["file_id"]}]}))
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["text"], ANSWER);
@@ -122,14 +127,8 @@ async fn admin_syncs_and_grants_then_a_user_predicts_buffered_and_streamed_until
 
     // Streamed through Lambda response streaming, in the same session.
     let started = Instant::now();
-    let res = stack
-        .http
-        .post(stack.url("predict-stream", "/api/v1/chat/predict/stream"))
-        .bearer_auth(&user)
-        .json(&json!({"chatflow_id": "flow-e2e", "question": "And now?", "session_id": session}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"chatflow_id": "flow-e2e", "question": "And now?", "session_id": session});
+    let res = stack.open_stream(&user, &body, &[]).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "text/event-stream");
     let frames = read_frames(res).await;
@@ -175,26 +174,13 @@ async fn admin_syncs_and_grants_then_a_user_predicts_buffered_and_streamed_until
         .await;
     assert_eq!(status, 200);
     let before = flowise.received().len();
-    let (status, body) = stack
-        .post(
-            "predict",
-            "/api/v1/chat/predict",
-            &user,
-            json!({"chatflow_id": "flow-e2e", "question": "Hi"}),
-        )
-        .await;
+    let hi = json!({"chatflow_id": "flow-e2e", "question": "Hi"});
+    let (status, body) = stack.predict(&user, hi.clone()).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (402, Some("insufficient_credits"))
     );
-    let res = stack
-        .http
-        .post(stack.url("predict-stream", "/api/v1/chat/predict/stream"))
-        .bearer_auth(&user)
-        .json(&json!({"chatflow_id": "flow-e2e", "question": "Hi"}))
-        .send()
-        .await
-        .unwrap();
+    let res = stack.open_stream(&user, &hi, &[]).await;
     assert_eq!(res.status(), 402);
     assert_eq!(
         res.json::<Value>().await.unwrap()["error"],

@@ -94,11 +94,15 @@ async fn direct(shared_account: bool) -> f64 {
     .await
 }
 
-async fn over_http(shared_account: bool) -> f64 {
+/// Through the credits function: `CLIENTS` instances behind the Lambda
+/// emulator, or (`serve`) every router in one `gateway-admin serve`.
+async fn over_http(shared_account: bool, serve: bool) -> f64 {
     let stack = Stack::start_with(StackOptions {
         functions: Some(vec!["credits"]),
         instances: CLIENTS,
         env: vec![("RUST_LOG".into(), "warn".into())],
+        serve,
+        ..Default::default()
     })
     .await;
     grant_all(&stack.pg.pool, shared_account).await;
@@ -185,10 +189,15 @@ async fn pgbench(shared_account: bool) -> Option<f64> {
 async fn main() {
     println!("| path (16 clients, {SECONDS} s each) | own account each | one shared account |");
     println!("|---|---|---|");
-    let http = (over_http(false).await, over_http(true).await);
+    let http = (over_http(false, false).await, over_http(true, false).await);
     println!(
-        "| HTTP through the credits function (16 instances) | {:.0}/s | {:.0}/s |",
+        "| HTTP through the credits function (16 instances, Lambda emulator) | {:.0}/s | {:.0}/s |",
         http.0, http.1
+    );
+    let served = (over_http(false, true).await, over_http(true, true).await);
+    println!(
+        "| HTTP through `gateway-admin serve` (one process) | {:.0}/s | {:.0}/s |",
+        served.0, served.1
     );
     let direct = (direct(false).await, direct(true).await);
     println!(

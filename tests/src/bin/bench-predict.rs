@@ -1,14 +1,30 @@
-#![allow(clippy::too_many_lines)]
-//! The gateway's own overhead on a prediction: the latency of a buffered
-//! prediction through the predict function minus the same call made
-//! straight to the Flowise double, at 1 and 16 concurrent clients, and the
-//! time to the first token of a streamed answer through predict-stream
-//! against straight to the double. Run with `make bench-predict` (needs
+//! The gateway's own overhead on a prediction, and what one costs in
+//! round trips to the stores. Run with `make bench-predict` (needs
 //! PostgreSQL and MongoDB, as the tests do); prints Markdown for
 //! BENCHMARKS.md.
+//!
+//! - **Round trips**: one buffered prediction at a time through one
+//!   instance whose PostgreSQL and MongoDB connections pass through
+//!   counting proxies ([`e2e::wire`]); the median of 30 after a warm-up.
+//! - **Overhead**: a buffered prediction's latency through the gateway
+//!   minus the same call made straight to the Flowise double, at 1 and 16
+//!   concurrent clients, and the time to the first token of a streamed
+//!   answer against straight to the double; through the Lambda emulator
+//!   (16 instances of each function) and through `gateway-admin serve`.
+//!
+//! `bench-predict round-trips` prints the round trips alone.
+//!
+//! With `BENCH_BASELINE=<folder>` (release `predict` and `predict-stream`
+//! of another commit; `make bench-predict` builds them with
+//! `local/baseline.sh`), the baseline is measured the same way in the
+//! same run, and `BENCH_BASELINE_NAME` labels it.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2e::wire::CountingProxy;
 use e2e::{Stack, StackOptions};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -17,11 +33,171 @@ use shared::token::Role;
 
 const FLOW: &str = "bench-flow";
 const ANSWER: &str = "Hello from the fake OpenAI server!";
+const CLIENTS: usize = 16;
+/// Predictions counted, one at a time, for the round trips.
+const COUNTED: usize = 30;
+
+/// A build of the gateway and how it is run.
+#[derive(Clone)]
+struct Variant {
+    label: String,
+    /// Release binaries of another build (`None`: this build's).
+    binaries: Option<PathBuf>,
+    serve: bool,
+}
+
+/// Where requests go: the gateway (with a token per client) or straight
+/// to the double.
+#[derive(Clone)]
+struct Endpoint {
+    http: reqwest::Client,
+    buffered: String,
+    stream: String,
+    /// `None`: straight to the double.
+    tokens: Option<Arc<Vec<String>>>,
+}
 
 #[derive(Clone, Copy)]
-enum Target {
-    Direct,
-    Gateway,
+enum Kind {
+    Buffered,
+    FirstToken,
+}
+
+impl Endpoint {
+    fn direct(flowise: &FlowiseDouble) -> Endpoint {
+        let url = format!("{}/api/v1/prediction/{FLOW}", flowise.url);
+        Endpoint {
+            http: reqwest::Client::new(),
+            buffered: url.clone(),
+            stream: url,
+            tokens: None,
+        }
+    }
+
+    fn gateway(stack: &Stack) -> Endpoint {
+        let tokens = (0..CLIENTS)
+            .map(|c| stack.token(&format!("bench-{c}"), Role::Enduser))
+            .collect();
+        Endpoint {
+            http: stack.http.clone(),
+            buffered: stack.url("predict", "/api/v1/chat/predict"),
+            stream: stack.url("predict-stream", "/api/v1/chat/predict/stream"),
+            tokens: Some(Arc::new(tokens)),
+        }
+    }
+
+    fn request(&self, kind: Kind, client: usize) -> reqwest::RequestBuilder {
+        let (url, streaming) = match kind {
+            Kind::Buffered => (&self.buffered, false),
+            Kind::FirstToken => (&self.stream, true),
+        };
+        match &self.tokens {
+            None => self
+                .http
+                .post(url)
+                .json(&json!({"question": "Hi there", "streaming": streaming})),
+            Some(tokens) => self
+                .http
+                .post(url)
+                .bearer_auth(&tokens[client])
+                .json(&json!({"chatflow_id": FLOW, "question": "Hi there"})),
+        }
+    }
+
+    /// One request: the whole buffered answer, or the first token.
+    async fn once(&self, kind: Kind, client: usize) -> Duration {
+        let started = Instant::now();
+        let res = self.request(kind, client).send().await.expect("send");
+        assert_eq!(res.status(), 200);
+        if let Kind::Buffered = kind {
+            res.bytes().await.expect("body");
+            return started.elapsed();
+        }
+        let mut body = res.bytes_stream();
+        let (mut seen, mut first) = (String::new(), None);
+        while let Some(chunk) = body.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+            if seen.contains("\"token\"") || seen.contains("event: token") {
+                first.get_or_insert_with(|| started.elapsed());
+            }
+        }
+        first.expect("a token arrived")
+    }
+
+    /// `total` requests over `clients` concurrent loops; sorted latencies.
+    async fn measure(&self, kind: Kind, clients: usize, total: usize) -> Vec<Duration> {
+        let loops = (0..clients).map(|client| async move {
+            let mut out = Vec::new();
+            for _ in 0..total / clients {
+                out.push(self.once(kind, client).await);
+            }
+            out
+        });
+        let mut all: Vec<Duration> = futures_util::future::join_all(loops)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        all.sort();
+        all
+    }
+}
+
+/// A stack of `variant` with the bench flow open and every bench user
+/// funded; the stores reached through `proxies` when given.
+async fn start(
+    flowise: &FlowiseDouble,
+    variant: &Variant,
+    instances: usize,
+    proxies: Option<(SocketAddr, SocketAddr)>,
+) -> Stack {
+    let stack = Stack::start_with(StackOptions {
+        functions: Some(vec!["predict", "predict-stream"]),
+        instances,
+        env: vec![
+            ("FLOWISE_API_URL".into(), flowise.url.clone()),
+            ("RUST_LOG".into(), "warn".into()),
+        ],
+        binaries: variant.binaries.clone(),
+        serve: variant.serve,
+        postgres_at: proxies.map(|p| p.0),
+        mongodb_at: proxies.map(|p| p.1),
+        ..Default::default()
+    })
+    .await;
+    let admin = stack.token("admin-1", Role::Admin);
+    stack.sync_chatflows(&admin).await;
+    stack.open_chatflow(&admin, FLOW, None).await;
+    for c in 0..CLIENTS {
+        shared::testing::grant(&stack.pg.pool, &format!("bench-{c}"), 1_000_000_000).await;
+    }
+    stack
+}
+
+fn store_address(url: &str) -> SocketAddr {
+    let url = reqwest::Url::parse(url).expect("a store URL");
+    let host = url.host_str().expect("a host");
+    let port = url.port().expect("a port");
+    format!("{host}:{port}").parse().expect("an IP address")
+}
+
+/// Median PostgreSQL and MongoDB round trips of one buffered prediction.
+async fn round_trips(flowise: &FlowiseDouble, variant: &Variant) -> (u64, u64) {
+    let pg = CountingProxy::start(store_address(&shared::testing::postgres_base_url())).await;
+    let mongo = CountingProxy::start(store_address(&shared::testing::mongodb_base_uri())).await;
+    let stack = start(flowise, variant, 1, Some((pg.address, mongo.address))).await;
+    let gateway = Endpoint::gateway(&stack);
+    gateway.measure(Kind::Buffered, 1, 5).await;
+    let (mut pgs, mut mongos) = (Vec::new(), Vec::new());
+    for _ in 0..COUNTED {
+        let before = (pg.round_trips(), mongo.round_trips());
+        gateway.once(Kind::Buffered, 0).await;
+        pgs.push(pg.round_trips() - before.0);
+        mongos.push(mongo.round_trips() - before.1);
+    }
+    pgs.sort_unstable();
+    mongos.sort_unstable();
+    (pgs[COUNTED / 2], mongos[COUNTED / 2])
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -33,193 +209,99 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// `total` requests spread over `clients` concurrent loops; sorted latencies.
-async fn measure<F, Fut>(clients: usize, total: usize, op: F) -> Vec<Duration>
-where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Duration> + Send,
-{
-    let per = total / clients;
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let op = op.clone();
-            tokio::spawn(async move {
-                let mut out = Vec::with_capacity(per);
-                for _ in 0..per {
-                    out.push(op(c).await);
-                }
-                out
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("client"));
+/// The rows of the overhead table: what is measured, how, at what
+/// concurrency and how many requests.
+const ROWS: &[(&str, Kind, usize, usize)] = &[
+    ("buffered prediction, 1 client", Kind::Buffered, 1, 200),
+    ("buffered prediction, 16 clients", Kind::Buffered, 16, 800),
+    (
+        "time to first token, streamed, 1 client",
+        Kind::FirstToken,
+        1,
+        200,
+    ),
+];
+
+/// Every row's latencies through `endpoint`, after a warm-up.
+async fn rows(endpoint: &Endpoint) -> Vec<Vec<Duration>> {
+    let mut out = Vec::new();
+    for &(_, kind, clients, total) in ROWS {
+        out.push(endpoint.measure(kind, clients, total).await);
     }
-    all.sort();
-    all
+    out
+}
+
+/// Prints the overhead table: straight to the double, then each
+/// variant's latency with its overhead. One variant's stack runs at a
+/// time (16 instances of two functions each hold connections).
+async fn overhead(flowise: &FlowiseDouble, variants: &[Variant]) {
+    let straight = rows(&Endpoint::direct(flowise)).await;
+    let mut through = Vec::new();
+    for variant in variants {
+        let stack = start(flowise, variant, CLIENTS, None).await;
+        let gateway = Endpoint::gateway(&stack);
+        gateway.measure(Kind::Buffered, CLIENTS, 64).await;
+        gateway.measure(Kind::FirstToken, CLIENTS, 64).await;
+        through.push(rows(&gateway).await);
+    }
+    let labels: Vec<&str> = variants.iter().map(|v| v.label.as_str()).collect();
+    println!(
+        "| measure | straight to the double | {} |",
+        labels.join(" | ")
+    );
+    println!("|---|---|{}", "---|".repeat(variants.len()));
+    for (row, &(label, ..)) in ROWS.iter().enumerate() {
+        for (p_label, p) in [("p50", 0.5), ("p95", 0.95)] {
+            let d = percentile(&straight[row], p);
+            let cells: Vec<String> = through
+                .iter()
+                .map(|g| {
+                    let g = percentile(&g[row], p);
+                    format!("{} (+{})", ms(g), ms(g.saturating_sub(d)))
+                })
+                .collect();
+            println!("| {label}, {p_label} | {} | {} |", ms(d), cells.join(" | "));
+        }
+    }
+}
+
+fn variants() -> Vec<Variant> {
+    let mut out = Vec::new();
+    if let Some(binaries) = std::env::var_os("BENCH_BASELINE") {
+        let name = std::env::var("BENCH_BASELINE_NAME").unwrap_or_else(|_| "baseline".into());
+        out.push(Variant {
+            label: format!("{name}, Lambda emulator"),
+            binaries: Some(binaries.into()),
+            serve: false,
+        });
+    }
+    out.push(Variant {
+        label: "this build, Lambda emulator".into(),
+        binaries: None,
+        serve: false,
+    });
+    out.push(Variant {
+        label: "this build, gateway-admin serve".into(),
+        binaries: None,
+        serve: true,
+    });
+    out
 }
 
 #[tokio::main]
 async fn main() {
     let flowise = FlowiseDouble::start().await;
     flowise.add_flow(FLOW, "Bench", Behaviour::answer(ANSWER));
-    let stack = Stack::start_with(StackOptions {
-        functions: Some(vec!["predict", "predict-stream"]),
-        instances: 16,
-        env: vec![
-            ("FLOWISE_API_URL".into(), flowise.url.clone()),
-            ("RUST_LOG".into(), "warn".into()),
-        ],
-    })
-    .await;
-    let admin = stack.token("admin-1", Role::Admin);
-    let (status, _) = stack
-        .request(
-            reqwest::Method::POST,
-            "predict",
-            "/api/v1/admin/chatflows/sync",
-            Some(&admin),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
-    let (status, _) = stack
-        .request(
-            reqwest::Method::PUT,
-            "predict",
-            &format!("/api/v1/admin/chatflows/{FLOW}"),
-            Some(&admin),
-            Some(json!({"isPublic": true})),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let tokens: Vec<String> = (0..16)
-        .map(|c| stack.token(&format!("bench-{c}"), Role::Enduser))
-        .collect();
-    for c in 0..16 {
-        shared::testing::grant(&stack.pg.pool, &format!("bench-{c}"), 1_000_000_000).await;
+    let variants = variants();
+    println!("| build | PostgreSQL round trips | MongoDB round trips |");
+    println!("|---|---|---|");
+    for variant in variants.iter().filter(|v| !v.serve) {
+        let (pg, mongo) = round_trips(&flowise, variant).await;
+        println!("| {} | {pg} | {mongo} |", variant.label);
     }
-    let http = stack.http.clone();
-    let direct_url = format!("{}/api/v1/prediction/{FLOW}", flowise.url);
-    let gateway_url = stack.url("predict", "/api/v1/chat/predict");
-    let stream_url = stack.url("predict-stream", "/api/v1/chat/predict/stream");
-
-    let buffered = |target: Target| {
-        let (http, direct_url, gateway_url, tokens) = (
-            http.clone(),
-            direct_url.clone(),
-            gateway_url.clone(),
-            tokens.clone(),
-        );
-        move |client: usize| {
-            let (http, direct_url, gateway_url, token) = (
-                http.clone(),
-                direct_url.clone(),
-                gateway_url.clone(),
-                tokens[client].clone(),
-            );
-            async move {
-                let started = Instant::now();
-                let res = match target {
-                    Target::Direct => {
-                        http.post(&direct_url)
-                            .json(&json!({"question": "Hi there"}))
-                            .send()
-                            .await
-                    }
-                    Target::Gateway => {
-                        http.post(&gateway_url)
-                            .bearer_auth(token)
-                            .json(&json!({"chatflow_id": FLOW, "question": "Hi there"}))
-                            .send()
-                            .await
-                    }
-                }
-                .expect("send");
-                assert_eq!(res.status(), 200);
-                res.bytes().await.expect("body");
-                started.elapsed()
-            }
-        }
-    };
-    let first_token = |target: Target| {
-        let (http, direct_url, stream_url, tokens) = (
-            http.clone(),
-            direct_url.clone(),
-            stream_url.clone(),
-            tokens.clone(),
-        );
-        move |client: usize| {
-            let (http, direct_url, stream_url, token) = (
-                http.clone(),
-                direct_url.clone(),
-                stream_url.clone(),
-                tokens[client].clone(),
-            );
-            async move {
-                let started = Instant::now();
-                let res = match target {
-                    Target::Direct => {
-                        http.post(&direct_url)
-                            .json(&json!({"question": "Hi there", "streaming": true}))
-                            .send()
-                            .await
-                    }
-                    Target::Gateway => {
-                        http.post(&stream_url)
-                            .bearer_auth(token)
-                            .json(&json!({"chatflow_id": FLOW, "question": "Hi there"}))
-                            .send()
-                            .await
-                    }
-                }
-                .expect("send");
-                assert_eq!(res.status(), 200);
-                let mut body = res.bytes_stream();
-                let mut seen = String::new();
-                let mut first = None;
-                while let Some(chunk) = body.next().await {
-                    seen.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
-                    if seen.contains("\"token\"") || seen.contains("event: token") {
-                        first.get_or_insert_with(|| started.elapsed());
-                    }
-                }
-                first.expect("a token arrived")
-            }
-        }
-    };
-
-    // Warm every instance and connection pool first.
-    measure(16, 64, buffered(Target::Gateway)).await;
-    measure(16, 64, first_token(Target::Gateway)).await;
-
-    println!("| measure | straight to the double | through the gateway | gateway overhead |");
-    println!("|---|---|---|---|");
-    for clients in [1, 16] {
-        let total = if clients == 1 { 200 } else { 800 };
-        let direct = measure(clients, total, buffered(Target::Direct)).await;
-        let gateway = measure(clients, total, buffered(Target::Gateway)).await;
-        for (label, p) in [("p50", 0.5), ("p95", 0.95)] {
-            let (d, g) = (percentile(&direct, p), percentile(&gateway, p));
-            println!(
-                "| buffered prediction, {clients} client{}, {label} | {} | {} | {} |",
-                if clients == 1 { "" } else { "s" },
-                ms(d),
-                ms(g),
-                ms(g.saturating_sub(d))
-            );
-        }
+    if std::env::args().nth(1).as_deref() == Some("round-trips") {
+        return;
     }
-    let direct = measure(1, 200, first_token(Target::Direct)).await;
-    let gateway = measure(1, 200, first_token(Target::Gateway)).await;
-    for (label, p) in [("p50", 0.5), ("p95", 0.95)] {
-        let (d, g) = (percentile(&direct, p), percentile(&gateway, p));
-        println!(
-            "| time to first token, streamed, 1 client, {label} | {} | {} | {} |",
-            ms(d),
-            ms(g),
-            ms(g.saturating_sub(d))
-        );
-    }
+    println!();
+    overhead(&flowise, &variants).await;
 }

@@ -1,0 +1,93 @@
+//! A TCP proxy that counts round trips: put in front of PostgreSQL or
+//! MongoDB, it forwards bytes both ways and counts, per connection, each
+//! time the client speaks after the server did (or first). Statements sent
+//! together (a pipelined Parse/Bind/Execute/Sync) count once; statements
+//! on two connections at the same time count twice. It sees the wire, so
+//! it counts any build of the functions alike (the benchmark's baseline
+//! too).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A running proxy; it stops with the process.
+pub struct CountingProxy {
+    /// Where clients connect.
+    pub address: SocketAddr,
+    round_trips: Arc<AtomicU64>,
+}
+
+impl CountingProxy {
+    /// Listens on an ephemeral port and forwards every connection to
+    /// `target`.
+    pub async fn start(target: SocketAddr) -> CountingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let round_trips = Arc::new(AtomicU64::new(0));
+        let counter = round_trips.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(target).await {
+                        relay(client, server, counter).await;
+                    }
+                });
+            }
+        });
+        CountingProxy {
+            address,
+            round_trips,
+        }
+    }
+
+    /// Round trips so far, over every connection.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::SeqCst)
+    }
+}
+
+/// Pumps both ways; a client write after a server write is a round trip.
+async fn relay(client: TcpStream, server: TcpStream, counter: Arc<AtomicU64>) {
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    // True while the client has the floor (it spoke last).
+    let client_spoke = Arc::new(AtomicBool::new(false));
+    let spoke = client_spoke.clone();
+    let upstream = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if !spoke.swap(true, Ordering::SeqCst) {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            if server_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = server_write.shutdown().await;
+    };
+    let downstream = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match server_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            client_spoke.store(false, Ordering::SeqCst);
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = client_write.shutdown().await;
+    };
+    tokio::join!(upstream, downstream);
+}
