@@ -156,7 +156,7 @@ pub async fn owned(db: &Database, session_id: &str, user_id: &str) -> Result<Ses
 }
 
 /// A new session whose topic is the first 50 characters of `question`
-/// (not stored yet: see [`insert`]).
+/// (not stored yet: see [`record`]).
 pub fn new_session(user_id: &str, chatflow_id: &str, question: &str) -> SessionDoc {
     let at = now();
     SessionDoc {
@@ -168,12 +168,6 @@ pub fn new_session(user_id: &str, chatflow_id: &str, question: &str) -> SessionD
         updated_at: at,
         message_count: 0,
     }
-}
-
-/// Stores a session made by [`new_session`].
-pub async fn insert(db: &Database, session: &SessionDoc) -> Result<(), ApiError> {
-    sessions(db).insert_one(session).await?;
-    Ok(())
 }
 
 /// A message to store.
@@ -193,22 +187,20 @@ pub struct NewMessage {
     pub metadata: Document,
 }
 
-/// Appends messages to a session, in order, and bumps its counters.
-pub async fn append(
+/// Stores `new` in `session`: the session itself when `created` (with its
+/// count), else its counters bumped, and the messages, written at once
+/// rather than one after the other. Messages sort by time, then position;
+/// positions continue from the count read when the session was checked,
+/// so two predictions racing in one session can share a position (their
+/// times still order them). A session deleted meanwhile takes its
+/// messages back out (404).
+pub async fn record(
     db: &Database,
     session: &SessionDoc,
+    created: bool,
     new: Vec<NewMessage>,
 ) -> Result<(), ApiError> {
     let count = new.len() as i64;
-    let after = sessions(db)
-        .find_one_and_update(
-            doc! {"session_id": &session.session_id},
-            doc! {"$inc": {"message_count": count}, "$set": {"updated_at": now()}},
-        )
-        .return_document(mongodb::options::ReturnDocument::After)
-        .await?
-        .ok_or_else(|| ApiError::not_found("the session was deleted"))?;
-    let first = after.message_count - count;
     let at = now();
     let docs: Vec<MessageDoc> = new
         .into_iter()
@@ -222,12 +214,41 @@ pub async fn append(
             status: m.status.to_owned(),
             file_ids: m.file_ids,
             metadata: m.metadata,
-            position: first + i as i64,
+            position: session.message_count + i as i64,
             created_at: at,
         })
         .collect();
-    if !docs.is_empty() {
-        messages(db).insert_many(docs).await?;
+    let ids: Vec<String> = docs.iter().map(|d| d.message_id.clone()).collect();
+    let counters = async {
+        if created {
+            let stored = SessionDoc {
+                updated_at: at,
+                message_count: count,
+                ..session.clone()
+            };
+            sessions(db).insert_one(stored).await?;
+            return Ok::<bool, ApiError>(true);
+        }
+        let bumped = sessions(db)
+            .update_one(
+                doc! {"session_id": &session.session_id},
+                doc! {"$inc": {"message_count": count}, "$set": {"updated_at": at}},
+            )
+            .await?;
+        Ok(bumped.matched_count == 1)
+    };
+    let written = async {
+        if !docs.is_empty() {
+            messages(db).insert_many(docs).await?;
+        }
+        Ok::<(), ApiError>(())
+    };
+    let (exists, ()) = tokio::try_join!(counters, written)?;
+    if !exists {
+        messages(db)
+            .delete_many(doc! {"message_id": {"$in": ids}})
+            .await?;
+        return Err(ApiError::not_found("the session was deleted"));
     }
     Ok(())
 }

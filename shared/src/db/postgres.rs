@@ -1,16 +1,41 @@
 //! The PostgreSQL pool and the migration runner for `migrations/`.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 
 use crate::config::PostgresConfig;
 
 /// The migrations of `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// A connection used less than this long ago is handed out without a
+/// ping first.
+const FRESH: Duration = Duration::from_secs(10);
+
+/// Milliseconds since the epoch, by the wall clock.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether a connection must be pinged before use: it sat idle for
+/// [`FRESH`] or more, or the pool as a whole did by the wall clock (a
+/// Lambda instance is frozen between requests, and its monotonic clock,
+/// which `idle_for` reads, need not count the time frozen). A warm
+/// instance saves a round trip per acquire; a connection that died while
+/// idle is still caught before a statement is sent on it.
+fn needs_ping(idle_for: Duration, last_use_ms: &AtomicU64) -> bool {
+    let now = wall_clock_ms();
+    let before = last_use_ms.swap(now, Ordering::Relaxed);
+    idle_for >= FRESH || now.saturating_sub(before) >= FRESH.as_millis() as u64
+}
 
 /// Builds the pool without connecting: a database that is down at cold
 /// start shows up in `/health` (503) instead of killing the function.
@@ -21,10 +46,16 @@ pub fn connect_lazy(config: &PostgresConfig) -> anyhow::Result<PgPool> {
     if let Some(password) = &config.password {
         options = options.password(password.expose());
     }
+    let last_use_ms = Arc::new(AtomicU64::new(0));
     Ok(PgPoolOptions::new()
         .max_connections(config.max_connections.max(1))
         .acquire_timeout(Duration::from_secs(5))
         .idle_timeout(Duration::from_secs(300))
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            let ping = needs_ping(meta.idle_for, &last_use_ms);
+            Box::pin(async move { Ok(!ping || conn.ping().await.is_ok()) })
+        })
         .connect_lazy_with(options))
 }
 
@@ -88,4 +119,23 @@ pub async fn connect_and_migrate(config: &PostgresConfig) -> anyhow::Result<PgPo
         }
     }
     Ok(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_pinged_after_an_idle_spell_by_either_clock() {
+        let last = AtomicU64::new(0);
+        assert!(needs_ping(Duration::ZERO, &last), "the first use");
+        assert!(!needs_ping(Duration::from_millis(5), &last), "warm");
+        assert!(needs_ping(FRESH, &last), "idle by the monotonic clock");
+        last.store(wall_clock_ms() - 60_000, Ordering::Relaxed);
+        assert!(
+            needs_ping(Duration::ZERO, &last),
+            "frozen: idle by the wall clock"
+        );
+        assert!(!needs_ping(Duration::ZERO, &last), "warm again");
+    }
 }

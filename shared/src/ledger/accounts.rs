@@ -3,7 +3,7 @@
 
 use sqlx::PgConnection;
 
-use super::primitives::Tx;
+use super::primitives::{Locked, Tx};
 use super::types::LedgerError;
 use crate::ids::UserId;
 use crate::token::AuthUser;
@@ -27,6 +27,30 @@ pub async fn ensure_account(conn: &mut PgConnection, user: &AuthUser) -> Result<
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// [`ensure_account`] and [`super::primitives::lock_account`] in one
+/// statement: creates the caller's account, or records its name, email
+/// and role (rewritten even when unchanged, since the change that follows
+/// rewrites the row anyway), and locks it for the rest of the transaction.
+pub async fn lock_from_claims(tx: &mut Tx<'_>, user: &AuthUser) -> Result<Locked, LedgerError> {
+    let row = sqlx::query!(
+        r#"INSERT INTO user_accounts AS a (user_id, username, email, role) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (user_id) DO UPDATE
+              SET username = EXCLUDED.username, email = EXCLUDED.email,
+                  role = EXCLUDED.role, updated_at = now()
+           RETURNING total_credits,
+                     EXISTS (SELECT 1 FROM credit_allocations c
+                              WHERE c.user_id = a.user_id AND c.expired_at IS NULL
+                                AND c.expires_at <= now()) AS "due!""#,
+        user.id,
+        user.username,
+        user.email,
+        user.role.as_str(),
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Locked::new(row.total_credits, row.due))
 }
 
 /// Creates an account known only by id (an admin allocating to a user

@@ -13,40 +13,85 @@ use crate::ids::UserId;
 /// cannot be made outside a transaction: it does not compile.
 pub type Tx<'c> = sqlx::Transaction<'c, Postgres>;
 
-/// Locks the account for the rest of the transaction and returns its
-/// cached total. Every change takes this lock first.
-pub async fn lock_account(tx: &mut Tx<'_>, user: &UserId) -> Result<i64, LedgerError> {
-    sqlx::query_scalar!(
-        "SELECT total_credits FROM user_accounts WHERE user_id = $1 FOR UPDATE",
+/// An account locked for the rest of the transaction: its cached total,
+/// and whether any of its allocations is due to expire, both read by the
+/// statement that took the lock. Only the functions that lock make one,
+/// so a step that needs the lock takes a `Locked`.
+///
+/// The due flag cannot go stale while the lock is held: an allocation
+/// becomes due only as time passes (every one is created with an expiry
+/// at least a day ahead, and `now()` is the transaction's start), so a
+/// change that committed while this one waited for the lock cannot have
+/// made one due; one that it expired meanwhile is found already expired.
+#[derive(Debug, Clone, Copy)]
+pub struct Locked {
+    total: i64,
+    due: bool,
+}
+
+impl Locked {
+    /// From the locking statement's row.
+    pub(super) fn new(total: i64, due: bool) -> Locked {
+        Locked { total, due }
+    }
+
+    /// The cached total.
+    pub fn total(&self) -> i64 {
+        self.total
+    }
+}
+
+/// Locks the account for the rest of the transaction. Every change takes
+/// this lock first.
+pub async fn lock_account(tx: &mut Tx<'_>, user: &UserId) -> Result<Locked, LedgerError> {
+    let row = sqlx::query!(
+        r#"SELECT total_credits,
+                  EXISTS (SELECT 1 FROM credit_allocations c
+                           WHERE c.user_id = a.user_id AND c.expired_at IS NULL
+                             AND c.expires_at <= now()) AS "due!"
+             FROM user_accounts a WHERE a.user_id = $1 FOR UPDATE"#,
         user.as_str()
     )
     .fetch_optional(&mut **tx)
     .await?
-    .ok_or_else(|| LedgerError::NoAccount(user.clone()))
+    .ok_or_else(|| LedgerError::NoAccount(user.clone()))?;
+    Ok(Locked::new(row.total_credits, row.due))
 }
 
 /// Like [`lock_account`], but `None` when another transaction holds the
 /// account (the job skips it; its next run takes it).
-pub async fn try_lock_account(tx: &mut Tx<'_>, user: &UserId) -> Result<Option<i64>, LedgerError> {
-    Ok(sqlx::query_scalar!(
-        "SELECT total_credits FROM user_accounts WHERE user_id = $1 FOR UPDATE SKIP LOCKED",
+pub async fn try_lock_account(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+) -> Result<Option<Locked>, LedgerError> {
+    let row = sqlx::query!(
+        r#"SELECT total_credits,
+                  EXISTS (SELECT 1 FROM credit_allocations c
+                           WHERE c.user_id = a.user_id AND c.expired_at IS NULL
+                             AND c.expires_at <= now()) AS "due!"
+             FROM user_accounts a WHERE a.user_id = $1 FOR UPDATE SKIP LOCKED"#,
         user.as_str()
     )
     .fetch_optional(&mut **tx)
-    .await?)
+    .await?;
+    Ok(row.map(|r| Locked::new(r.total_credits, r.due)))
 }
 
-/// Expires the user's due allocations: `remaining` goes to 0 and one
-/// `expiry` entry is written for each that held credits. The caller holds
-/// the account lock and passes the cached `total`; returns (allocations
-/// expired, credits lost) and stores the new total. An allocation already
-/// expired is never touched again, so overlapping runs cannot expire
-/// anything twice.
+/// Expires the locked account's due allocations: `remaining` goes to 0
+/// and one `expiry` entry is written for each that held credits; returns
+/// (allocations expired, credits lost) and stores the new total. Nothing
+/// to do (no statement) when none was due. An allocation already expired
+/// is never touched again, so overlapping runs cannot expire anything
+/// twice.
 pub async fn expire_due(
     tx: &mut Tx<'_>,
     user: &UserId,
-    total: i64,
+    locked: Locked,
 ) -> Result<(u64, i64), LedgerError> {
+    if !locked.due {
+        return Ok((0, 0));
+    }
+    let total = locked.total;
     let due = sqlx::query!(
         "SELECT id, remaining FROM credit_allocations
           WHERE user_id = $1 AND expired_at IS NULL AND expires_at <= now()
@@ -87,9 +132,18 @@ pub async fn expire_due(
 /// Locks the account and expires what is due: the start of every change.
 /// Returns the spendable total.
 pub async fn begin_change(tx: &mut Tx<'_>, user: &UserId) -> Result<i64, LedgerError> {
-    let total = lock_account(tx, user).await?;
-    let (_, expired) = expire_due(tx, user, total).await?;
-    Ok(total - expired)
+    let locked = lock_account(tx, user).await?;
+    begin_locked(tx, user, locked).await
+}
+
+/// [`begin_change`] for an account already locked.
+pub async fn begin_locked(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    locked: Locked,
+) -> Result<i64, LedgerError> {
+    let (_, expired) = expire_due(tx, user, locked).await?;
+    Ok(locked.total - expired)
 }
 
 /// Writes one entry (a `credit_transactions` row) and returns its id.

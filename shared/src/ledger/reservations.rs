@@ -15,7 +15,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::primitives::{
-    begin_change, debit_locked, expire_due, insert_entry, lock_account, refund_draws, set_total, Tx,
+    begin_change, begin_locked, debit_locked, insert_entry, lock_account, refund_draws, set_total,
+    Locked, Tx,
 };
 use super::types::{Charge, Credits, EntryKind, EntryMeta, LedgerError};
 use crate::ids::{ChatflowId, ReservationId, UserId};
@@ -158,19 +159,21 @@ pub async fn reserve(
     hold.take(tx, total, estimate.get(), meta).await
 }
 
-/// The gateway's reservation for a prediction: under the account lock,
-/// 402 unless the balance covers `minimum` (the part of the price known
-/// before the answer); else holds `wanted` capped at the balance (never
-/// below `minimum`). `id` is fresh (the answer's message id).
+/// The gateway's reservation for a prediction, on the account the caller
+/// has `locked` (with the account's record, in one statement: see
+/// [`super::accounts::lock_from_claims`]): 402 unless the balance covers
+/// `minimum` (the part of the price known before the answer); else holds
+/// `wanted` capped at the balance (never below `minimum`). `id` is fresh
+/// (the answer's message id).
 pub async fn reserve_prediction(
     tx: &mut Tx<'_>,
-    user: &UserId,
+    (user, locked): (&UserId, Locked),
     id: &ReservationId,
     chatflow: &ChatflowId,
     (minimum, wanted): (Credits, Credits),
     meta: &EntryMeta<'_>,
 ) -> Result<Reservation, LedgerError> {
-    let total = begin_change(tx, user).await?;
+    let total = begin_locked(tx, user, locked).await?;
     if total < minimum.get() {
         return Err(LedgerError::Insufficient {
             needed: minimum.get(),
@@ -262,8 +265,8 @@ pub async fn settle(
     if found.origin != Origin::Client.as_str() {
         return Err(LedgerError::GatewayReservation);
     }
-    let total = lock_account(tx, caller).await?;
-    settle_locked(tx, id, total, how, charge, caller.as_str()).await
+    let locked = lock_account(tx, caller).await?;
+    settle_locked(tx, id, locked, how, charge, caller.as_str()).await
 }
 
 /// Settles the gateway's reservation for a prediction of `user`, charging
@@ -278,8 +281,8 @@ pub async fn settle_prediction(
     how: Settlement,
     charge: Charge,
 ) -> Result<SessionOutcome, LedgerError> {
-    let total = lock_account(tx, user).await?;
-    let outcome = settle_locked(tx, id, total, how, charge, user.as_str()).await?;
+    let locked = lock_account(tx, user).await?;
+    let outcome = settle_locked(tx, id, locked, how, charge, user.as_str()).await?;
     if outcome.settled_now {
         return Ok(outcome);
     }
@@ -342,15 +345,14 @@ struct Held {
     reservation_entry: Option<Uuid>,
 }
 
-/// Settles a reservation whose owner's account the caller has locked (with
-/// its cached `total`). Idempotent: a settled reservation returns its
+/// Settles a reservation whose owner's account the caller has `locked`. Idempotent: a settled reservation returns its
 /// outcome. The steps: read the reservation, expire what is due, charge
 /// (refunding the rest, or charging the excess as far as the balance
 /// goes), record the outcome.
 pub(crate) async fn settle_locked(
     tx: &mut Tx<'_>,
     id: &ReservationId,
-    total: i64,
+    locked: Locked,
     how: Settlement,
     charge: Charge,
     actor: &str,
@@ -379,14 +381,13 @@ pub(crate) async fn settle_locked(
         reserved: row.reserved_credits,
         reservation_entry: row.reservation_transaction_id,
     };
-    let (_, expired) = expire_due(tx, &held.user, total).await?;
+    let balance = begin_locked(tx, &held.user, locked).await?;
     let meta = EntryMeta {
         actor_id: Some(actor),
         reservation_id: Some(id.as_str()),
         description: Some(how.description()),
         ..EntryMeta::default()
     };
-    let balance = total - expired;
     let charged = charge_reservation(tx, &held, balance, charge.get(), &meta).await?;
     record_settlement(tx, id, how, charged).await
 }

@@ -76,10 +76,10 @@ async fn expire_due_users(
         for user in users {
             let user = UserId::stored(user);
             let mut tx = pool.begin().await?;
-            let Some(total) = try_lock_account(&mut tx, &user).await? else {
+            let Some(locked) = try_lock_account(&mut tx, &user).await? else {
                 continue;
             };
-            let (count, credits) = expire_due(&mut tx, &user, total).await?;
+            let (count, credits) = expire_due(&mut tx, &user, locked).await?;
             tx.commit().await?;
             report.expired_allocations += count;
             report.expired_credits += credits;
@@ -117,11 +117,11 @@ async fn settle_stale_reservations(
             let id = ReservationId::stored(reservation.session_id);
             let user = UserId::stored(reservation.user_id);
             let mut tx = pool.begin().await?;
-            let Some(total) = try_lock_account(&mut tx, &user).await? else {
+            let Some(locked) = try_lock_account(&mut tx, &user).await? else {
                 continue;
             };
             let how = Settlement::Abort;
-            let outcome = settle_locked(&mut tx, &id, total, how, Charge::ZERO, "system").await?;
+            let outcome = settle_locked(&mut tx, &id, locked, how, Charge::ZERO, "system").await?;
             release_for_reservation(&mut tx, &id).await?;
             tx.commit().await?;
             if outcome.settled_now {

@@ -28,7 +28,7 @@ use crate::chat::sessions::{self, NewMessage, SessionDoc};
 use crate::error::{from_json_value, ApiError};
 use crate::flowise::{FlowiseError, Prediction, PredictionRequest, TokenUsage};
 use crate::ids::{ChatSessionId, ChatflowId, ReservationId, UserId};
-use crate::ledger::accounts::ensure_account;
+use crate::ledger::accounts::lock_from_claims;
 use crate::ledger::idempotency::{self, RequestKey, StoredKey};
 use crate::ledger::reservations::{self, Settlement};
 use crate::ledger::{queries, Charge, Credits, EntryMeta};
@@ -516,10 +516,10 @@ async fn reserve(
             return stored_answer(stored, &key.hash).map(Some);
         }
     }
-    ensure_account(&mut tx, user).await?;
+    let locked = lock_from_claims(&mut tx, user).await?;
     reservations::reserve_prediction(
         &mut tx,
-        &user_id,
+        (&user_id, locked),
         what.message_id,
         what.chatflow_id,
         what.amounts,
@@ -717,12 +717,11 @@ async fn store_messages(
     latency_ms: i64,
 ) -> Result<(), ApiError> {
     let db = &state.mongo.chat;
-    if prepared.new_session {
-        sessions::insert(db, &prepared.session).await?;
-    }
-    for file_id in &prepared.file_ids {
-        files::attach(db, file_id, &prepared.session.session_id).await?;
-    }
+    let session_id = &prepared.session.session_id;
+    let attached = prepared
+        .file_ids
+        .iter()
+        .map(|file_id| files::attach(db, file_id, session_id));
     let question = NewMessage {
         message_id: prepared.user_message_id.clone(),
         role: "user",
@@ -739,7 +738,10 @@ async fn store_messages(
         file_ids: Vec::new(),
         metadata: answer_metadata(outcome, latency_ms),
     };
-    sessions::append(db, &prepared.session, vec![question, answer]).await
+    let messages = vec![question, answer];
+    let recorded = sessions::record(db, &prepared.session, prepared.new_session, messages);
+    tokio::try_join!(recorded, futures_util::future::try_join_all(attached))?;
+    Ok(())
 }
 
 fn answer_metadata(outcome: &Outcome, latency_ms: i64) -> bson::Document {
