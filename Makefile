@@ -51,8 +51,12 @@ release:
 bench-ledger:
 	./local/with-stores.sh cargo run --release -p e2e --bin bench-ledger
 
-## Gateway overhead on predictions and time to first token (see BENCHMARKS.md).
+## Gateway overhead on predictions and time to first token, against a baseline
+## commit built in a worktree (BENCH_BASELINE_REV, see BENCHMARKS.md).
+BENCH_BASELINE_REV ?= ecdd9c6
 bench-predict:
+	BENCH_BASELINE="$$(./local/baseline.sh $(BENCH_BASELINE_REV) predict predict-stream)" \
+	BENCH_BASELINE_NAME="baseline $(BENCH_BASELINE_REV)" \
 	./local/with-stores.sh cargo run --release -p e2e --bin bench-predict
 
 ## Cold start and memory of every release bootstrap (see BENCHMARKS.md).

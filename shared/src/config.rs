@@ -1,4 +1,4 @@
-//! Typed configuration, read once at cold start (SPEC §2).
+//! Typed configuration, read once at cold start (README §2).
 //!
 //! Values come from the process environment. When `SECRETS_ARN` is set, the
 //! keys listed in [`SECRET_KEYS`] come from that Secrets Manager secret (one
@@ -277,7 +277,7 @@ impl AdminBootstrap {
     }
 }
 
-/// `JWT_*`: token secrets and lifetimes (SPEC §3).
+/// `JWT_*`: token secrets and lifetimes (README §3).
 #[derive(Debug, Clone)]
 pub struct JwtConfig {
     /// Signs access tokens.

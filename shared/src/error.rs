@@ -1,4 +1,4 @@
-//! The API error type and the JSON error format of SPEC §4.
+//! The API error type and the JSON error format of README §4.
 //!
 //! Every error a handler returns becomes `{"error": "<snake_case_code>",
 //! "message": "<text for a person>"}` with the status its variant names.

@@ -1,4 +1,4 @@
-//! Domain newtypes for account identity, parsed at the edge (SPEC §5):
+//! Domain newtypes for account identity, parsed at the edge (README §5):
 //! the core never re-checks them.
 
 use std::fmt;

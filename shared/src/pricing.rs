@@ -1,4 +1,4 @@
-//! Pricing (SPEC §6): cost of a prediction = `perRequest +
+//! Pricing (README §6): cost of a prediction = `perRequest +
 //! ceil(perInputToken × input tokens + perOutputToken × output tokens)`,
 //! with a rule per chatflow and a `default` rule for the rest. The credits
 //! function's `/api/credits/calculate` and the predict path both call

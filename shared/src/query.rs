@@ -1,4 +1,4 @@
-//! Query-string conventions shared by list and report endpoints (SPEC §4):
+//! Query-string conventions shared by list and report endpoints (README §4):
 //! `page`/`limit` pagination and `from`/`to` accepting RFC 3339 or
 //! `YYYY-MM-DD`.
 

@@ -1,5 +1,5 @@
 //! Reading the one JSON secret named by `SECRETS_ARN` from AWS Secrets
-//! Manager (SPEC §2). Parsing and overlaying it is [`crate::config::Env`]'s job.
+//! Manager (README §2). Parsing and overlaying it is [`crate::config::Env`]'s job.
 
 use anyhow::Context;
 

@@ -1,4 +1,4 @@
-//! JWT issue and verification (SPEC §3) and the [`AuthUser`] extractor.
+//! JWT issue and verification (README §3) and the [`AuthUser`] extractor.
 //!
 //! Access and refresh tokens are HS256 JWTs signed with two different
 //! secrets. Every function verifies access tokens locally; nothing calls the
@@ -88,7 +88,7 @@ pub struct AccessClaims {
     pub jti: String,
 }
 
-/// The claims of a refresh token. `fam` is the rotation family (SPEC §5).
+/// The claims of a refresh token. `fam` is the rotation family (README §5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefreshClaims {
     /// User id.

@@ -1,4 +1,4 @@
-//! Usage records and statistics (SPEC §7). The predict functions record
+//! Usage records and statistics (README §7). The predict functions record
 //! usage in-process through [`record_usage`]; the usage function serves
 //! the reports. Statistics are computed in SQL over a date range.
 

@@ -1,4 +1,4 @@
-//! Every route of SPEC §5–§8 is registered on its function and answers in
+//! Every route of README §5–§8 is registered on its function and answers in
 //! the error format through Lambda, never 404/405 (and never a fake
 //! success: without a token or body every one of them is an error).
 #![allow(clippy::too_many_lines)] // Tests read top to bottom.

@@ -1,4 +1,4 @@
-//! The auth function (SPEC §5): accounts, tokens, email flows and admin
+//! The auth function (README §5): accounts, tokens, email flows and admin
 //! user management, on MongoDB.
 
 use axum::extract::FromRef;

@@ -1,4 +1,4 @@
-//! Outgoing mail over SMTP (SPEC §5): a mail catcher locally, Amazon SES's
+//! Outgoing mail over SMTP (README §5): a mail catcher locally, Amazon SES's
 //! SMTP interface in AWS. Mails are plain ASCII text, so the code and the
 //! link read the same in every client (and to the tests, which read the
 //! raw mail).

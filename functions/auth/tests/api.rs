@@ -1,4 +1,4 @@
-//! The auth function's routes and rules (SPEC §5), in-process against a
+//! The auth function's routes and rules (README §5), in-process against a
 //! real MongoDB wire-protocol server and a real SMTP server the test reads
 //! mail from, exactly as a user would.
 #![allow(clippy::too_many_lines)] // Tests read top to bottom.

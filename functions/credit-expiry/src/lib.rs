@@ -1,8 +1,8 @@
-//! The credit-expiry job (SPEC §9): runs on an EventBridge schedule and by
+//! The credit-expiry job (README §9): runs on an EventBridge schedule and by
 //! hand (`cargo lambda invoke credit-expiry`). The money part is
 //! [`shared::ledger::sweep::run_expiry`]. When `FLOWISE_API_URL` and
 //! `MONGODB_URI` are set, each run also syncs the chatflow catalogue from
-//! Flowise (SPEC §8: "on a schedule in the same job binary"); a Flowise
+//! Flowise (README §8: "on a schedule in the same job binary"); a Flowise
 //! outage is reported in the result and never fails the expiry.
 
 use serde_json::{json, Value};

@@ -1,4 +1,4 @@
-//! The credits function (SPEC §6): balances, allocation, deduction, cost
+//! The credits function (README §6): balances, allocation, deduction, cost
 //! calculation, transactions and streaming-session reservations, all on
 //! the shared ledger in PostgreSQL.
 

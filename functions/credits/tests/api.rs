@@ -1,5 +1,5 @@
 //! The credits function's routes, in-process against real PostgreSQL:
-//! bodies, statuses, roles and the error format of SPEC §6.
+//! bodies, statuses, roles and the error format of README §6.
 #![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use serde_json::{json, Value};

@@ -1,4 +1,4 @@
-//! The streaming prediction (SPEC §8), served through Lambda response
+//! The streaming prediction (README §8), served through Lambda response
 //! streaming (a function URL with invoke mode RESPONSE_STREAM). It runs
 //! the prediction steps of `shared::prediction`, as the `predict`
 //! function does; errors decided before the stream starts (400, 401, 402,

@@ -1,4 +1,4 @@
-//! The predict function (SPEC §8): buffered chat predictions, chat
+//! The predict function (README §8): buffered chat predictions, chat
 //! sessions and history, files, and the chatflow catalogue with its access
 //! control. The prediction steps, the configuration and the state live in
 //! `shared::prediction`, shared with `predict-stream`.

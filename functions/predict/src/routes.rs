@@ -1,4 +1,4 @@
-//! Handlers of the predict function (SPEC §8). The predict family keeps
+//! Handlers of the predict function (README §8). The predict family keeps
 //! the seed's snake_case keys. The prediction itself is
 //! `shared::prediction`, which the streaming function runs too.
 

@@ -1,5 +1,5 @@
 //! The predict family in-process, against real PostgreSQL and MongoDB and
-//! the Flowise double (SPEC §8).
+//! the Flowise double (README §8).
 #![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 mod common;
@@ -93,6 +93,42 @@ async fn reported_token_counts_price_the_answer() {
         )
         .await;
     assert_eq!(res.body["credits"]["charged"], 2 + 25, "{}", res.body);
+}
+
+/// flow-a with Flowise reporting `output` tokens for its answer.
+fn reporting(app: &App, output: i64) {
+    app.flowise.set_behaviour(
+        "flow-a",
+        Behaviour::Answer {
+            tokens: split_tokens(ANSWER),
+            delay: Duration::ZERO,
+            usage: Some((10, output)),
+            heartbeat: false,
+        },
+    );
+}
+
+#[tokio::test]
+async fn an_answer_dearer_than_its_reservation_is_charged_as_far_as_the_balance_goes() {
+    let app = App::new().await;
+    let question = json!({"chatflow_id": "flow-a", "question": "Hi"});
+    // Reserved: 2 + 1,000 output tokens; the answer costs 2 + 1,500.
+    reporting(&app, 1_500);
+    app.grant("u1", 2_000).await;
+    let res = app
+        .predict(&app.token("u1", Role::Enduser), question.clone())
+        .await;
+    assert_eq!(
+        res.body["credits"],
+        json!({"charged": 1_502, "balance": 498})
+    );
+    assert_eq!(app.balance("u1").await, 498);
+    // Dearer than the whole balance: what is left is charged, the rest is
+    // the shortfall, and the answer says the balance is 0.
+    reporting(&app, 5_000);
+    let res = app.predict(&app.token("u1", Role::Enduser), question).await;
+    assert_eq!(res.body["credits"], json!({"charged": 498, "balance": 0}));
+    app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]

@@ -162,8 +162,10 @@ async fn an_answer_whose_reservation_was_released_meanwhile_is_charged_anyway() 
     let mut stream = slow_stream(&app, 100, &[]).await;
     assert_eq!(sweep_everything(&app).await, 1);
     assert_eq!(app.balance("u1").await, 100);
-    // Never free: charged by a deduction.
-    assert_eq!(stream.end().await["credits"]["charged"], 7);
+    // Never free: charged by a deduction, and the balance shown is the
+    // balance after it.
+    let end = stream.end().await;
+    assert_eq!(end["credits"], json!({"charged": 7, "balance": 93}));
     assert_eq!(app.balance("u1").await, 93);
     let late: i64 = sqlx::query_scalar(
         "SELECT -amount FROM credit_transactions
@@ -193,7 +195,8 @@ async fn a_late_charge_takes_what_the_balance_holds_and_records_the_rest() {
     )
     .await;
     assert_eq!(res.status, 200, "{}", res.body);
-    assert_eq!(stream.end().await["credits"]["charged"], 3);
+    let end = stream.end().await;
+    assert_eq!(end["credits"], json!({"charged": 3, "balance": 0}));
     assert_eq!(app.balance("u1").await, 0);
     let shortfall: i64 = sqlx::query_scalar("SELECT shortfall_credits FROM streaming_sessions")
         .fetch_one(&app.pg.pool)
@@ -737,4 +740,52 @@ async fn an_office_file_must_be_a_zip_whose_directory_says_so() {
         docx.body["mime"],
         "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
     );
+}
+
+#[tokio::test]
+async fn a_refused_prediction_rolls_back_the_transaction_opened_beside_its_checks() {
+    let app = App::new().await;
+    app.flowise
+        .add_flow("flow-private", "Finance bot", Behaviour::answer("ok"));
+    let admin = app.token("admin-1", Role::Admin);
+    app.send("POST", "/api/v1/admin/chatflows/sync", &admin, None)
+        .await;
+    app.grant("u1", 100).await;
+    let user = app.token("u1", Role::Enduser);
+    let private = json!({"chatflow_id": "flow-private", "question": "Hi"});
+    let accounts = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM user_accounts")
+            .fetch_one(&app.pg.pool)
+            .await
+            .unwrap()
+    };
+    let before = (app.ledger_rows().await, accounts().await);
+    // The reservation's transaction claimed the key, recorded and locked
+    // the account while the access check ran; the 403 rolled it all back.
+    app.predict_with(&user, private.clone(), &[KEY])
+        .await
+        .assert_error(403, "forbidden");
+    // A stranger's first request leaves no account behind either.
+    let stranger = app.token("stranger", Role::Enduser);
+    app.predict(&stranger, private.clone())
+        .await
+        .assert_error(403, "forbidden");
+    assert_eq!((app.ledger_rows().await, accounts().await), before);
+    assert_eq!(app.balance("u1").await, 100);
+    assert_eq!(app.active_reservations().await, 0);
+    assert!(app.flowise.received().is_empty());
+    // The key was not kept: once access is granted, the same key runs.
+    let open = json!({"userIds": ["u1"]});
+    let res = app
+        .send(
+            "POST",
+            "/api/v1/admin/chatflows/flow-private/users",
+            &admin,
+            Some(open),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let res = app.predict_with(&user, private, &[KEY]).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert!(app.balance("u1").await < 100);
 }

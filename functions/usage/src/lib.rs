@@ -1,4 +1,4 @@
-//! The usage function (SPEC §7): usage records and statistics in PostgreSQL.
+//! The usage function (README §7): usage records and statistics in PostgreSQL.
 
 use axum::Router;
 use shared::http::finish;

@@ -1,4 +1,4 @@
-//! Handlers of the usage function (SPEC §7).
+//! Handlers of the usage function (README §7).
 
 use axum::body::Body;
 use axum::extract::State;

@@ -1,4 +1,4 @@
-//! The usage function's routes, in-process against real PostgreSQL (SPEC §7).
+//! The usage function's routes, in-process against real PostgreSQL (README §7).
 #![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
 use serde_json::{json, Value};

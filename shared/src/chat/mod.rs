@@ -1,4 +1,4 @@
-//! The `chat` database (SPEC §8, §10): the chatflow catalogue and its
+//! The `chat` database (README §8, §10): the chatflow catalogue and its
 //! access control, chat sessions and messages, and stored files. The
 //! predict functions use it; the scheduled job uses the chatflow sync.
 

@@ -1,5 +1,5 @@
 //! The MongoDB client, the two databases (`auth`, `chat`) and their indexes
-//! (SPEC §10), created idempotently at cold start.
+//! (README §10), created idempotently at cold start.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! `Idempotency-Key` (SPEC §6): the same key with the same body has one
+//! `Idempotency-Key` (README §6): the same key with the same body has one
 //! effect and returns the first answer; with another body it is 409.
 //!
 //! A change reads straight through: [`begin`] answers either a fresh

@@ -1,4 +1,4 @@
-//! The credit ledger (SPEC §6, §9): the one place credits change.
+//! The credit ledger (README §6, §9): the one place credits change.
 //!
 //! Every change is one database transaction that first locks the user's
 //! `user_accounts` row (`FOR UPDATE`). That single lock, always taken

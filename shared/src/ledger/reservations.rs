@@ -1,4 +1,4 @@
-//! Reservations (SPEC §6): credits held for a streamed answer until it is
+//! Reservations (README §6): credits held for a streamed answer until it is
 //! settled, once. Finalize charges the actual cost and refunds the rest
 //! (or charges the excess as far as the balance goes, recording the
 //! shortfall); abort charges the partial cost. A second settlement
@@ -95,6 +95,10 @@ pub struct SessionOutcome {
     /// False when this call found the session already settled.
     #[serde(skip)]
     pub settled_now: bool,
+    /// The spendable total after this call (`None` when it found the
+    /// session already settled and changed nothing).
+    #[serde(skip)]
+    pub balance_after: Option<i64>,
 }
 
 /// An active reservation as listed.
@@ -335,6 +339,7 @@ async fn charge_late(
         shortfall_credits: shortfall,
         status,
         settled_now: false,
+        balance_after: Some(total - taken),
     })
 }
 
@@ -374,6 +379,7 @@ pub(crate) async fn settle_locked(
             shortfall_credits: row.shortfall_credits,
             status: row.status,
             settled_now: false,
+            balance_after: None,
         });
     }
     let held = Held {
@@ -392,8 +398,8 @@ pub(crate) async fn settle_locked(
     record_settlement(tx, id, how, charged).await
 }
 
-/// Charged, refunded, shortfall.
-type Charged = (i64, i64, i64);
+/// Charged, refunded, shortfall, and the spendable total after.
+type Charged = (i64, i64, i64, i64);
 
 /// Charges `charge` against the reservation: the rest goes back to the
 /// allocations it drew from, or the excess is debited as far as the
@@ -412,7 +418,7 @@ async fn charge_reservation(
         if extra > 0 {
             debit_locked(tx, user, balance, extra, EntryKind::Settlement, meta).await?;
         }
-        return Ok((held.reserved + extra, 0, excess - extra));
+        return Ok((held.reserved + extra, 0, excess - extra, balance - extra));
     }
     let returned = match held.reservation_entry {
         Some(debit) if charge < held.reserved => {
@@ -420,19 +426,19 @@ async fn charge_reservation(
         }
         _ => 0,
     };
+    let after = balance + returned;
     if returned > 0 {
-        let after = balance + returned;
         insert_entry(tx, user, EntryKind::Refund, returned, after, None, meta).await?;
         set_total(tx, user, after).await?;
     }
-    Ok((charge, returned, 0))
+    Ok((charge, returned, 0, after))
 }
 
 async fn record_settlement(
     tx: &mut Tx<'_>,
     id: &ReservationId,
     how: Settlement,
-    (charged, refunded, shortfall): Charged,
+    (charged, refunded, shortfall, after): Charged,
 ) -> Result<SessionOutcome, LedgerError> {
     sqlx::query!(
         "UPDATE streaming_sessions
@@ -457,6 +463,7 @@ async fn record_settlement(
         shortfall_credits: shortfall,
         status: how.status().to_owned(),
         settled_now: true,
+        balance_after: Some(after),
     })
 }
 

@@ -1,4 +1,4 @@
-//! The scheduled job's ledger work (SPEC §9): expire the allocations of
+//! The scheduled job's ledger work (README §9): expire the allocations of
 //! users who are not active (every change expires its own user's), settle
 //! reservations left active past the TTL, purge old idempotency keys.
 //! Each user or reservation is handled in its own transaction, so a crash

@@ -1,4 +1,4 @@
-//! A prediction, in the order of SPEC §8: (1) the JWT and the chatflow,
+//! A prediction, in the order of README §8: (1) the JWT and the chatflow,
 //! (2) the session, (3) the price, reserved in the ledger, (4) the call to
 //! Flowise, (5) settlement, history and usage. The buffered route runs it
 //! in one go; the streaming route runs (1)–(3) through [`prepare`] and
@@ -30,8 +30,9 @@ use crate::flowise::{FlowiseError, Prediction, PredictionRequest, TokenUsage};
 use crate::ids::{ChatSessionId, ChatflowId, ReservationId, UserId};
 use crate::ledger::accounts::lock_from_claims;
 use crate::ledger::idempotency::{self, RequestKey, StoredKey};
+use crate::ledger::primitives::Locked;
 use crate::ledger::reservations::{self, Settlement};
-use crate::ledger::{queries, Charge, Credits, EntryMeta};
+use crate::ledger::{Charge, Credits, EntryMeta};
 use crate::pricing::{self, estimate_tokens, PricingRule};
 use crate::token::AuthUser;
 
@@ -285,42 +286,36 @@ fn check_history(history: &[HistoryItem]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// What the checks of steps (1)–(3a) found, read concurrently.
+/// What the checks of steps (1) and (2) found.
 struct Checked {
     session: (SessionDoc, bool),
     uploads: (Vec<CheckedUpload>, Vec<String>),
-    rule: PricingRule,
 }
 
-/// Steps (1), (2) and the pricing rule, concurrently: chatflow access
-/// (404/403), session ownership (403), uploads (403, 413, 415).
+/// Steps (1) and (2), concurrently: chatflow access (404/403), session
+/// ownership (403), uploads (403, 413, 415).
 async fn check(
     state: &PredictState,
     user: &AuthUser,
     body: &PredictBody,
 ) -> Result<Checked, ApiError> {
     let db = &state.mongo.chat;
-    let rule = async {
-        let mut conn = state.pg.acquire().await?;
-        pricing::rule_for(&mut conn, Some(body.chatflow_id.as_str())).await
-    };
-    let (_, session, uploads, rule) = tokio::try_join!(
+    let (_, session, uploads) = tokio::try_join!(
         chatflows::usable(db, &body.chatflow_id, user),
         session_for(state, user, body),
         checked_uploads(state, user, body),
-        rule,
     )?;
-    Ok(Checked {
-        session,
-        uploads,
-        rule,
-    })
+    Ok(Checked { session, uploads })
 }
 
 /// Steps (1)–(3): the checks, then the price reserved in the ledger (402,
 /// with nothing sent to Flowise). A request whose `Idempotency-Key` was
 /// used before gets the stored answer (or 409) instead, before anything
 /// else happens.
+///
+/// The reservation's transaction is opened while the checks run (the
+/// checks read MongoDB, the transaction PostgreSQL) and commits only once
+/// they passed: a refused request rolls it back, so it changes nothing.
 pub async fn prepare(
     state: &PredictState,
     user: &AuthUser,
@@ -333,13 +328,18 @@ pub async fn prepare(
     if let Some(answer) = stored_for(state, &user_id, key.as_ref()).await? {
         return Ok(Start::Replay(Box::new(answer)));
     }
+    let message_id = ReservationId::random();
+    let opening = open_reservation(state, user, &body.chatflow_id, key.as_ref(), &message_id);
+    let (checked, opened) = match tokio::join!(check(state, user, &body), opening) {
+        (_, Ok(Opening::Replay(answer))) => return Ok(Start::Replay(answer)),
+        (Err(refused), _) | (Ok(_), Err(refused)) => return Err(refused),
+        (Ok(checked), Ok(Opening::Ready(opened))) => (checked, opened),
+    };
     let Checked {
         session: (session, new_session),
         uploads: (uploads, file_ids),
-        rule,
-    } = check(state, user, &body).await?;
+    } = checked;
     let input_tokens = input_tokens(&body, &uploads);
-    let message_id = ReservationId::random();
     let meta = EntryMeta {
         actor_id: Some(&user.id),
         idempotency_key: Some(request_id),
@@ -347,15 +347,15 @@ pub async fn prepare(
         reference: Some(&session.session_id),
         ..EntryMeta::default()
     };
-    let reserved = Reservation {
-        chatflow_id: &body.chatflow_id,
-        message_id: &message_id,
-        amounts: reservation_amounts(&rule, input_tokens)?,
-        key: key.as_ref(),
-    };
-    if let Some(answer) = reserve(state, user, reserved, &meta).await? {
-        return Ok(Start::Replay(Box::new(answer)));
-    }
+    let amounts = reservation_amounts(&opened.rule, input_tokens)?;
+    let rule = reserve(
+        opened,
+        (&user_id, &message_id),
+        &body.chatflow_id,
+        amounts,
+        &meta,
+    )
+    .await?;
     let request = PredictionRequest {
         question: body.question.clone(),
         session_id: session.session_id.clone(),
@@ -487,47 +487,68 @@ fn reservation_amounts(
     ))
 }
 
-/// What step (3b) reserves.
-struct Reservation<'a> {
-    chatflow_id: &'a ChatflowId,
-    message_id: &'a ReservationId,
-    amounts: (Credits, Credits),
-    key: Option<&'a RequestKey>,
+/// The reservation's transaction, open: the pricing rule it read and the
+/// account it locked.
+struct Opened {
+    tx: crate::ledger::Tx<'static>,
+    rule: PricingRule,
+    locked: Locked,
 }
 
-/// Step (3b): one transaction claims the key (when there is one), records
-/// the account and reserves as the gateway's, under the account lock
-/// (402 when the balance does not cover the known part of the price).
-/// A key another request holds rolls it back and answers that request's
-/// outcome (or 409), before any balance is looked at.
-async fn reserve(
+/// What opening the reservation's transaction found.
+enum Opening {
+    /// The account is locked: reserve, then commit.
+    Ready(Opened),
+    /// Another request holds the key: its outcome (the transaction is
+    /// rolled back).
+    Replay(Box<PredictionAnswer>),
+}
+
+/// Step (3a), on one connection: the transaction begins, reads the
+/// pricing rule, claims the key (when there is one), and records and
+/// locks the account. A key another request holds rolls it back and
+/// answers that request's outcome (or 409), before any balance is looked
+/// at.
+async fn open_reservation(
     state: &PredictState,
     user: &AuthUser,
-    what: Reservation<'_>,
-    meta: &EntryMeta<'_>,
-) -> Result<Option<PredictionAnswer>, ApiError> {
+    chatflow: &ChatflowId,
+    key: Option<&RequestKey>,
+    message_id: &ReservationId,
+) -> Result<Opening, ApiError> {
     let user_id = user.user_id();
     let mut tx = state.pg.begin().await?;
-    if let Some(key) = what.key {
-        let endpoint = PREDICT_ENDPOINT;
-        let held = idempotency::claim(&mut tx, &user_id, key, endpoint, what.message_id).await?;
+    let rule = pricing::rule_for(&mut tx, Some(chatflow.as_str())).await?;
+    if let Some(key) = key {
+        let held = idempotency::claim(&mut tx, &user_id, key, PREDICT_ENDPOINT, message_id).await?;
         if let Some(stored) = held {
             tx.rollback().await?;
-            return stored_answer(stored, &key.hash).map(Some);
+            return Ok(Opening::Replay(Box::new(stored_answer(stored, &key.hash)?)));
         }
     }
     let locked = lock_from_claims(&mut tx, user).await?;
-    reservations::reserve_prediction(
-        &mut tx,
-        (&user_id, locked),
-        what.message_id,
-        what.chatflow_id,
-        what.amounts,
-        meta,
-    )
-    .await?;
+    Ok(Opening::Ready(Opened { tx, rule, locked }))
+}
+
+/// Step (3b): reserves `amounts` as the gateway's under the lock taken
+/// when the transaction opened (402 when the balance does not cover the
+/// known part of the price), and commits. Returns the rule applied.
+async fn reserve(
+    opened: Opened,
+    (user, message_id): (&UserId, &ReservationId),
+    chatflow: &ChatflowId,
+    amounts: (Credits, Credits),
+    meta: &EntryMeta<'_>,
+) -> Result<PricingRule, ApiError> {
+    let Opened {
+        mut tx,
+        rule,
+        locked,
+    } = opened;
+    let account = (user, locked);
+    reservations::reserve_prediction(&mut tx, account, message_id, chatflow, amounts, meta).await?;
     tx.commit().await?;
-    Ok(None)
+    Ok(rule)
 }
 
 /// How a prediction ended, for settlement and history.
@@ -693,8 +714,7 @@ async fn settle(
     let charged = settled.charged_credits;
     let flow = prepared.chatflow_id.as_str();
     crate::usage::record_usage(&mut tx, user, "chat", flow, charged, metadata).await?;
-    let balance = queries::total_balance(&mut tx, user).await?;
-    let answer = prepared.answer(outcome, charged, Some(balance));
+    let answer = prepared.answer(outcome, charged, settled.balance_after);
     if let Some(key) = &prepared.key {
         if outcome.failure.is_some() && charged == 0 {
             idempotency::release(&mut tx, user, key).await?;

@@ -11,6 +11,8 @@
 //!   concurrent clients, and the time to the first token of a streamed
 //!   answer against straight to the double; through the Lambda emulator
 //!   (16 instances of each function) and through `gateway-admin serve`.
+//!   The requests are split into rounds that start every variant afresh
+//!   in a rotating order, so drift over the run is shared.
 //!
 //! `bench-predict round-trips` prints the round trips alone.
 //!
@@ -124,7 +126,7 @@ impl Endpoint {
         first.expect("a token arrived")
     }
 
-    /// `total` requests over `clients` concurrent loops; sorted latencies.
+    /// `total` requests over `clients` concurrent loops; their latencies.
     async fn measure(&self, kind: Kind, clients: usize, total: usize) -> Vec<Duration> {
         let loops = (0..clients).map(|client| async move {
             let mut out = Vec::new();
@@ -133,13 +135,11 @@ impl Endpoint {
             }
             out
         });
-        let mut all: Vec<Duration> = futures_util::future::join_all(loops)
+        futures_util::future::join_all(loops)
             .await
             .into_iter()
             .flatten()
-            .collect();
-        all.sort();
-        all
+            .collect()
     }
 }
 
@@ -222,27 +222,40 @@ const ROWS: &[(&str, Kind, usize, usize)] = &[
     ),
 ];
 
-/// Every row's latencies through `endpoint`, after a warm-up.
-async fn rows(endpoint: &Endpoint) -> Vec<Vec<Duration>> {
-    let mut out = Vec::new();
-    for &(_, kind, clients, total) in ROWS {
-        out.push(endpoint.measure(kind, clients, total).await);
+/// Rounds the measurement is split into. Each round starts every
+/// variant's stack afresh, one at a time, in an order that rotates, and
+/// measures a share of every row: whatever drifts over a run (the stores
+/// filling up, the machine warming) falls on every variant alike.
+const ROUNDS: usize = 4;
+
+/// One round's share of every row's latencies through `endpoint`.
+async fn rows(endpoint: &Endpoint, into: &mut [Vec<Duration>]) {
+    for (row, &(_, kind, clients, total)) in ROWS.iter().enumerate() {
+        into[row].extend(endpoint.measure(kind, clients, total / ROUNDS).await);
     }
-    out
 }
 
 /// Prints the overhead table: straight to the double, then each
-/// variant's latency with its overhead. One variant's stack runs at a
-/// time (16 instances of two functions each hold connections).
+/// variant's latency with its overhead, over [`ROUNDS`] rounds. One
+/// variant's stack runs at a time (16 instances of two functions each
+/// hold connections).
 async fn overhead(flowise: &FlowiseDouble, variants: &[Variant]) {
-    let straight = rows(&Endpoint::direct(flowise)).await;
-    let mut through = Vec::new();
-    for variant in variants {
-        let stack = start(flowise, variant, CLIENTS, None).await;
-        let gateway = Endpoint::gateway(&stack);
-        gateway.measure(Kind::Buffered, CLIENTS, 64).await;
-        gateway.measure(Kind::FirstToken, CLIENTS, 64).await;
-        through.push(rows(&gateway).await);
+    let empty = || vec![Vec::new(); ROWS.len()];
+    let mut straight = empty();
+    let mut through: Vec<Vec<Vec<Duration>>> = variants.iter().map(|_| empty()).collect();
+    for round in 0..ROUNDS {
+        rows(&Endpoint::direct(flowise), &mut straight).await;
+        for turn in 0..variants.len() {
+            let v = (round + turn) % variants.len();
+            let stack = start(flowise, &variants[v], CLIENTS, None).await;
+            let gateway = Endpoint::gateway(&stack);
+            gateway.measure(Kind::Buffered, CLIENTS, 32).await;
+            gateway.measure(Kind::FirstToken, CLIENTS, 32).await;
+            rows(&gateway, &mut through[v]).await;
+        }
+    }
+    for latencies in straight.iter_mut().chain(through.iter_mut().flatten()) {
+        latencies.sort();
     }
     let labels: Vec<&str> = variants.iter().map(|v| v.label.as_str()).collect();
     println!(

@@ -1,5 +1,5 @@
 //! Public account routes: signup, email verification, login, token
-//! rotation, logout and password reset (SPEC §5).
+//! rotation, logout and password reset (README §5).
 
 use axum::extract::State;
 use axum::http::StatusCode;

@@ -1,4 +1,4 @@
-//! Admin user management (SPEC §5). Supervisors may read.
+//! Admin user management (README §5). Supervisors may read.
 
 use axum::extract::State;
 use axum::http::StatusCode;

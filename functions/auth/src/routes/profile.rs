@@ -1,4 +1,4 @@
-//! The caller's own account (SPEC §5).
+//! The caller's own account (README §5).
 
 use axum::extract::State;
 use axum::http::StatusCode;
