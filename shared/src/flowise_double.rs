@@ -120,7 +120,7 @@ impl FlowiseDouble {
             .route("/api/v1/chatflows-streaming/{id}", get(streaming))
             .route("/api/v1/ping", get(|| async { "pong" }))
             .with_state(inner.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(crate::http::serve(listener, app));
         FlowiseDouble { url, inner }
     }
 

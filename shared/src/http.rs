@@ -324,6 +324,21 @@ async fn health(State(checks): State<HealthChecks>) -> Response {
     }
 }
 
+/// Serves `router` on `listener` until the process ends, with Nagle's
+/// algorithm off on every connection: a streamed answer's small frames
+/// (an SSE token) go out at once instead of waiting up to 40 ms for the
+/// client's delayed acknowledgement.
+#[cfg(feature = "serve")]
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %err, "TCP_NODELAY could not be set");
+        }
+    });
+    axum::serve(listener, router).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

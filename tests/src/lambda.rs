@@ -86,7 +86,7 @@ impl RuntimeApi {
             .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
             .route("/2018-06-01/runtime/init/error", post(init_error))
             .with_state(api.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(shared::http::serve(listener, app));
         api
     }
 
@@ -377,7 +377,7 @@ pub async fn serve_front(functions: HashMap<String, Arc<RuntimeApi>>) -> SocketA
     let app = Router::new()
         .fallback(front)
         .with_state(Arc::new(functions));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(shared::http::serve(listener, app));
     address
 }
 

@@ -60,6 +60,15 @@ async fn start<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// What every entry of a change records: who made it, and its key.
+fn entry_meta<'a>(user: &'a AuthUser, key: Option<&'a RequestKey>) -> EntryMeta<'a> {
+    EntryMeta {
+        actor_id: Some(&user.id),
+        idempotency_key: key.map(|k| k.key.as_str()),
+        ..EntryMeta::default()
+    }
+}
+
 /// Saves the answer with its key and commits the change.
 async fn finish<T: Serialize>(
     mut tx: Tx<'static>,
@@ -207,11 +216,7 @@ pub async fn allocate(
         Change::Replay(status, answer) => return Ok((status, Json(answer))),
         Change::Fresh(tx, key) => (tx, key),
     };
-    let meta = EntryMeta {
-        actor_id: Some(&user.id),
-        idempotency_key: key.as_ref().map(|k| k.key.as_str()),
-        ..EntryMeta::default()
-    };
+    let meta = entry_meta(&user, key.as_ref());
     let done = changes::allocate(
         &mut tx,
         &body.user_id,
@@ -285,11 +290,9 @@ pub async fn deduct(
         Change::Fresh(tx, key) => (tx, key),
     };
     let meta = EntryMeta {
-        actor_id: Some(&user.id),
         description: description.as_deref(),
         reference: reference.as_deref(),
-        idempotency_key: key.as_ref().map(|k| k.key.as_str()),
-        ..EntryMeta::default()
+        ..entry_meta(&user, key.as_ref())
     };
     let (entry, new_balance) = changes::deduct(&mut tx, &target, body.credits, &meta).await?;
     let answer = DeductedBody {
@@ -348,11 +351,7 @@ pub async fn adjust(
         Change::Replay(status, answer) => return Ok((status, Json(answer))),
         Change::Fresh(tx, key) => (tx, key),
     };
-    let meta = EntryMeta {
-        actor_id: Some(&user.id),
-        idempotency_key: key.as_ref().map(|k| k.key.as_str()),
-        ..EntryMeta::default()
-    };
+    let meta = entry_meta(&user, key.as_ref());
     let new_balance = changes::adjust(&mut tx, &body.user_id, body.amount, notes, &meta)
         .await
         .map_err(|e| e.naming("amount"))?;
@@ -597,11 +596,7 @@ pub async fn initialize(
         Change::Replay(status, answer) => return Ok((status, Json(answer))),
         Change::Fresh(tx, key) => (tx, key),
     };
-    let meta = EntryMeta {
-        actor_id: Some(&user.id),
-        idempotency_key: key.as_ref().map(|k| k.key.as_str()),
-        ..EntryMeta::default()
-    };
+    let meta = entry_meta(&user, key.as_ref());
     let (id, flow, estimate) = (&body.session_id, &body.chatflow_id, body.estimated_credits);
     let reserved =
         reservations::reserve(&mut tx, &user.user_id(), id, flow, estimate, &meta).await?;

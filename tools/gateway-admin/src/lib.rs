@@ -104,6 +104,6 @@ pub async fn serve(port: u16) -> Result<(), shared::BoxError> {
         .unwrap_or_else(|| "127.0.0.1".into());
     let listener = tokio::net::TcpListener::bind((address.as_str(), port)).await?;
     tracing::info!(address = %listener.local_addr()?, "serving every function");
-    axum::serve(listener, app).await?;
+    shared::http::serve(listener, app).await?;
     Ok(())
 }
