@@ -231,46 +231,40 @@ pub async fn insert_allocation(
 
 /// Takes `amount` from the user's spendable allocations, soonest-expiring
 /// first (never-expiring last), and records each draw against the entry
-/// `entry_id`. The caller holds the account lock, has expired what is due,
-/// and has checked that the total covers `amount`.
+/// `entry_id`, in one statement: a running sum over the allocations in
+/// spending order says how much each gives. The caller holds the account
+/// lock (so no other change touches these allocations), has expired what
+/// is due, and has checked that the total covers `amount`.
 pub async fn draw(
     tx: &mut Tx<'_>,
     user: &UserId,
     amount: i64,
     entry_id: Uuid,
 ) -> Result<(), LedgerError> {
-    let allocations = sqlx::query!(
-        "SELECT id, remaining FROM credit_allocations
-          WHERE user_id = $1 AND remaining > 0 AND expired_at IS NULL
-          ORDER BY expires_at ASC NULLS LAST, allocated_at, id
-          FOR UPDATE",
-        user.as_str()
+    let drawn: Vec<i64> = sqlx::query_scalar!(
+        r#"WITH spendable AS (
+               SELECT id, remaining,
+                      (SUM(remaining) OVER (ORDER BY expires_at ASC NULLS LAST, allocated_at, id))::bigint
+                        - remaining AS before
+                 FROM credit_allocations
+                WHERE user_id = $1 AND remaining > 0 AND expired_at IS NULL
+           ), taken AS (
+               SELECT id, LEAST(remaining, $2 - before) AS take FROM spendable WHERE before < $2
+           ), drawn AS (
+               UPDATE credit_allocations a SET remaining = a.remaining - t.take
+                 FROM taken t WHERE a.id = t.id
+               RETURNING a.id, t.take
+           )
+           INSERT INTO credit_draws (transaction_id, allocation_id, amount)
+           SELECT $3, id, take FROM drawn
+           RETURNING amount"#,
+        user.as_str(),
+        amount,
+        entry_id
     )
     .fetch_all(&mut **tx)
     .await?;
-    let mut left = amount;
-    for allocation in allocations {
-        if left == 0 {
-            break;
-        }
-        let take = allocation.remaining.min(left);
-        sqlx::query!(
-            "UPDATE credit_allocations SET remaining = remaining - $2 WHERE id = $1",
-            allocation.id,
-            take
-        )
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query!(
-            "INSERT INTO credit_draws (transaction_id, allocation_id, amount) VALUES ($1, $2, $3)",
-            entry_id,
-            allocation.id,
-            take
-        )
-        .execute(&mut **tx)
-        .await?;
-        left -= take;
-    }
+    let left = amount - drawn.iter().sum::<i64>();
     if left != 0 {
         // The cached total promised more than the allocations hold: never
         // commit that; the transaction rolls back.
@@ -284,52 +278,41 @@ pub async fn draw(
 /// Returns up to `amount` credits of the debit `debit_id` to the
 /// allocations it drew from, latest-expiring first (as if only the rest
 /// had been drawn), skipping allocations that have expired: credits are
-/// never revived. Returns how many credits went back.
+/// never revived. One statement: a running sum over the draws in refund
+/// order says how much each takes back; every draw records its refund,
+/// and only the live allocations get theirs. The caller holds the account
+/// lock. Returns how many credits went back.
 pub async fn refund_draws(
     tx: &mut Tx<'_>,
     debit_id: Uuid,
     amount: i64,
 ) -> Result<i64, LedgerError> {
-    let draws = sqlx::query!(
-        r#"SELECT d.allocation_id, d.amount - d.refunded AS "refundable!",
-                  (a.expired_at IS NULL AND (a.expires_at IS NULL OR a.expires_at > now())) AS "live!"
-             FROM credit_draws d JOIN credit_allocations a ON a.id = d.allocation_id
-            WHERE d.transaction_id = $1 AND d.amount > d.refunded
-            ORDER BY a.expires_at DESC NULLS FIRST, a.allocated_at DESC, a.id DESC
-            FOR UPDATE OF d, a"#,
-        debit_id
+    let returned: Vec<i64> = sqlx::query_scalar!(
+        r#"WITH refundable AS (
+               SELECT d.allocation_id, d.amount - d.refunded AS refundable,
+                      (a.expired_at IS NULL AND (a.expires_at IS NULL OR a.expires_at > now())) AS live,
+                      (SUM(d.amount - d.refunded) OVER (
+                          ORDER BY a.expires_at DESC NULLS FIRST, a.allocated_at DESC, a.id DESC
+                      ))::bigint - (d.amount - d.refunded) AS before
+                 FROM credit_draws d JOIN credit_allocations a ON a.id = d.allocation_id
+                WHERE d.transaction_id = $1 AND d.amount > d.refunded
+           ), given AS (
+               SELECT allocation_id, live, LEAST(refundable, $2 - before) AS give
+                 FROM refundable WHERE before < $2
+           ), recorded AS (
+               -- Expired: the share is forfeited, as it would have been unspent.
+               UPDATE credit_draws d SET refunded = d.refunded + g.give
+                 FROM given g WHERE d.transaction_id = $1 AND d.allocation_id = g.allocation_id
+           )
+           UPDATE credit_allocations a SET remaining = a.remaining + g.give
+             FROM given g WHERE a.id = g.allocation_id AND g.live
+           RETURNING g.give AS "give!""#,
+        debit_id,
+        amount
     )
     .fetch_all(&mut **tx)
     .await?;
-    let (mut left, mut returned) = (amount, 0);
-    for draw in draws {
-        if left == 0 {
-            break;
-        }
-        let give = draw.refundable.min(left);
-        left -= give;
-        // Expired: the share is forfeited, as it would have been unspent.
-        sqlx::query!(
-            "UPDATE credit_draws SET refunded = refunded + $3
-              WHERE transaction_id = $1 AND allocation_id = $2",
-            debit_id,
-            draw.allocation_id,
-            give
-        )
-        .execute(&mut **tx)
-        .await?;
-        if draw.live {
-            sqlx::query!(
-                "UPDATE credit_allocations SET remaining = remaining + $2 WHERE id = $1",
-                draw.allocation_id,
-                give
-            )
-            .execute(&mut **tx)
-            .await?;
-            returned += give;
-        }
-    }
-    Ok(returned)
+    Ok(returned.iter().sum())
 }
 
 /// Takes `amount` from the locked account (its spendable `total`) as one

@@ -127,16 +127,15 @@ async fn over_http(shared_account: bool, serve: bool) -> f64 {
     .await
 }
 
-/// One deduction as the ledger runs it, in pgbench's script language.
+/// One deduction as the ledger runs it, in pgbench's script language:
+/// the account locked (with the due-expiry flag), the entry, the draw in
+/// one statement, the total.
 const PGBENCH_SCRIPT: &str = r#"
 \set uid :client_id
 BEGIN;
-SELECT total_credits FROM user_accounts WHERE user_id = :acct FOR UPDATE;
-SELECT id, remaining FROM credit_allocations WHERE user_id = :acct AND expired_at IS NULL AND expires_at <= now() FOR UPDATE;
-SELECT id, remaining FROM credit_allocations WHERE user_id = :acct AND remaining > 0 AND expired_at IS NULL ORDER BY expires_at ASC NULLS LAST, allocated_at, id FOR UPDATE;
+SELECT total_credits, EXISTS (SELECT 1 FROM credit_allocations c WHERE c.user_id = a.user_id AND c.expired_at IS NULL AND c.expires_at <= now()) FROM user_accounts a WHERE a.user_id = :acct FOR UPDATE;
 INSERT INTO credit_transactions (id, user_id, type, amount, balance_after) VALUES (gen_random_uuid(), :acct, 'deduction', -1, 0);
-UPDATE credit_allocations SET remaining = remaining - 1 WHERE id = (SELECT id FROM credit_allocations WHERE user_id = :acct AND remaining > 0 LIMIT 1);
-INSERT INTO credit_draws (transaction_id, allocation_id, amount) SELECT (SELECT id FROM credit_transactions WHERE user_id = :acct ORDER BY seq DESC LIMIT 1), (SELECT id FROM credit_allocations WHERE user_id = :acct LIMIT 1), 1;
+WITH spendable AS (SELECT id, remaining, (SUM(remaining) OVER (ORDER BY expires_at ASC NULLS LAST, allocated_at, id))::bigint - remaining AS before FROM credit_allocations WHERE user_id = :acct AND remaining > 0 AND expired_at IS NULL), taken AS (SELECT id, LEAST(remaining, 1 - before) AS take FROM spendable WHERE before < 1), drawn AS (UPDATE credit_allocations a SET remaining = a.remaining - t.take FROM taken t WHERE a.id = t.id RETURNING a.id, t.take) INSERT INTO credit_draws (transaction_id, allocation_id, amount) SELECT (SELECT id FROM credit_transactions WHERE user_id = :acct ORDER BY seq DESC LIMIT 1), id, take FROM drawn RETURNING amount;
 UPDATE user_accounts SET total_credits = total_credits - 1, updated_at = now() WHERE user_id = :acct;
 COMMIT;
 "#;
