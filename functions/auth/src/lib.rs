@@ -90,8 +90,9 @@ impl FromRef<AppState> for JwtKeys {
 }
 
 impl AppState {
-    /// Builds the client and the mailer, ensures the `auth` indexes and
-    /// the first admin (logging, not failing, when MongoDB is down).
+    /// Builds the client and the mailer (the `auth` indexes are checked on
+    /// the first request) and ensures the first admin (logging, not
+    /// failing, when MongoDB is down).
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
         let stores = mongo::connect(&config.mongo).await?;
         // Checked on first use (requests answer 503 until they exist).

@@ -789,3 +789,32 @@ async fn a_refused_prediction_rolls_back_the_transaction_opened_beside_its_check
     assert_eq!(res.status, 200, "{}", res.body);
     assert!(app.balance("u1").await < 100);
 }
+
+#[tokio::test]
+async fn a_refused_prediction_never_waits_for_the_account_lock() {
+    let app = App::new().await;
+    app.flowise
+        .add_flow("flow-private", "Finance bot", Behaviour::answer("ok"));
+    let admin = app.token("admin-1", Role::Admin);
+    app.send("POST", "/api/v1/admin/chatflows/sync", &admin, None)
+        .await;
+    app.grant("u1", 100).await;
+    let user = app.token("u1", Role::Enduser);
+    // Another change holds u1's account.
+    let mut holder = app.pg.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM user_accounts WHERE user_id = 'u1' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let private = json!({"chatflow_id": "flow-private", "question": "Hi"});
+    let refused = tokio::time::timeout(
+        Duration::from_secs(3),
+        app.predict_with(&user, private, &[KEY]),
+    )
+    .await
+    .expect("a 403 does not queue behind the account lock");
+    refused.assert_error(403, "forbidden");
+    holder.rollback().await.unwrap();
+    assert_eq!(app.balance("u1").await, 100);
+    assert_eq!(app.ledger_rows().await, 1);
+}

@@ -1,5 +1,6 @@
 //! The MongoDB client, the two databases (`auth`, `chat`) and their indexes
-//! (README §10), created idempotently at cold start.
+//! (README §10): made by `gateway-admin migrate` at deploy, checked (and
+//! made when missing) on a function's first request.
 
 use std::time::Duration;
 
@@ -218,7 +219,7 @@ pub async fn ensure_chat_indexes(db: &Database) -> anyhow::Result<()> {
     .await
 }
 
-/// The indexes a function needs, ensured at cold start and, while any is
+/// The indexes a function needs, checked on its first request and, while any is
 /// missing, retried before every request and health probe: uniqueness
 /// (usernames, emails, sessions) is never silently missing. Until they
 /// exist, requests answer 503 naming them and `/health` is 503.

@@ -30,7 +30,6 @@ use crate::flowise::{FlowiseError, Prediction, PredictionRequest, TokenUsage};
 use crate::ids::{ChatSessionId, ChatflowId, ReservationId, UserId};
 use crate::ledger::accounts::lock_from_claims;
 use crate::ledger::idempotency::{self, RequestKey, StoredKey};
-use crate::ledger::primitives::Locked;
 use crate::ledger::reservations::{self, Settlement};
 use crate::ledger::{Charge, Credits, EntryMeta};
 use crate::pricing::{self, estimate_tokens, PricingRule};
@@ -314,8 +313,10 @@ async fn check(
 /// else happens.
 ///
 /// The reservation's transaction is opened while the checks run (the
-/// checks read MongoDB, the transaction PostgreSQL) and commits only once
-/// they passed: a refused request rolls it back, so it changes nothing.
+/// checks read MongoDB, the transaction PostgreSQL: the pricing rule and
+/// the key); the account is locked and the price reserved only once they
+/// passed, and a refused request rolls it back at once, so it changes
+/// nothing.
 pub async fn prepare(
     state: &PredictState,
     user: &AuthUser,
@@ -332,6 +333,7 @@ pub async fn prepare(
     let opening = open_reservation(state, user, &body.chatflow_id, key.as_ref(), &message_id);
     let (checked, opened) = match tokio::join!(check(state, user, &body), opening) {
         (_, Ok(Opening::Replay(answer))) => return Ok(Start::Replay(answer)),
+        (Err(refused), Ok(Opening::Ready(opened))) => return refuse(opened.tx, refused).await,
         (Err(refused), _) | (Ok(_), Err(refused)) => return Err(refused),
         (Ok(checked), Ok(Opening::Ready(opened))) => (checked, opened),
     };
@@ -347,12 +349,11 @@ pub async fn prepare(
         reference: Some(&session.session_id),
         ..EntryMeta::default()
     };
-    let amounts = reservation_amounts(&opened.rule, input_tokens)?;
     let rule = reserve(
         opened,
-        (&user_id, &message_id),
+        (user, &message_id),
         &body.chatflow_id,
-        amounts,
+        input_tokens,
         &meta,
     )
     .await?;
@@ -487,28 +488,28 @@ fn reservation_amounts(
     ))
 }
 
-/// The reservation's transaction, open: the pricing rule it read and the
-/// account it locked.
+/// The reservation's transaction, open: the pricing rule it read (and the
+/// key it claimed). The account is not locked yet.
 struct Opened {
     tx: crate::ledger::Tx<'static>,
     rule: PricingRule,
-    locked: Locked,
 }
 
 /// What opening the reservation's transaction found.
 enum Opening {
-    /// The account is locked: reserve, then commit.
+    /// Ready: lock the account, reserve, commit.
     Ready(Opened),
     /// Another request holds the key: its outcome (the transaction is
     /// rolled back).
     Replay(Box<PredictionAnswer>),
 }
 
-/// Step (3a), on one connection: the transaction begins, reads the
-/// pricing rule, claims the key (when there is one), and records and
-/// locks the account. A key another request holds rolls it back and
-/// answers that request's outcome (or 409), before any balance is looked
-/// at.
+/// Step (3a), on one connection, while the checks run: the transaction
+/// begins, reads the pricing rule and claims the key (when there is one).
+/// A key another request holds rolls it back and answers that request's
+/// outcome (or 409), before any balance is looked at. The account is
+/// locked only once the checks passed ([`reserve`]), so a slow or refused
+/// check never holds it.
 async fn open_reservation(
     state: &PredictState,
     user: &AuthUser,
@@ -526,29 +527,48 @@ async fn open_reservation(
             return Ok(Opening::Replay(Box::new(stored_answer(stored, &key.hash)?)));
         }
     }
-    let locked = lock_from_claims(&mut tx, user).await?;
-    Ok(Opening::Ready(Opened { tx, rule, locked }))
+    Ok(Opening::Ready(Opened { tx, rule }))
 }
 
-/// Step (3b): reserves `amounts` as the gateway's under the lock taken
-/// when the transaction opened (402 when the balance does not cover the
-/// known part of the price), and commits. Returns the rule applied.
+/// Rolls a transaction back now (not when its connection is next used: a
+/// Lambda instance may be frozen first, with the key held), then answers
+/// `refused`.
+async fn refuse<T>(tx: crate::ledger::Tx<'static>, refused: ApiError) -> Result<T, ApiError> {
+    if let Err(err) = tx.rollback().await {
+        tracing::warn!(error = %err, "a refused prediction's transaction did not roll back cleanly");
+    }
+    Err(refused)
+}
+
+/// Step (3b): records and locks the account, reserves the price of
+/// `input_tokens` as the gateway's (402 when the balance does not cover the
+/// known part of the price), and commits; a refusal rolls back at once.
+/// Returns the rule applied.
 async fn reserve(
     opened: Opened,
-    (user, message_id): (&UserId, &ReservationId),
+    (user, message_id): (&AuthUser, &ReservationId),
     chatflow: &ChatflowId,
-    amounts: (Credits, Credits),
+    input_tokens: i64,
     meta: &EntryMeta<'_>,
 ) -> Result<PricingRule, ApiError> {
-    let Opened {
-        mut tx,
-        rule,
-        locked,
-    } = opened;
-    let account = (user, locked);
-    reservations::reserve_prediction(&mut tx, account, message_id, chatflow, amounts, meta).await?;
-    tx.commit().await?;
-    Ok(rule)
+    let Opened { mut tx, rule } = opened;
+    let user_id = user.user_id();
+    let reserved = async {
+        let amounts = reservation_amounts(&rule, input_tokens)?;
+        let locked = lock_from_claims(&mut tx, user).await?;
+        let account = (&user_id, locked);
+        reservations::reserve_prediction(&mut tx, account, message_id, chatflow, amounts, meta)
+            .await?;
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    match reserved {
+        Ok(()) => {
+            tx.commit().await?;
+            Ok(rule)
+        }
+        Err(refused) => refuse(tx, refused).await,
+    }
 }
 
 /// How a prediction ended, for settlement and history.

@@ -1,9 +1,10 @@
-//! Deductions per second at 16 concurrent clients, three ways:
+//! Deductions per second at 16 concurrent clients, four ways:
 //!
 //! 1. over HTTP through the credits function (16 function instances behind
 //!    the Lambda emulator, as Lambda scales out to 16 concurrent requests);
-//! 2. directly through the shared ledger code (`ledger::changes::deduct`);
-//! 3. the same SQL statements driven by `pgbench`: the database's ceiling.
+//! 2. over HTTP through `gateway-admin serve` (every router in one process);
+//! 3. directly through the shared ledger code (`ledger::changes::deduct`);
+//! 4. the same SQL statements driven by `pgbench`: the database's ceiling.
 //!
 //! Each runs twice: every client on its own account (the usual case), and
 //! all clients on one account (the worst case: the account lock serialises
