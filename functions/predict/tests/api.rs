@@ -144,11 +144,7 @@ async fn short_credits_are_402_and_nothing_reaches_flowise() {
 #[tokio::test]
 async fn chatflow_access_and_session_ownership_are_enforced() {
     let app = App::new().await;
-    app.flowise
-        .add_flow("flow-private", "Finance bot", Behaviour::answer("ok"));
-    let admin = app.token("admin-1", Role::Admin);
-    app.send("POST", "/api/v1/admin/chatflows/sync", &admin, None)
-        .await;
+    let admin = app.add_private_flow("flow-private").await;
     app.grant("u1", 100).await;
     app.grant("u2", 100).await;
     let u1 = app.token("u1", Role::Enduser);

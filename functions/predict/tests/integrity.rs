@@ -745,11 +745,7 @@ async fn an_office_file_must_be_a_zip_whose_directory_says_so() {
 #[tokio::test]
 async fn a_refused_prediction_rolls_back_the_transaction_opened_beside_its_checks() {
     let app = App::new().await;
-    app.flowise
-        .add_flow("flow-private", "Finance bot", Behaviour::answer("ok"));
-    let admin = app.token("admin-1", Role::Admin);
-    app.send("POST", "/api/v1/admin/chatflows/sync", &admin, None)
-        .await;
+    let admin = app.add_private_flow("flow-private").await;
     app.grant("u1", 100).await;
     let user = app.token("u1", Role::Enduser);
     let private = json!({"chatflow_id": "flow-private", "question": "Hi"});
@@ -793,11 +789,7 @@ async fn a_refused_prediction_rolls_back_the_transaction_opened_beside_its_check
 #[tokio::test]
 async fn a_refused_prediction_never_waits_for_the_account_lock() {
     let app = App::new().await;
-    app.flowise
-        .add_flow("flow-private", "Finance bot", Behaviour::answer("ok"));
-    let admin = app.token("admin-1", Role::Admin);
-    app.send("POST", "/api/v1/admin/chatflows/sync", &admin, None)
-        .await;
+    app.add_private_flow("flow-private").await;
     app.grant("u1", 100).await;
     let user = app.token("u1", Role::Enduser);
     // Another change holds u1's account.

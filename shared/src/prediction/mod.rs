@@ -330,8 +330,14 @@ pub async fn prepare(
         return Ok(Start::Replay(Box::new(answer)));
     }
     let message_id = ReservationId::random();
-    let opening = open_reservation(state, user, &body.chatflow_id, key.as_ref(), &message_id);
-    let (checked, opened) = match tokio::join!(check(state, user, &body), opening) {
+    let open = open_reservation(
+        state,
+        &user_id,
+        &body.chatflow_id,
+        key.as_ref(),
+        &message_id,
+    );
+    let (checked, opened) = match tokio::join!(check(state, user, &body), open) {
         (_, Ok(Opening::Replay(answer))) => return Ok(Start::Replay(answer)),
         (Err(refused), Ok(Opening::Ready(opened))) => return refuse(opened.tx, refused).await,
         (Err(refused), _) | (Ok(_), Err(refused)) => return Err(refused),
@@ -357,13 +363,7 @@ pub async fn prepare(
         &meta,
     )
     .await?;
-    let request = PredictionRequest {
-        question: body.question.clone(),
-        session_id: session.session_id.clone(),
-        override_config: body.override_config.clone(),
-        history: body.history.as_ref().map(|h| json!(h)),
-        uploads: uploads.into_iter().map(|u| u.upload).collect(),
-    };
+    let request = flowise_request(&body, &session, uploads);
     Ok(Start::Fresh(Box::new(Prepared {
         user_id,
         chatflow_id: body.chatflow_id,
@@ -378,6 +378,22 @@ pub async fn prepare(
         key,
         started,
     })))
+}
+
+/// What step (4) sends to Flowise: the question in `session`, with the
+/// caller's overrides, history and checked uploads.
+fn flowise_request(
+    body: &PredictBody,
+    session: &SessionDoc,
+    uploads: Vec<CheckedUpload>,
+) -> PredictionRequest {
+    PredictionRequest {
+        question: body.question.clone(),
+        session_id: session.session_id.clone(),
+        override_config: body.override_config.clone(),
+        history: body.history.as_ref().map(|h| json!(h)),
+        uploads: uploads.into_iter().map(|u| u.upload).collect(),
+    }
 }
 
 /// The stored answer of a key used before (or 409), when there is one.
@@ -512,16 +528,15 @@ enum Opening {
 /// check never holds it.
 async fn open_reservation(
     state: &PredictState,
-    user: &AuthUser,
+    user_id: &UserId,
     chatflow: &ChatflowId,
     key: Option<&RequestKey>,
     message_id: &ReservationId,
 ) -> Result<Opening, ApiError> {
-    let user_id = user.user_id();
     let mut tx = state.pg.begin().await?;
     let rule = pricing::rule_for(&mut tx, Some(chatflow.as_str())).await?;
     if let Some(key) = key {
-        let held = idempotency::claim(&mut tx, &user_id, key, PREDICT_ENDPOINT, message_id).await?;
+        let held = idempotency::claim(&mut tx, user_id, key, PREDICT_ENDPOINT, message_id).await?;
         if let Some(stored) = held {
             tx.rollback().await?;
             return Ok(Opening::Replay(Box::new(stored_answer(stored, &key.hash)?)));

@@ -117,6 +117,19 @@ impl App {
         assert_eq!(res.status, 200, "{}", res.body);
     }
 
+    /// Adds a chatflow to the double and syncs it, open to no one (only
+    /// admins may use it); returns an admin's token.
+    pub async fn add_private_flow(&self, id: &str) -> String {
+        self.flowise
+            .add_flow(id, "Finance bot", Behaviour::answer("ok"));
+        let admin = self.token("admin-1", Role::Admin);
+        let sync = self
+            .send("POST", "/api/v1/admin/chatflows/sync", &admin, None)
+            .await;
+        assert_eq!(sync.status, 200, "{}", sync.body);
+        admin
+    }
+
     pub async fn grant(&self, user: &str, credits: i64) {
         testing::grant(&self.pg.pool, user, credits).await;
     }
