@@ -521,7 +521,42 @@ pub const MAX_UPLOAD_BYTES_LIMIT: usize = 4_400_000;
 // stays under Lambda's 6 MB payload.
 const _: () = assert!(MAX_UPLOAD_BYTES_LIMIT * 4 / 3 < 6_000_000 - 100_000);
 
-/// `MAX_UPLOAD_BYTES`, `RESERVATION_TTL_MINUTES`.
+/// The rate limits of predictions (README §11), per user, with the
+/// overrides an admin sets per user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// `RATE_LIMIT_PER_MINUTE` (60): predictions begun in any 60 seconds.
+    pub per_minute: i64,
+    /// `MAX_CONCURRENT_STREAMS` (3): predictions running at once.
+    pub concurrent: i64,
+    /// A prediction counts as running while its reservation is open and
+    /// younger than this (`FLOWISE_TIMEOUT_SECONDS` + 30 s), so one that
+    /// died with its instance stops counting soon.
+    pub running_for: Duration,
+}
+
+impl RateLimits {
+    /// Reads the section (and `FLOWISE_TIMEOUT_SECONDS`).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let positive = |name: &str, default: i64, max: i64| {
+            let value: i64 = env.parse_or(name, default)?;
+            if !(1..=max).contains(&value) {
+                return Err(ConfigError::Malformed {
+                    name: name.into(),
+                    reason: format!("must be from 1 to {max}"),
+                });
+            }
+            Ok(value)
+        };
+        Ok(RateLimits {
+            per_minute: positive("RATE_LIMIT_PER_MINUTE", 60, 10_000)?,
+            concurrent: positive("MAX_CONCURRENT_STREAMS", 3, 100)?,
+            running_for: flowise_timeout(env)? + Duration::from_secs(30),
+        })
+    }
+}
+
+/// `MAX_UPLOAD_BYTES`, `RESERVATION_TTL_MINUTES` and the rate limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// `MAX_UPLOAD_BYTES` (4,194,304; at most 4,400,000).
@@ -530,6 +565,8 @@ pub struct Limits {
     /// (`FLOWISE_TIMEOUT_SECONDS`) plus 30 s, so the sweep cannot release
     /// the reservation of a prediction that is still running.
     pub reservation_ttl: Duration,
+    /// Predictions per minute and at once, per user.
+    pub rate: RateLimits,
 }
 
 impl Limits {
@@ -559,6 +596,7 @@ impl Limits {
         Ok(Limits {
             max_upload_bytes,
             reservation_ttl,
+            rate: RateLimits::from_env(env)?,
         })
     }
 }
@@ -699,6 +737,22 @@ mod tests {
         let limits = Limits::from_env(&env(&[])).unwrap();
         assert_eq!(limits.max_upload_bytes, 4_194_304);
         assert_eq!(limits.reservation_ttl, Duration::from_secs(15 * 60));
+        assert_eq!(
+            limits.rate,
+            RateLimits {
+                per_minute: 60,
+                concurrent: 3,
+                running_for: Duration::from_secs(150),
+            }
+        );
+        for bad in [
+            ("RATE_LIMIT_PER_MINUTE", "0"),
+            ("MAX_CONCURRENT_STREAMS", "-1"),
+            ("MAX_CONCURRENT_STREAMS", "101"),
+        ] {
+            let err = Limits::from_env(&env(&[bad])).unwrap_err();
+            assert!(err.to_string().contains(bad.0), "{err}");
+        }
         let mongo = MongoConfig::from_env(&env(&[("MONGODB_URI", "mongodb://h:27017")])).unwrap();
         assert_eq!(
             (mongo.auth_db.as_str(), mongo.chat_db.as_str()),

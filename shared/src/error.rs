@@ -44,9 +44,12 @@ pub enum ApiError {
         /// Message.
         message: String,
     },
-    /// 402: the balance does not cover the amount.
-    #[error("insufficient credits: {message}")]
-    InsufficientCredits {
+    /// 402: the balance (`insufficient_credits`) or an API key's monthly
+    /// limit (`key_limit_reached`) does not cover the amount.
+    #[error("{message}")]
+    PaymentRequired {
+        /// Error code.
+        code: &'static str,
         /// Message (how much was needed and available).
         message: String,
     },
@@ -176,7 +179,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
+            ApiError::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -198,12 +201,12 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. }
             | ApiError::Unauthorized { code, .. }
+            | ApiError::PaymentRequired { code, .. }
             | ApiError::Forbidden { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::Busy { code, .. }
             | ApiError::Unprocessable { code, .. }
             | ApiError::TooManyRequests { code, .. } => code,
-            ApiError::InsufficientCredits { .. } => "insufficient_credits",
             ApiError::NotFound { .. } => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
@@ -526,7 +529,8 @@ mod tests {
     fn every_status_has_a_snake_case_code() {
         let errors = [
             ApiError::invalid_field("email", "is not an email address"),
-            ApiError::InsufficientCredits {
+            ApiError::PaymentRequired {
+                code: "insufficient_credits",
                 message: "x".into(),
             },
             ApiError::forbidden("x"),

@@ -12,6 +12,7 @@ pub mod flowise;
 pub mod http;
 pub mod identity;
 pub mod ids;
+pub mod keys;
 pub mod ledger;
 pub mod openapi;
 pub mod prediction;

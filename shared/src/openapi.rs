@@ -83,6 +83,19 @@ pub enum ReservationOrigin {
     Gateway,
 }
 
+/// Whether an API key works.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+pub enum KeyStatus {
+    /// It does.
+    Active,
+    /// Its owner or an admin revoked it.
+    Revoked,
+    /// Its time ran out.
+    Expired,
+}
+
 /// Whether an answer ran to its end.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]

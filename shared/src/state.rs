@@ -41,6 +41,12 @@ impl FromRef<PgApiState> for JwtKeys {
     }
 }
 
+impl FromRef<PgApiState> for sqlx::PgPool {
+    fn from_ref(state: &PgApiState) -> Self {
+        state.pg.clone()
+    }
+}
+
 impl PgApiState {
     /// Builds the pool (and migrates when `MIGRATE_ON_START` is true).
     pub async fn connect(config: &PgApiConfig) -> anyhow::Result<Self> {

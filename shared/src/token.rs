@@ -264,8 +264,10 @@ fn invalid_token(message: &str) -> ApiError {
 
 /// The caller, from a verified `Authorization: Bearer <access token>`.
 ///
-/// Extracting it rejects with 401 before the handler runs, and records the
-/// user id on the request's log span.
+/// Extracting it rejects with 401 before the handler runs (and with 403
+/// `key_not_allowed` for an API key: routes open to keys take
+/// `UserOrKey` of the keys module), and records the user id on the request's
+/// log span.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthUser {
     /// User id (`sub`).
@@ -274,8 +276,10 @@ pub struct AuthUser {
     pub username: String,
     /// Email.
     pub email: String,
-    /// Role.
+    /// Role (`enduser` at most for a key's caller).
     pub role: Role,
+    /// The API key the request came with (`None`: an access token).
+    pub key: Option<KeyGrant>,
 }
 
 impl AuthUser {
@@ -326,6 +330,7 @@ impl From<AccessClaims> for AuthUser {
             username: c.username,
             email: c.email,
             role: c.role,
+            key: None,
         }
     }
 }
@@ -334,7 +339,7 @@ impl From<AccessClaims> for AuthUser {
 pub fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
     let missing = || ApiError::Unauthorized {
         code: "missing_token",
-        message: "an Authorization: Bearer <access token> header is required".into(),
+        message: "an Authorization: Bearer <access token or API key> header is required".into(),
     };
     let value = parts.headers.get(AUTHORIZATION).ok_or_else(missing)?;
     let value = value.to_str().map_err(|_| missing())?;
@@ -354,7 +359,11 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let keys = JwtKeys::from_ref(state);
-        let claims = keys.verify_access(bearer_token(parts)?)?;
+        let bearer = bearer_token(parts)?;
+        if looks_like_key(bearer) {
+            return Err(key_not_allowed());
+        }
+        let claims = keys.verify_access(bearer)?;
         // An id the stores cannot hold is no identity (only a token signed
         // with our secret can carry one, but it is checked all the same).
         if crate::ids::check_id(&claims.sub).as_deref() != Ok(claims.sub.as_str()) {
@@ -362,6 +371,46 @@ where
         }
         tracing::Span::current().record("user_id", claims.sub.as_str());
         Ok(claims.into())
+    }
+}
+
+// ---------------------------------------------------------------- API keys
+// What an access token's extractor must know of API keys (the rest is
+// keys module).
+
+/// What every key starts with.
+pub const KEY_PREFIX: &str = "fgw_";
+/// Whether a bearer credential is shaped as an API key (a JWT never starts
+/// with `fgw_`: its first part is base64url of `{"`).
+pub fn looks_like_key(bearer: &str) -> bool {
+    bearer.starts_with(KEY_PREFIX)
+}
+
+/// What a key allows, carried by the [`AuthUser`] it acts as (README §11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyGrant {
+    /// The key's id.
+    pub id: uuid::Uuid,
+    /// The chatflows it may use (`None`: every one its user may use).
+    pub chatflows: Option<Vec<String>>,
+    /// Credits it may spend in a calendar month (UTC).
+    pub monthly_credit_limit: Option<i64>,
+}
+
+impl KeyGrant {
+    /// Whether the key may use `chatflow`.
+    pub fn allows(&self, chatflow: &str) -> bool {
+        self.chatflows
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|c| c == chatflow))
+    }
+}
+
+/// 403 `key_not_allowed`: a route a key may not call.
+pub fn key_not_allowed() -> ApiError {
+    ApiError::Forbidden {
+        code: "key_not_allowed",
+        message: "an API key cannot be used for this route; sign in and use an access token".into(),
     }
 }
 
@@ -542,6 +591,7 @@ mod tests {
             username: "ann".into(),
             email: "a@x.io".into(),
             role: Role::Supervisor,
+            key: None,
         };
         assert!(user.require_role(&[Role::Admin, Role::Supervisor]).is_ok());
         let err = user.require_admin().unwrap_err();

@@ -28,6 +28,8 @@ pub struct UsageRecord {
     /// Free-form details (tokens, latency, session...).
     #[schema(value_type = Object)]
     pub metadata: Value,
+    /// The API key the prediction was made with, if any.
+    pub api_key_id: Option<Uuid>,
     /// When.
     pub created_at: DateTime<Utc>,
 }
@@ -75,7 +77,7 @@ fn check_record(
     Ok(())
 }
 
-/// Stores one usage record.
+/// Stores one usage record (made with the API key `api_key_id`, if any).
 pub async fn record_usage(
     conn: &mut PgConnection,
     user_id: &str,
@@ -83,20 +85,22 @@ pub async fn record_usage(
     operation: &str,
     credits: i64,
     metadata: Value,
+    api_key_id: Option<Uuid>,
 ) -> Result<UsageRecord, ApiError> {
     check_text("userId", user_id, 128)?;
     check_record(service, operation, credits, &metadata)?;
     Ok(sqlx::query_as!(
         UsageRecord,
-        "INSERT INTO usage_logs (id, user_id, service, operation, credits, metadata)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         RETURNING id, user_id, service, operation, credits, metadata, created_at",
+        "INSERT INTO usage_logs (id, user_id, service, operation, credits, metadata, api_key_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         RETURNING id, user_id, service, operation, credits, metadata, api_key_id, created_at",
         Uuid::now_v7(),
         user_id,
         service,
         operation,
         credits,
-        metadata
+        metadata,
+        api_key_id
     )
     .fetch_one(conn)
     .await?)
@@ -149,6 +153,22 @@ pub struct ByUser {
     pub credits: i64,
 }
 
+/// A report's group by API key (records made with a token are not in it).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ByKey {
+    /// The key.
+    pub key_id: Uuid,
+    /// `fgw_` and its public id (`null` when the key is gone).
+    pub prefix: Option<String>,
+    /// Its name (`null` when the key is gone).
+    pub name: Option<String>,
+    /// Records.
+    pub records: i64,
+    /// Credits (saturating at 2^53 − 1).
+    pub credits: i64,
+}
+
 /// Usage statistics over a range.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -167,6 +187,8 @@ pub struct Stats {
     pub by_day: Vec<ByDay>,
     /// By chatflow, most credits first.
     pub by_chatflow: Vec<ByChatflow>,
+    /// By API key, most credits first.
+    pub by_key: Vec<ByKey>,
     /// The ten latest records.
     pub recent: Vec<UsageRecord>,
     /// The top users (system statistics only).
@@ -199,9 +221,11 @@ pub async fn stats(
     let by_service = by_service(conn, user_id, range).await?;
     let by_day = by_day(conn, user_id, range).await?;
     let by_chatflow = by_chatflow(conn, user_id, range).await?;
+    let by_key = by_key(conn, user_id, range).await?;
     let recent = sqlx::query_as!(
         UsageRecord,
-        "SELECT id, user_id, service, operation, credits, metadata, created_at FROM usage_logs
+        "SELECT id, user_id, service, operation, credits, metadata, api_key_id, created_at
+           FROM usage_logs
           WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
           ORDER BY created_at DESC, id DESC LIMIT 10",
         from,
@@ -222,6 +246,7 @@ pub async fn stats(
         by_service,
         by_day,
         by_chatflow,
+        by_key,
         recent,
         by_user,
     })
@@ -306,6 +331,29 @@ async fn by_chatflow(
         credits: r.credits.unwrap_or(0),
     })
     .collect())
+}
+
+async fn by_key(
+    conn: &mut PgConnection,
+    user_id: Option<&str>,
+    range: &DateRange,
+) -> Result<Vec<ByKey>, ApiError> {
+    Ok(sqlx::query_as!(
+        ByKey,
+        r#"SELECT u.api_key_id AS "key_id!", 'fgw_' || k.public_id AS prefix, k.name,
+                  COUNT(*) AS "records!",
+                  LEAST(SUM(u.credits), 9007199254740991)::bigint AS "credits!"
+             FROM usage_logs u LEFT JOIN api_keys k ON k.id = u.api_key_id
+            WHERE u.created_at >= $1 AND u.created_at < $2 AND u.api_key_id IS NOT NULL
+              AND ($3::text IS NULL OR u.user_id = $3)
+            GROUP BY u.api_key_id, k.public_id, k.name
+            ORDER BY 5 DESC, 1 LIMIT 100"#,
+        range.from,
+        range.to,
+        user_id
+    )
+    .fetch_all(conn)
+    .await?)
 }
 
 async fn by_user(conn: &mut PgConnection, range: &DateRange) -> Result<Vec<ByUser>, ApiError> {
@@ -395,7 +443,8 @@ pub fn export_csv(
             .unwrap_or((None, None));
         let rows: Result<Vec<UsageRecord>, sqlx::Error> = sqlx::query_as!(
             UsageRecord,
-            "SELECT id, user_id, service, operation, credits, metadata, created_at FROM usage_logs
+            "SELECT id, user_id, service, operation, credits, metadata, api_key_id, created_at
+           FROM usage_logs
               WHERE created_at >= $1 AND created_at < $2
                 AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))
               ORDER BY created_at, id LIMIT $5",

@@ -186,7 +186,10 @@ async fn deduct_never_overdraws_under_concurrency() {
         for task in tasks {
             match task.await.unwrap() {
                 Ok(_) => ok += 1,
-                Err(ApiError::InsufficientCredits { .. }) => {}
+                Err(ApiError::PaymentRequired {
+                    code: "insufficient_credits",
+                    ..
+                }) => {}
                 Err(other) => panic!("unexpected error: {other:?}"),
             }
         }
@@ -322,6 +325,7 @@ async fn an_insufficient_balance_changes_nothing() {
             username: "nobody".into(),
             email: "n@x.io".into(),
             role: Role::Enduser,
+            key: None,
         },
     )
     .await
@@ -641,6 +645,7 @@ async fn an_account_is_created_once_under_concurrent_first_requests() {
                     username: format!("name{}", i % 2),
                     email: "new@example.com".into(),
                     role: Role::Enduser,
+                    key: None,
                 };
                 ensure_account(&mut conn, &user).await
             })

@@ -1,4 +1,4 @@
-//! Every route of README §5–§8 is registered on its function and answers in
+//! Every route of README §5–§8 and §11 is registered on its function and answers in
 //! the error format through Lambda, never 404/405 (and never a fake
 //! success: without a token or body every one of them is an error).
 #![allow(clippy::too_many_lines)] // Tests read top to bottom.
@@ -39,6 +39,12 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("credits", "POST", "/api/streaming-sessions/finalize"),
     ("credits", "POST", "/api/streaming-sessions/abort"),
     ("credits", "GET", "/api/streaming-sessions/active"),
+    ("credits", "POST", "/api/keys"),
+    ("credits", "GET", "/api/keys"),
+    ("credits", "DELETE", "/api/keys/{id}"),
+    ("credits", "GET", "/api/admin/keys"),
+    ("credits", "DELETE", "/api/admin/keys/{id}"),
+    ("credits", "PUT", "/api/admin/users/{id}/limits"),
     ("usage", "POST", "/api/usage/record"),
     ("usage", "GET", "/api/usage/stats"),
     ("usage", "GET", "/api/usage/stats/{userId}"),

@@ -3,13 +3,16 @@
 
 use axum::extract::FromRef;
 use axum::Router;
-use shared::config::{self, AdminBootstrap, ConfigError, Env, JwtConfig, MongoConfig, SmtpConfig};
+use shared::config::{
+    self, AdminBootstrap, ConfigError, Env, JwtConfig, MongoConfig, PostgresConfig, SmtpConfig,
+};
 use shared::db::mongo::{self, IndexGuard, MongoStores};
 use shared::http::{finish, require_indexes, HealthChecks};
 use shared::token::JwtKeys;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub mod accounts;
 pub mod bootstrap;
 pub mod guard;
 pub mod mail;
@@ -26,6 +29,9 @@ pub struct Config {
     pub jwt: JwtConfig,
     /// Accounts database.
     pub mongo: MongoConfig,
+    /// The ledger's database (`DATABASE_URL`): the auth function keeps the
+    /// users' records there current and revokes their API keys.
+    pub postgres: PostgresConfig,
     /// Outgoing mail.
     pub smtp: SmtpConfig,
     /// `APP_BASE_URL`: base of links in mails.
@@ -47,6 +53,7 @@ impl Config {
         Ok(Config {
             jwt: JwtConfig::from_env(env)?,
             mongo: MongoConfig::from_env(env)?,
+            postgres: PostgresConfig::from_env(env)?,
             smtp: SmtpConfig::from_env(env)?,
             app_base_url: config::app_base_url(env)?,
             admin: AdminBootstrap::from_env(env)?,
@@ -73,6 +80,8 @@ pub struct AppState {
     pub jwt: JwtKeys,
     /// MongoDB.
     pub mongo: MongoStores,
+    /// PostgreSQL: the users' records and API keys (connected on first use).
+    pub pg: sqlx::PgPool,
     /// The `auth` indexes (usernames and emails unique), retried until made.
     pub indexes: IndexGuard,
     /// The `auth` collections.
@@ -102,6 +111,7 @@ impl AppState {
             indexes,
             store: store::AuthStore::new(stores.auth.clone()),
             mongo: stores,
+            pg: shared::db::postgres::connect_lazy(&config.postgres)?,
             mailer: mail::Mailer::new(&config.smtp, &config.app_base_url)?,
             mail_floor: config.mail_floor,
         };

@@ -13,6 +13,11 @@ fn limits() -> Limits {
     Limits {
         max_upload_bytes: 1024,
         reservation_ttl: Duration::from_secs(900),
+        rate: shared::config::RateLimits {
+            per_minute: 10_000,
+            concurrent: 100,
+            running_for: Duration::from_secs(150),
+        },
     }
 }
 

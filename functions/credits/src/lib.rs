@@ -7,6 +7,7 @@ use shared::http::finish;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub mod keys;
 pub mod routes;
 
 /// What the function reads from its environment: the JWT secrets and
@@ -32,6 +33,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::finalize))
         .routes(routes!(routes::abort))
         .routes(routes!(routes::active))
+        .routes(routes!(keys::create_key, keys::list_keys))
+        .routes(routes!(keys::revoke_key))
+        .routes(routes!(keys::admin_list_keys))
+        .routes(routes!(keys::admin_revoke_key))
+        .routes(routes!(keys::put_limits))
 }
 
 /// The function's description.

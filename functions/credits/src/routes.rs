@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::error::{double_option, from_json_value, ApiError, JsonBody, PathParams, QueryParams};
 use shared::ids::{ChatflowId, ReservationId, UserId};
+use shared::keys::UserOrKey;
 use shared::ledger::accounts::ensure_account;
 use shared::ledger::idempotency::{self, Begun, RequestKey};
 use shared::ledger::queries::{self, Balance, EntryFilter, EntryRecord};
@@ -117,7 +118,7 @@ pub struct TotalBody {
 /// The caller's balance and the allocations holding it.
 #[utoipa::path(get, path = "/api/credits/balance", tag = "credits",
     responses((status = 200, description = "Spendable credits and the allocations holding them", body = Balance), ApiErrors))]
-pub async fn balance(State(state): State<AppState>, user: AuthUser) -> Answer<Balance> {
+pub async fn balance(State(state): State<AppState>, UserOrKey(user): UserOrKey) -> Answer<Balance> {
     let mut conn = state.pg.acquire().await?;
     ensure_account(&mut conn, &user).await?;
     let balance = queries::balance(&mut conn, &user.user_id()).await?;
@@ -127,7 +128,10 @@ pub async fn balance(State(state): State<AppState>, user: AuthUser) -> Answer<Ba
 /// The caller's spendable total.
 #[utoipa::path(get, path = "/api/credits/total-balance", tag = "credits",
     responses((status = 200, description = "Spendable credits", body = TotalBody), ApiErrors))]
-pub async fn total_balance(State(state): State<AppState>, user: AuthUser) -> Answer<TotalBody> {
+pub async fn total_balance(
+    State(state): State<AppState>,
+    UserOrKey(user): UserOrKey,
+) -> Answer<TotalBody> {
     let mut conn = state.pg.acquire().await?;
     ensure_account(&mut conn, &user).await?;
     let total_credits = queries::total_balance(&mut conn, &user.user_id()).await?;
@@ -516,7 +520,7 @@ pub struct TransactionsBody {
     responses((status = 200, description = "A page of the history, newest first", body = TransactionsBody), ApiErrors))]
 pub async fn transactions(
     State(state): State<AppState>,
-    user: AuthUser,
+    UserOrKey(user): UserOrKey,
     QueryParams(q): QueryParams<TransactionsQuery>,
 ) -> Answer<TransactionsBody> {
     let (page, limit) = PageParams {

@@ -15,10 +15,10 @@ use serde_json::Value;
 use shared::error::{ApiError, JsonBody};
 use shared::flowise::StreamStart;
 use shared::http::{finish, RequestId};
+use shared::keys::UserOrKey;
 use shared::openapi::{ApiErrors, IdempotencyKeyHeader};
 use shared::prediction::stream::{events_of_json, relay_stream, replay_frames};
 use shared::prediction::{self, PredictBody, PredictRequest, Start};
-use shared::token::AuthUser;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -61,7 +61,7 @@ pub fn router(state: AppState) -> Router {
     responses((status = 200, description = "`event: session|start|token|metadata|sourceDocuments|usedTools|end|error` frames", content_type = "text/event-stream", body = String), ApiErrors))]
 pub async fn predict_stream(
     State(state): State<AppState>,
-    user: AuthUser,
+    UserOrKey(user): UserOrKey,
     Extension(RequestId(request_id)): Extension<RequestId>,
     headers: HeaderMap,
     JsonBody(raw): JsonBody<Value>,

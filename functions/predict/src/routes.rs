@@ -16,6 +16,7 @@ use shared::chat::sessions::{self, MessageView, SessionView};
 use shared::error::{ApiError, JsonBody, PathParams, QueryParams};
 use shared::http::{RequestArrival, RequestId};
 use shared::ids::{ChatSessionId, ChatflowId};
+use shared::keys::UserOrKey;
 use shared::openapi::{ApiErrors, IdempotencyKeyHeader, PageQuery};
 use shared::prediction::{
     self, PredictBody, PredictRequest, PredictionAnswer, Start, FINISH_MARGIN,
@@ -53,7 +54,7 @@ pub struct ChatflowBody {
     responses((status = 200, description = "The chatflows this user may use", body = ChatflowsBody), ApiErrors))]
 pub async fn list_chatflows(
     State(state): State<AppState>,
-    user: AuthUser,
+    UserOrKey(user): UserOrKey,
 ) -> Answer<ChatflowsBody> {
     let flows = chatflows::list_for(&state.mongo.chat, &user).await?;
     let chatflows = flows.iter().map(chatflows::ChatflowDoc::view).collect();
@@ -66,7 +67,7 @@ pub async fn list_chatflows(
     responses((status = 200, description = "One chatflow", body = ChatflowBody), ApiErrors))]
 pub async fn get_chatflow(
     State(state): State<AppState>,
-    user: AuthUser,
+    UserOrKey(user): UserOrKey,
     PathParams(id): PathParams<ChatflowId>,
 ) -> Answer<ChatflowBody> {
     let flow = chatflows::usable(&state.mongo.chat, &id, &user).await?;
@@ -92,7 +93,7 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
     responses((status = 200, description = "The answer, paid for and stored", body = PredictionAnswer), ApiErrors))]
 pub async fn predict(
     State(state): State<AppState>,
-    user: AuthUser,
+    UserOrKey(user): UserOrKey,
     Extension(RequestId(request_id)): Extension<RequestId>,
     Extension(RequestArrival(arrival)): Extension<RequestArrival>,
     headers: HeaderMap,
@@ -133,7 +134,7 @@ pub struct SessionsBody {
     responses((status = 200, description = "The user's sessions", body = SessionsBody), ApiErrors))]
 pub async fn list_sessions(
     State(state): State<AppState>,
-    user: AuthUser,
+    UserOrKey(user): UserOrKey,
     QueryParams(page): QueryParams<PageParams>,
 ) -> Answer<SessionsBody> {
     let (page, limit) = page.resolve()?;
@@ -166,7 +167,7 @@ pub struct MessagesBody {
     responses((status = 200, description = "The session's messages, oldest first", body = MessagesBody), ApiErrors))]
 pub async fn list_messages(
     State(state): State<AppState>,
-    user: AuthUser,
+    UserOrKey(user): UserOrKey,
     PathParams(id): PathParams<ChatSessionId>,
     QueryParams(page): QueryParams<PageParams>,
 ) -> Answer<MessagesBody> {
@@ -188,7 +189,7 @@ pub async fn list_messages(
     responses((status = 204, description = "Deleted with its messages and files"), ApiErrors))]
 pub async fn delete_session(
     State(state): State<AppState>,
-    user: AuthUser,
+    UserOrKey(user): UserOrKey,
     PathParams(id): PathParams<ChatSessionId>,
 ) -> Result<StatusCode, ApiError> {
     sessions::owned(&state.mongo.chat, &id, &user.id).await?;
@@ -253,7 +254,7 @@ async fn multipart_file(
     responses((status = 201, description = "Stored", body = FileView), ApiErrors))]
 pub async fn upload_file(
     State(state): State<AppState>,
-    user: AuthUser,
+    UserOrKey(user): UserOrKey,
     request: Request,
 ) -> Answer<FileView> {
     let multipart = request
@@ -294,7 +295,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     responses((status = 200, description = "The bytes, with their content type", content_type = "application/octet-stream", body = shared::openapi::Binary), ApiErrors))]
 pub async fn get_file(
     State(state): State<AppState>,
-    user: AuthUser,
+    UserOrKey(user): UserOrKey,
     PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let file = files::owned(&state.mongo.chat, &id, &user.id).await?;
@@ -322,7 +323,7 @@ pub async fn get_file(
     responses((status = 204, description = "Deleted"), ApiErrors))]
 pub async fn delete_file(
     State(state): State<AppState>,
-    user: AuthUser,
+    UserOrKey(user): UserOrKey,
     PathParams(id): PathParams<String>,
 ) -> Result<StatusCode, ApiError> {
     files::owned(&state.mongo.chat, &id, &user.id).await?;

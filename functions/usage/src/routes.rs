@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use shared::error::{ApiError, JsonBody, PathParams, QueryParams};
 use shared::ids::UserId;
+use shared::keys::UserOrKey;
 use shared::openapi::{ApiErrors, RangeQuery as RangeParams};
 use shared::query::DateRange;
 use shared::token::{AuthUser, Role};
@@ -60,6 +61,7 @@ pub async fn record(
         req.credits,
         req.metadata
             .unwrap_or_else(|| Value::Object(Default::default())),
+        None,
     )
     .await?;
     Ok((StatusCode::CREATED, Json(record)))
@@ -94,7 +96,7 @@ async fn stats_for(
     responses((status = 200, description = "Usage statistics over the range", body = Stats), ApiErrors))]
 pub async fn my_stats(
     State(state): State<AppState>,
-    user: AuthUser,
+    UserOrKey(user): UserOrKey,
     QueryParams(q): QueryParams<RangeQuery>,
 ) -> Answer<Stats> {
     stats_for(&state, Some(&user.id), &q, false).await

@@ -225,12 +225,13 @@ pub async fn find(db: &Database, chatflow_id: &str) -> Result<Option<ChatflowDoc
 }
 
 /// The chatflow `user` is about to use: 404 when unknown or removed, 403
-/// when the user may not use it.
+/// when the user (or the API key they came with) may not use it.
 pub async fn usable(
     db: &Database,
     chatflow_id: &str,
     user: &AuthUser,
 ) -> Result<ChatflowDoc, ApiError> {
+    crate::keys::require_chatflow(user, chatflow_id)?;
     let flow = find(db, chatflow_id)
         .await?
         .filter(|f| !f.removed)
@@ -243,9 +244,10 @@ pub async fn usable(
     Ok(flow)
 }
 
-/// The chatflows `user` may use, by name.
+/// The chatflows `user` may use (through the key they came with, when
+/// they did), by name.
 pub async fn list_for(db: &Database, user: &AuthUser) -> Result<Vec<ChatflowDoc>, ApiError> {
-    let filter = if user.role == Role::Admin {
+    let mut filter = if user.role == Role::Admin {
         doc! {"removed": false}
     } else {
         doc! {"removed": false, "$or": [
@@ -253,6 +255,9 @@ pub async fn list_for(db: &Database, user: &AuthUser) -> Result<Vec<ChatflowDoc>
             {"allowed_users": {"$in": [&user.id, user.email.to_lowercase()]}},
         ]}
     };
+    if let Some(only) = user.key.as_ref().and_then(|k| k.chatflows.as_ref()) {
+        filter.insert("chatflow_id", doc! {"$in": only});
+    }
     crate::db::mongo::collect_all(collection(db).find(filter).sort(doc! {"name": 1}).await?)
         .await
         .map_err(Into::into)

@@ -22,11 +22,13 @@
 //!              ↑    ← reservations ← sweep
 //!              ↑    ← idempotency  ←┘
 //! accounts, queries: types and primitives only
+//! limits: types, primitives and accounts
 //! ```
 
 pub mod accounts;
 pub mod changes;
 pub mod idempotency;
+pub mod limits;
 pub mod primitives;
 pub mod queries;
 pub mod reservations;

@@ -160,8 +160,8 @@ pub async fn insert_entry(
     sqlx::query!(
         "INSERT INTO credit_transactions
             (id, user_id, type, amount, balance_after, actor_id, description, reference,
-             idempotency_key, allocation_id, streaming_session_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             idempotency_key, allocation_id, streaming_session_id, api_key_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         id,
         user.as_str(),
         kind.as_str(),
@@ -173,6 +173,7 @@ pub async fn insert_entry(
         meta.idempotency_key,
         allocation_id,
         meta.reservation_id,
+        meta.api_key_id,
     )
     .execute(&mut **tx)
     .await?;

@@ -165,13 +165,15 @@ pub async fn reserve(
 
 /// The gateway's reservation for a prediction, on the account the caller
 /// has `locked` (with the account's record, in one statement: see
-/// [`super::accounts::lock_from_claims`]): 402 unless the balance covers
-/// `minimum` (the part of the price known before the answer); else holds
-/// `wanted` capped at the balance (never below `minimum`). `id` is fresh
-/// (the answer's message id).
+/// [`super::accounts::lock_from_claims`]) and checked against the limits
+/// ([`super::limits::check`], which gives the key's `allowance`): 402
+/// `insufficient_credits` unless the balance covers `minimum` (the part of
+/// the price known before the answer), 402 `key_limit_reached` unless the
+/// allowance does; else holds `wanted` capped at both (never below
+/// `minimum`). `id` is fresh (the answer's message id).
 pub async fn reserve_prediction(
     tx: &mut Tx<'_>,
-    (user, locked): (&UserId, Locked),
+    (user, locked, allowance): (&UserId, Locked, Option<i64>),
     id: &ReservationId,
     chatflow: &ChatflowId,
     (minimum, wanted): (Credits, Credits),
@@ -184,7 +186,14 @@ pub async fn reserve_prediction(
             available: total,
         });
     }
-    let amount = wanted.get().min(total).max(minimum.get());
+    let cap = allowance.map_or(total, |left| left.min(total));
+    if let Some(left) = allowance.filter(|left| *left < minimum.get()) {
+        return Err(LedgerError::KeyLimit {
+            needed: minimum.get(),
+            allowance: left,
+        });
+    }
+    let amount = wanted.get().min(cap).max(minimum.get());
     let hold = Hold {
         user,
         id,
@@ -220,14 +229,16 @@ impl Hold<'_> {
         let (entry, _) = debit_locked(tx, self.user, total, amount, kind, &meta).await?;
         sqlx::query!(
             "INSERT INTO streaming_sessions
-                (session_id, user_id, chatflow_id, reserved_credits, reservation_transaction_id, origin)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+                (session_id, user_id, chatflow_id, reserved_credits, reservation_transaction_id,
+                 origin, api_key_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
             self.id.as_str(),
             self.user.as_str(),
             self.chatflow.as_str(),
             amount,
             entry,
             self.origin.as_str(),
+            meta.api_key_id,
         )
         .execute(&mut **tx)
         .await
@@ -309,26 +320,28 @@ async fn charge_late(
 ) -> Result<SessionOutcome, LedgerError> {
     let total = begin_change(tx, user).await?;
     let taken = charge.get().min(total);
-    if taken > 0 {
-        let meta = EntryMeta {
-            actor_id: Some("system"),
-            description: Some("prediction charged after its reservation was settled elsewhere"),
-            reservation_id: Some(id.as_str()),
-            ..EntryMeta::default()
-        };
-        debit_locked(tx, user, total, taken, EntryKind::Deduction, &meta).await?;
-    }
     let shortfall = charge.get() - taken;
-    let status = sqlx::query_scalar!(
+    let row = sqlx::query!(
         "UPDATE streaming_sessions
             SET charged_credits = charged_credits + $2, shortfall_credits = shortfall_credits + $3
-          WHERE session_id = $1 RETURNING status",
+          WHERE session_id = $1 RETURNING status, api_key_id",
         id.as_str(),
         taken,
         shortfall
     )
     .fetch_one(&mut **tx)
     .await?;
+    if taken > 0 {
+        let meta = EntryMeta {
+            actor_id: Some("system"),
+            description: Some("prediction charged after its reservation was settled elsewhere"),
+            reservation_id: Some(id.as_str()),
+            api_key_id: row.api_key_id,
+            ..EntryMeta::default()
+        };
+        debit_locked(tx, user, total, taken, EntryKind::Deduction, &meta).await?;
+    }
+    let status = row.status;
     if shortfall > 0 {
         tracing::error!(reservation = %id, shortfall, "a late prediction charge was short");
     }
@@ -364,7 +377,7 @@ pub(crate) async fn settle_locked(
 ) -> Result<SessionOutcome, LedgerError> {
     let row = sqlx::query!(
         "SELECT user_id, reserved_credits, charged_credits, refunded_credits, shortfall_credits,
-                status, reservation_transaction_id
+                status, reservation_transaction_id, api_key_id
            FROM streaming_sessions WHERE session_id = $1 FOR UPDATE",
         id.as_str()
     )
@@ -392,6 +405,7 @@ pub(crate) async fn settle_locked(
         actor_id: Some(actor),
         reservation_id: Some(id.as_str()),
         description: Some(how.description()),
+        api_key_id: row.api_key_id,
         ..EntryMeta::default()
     };
     let charged = charge_reservation(tx, &held, balance, charge.get(), &meta).await?;

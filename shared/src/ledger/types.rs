@@ -236,6 +236,8 @@ pub struct EntryMeta<'a> {
     pub idempotency_key: Option<&'a str>,
     /// The reservation the change belongs to.
     pub reservation_id: Option<&'a str>,
+    /// The API key the change was made with.
+    pub api_key_id: Option<uuid::Uuid>,
 }
 
 /// Why a ledger operation refused or failed. None names a request field;
@@ -243,7 +245,7 @@ pub struct EntryMeta<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     /// The balance does not cover the amount.
-    #[error("{needed} credits needed, {available} available")]
+    #[error("insufficient credits: {needed} credits needed, {available} available")]
     Insufficient {
         /// Credits the change needs.
         needed: i64,
@@ -286,6 +288,27 @@ pub enum LedgerError {
     /// The reservation id is in use with other values.
     #[error("streaming session {0} already exists with other values")]
     ReservationTaken(ReservationId),
+    /// The account is disabled or deleted.
+    #[error("this account is disabled")]
+    AccountDisabled,
+    /// A rate limit is reached.
+    #[error("{message}")]
+    RateLimited {
+        /// Which limit, for a person.
+        message: String,
+        /// Seconds until a slot frees.
+        retry_after: u64,
+    },
+    /// The API key's monthly allowance does not cover the amount.
+    #[error(
+        "this API key's monthly credit limit is reached: {needed} credits needed, {allowance} left this month"
+    )]
+    KeyLimit {
+        /// Credits the change needs.
+        needed: i64,
+        /// What the key may still spend this month.
+        allowance: i64,
+    },
     /// The database failed.
     #[error(transparent)]
     Store(#[from] sqlx::Error),
@@ -311,7 +334,23 @@ impl From<LedgerError> for ApiError {
     fn from(err: LedgerError) -> ApiError {
         let message = err.to_string();
         match err {
-            LedgerError::Insufficient { .. } => ApiError::InsufficientCredits { message },
+            LedgerError::Insufficient { .. } => ApiError::PaymentRequired {
+                code: "insufficient_credits",
+                message,
+            },
+            LedgerError::KeyLimit { .. } => ApiError::PaymentRequired {
+                code: "key_limit_reached",
+                message,
+            },
+            LedgerError::AccountDisabled => ApiError::Forbidden {
+                code: "account_disabled",
+                message,
+            },
+            LedgerError::RateLimited { retry_after, .. } => ApiError::TooManyRequests {
+                code: "rate_limited",
+                message,
+                retry_after: Some(retry_after),
+            },
             LedgerError::BalanceLimit { .. } => ApiError::Unprocessable {
                 code: "balance_limit",
                 message,

@@ -30,6 +30,7 @@ use crate::flowise::{FlowiseError, Prediction, PredictionRequest, TokenUsage};
 use crate::ids::{ChatSessionId, ChatflowId, ReservationId, UserId};
 use crate::ledger::accounts::lock_from_claims;
 use crate::ledger::idempotency::{self, RequestKey, StoredKey};
+use crate::ledger::limits;
 use crate::ledger::reservations::{self, Settlement};
 use crate::ledger::{Charge, Credits, EntryMeta};
 use crate::pricing::{self, estimate_tokens, PricingRule};
@@ -190,6 +191,8 @@ pub struct Prepared {
     pub file_ids: Vec<String>,
     /// The claimed `Idempotency-Key`, completed with the settlement.
     pub key: Option<RequestKey>,
+    /// The API key the prediction came with.
+    pub api_key_id: Option<uuid::Uuid>,
     /// When the work started.
     pub started: Instant,
 }
@@ -325,6 +328,7 @@ pub async fn prepare(
 ) -> Result<Start, ApiError> {
     let started = Instant::now();
     let PredictRequest { body, key } = request;
+    crate::keys::require_chatflow(user, body.chatflow_id.as_str())?;
     let user_id = user.user_id();
     if let Some(answer) = stored_for(state, &user_id, key.as_ref()).await? {
         return Ok(Start::Replay(Box::new(answer)));
@@ -348,18 +352,14 @@ pub async fn prepare(
         uploads: (uploads, file_ids),
     } = checked;
     let input_tokens = input_tokens(&body, &uploads);
-    let meta = EntryMeta {
-        actor_id: Some(&user.id),
-        idempotency_key: Some(request_id),
-        description: Some("prediction"),
-        reference: Some(&session.session_id),
-        ..EntryMeta::default()
-    };
+    let meta = reservation_meta(user, request_id, &session);
+    let (chatflow, rate) = (&body.chatflow_id, &state.limits.rate);
     let rule = reserve(
         opened,
         (user, &message_id),
-        &body.chatflow_id,
+        chatflow,
         input_tokens,
+        rate,
         &meta,
     )
     .await?;
@@ -376,8 +376,26 @@ pub async fn prepare(
         input_tokens,
         file_ids,
         key,
+        api_key_id: user.key.as_ref().map(|k| k.id),
         started,
     })))
+}
+
+/// What the reservation's entry records: the caller, the request, the
+/// session, and the API key when there is one.
+fn reservation_meta<'a>(
+    user: &'a AuthUser,
+    request_id: &'a str,
+    session: &'a SessionDoc,
+) -> EntryMeta<'a> {
+    EntryMeta {
+        actor_id: Some(&user.id),
+        idempotency_key: Some(request_id),
+        description: Some("prediction"),
+        reference: Some(&session.session_id),
+        api_key_id: user.key.as_ref().map(|k| k.id),
+        ..EntryMeta::default()
+    }
 }
 
 /// What step (4) sends to Flowise: the question in `session`, with the
@@ -555,23 +573,27 @@ async fn refuse<T>(tx: crate::ledger::Tx<'static>, refused: ApiError) -> Result<
     Err(refused)
 }
 
-/// Step (3b): records and locks the account, reserves the price of
-/// `input_tokens` as the gateway's (402 when the balance does not cover the
-/// known part of the price), and commits; a refusal rolls back at once.
-/// Returns the rule applied.
+/// Step (3b): records and locks the account, checks the limits (403 for
+/// a disabled account, 429 past a rate limit), reserves the price of
+/// `input_tokens` as the gateway's (402 when the balance or the key's
+/// allowance does not cover the known part of the price), and commits; a
+/// refusal rolls back at once. Returns the rule applied.
 async fn reserve(
     opened: Opened,
     (user, message_id): (&AuthUser, &ReservationId),
     chatflow: &ChatflowId,
     input_tokens: i64,
+    rate: &crate::config::RateLimits,
     meta: &EntryMeta<'_>,
 ) -> Result<PricingRule, ApiError> {
     let Opened { mut tx, rule } = opened;
     let user_id = user.user_id();
     let reserved = async {
         let amounts = reservation_amounts(&rule, input_tokens)?;
-        let locked = lock_from_claims(&mut tx, user).await?;
-        let account = (&user_id, locked);
+        let account = lock_from_claims(&mut tx, user).await?;
+        let key = user.key.as_ref();
+        let allowance = limits::check(&mut tx, &user_id, &account, rate, key).await?;
+        let account = (&user_id, account.locked, allowance);
         reservations::reserve_prediction(&mut tx, account, message_id, chatflow, amounts, meta)
             .await?;
         Ok::<_, ApiError>(())
@@ -748,7 +770,8 @@ async fn settle(
     let metadata = prepared.usage_metadata(outcome, latency_ms);
     let charged = settled.charged_credits;
     let flow = prepared.chatflow_id.as_str();
-    crate::usage::record_usage(&mut tx, user, "chat", flow, charged, metadata).await?;
+    let key = prepared.api_key_id;
+    crate::usage::record_usage(&mut tx, user, "chat", flow, charged, metadata, key).await?;
     let answer = prepared.answer(outcome, charged, settled.balance_after);
     if let Some(key) = &prepared.key {
         if outcome.failure.is_some() && charged == 0 {

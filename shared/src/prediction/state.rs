@@ -62,6 +62,12 @@ impl FromRef<PredictState> for JwtKeys {
     }
 }
 
+impl FromRef<PredictState> for sqlx::PgPool {
+    fn from_ref(state: &PredictState) -> Self {
+        state.pg.clone()
+    }
+}
+
 impl PredictState {
     /// Builds the clients without waiting for the servers (they connect on
     /// first use; migrations run at cold start only with `MIGRATE_ON_START`);

@@ -137,6 +137,7 @@ pub async fn signup(
     let password = Password::parse("password", &body.password)?;
     let user = new_user(&username, &email, &password, Role::Enduser, false).await?;
     state.store.insert_user(&user).await?;
+    crate::accounts::record_after(&state, &user).await;
     tracing::info!(user_id = %user.id, "account created");
     send_verification(&state, &user, &user.email).await?;
     let answer = SignedUp {
@@ -256,7 +257,8 @@ async fn prove_address(state: &AppState, used: &CodeDoc) -> Result<(), ApiError>
             .store
             .confirm_pending_email(&user.id, &used.email)
             .await?;
-        if moved.is_some() {
+        if let Some(moved) = moved {
+            crate::accounts::record_after(state, &moved).await;
             tracing::info!(user_id = %user.id, "email address changed");
             return Ok(());
         }

@@ -13,6 +13,7 @@ use shared::token::{AuthUser, Role};
 
 use super::account::new_user;
 use super::{Answer, UserEnvelope, UserView};
+use crate::accounts::{self, rank, Change};
 use crate::store::UserDoc;
 use crate::AppState;
 
@@ -178,6 +179,7 @@ pub async fn create_user(
     )
     .await?;
     state.store.insert_user(&doc).await?;
+    accounts::record_after(&state, &doc).await;
     tracing::info!(created = %doc.id, role = doc.role.as_str(), "account created by an admin");
     Ok((
         StatusCode::CREATED,
@@ -203,18 +205,10 @@ fn last_admin() -> ApiError {
     }
 }
 
-/// How much a role may do, for telling a demotion.
-fn rank(role: Role) -> u8 {
-    match role {
-        Role::Admin => 2,
-        Role::Supervisor => 1,
-        Role::Enduser => 0,
-    }
-}
-
 /// `PATCH /api/admin/users/{id}` (admin): role, verification, disabling.
-/// Disabling or demoting ends the user's refresh tokens at once; access
-/// tokens already issued live out their 15 minutes. `isVerified` concerns
+/// Disabling or demoting revokes the user's API keys (first, in
+/// PostgreSQL) and ends their refresh tokens at once; access tokens
+/// already issued live out their 15 minutes. `isVerified` concerns
 /// the account's own address only, never a pending one.
 #[utoipa::path(patch, path = "/api/admin/users/{id}", tag = "auth",
     params(("id" = String, Path, description = "The user")),
@@ -262,7 +256,18 @@ pub async fn patch_user(
                 return Ok(target);
             }
             let demoted = body.role.is_some_and(|r| rank(r) < rank(target.role));
-            if demoted || (body.disabled == Some(true) && !target.disabled) {
+            let disables = body.disabled == Some(true) && !target.disabled;
+            let after = UserDoc {
+                role: body.role.unwrap_or(target.role),
+                disabled: body.disabled.unwrap_or(target.disabled),
+                ..target
+            };
+            let change = match demoted || disables {
+                true => Change::RevokeKeys,
+                false => Change::Record,
+            };
+            accounts::record(&state, &after, change, &user.id).await?;
+            if change == Change::RevokeKeys {
                 store.revoke_user_tokens(&id, None).await?;
             }
             store.update_user(&id, set).await
@@ -301,6 +306,7 @@ pub async fn delete_user(
             {
                 return Err(last_admin());
             }
+            accounts::record(&state, &target, Change::Delete, &user.id).await?;
             store.delete_user(&id).await
         })
         .await?;

@@ -112,6 +112,9 @@ pub async fn put_profile(
         }
     }
     let after = state.store.change_user(&user.id, set, unset).await?;
+    if after.username != before.username {
+        crate::accounts::record_after(&state, &after).await;
+    }
     if let Some(new) = pending {
         send_verification(&state, &after, new.as_str()).await?;
         tell_old_address(&state, &after, new.as_str()).await;

@@ -12,13 +12,14 @@ use bson::doc;
 use serde_json::json;
 use shared::config::{SmtpConfig, SmtpTls};
 use shared::db::mongo::IndexGuard;
-use shared::testing::{self, TestClient, TestMongo, TestResponse, TestSmtp};
+use shared::testing::{self, TestClient, TestMongo, TestPostgres, TestResponse, TestSmtp};
 
 pub struct App {
     pub client: TestClient,
     pub state: auth::AppState,
     pub smtp: TestSmtp,
     pub mongo: TestMongo,
+    pub pg: TestPostgres,
 }
 
 impl std::ops::Deref for App {
@@ -46,12 +47,13 @@ impl App {
 
     /// The function on `mongo`, answering mail routes after `mail_floor`.
     pub async fn on(mongo: TestMongo, mail_floor: Duration) -> App {
-        let smtp = TestSmtp::start().await;
+        let (smtp, pg) = tokio::join!(TestSmtp::start(), TestPostgres::new());
         let state = auth::AppState {
             jwt: testing::jwt_keys(),
             store: AuthStore::new(mongo.stores.auth.clone()),
             indexes: IndexGuard::new(mongo.stores.clone(), true, false),
             mongo: mongo.stores.clone(),
+            pg: pg.pool.clone(),
             mailer: Mailer::new(&smtp_config(smtp.port), "http://app.test").unwrap(),
             mail_floor,
         };
@@ -60,6 +62,7 @@ impl App {
             state,
             smtp,
             mongo,
+            pg,
         }
     }
 

@@ -59,6 +59,11 @@ impl App {
             limits: Limits {
                 max_upload_bytes: 64 * 1024,
                 reservation_ttl: Duration::from_secs(900),
+                rate: shared::config::RateLimits {
+                    per_minute: 10_000,
+                    concurrent: 100,
+                    running_for: Duration::from_secs(150),
+                },
             },
         };
         let app = App {
