@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::App;
 use serde_json::{json, Value};
 use shared::flowise_double::Behaviour;
-use shared::testing::call;
+use shared::testing::{call, TestResponse};
 use shared::token::Role;
 
 /// A key of `user` made through the credits function with `body`.
@@ -39,6 +39,31 @@ async fn count(app: &App, sql: &str, id: &str) -> i64 {
         .fetch_one(&app.pg.pool)
         .await
         .unwrap()
+}
+
+/// `n` buffered predictions of `body` sent at once with `credential`.
+async fn at_once(app: &App, credential: &str, body: &Value, n: usize) -> Vec<TestResponse> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (router, credential, body) =
+                (app.router.clone(), credential.to_owned(), body.clone());
+            tokio::spawn(async move {
+                call(
+                    &router,
+                    "POST",
+                    "/api/v1/chat/predict",
+                    Some(body),
+                    Some(&credential),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
 }
 
 async fn set_limits(app: &App, user: &str, per_minute: Option<i32>, concurrent: Option<i32>) {
@@ -153,24 +178,9 @@ async fn a_key_past_its_monthly_limit_is_402_and_concurrency_cannot_pass_it() {
     )
     .await;
     let body = json!({"chatflow_id": "flow-a", "question": "hi"});
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let (router, key, body) = (app.router.clone(), key.clone(), body.clone());
-            tokio::spawn(async move {
-                call(
-                    &router,
-                    "POST",
-                    "/api/v1/chat/predict",
-                    Some(body),
-                    Some(&key),
-                )
-                .await
-            })
-        })
-        .collect();
+    let answers = at_once(&app, &key, &body, 20).await;
     let mut ok = 0;
-    for task in tasks {
-        let res = task.await.unwrap();
+    for res in answers {
         match res.status.as_u16() {
             200 => ok += 1,
             _ => res.assert_error(402, "key_limit_reached"),
@@ -224,24 +234,9 @@ async fn past_the_per_minute_limit_predictions_are_429_with_retry_after_and_chan
     set_limits(&app, "u1", Some(5), None).await;
     let token = app.token("u1", Role::Enduser);
     let body = json!({"chatflow_id": "flow-a", "question": "hi"});
-    let tasks: Vec<_> = (0..12)
-        .map(|_| {
-            let (router, token, body) = (app.router.clone(), token.clone(), body.clone());
-            tokio::spawn(async move {
-                call(
-                    &router,
-                    "POST",
-                    "/api/v1/chat/predict",
-                    Some(body),
-                    Some(&token),
-                )
-                .await
-            })
-        })
-        .collect();
+    let answers = at_once(&app, &token, &body, 12).await;
     let (mut ok, mut limited) = (0, 0);
-    for task in tasks {
-        let res = task.await.unwrap();
+    for res in answers {
         if res.status == 200 {
             ok += 1;
         } else {
@@ -285,24 +280,9 @@ async fn past_the_concurrency_limit_predictions_are_429_and_a_finished_one_frees
     set_limits(&app, "u1", None, Some(2)).await;
     let token = app.token("u1", Role::Enduser);
     let body = json!({"chatflow_id": "flow-slow", "question": "hi"});
-    let tasks: Vec<_> = (0..6)
-        .map(|_| {
-            let (router, token, body) = (app.router.clone(), token.clone(), body.clone());
-            tokio::spawn(async move {
-                call(
-                    &router,
-                    "POST",
-                    "/api/v1/chat/predict",
-                    Some(body),
-                    Some(&token),
-                )
-                .await
-            })
-        })
-        .collect();
+    let answers = at_once(&app, &token, &body, 6).await;
     let mut statuses = Vec::new();
-    for task in tasks {
-        let res = task.await.unwrap();
+    for res in answers {
         if res.status != 200 {
             res.assert_error(429, "rate_limited");
             assert_eq!(res.headers["retry-after"], "1");

@@ -154,15 +154,10 @@ pub async fn authenticate(pool: &sqlx::PgPool, key: &str) -> Result<AuthUser, Ap
     if !matches(key, &found.secret_hash) {
         return Err(unknown());
     }
-    if let Some(code) = found.refusal() {
+    if let Some((code, message)) = found.refusal() {
         return Err(ApiError::Unauthorized {
             code,
-            message: match code {
-                "key_revoked" => "the API key has been revoked",
-                "key_expired" => "the API key has expired",
-                _ => "the account of this API key is disabled",
-            }
-            .into(),
+            message: message.into(),
         });
     }
     if found.stale_use {

@@ -33,14 +33,18 @@ pub(super) struct Found {
 }
 
 impl Found {
-    /// Why the key no longer works (the 401's code), if it does not.
-    pub fn refusal(&self) -> Option<&'static str> {
+    /// Why the key no longer works (the 401's code and message), if it
+    /// does not.
+    pub fn refusal(&self) -> Option<(&'static str, &'static str)> {
         if self.revoked {
-            Some("key_revoked")
+            Some(("key_revoked", "the API key has been revoked"))
         } else if self.account_disabled {
-            Some("account_disabled")
+            Some((
+                "account_disabled",
+                "the account of this API key is disabled",
+            ))
         } else if self.expired {
-            Some("key_expired")
+            Some(("key_expired", "the API key has expired"))
         } else {
             None
         }
