@@ -321,6 +321,11 @@ impl FlowiseClient {
         })
     }
 
+    /// `FLOWISE_TIMEOUT_SECONDS`: the longest a prediction may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// `FLOWISE_BUFFERED_TIMEOUT_SECONDS`: the time a buffered prediction
     /// has, counted from the request's arrival.
     pub fn buffered_timeout(&self) -> Duration {

@@ -65,6 +65,10 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("predict", "POST", "/api/v1/admin/chatflows/{id}/users"),
     ("predict", "DELETE", "/api/v1/admin/chatflows/{id}/users"),
     ("predict-stream", "POST", "/api/v1/chat/predict/stream"),
+    // The OpenAI-compatible API, on the same function URL.
+    ("predict-stream", "GET", "/v1/models"),
+    ("predict-stream", "GET", "/v1/models/{id}"),
+    ("predict-stream", "POST", "/v1/chat/completions"),
 ];
 
 #[tokio::test]
@@ -85,8 +89,14 @@ async fn every_spec_route_is_registered_and_answers_in_the_error_format() {
             (400..600).contains(&status),
             "{method} {path} answered {status} without a token or body: {body}"
         );
+        let error_format = if path.starts_with("/v1/") {
+            // OpenAI's envelope.
+            body["error"]["message"].is_string() && body["error"]["type"].is_string()
+        } else {
+            body["error"].is_string() && body["message"].is_string()
+        };
         assert!(
-            body["error"].is_string() && body["message"].is_string(),
+            error_format,
             "{method} {path}: not the error format: {body}"
         );
     }
@@ -192,7 +202,8 @@ fn the_sam_template_routes_exactly_the_spec_routes() {
         })
         .collect();
     declared.sort();
-    // The streamed prediction is the function URL, not an HttpApi route.
+    // The streamed prediction and the OpenAI-compatible API are the
+    // function URL's (the `StreamUrl` output lists them), not HttpApi routes.
     let mut expected: Vec<(String, String)> = ROUTES
         .iter()
         .filter(|(f, _, _)| *f != "predict-stream")
@@ -201,6 +212,14 @@ fn the_sam_template_routes_exactly_the_spec_routes() {
     expected.sort();
     assert_eq!(declared, expected);
     assert!(template.contains("InvokeMode: RESPONSE_STREAM"));
+    let stream_url = &template[template.find("  StreamUrl:").expect("the StreamUrl output")..];
+    let stream_url = &stream_url[..stream_url.find("\n\n").unwrap_or(stream_url.len())];
+    for (_, method, path) in ROUTES.iter().filter(|(f, _, _)| *f == "predict-stream") {
+        assert!(
+            stream_url.contains(&format!("{method} {path}")),
+            "StreamUrl does not list {method} {path}: {stream_url}"
+        );
+    }
 }
 
 /// The (method, path) pairs of a description, path parameters

@@ -1,9 +1,11 @@
-//! The streaming prediction (README §8), served through Lambda response
-//! streaming (a function URL with invoke mode RESPONSE_STREAM). It runs
-//! the prediction steps of `shared::prediction`, as the `predict`
-//! function does; errors decided before the stream starts (400, 401, 402,
-//! 403, 404, and 502/504 when Flowise fails before answering) are plain
-//! JSON.
+//! The streaming prediction (README §8) and the OpenAI-compatible API
+//! (README §12, [`openai`]), served through Lambda response streaming (a
+//! function URL with invoke mode RESPONSE_STREAM). Both run the prediction
+//! steps of `shared::prediction`, as the `predict` function does; errors
+//! decided before a stream starts (400, 401, 402, 403, 404, and 502/504
+//! when Flowise fails before answering) are plain JSON.
+
+pub mod openai;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -14,10 +16,11 @@ use futures_util::stream;
 use serde_json::Value;
 use shared::error::{ApiError, JsonBody};
 use shared::flowise::StreamStart;
+use shared::flowise::{FlowiseError, StreamEvent};
 use shared::http::{finish, RequestId};
 use shared::keys::UserOrKey;
 use shared::openapi::{ApiErrors, IdempotencyKeyHeader};
-use shared::prediction::stream::{events_of_json, relay_stream, replay_frames};
+use shared::prediction::stream::{events_of_json, relay_stream, replay_frames, Frames};
 use shared::prediction::{self, PredictBody, PredictRequest, Start};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -27,9 +30,13 @@ pub use shared::prediction::PredictConfig as Config;
 /// Clients built once per cold start and lent to every request.
 pub use shared::prediction::PredictState as AppState;
 
-/// The function's route, with its description.
+/// The function's routes, with their descriptions.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(predict_stream))
+    OpenApiRouter::new()
+        .routes(routes!(predict_stream))
+        .routes(routes!(openai::list_models))
+        .routes(routes!(openai::get_model))
+        .routes(routes!(openai::chat_completions))
 }
 
 /// The function's description.
@@ -44,11 +51,17 @@ pub fn api(state: AppState) -> Router {
     state.guarded(api)
 }
 
-/// The function's router: its API, `/health` and what every router adds.
+/// The function's router: its API, `/health` and what every router adds,
+/// with every error under `/v1` in OpenAI's envelope.
 pub fn router(state: AppState) -> Router {
     let health = state.health_checks();
     finish(api(state).merge(health.router()))
+        .layer(axum::middleware::from_fn(openai::envelope::layer))
 }
+
+/// Flowise's events, as the relay reads them.
+pub type Events =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<StreamEvent, FlowiseError>> + Send>>;
 
 /// `text/event-stream` of `event: <session|start|token|metadata|
 /// sourceDocuments|usedTools|end|error>` frames, relayed as Flowise sends
@@ -69,32 +82,40 @@ pub async fn predict_stream(
     let request = PredictRequest::parse(&headers, raw)?;
     let prepared = match prediction::prepare(&state, &user, request, &request_id).await? {
         Start::Fresh(prepared) => *prepared,
-        Start::Replay(answer) => {
-            let frames = replay_frames(&answer);
-            let body = stream::iter(frames.into_iter().map(Ok::<_, std::convert::Infallible>));
-            return Ok(event_stream(Body::from_stream(body)));
-        }
+        Start::Replay(answer) => return Ok(event_stream(frames_body(replay_frames(&answer)))),
     };
     let flow = prepared.chatflow_id.as_str();
-    let events: std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send>> =
-        match state.flowise.predict_stream(flow, &prepared.request).await {
-            Ok(StreamStart::Events(events)) => events,
-            Ok(StreamStart::Json(answer)) => {
-                Box::pin(stream::iter(events_of_json(answer).into_iter().map(Ok)))
-            }
-            Err(e) => return Err(prediction::fail(&state, &prepared, e).await),
-        };
+    let events: Events = match state.flowise.predict_stream(flow, &prepared.request).await {
+        Ok(StreamStart::Events(events)) => events,
+        Ok(StreamStart::Json(answer)) => {
+            Box::pin(stream::iter(events_of_json(answer).into_iter().map(Ok)))
+        }
+        Err(e) => return Err(prediction::fail(&state, &prepared, e).await),
+    };
+    let wire = Frames::new(&prepared);
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
-    tokio::spawn(relay_stream(state, prepared, events, tx));
-    let body = stream::unfold(rx, |mut rx| async move {
+    tokio::spawn(relay_stream(state, prepared, events, wire, tx));
+    Ok(event_stream(channel_body(rx)))
+}
+
+/// A body of frames known in advance.
+pub fn frames_body(frames: Vec<bytes::Bytes>) -> Body {
+    Body::from_stream(stream::iter(
+        frames.into_iter().map(Ok::<_, std::convert::Infallible>),
+    ))
+}
+
+/// A body of the frames the relay sends as they come.
+pub fn channel_body(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Body {
+    Body::from_stream(stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
             .map(|frame| (Ok::<_, std::convert::Infallible>(frame), rx))
-    });
-    Ok(event_stream(Body::from_stream(body)))
+    }))
 }
 
-fn event_stream(body: Body) -> Response {
+/// A `text/event-stream` answer of `body`.
+pub fn event_stream(body: Body) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();

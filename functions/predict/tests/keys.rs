@@ -15,24 +15,6 @@ use shared::flowise_double::Behaviour;
 use shared::testing::{call, TestResponse};
 use shared::token::Role;
 
-/// A key of `user` made through the credits function with `body`.
-async fn key(app: &App, user: &str, body: Value) -> (String, String) {
-    let token = app.token(user, Role::Enduser);
-    let res = call(
-        &app.credits(),
-        "POST",
-        "/api/keys",
-        Some(body),
-        Some(&token),
-    )
-    .await;
-    assert_eq!(res.status, 201, "{}", res.body);
-    (
-        res.body["key"].as_str().unwrap().to_owned(),
-        res.body["id"].as_str().unwrap().to_owned(),
-    )
-}
-
 async fn count(app: &App, sql: &str, id: &str) -> i64 {
     sqlx::query_scalar(sql)
         .bind(id)
@@ -80,7 +62,9 @@ async fn a_key_predicts_only_on_its_chatflows_and_what_it_spends_carries_its_id(
     app.add_flow("flow-b", Behaviour::answer("other"), (1, 0.0, 0.0))
         .await;
     app.grant("u1", 1_000).await;
-    let (key, id) = key(&app, "u1", json!({"name": "bot", "chatflows": ["flow-a"]})).await;
+    let (key, id) = app
+        .make_key("u1", json!({"name": "bot", "chatflows": ["flow-a"]}))
+        .await;
     let res = app
         .predict(&key, json!({"chatflow_id": "flow-a", "question": "hi"}))
         .await;
@@ -140,7 +124,7 @@ async fn a_key_predicts_only_on_its_chatflows_and_what_it_spends_carries_its_id(
 async fn a_revoked_key_is_refused_on_the_next_prediction() {
     let app = App::new().await;
     app.grant("u1", 100).await;
-    let (key, id) = key(&app, "u1", json!({"name": "bot"})).await;
+    let (key, id) = app.make_key("u1", json!({"name": "bot"})).await;
     let body = json!({"chatflow_id": "flow-a", "question": "hi"});
     assert_eq!(app.predict(&key, body.clone()).await.status, 200);
     let token = app.token("u1", Role::Enduser);
@@ -171,12 +155,9 @@ async fn a_key_past_its_monthly_limit_is_402_and_concurrency_cannot_pass_it() {
     app.grant("u1", 100_000).await;
     // flow-a costs 2 a request and 1 an output token: the answer, 9
     // tokens, costs 11.
-    let (key, id) = key(
-        &app,
-        "u1",
-        json!({"name": "capped", "monthlyCreditLimit": 50}),
-    )
-    .await;
+    let (key, id) = app
+        .make_key("u1", json!({"name": "capped", "monthlyCreditLimit": 50}))
+        .await;
     let body = json!({"chatflow_id": "flow-a", "question": "hi"});
     let answers = at_once(&app, &key, &body, 20).await;
     let mut ok = 0;

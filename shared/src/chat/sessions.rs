@@ -26,6 +26,42 @@ pub struct SessionDoc {
     pub updated_at: BsonTime,
     /// Messages stored.
     pub message_count: i64,
+    /// The digest of its messages, in order ([`transcript_after`]): how an
+    /// OpenAI-style request, which sends the whole conversation, finds the
+    /// session it continues. `None` when unknown (a session stored before
+    /// digests were kept, or two predictions raced in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<String>,
+}
+
+/// The digest of a transcript that was `previous` (`""` for none) after
+/// `turns` (role, text) were added: each turn is hashed onto the digest
+/// before it, with its length, so no two transcripts share a digest.
+pub fn transcript_after<'a>(
+    previous: &str,
+    turns: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    turns
+        .into_iter()
+        .fold(previous.to_owned(), |digest, (role, text)| {
+            let turn = format!("{digest}\n{role}\n{}\n{text}", text.len());
+            crate::digest::sha256_hex(turn.as_bytes())
+        })
+}
+
+/// The latest session of `user_id` on `chatflow_id` whose messages are
+/// exactly the turns of `transcript` (see [`transcript_after`]).
+pub async fn continued(
+    db: &Database,
+    user_id: &str,
+    chatflow_id: &str,
+    transcript: &str,
+) -> Result<Option<SessionDoc>, ApiError> {
+    let filter = doc! {"user_id": user_id, "chatflow_id": chatflow_id, "transcript": transcript};
+    Ok(sessions(db)
+        .find_one(filter)
+        .sort(doc! {"updated_at": -1})
+        .await?)
 }
 
 /// A session as the API shows it (snake_case, as the predict family does).
@@ -167,6 +203,7 @@ pub fn new_session(user_id: &str, chatflow_id: &str, question: &str) -> SessionD
         created_at: at,
         updated_at: at,
         message_count: 0,
+        transcript: Some(String::new()),
     }
 }
 
@@ -219,23 +256,22 @@ pub async fn record(
         })
         .collect();
     let ids: Vec<String> = docs.iter().map(|d| d.message_id.clone()).collect();
+    let transcript = session.transcript.as_deref().map(|previous| {
+        let turns = docs.iter().map(|d| (d.role.as_str(), d.content.as_str()));
+        transcript_after(previous, turns)
+    });
     let counters = async {
         if created {
             let stored = SessionDoc {
                 updated_at: at,
                 message_count: count,
+                transcript,
                 ..session.clone()
             };
             sessions(db).insert_one(stored).await?;
             return Ok::<bool, ApiError>(true);
         }
-        let bumped = sessions(db)
-            .update_one(
-                doc! {"session_id": &session.session_id},
-                doc! {"$inc": {"message_count": count}, "$set": {"updated_at": at}},
-            )
-            .await?;
-        Ok(bumped.matched_count == 1)
+        bump(db, session, count, at, transcript).await
     };
     let written = async {
         if !docs.is_empty() {
@@ -251,6 +287,39 @@ pub async fn record(
         return Err(ApiError::not_found("the session was deleted"));
     }
     Ok(())
+}
+
+/// An existing session's counters bumped by `count` messages, and its
+/// transcript moved on to `transcript` when it still is the one read with
+/// the session; when another prediction moved it meanwhile, the transcript
+/// is dropped (unknown), so no request continues a session whose digest
+/// does not match its messages. Returns whether the session still exists.
+async fn bump(
+    db: &Database,
+    session: &SessionDoc,
+    count: i64,
+    at: BsonTime,
+    transcript: Option<String>,
+) -> Result<bool, ApiError> {
+    let id = &session.session_id;
+    if let (Some(previous), Some(next)) = (&session.transcript, transcript) {
+        let moved = sessions(db)
+            .update_one(
+                doc! {"session_id": id, "transcript": previous},
+                doc! {"$inc": {"message_count": count}, "$set": {"updated_at": at, "transcript": next}},
+            )
+            .await?;
+        if moved.matched_count == 1 {
+            return Ok(true);
+        }
+    }
+    let bumped = sessions(db)
+        .update_one(
+            doc! {"session_id": id},
+            doc! {"$inc": {"message_count": count}, "$set": {"updated_at": at}, "$unset": {"transcript": ""}},
+        )
+        .await?;
+    Ok(bumped.matched_count == 1)
 }
 
 /// Marks a stored message `incomplete` (its answer was not paid for: the

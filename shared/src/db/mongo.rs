@@ -195,6 +195,7 @@ pub async fn ensure_chat_indexes(db: &Database) -> anyhow::Result<()> {
                 vec![
                     unique(doc! {"session_id": 1}, "session_id_unique"),
                     index(doc! {"user_id": 1, "updated_at": -1}, "user_updated_at"),
+                    index(doc! {"user_id": 1, "transcript": 1}, "user_transcript"),
                 ],
             ),
             (

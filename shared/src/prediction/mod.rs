@@ -121,17 +121,40 @@ pub struct PredictRequest {
     pub body: PredictBody,
     /// Its `Idempotency-Key`, when it has one.
     pub key: Option<RequestKey>,
+    /// Whether Flowise gets a `sessionId` of its own for this request
+    /// rather than the session's: a client that sends the whole
+    /// conversation every time (the OpenAI API) must not find its earlier
+    /// turns twice, once in Flowise's memory and once in `history`.
+    pub fresh_upstream_session: bool,
 }
 
 impl PredictRequest {
     /// Parses the JSON body and the `Idempotency-Key` header (400 naming
     /// the field on bad input).
     pub fn parse(headers: &HeaderMap, raw: Value) -> Result<Self, ApiError> {
-        let key = crate::http::idempotency_key(headers, &Value::Null)?
-            .map(|key| RequestKey::new(key, PREDICT_ENDPOINT, &raw));
-        let body: PredictBody = from_json_value(raw)?;
+        let key = Self::key(headers, &raw)?;
+        Self::new(from_json_value(raw)?, key, false)
+    }
+
+    /// The `Idempotency-Key` header of a request whose JSON body is `raw`,
+    /// scoped to the prediction routes.
+    pub fn key(headers: &HeaderMap, raw: &Value) -> Result<Option<RequestKey>, ApiError> {
+        Ok(crate::http::idempotency_key(headers, &Value::Null)?
+            .map(|key| RequestKey::new(key, PREDICT_ENDPOINT, raw)))
+    }
+
+    /// A request of `body`, checked (question length, history, uploads).
+    pub fn new(
+        body: PredictBody,
+        key: Option<RequestKey>,
+        fresh_upstream_session: bool,
+    ) -> Result<Self, ApiError> {
         check_body(&body)?;
-        Ok(PredictRequest { body, key })
+        Ok(PredictRequest {
+            body,
+            key,
+            fresh_upstream_session,
+        })
     }
 }
 
@@ -197,6 +220,17 @@ pub struct Prepared {
     pub started: Instant,
 }
 
+/// The tokens a prediction was priced on, as its answer reports them
+/// (Flowise's counts, or the gateway's estimate of a side it did not
+/// report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AnswerUsage {
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+}
+
 /// Credits as a prediction's answer reports them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChargedCredits {
@@ -230,6 +264,10 @@ pub struct PredictionAnswer {
     #[serde(rename = "usedTools", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub used_tools: Option<Value>,
+    /// The tokens it was priced on (absent in answers stored before they
+    /// were reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<AnswerUsage>,
 }
 
 /// How [`prepare`] went: ready for Flowise, or the stored answer of an
@@ -327,7 +365,11 @@ pub async fn prepare(
     request_id: &str,
 ) -> Result<Start, ApiError> {
     let started = Instant::now();
-    let PredictRequest { body, key } = request;
+    let PredictRequest {
+        body,
+        key,
+        fresh_upstream_session,
+    } = request;
     let user_id = user.user_id();
     if let Some(answer) = stored_for(state, &user_id, key.as_ref()).await? {
         return Ok(Start::Replay(Box::new(answer)));
@@ -362,7 +404,7 @@ pub async fn prepare(
         &meta,
     )
     .await?;
-    let request = flowise_request(&body, &session, uploads);
+    let request = flowise_request(&body, &session, fresh_upstream_session, uploads);
     Ok(Start::Fresh(Box::new(Prepared {
         user_id,
         chatflow_id: body.chatflow_id,
@@ -397,16 +439,23 @@ fn reservation_meta<'a>(
     }
 }
 
-/// What step (4) sends to Flowise: the question in `session`, with the
-/// caller's overrides, history and checked uploads.
+/// What step (4) sends to Flowise: the question in `session` (or, when
+/// `fresh`, in a Flowise session of its own), with the caller's
+/// overrides, history and checked uploads.
 fn flowise_request(
     body: &PredictBody,
     session: &SessionDoc,
+    fresh: bool,
     uploads: Vec<CheckedUpload>,
 ) -> PredictionRequest {
+    let session_id = if fresh {
+        uuid::Uuid::new_v4().to_string()
+    } else {
+        session.session_id.clone()
+    };
     PredictionRequest {
         question: body.question.clone(),
-        session_id: session.session_id.clone(),
+        session_id,
         override_config: body.override_config.clone(),
         history: body.history.as_ref().map(|h| json!(h)),
         uploads: uploads.into_iter().map(|u| u.upload).collect(),
@@ -693,6 +742,10 @@ impl Prepared {
             credits: ChargedCredits { charged, balance },
             source_documents: outcome.source_documents.clone(),
             used_tools: outcome.used_tools.clone(),
+            usage: Some(AnswerUsage {
+                input_tokens: outcome.tokens.input,
+                output_tokens: outcome.tokens.output,
+            }),
         }
     }
 

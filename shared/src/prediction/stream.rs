@@ -6,6 +6,7 @@
 use serde_json::{json, Value};
 
 use super::{finish, Failure, Outcome, PredictState, PredictionAnswer, Prepared};
+use crate::error::ApiError;
 use crate::flowise::{FlowiseError, Prediction, ReportedUsage, StreamEvent};
 
 /// One outgoing SSE frame: `event: <name>\ndata: <json>\n\n`.
@@ -76,7 +77,7 @@ pub fn events_of_json(answer: Prediction) -> Vec<StreamEvent> {
     events
 }
 
-/// The events relayed to the client as they are; `error` is relayed with a
+/// The events the gateway's own frames relay as they are; `error` is relayed with a
 /// clean message (Flowise's own is logged); the rest (usage, agent
 /// internals) are consumed here.
 const RELAYED: &[&str] = &["start", "token", "metadata", "sourceDocuments", "usedTools"];
@@ -139,49 +140,101 @@ impl Relayed {
 }
 
 /// The message a client sees for a failure inside a stream.
-fn public_stream_error(failure: Failure) -> &'static str {
+pub fn public_stream_error(failure: Failure) -> &'static str {
     match failure {
         Failure::UpstreamTimeout => "the chat service did not answer in time",
         _ => "the chat service failed to answer",
     }
 }
 
-/// The frame relaying `event`, if it is relayed at all.
-fn relayed_frame(event: &StreamEvent) -> Option<bytes::Bytes> {
-    match event.event.as_str() {
-        "error" => Some(sse_frame(
-            "error",
-            &json!(public_stream_error(Failure::UpstreamError)),
-        )),
-        name if RELAYED.contains(&name) => Some(sse_frame(name, &event.data)),
-        _ => None,
+/// How a stream's frames are written: the gateway's own events
+/// ([`Frames`]) or another wire format (the OpenAI API's chunks). The
+/// relay, the pricing and the settlement are the same for all of them.
+pub trait Wire: Send + 'static {
+    /// The frames sent before Flowise's first event.
+    fn opening(&mut self) -> Vec<bytes::Bytes>;
+    /// The frame relaying one of Flowise's events, if it is relayed.
+    fn event(&mut self, event: &StreamEvent) -> Option<bytes::Bytes>;
+    /// The frame telling of a stream from Flowise that broke off.
+    fn broke(&mut self, failure: Failure) -> Option<bytes::Bytes>;
+    /// The last frames: the settled answer, or the message of a settlement
+    /// that failed.
+    fn closing(&mut self, settled: Result<&PredictionAnswer, &str>) -> Vec<bytes::Bytes>;
+}
+
+/// The gateway's own events: `session` first, Flowise's events as they
+/// come (`error` with a clean message), `end` with the credits.
+pub struct Frames {
+    session_id: String,
+    message_id: String,
+}
+
+impl Frames {
+    /// The frames of `prepared`'s stream.
+    pub fn new(prepared: &Prepared) -> Frames {
+        Frames {
+            session_id: prepared.session.session_id.clone(),
+            message_id: prepared.message_id.to_string(),
+        }
+    }
+}
+
+impl Wire for Frames {
+    fn opening(&mut self) -> Vec<bytes::Bytes> {
+        vec![session_frame(&self.session_id, &self.message_id)]
+    }
+
+    fn event(&mut self, event: &StreamEvent) -> Option<bytes::Bytes> {
+        match event.event.as_str() {
+            "error" => Some(sse_frame(
+                "error",
+                &json!(public_stream_error(Failure::UpstreamError)),
+            )),
+            name if RELAYED.contains(&name) => Some(sse_frame(name, &event.data)),
+            _ => None,
+        }
+    }
+
+    fn broke(&mut self, failure: Failure) -> Option<bytes::Bytes> {
+        Some(sse_frame("error", &json!(public_stream_error(failure))))
+    }
+
+    fn closing(&mut self, settled: Result<&PredictionAnswer, &str>) -> Vec<bytes::Bytes> {
+        vec![match settled {
+            Ok(answer) => end_frame(answer, false),
+            Err(message) => sse_frame("error", &json!(message)),
+        }]
     }
 }
 
 /// Step (4) streamed, then (5): relays Flowise's events into `tx` as they
-/// arrive, after the `session` frame. A failed send means the client went
-/// away: the reservation is then aborted with the cost of what was
-/// delivered, and the partial answer stored as incomplete. The final `end`
-/// frame carries the credits charged.
-pub async fn relay_stream<S>(
+/// arrive, written by `wire`. A failed send means the client went away:
+/// the reservation is then aborted with the cost of what was delivered,
+/// and the partial answer stored as incomplete. The closing frames carry
+/// the credits charged.
+pub async fn relay_stream<S, W>(
     state: PredictState,
     prepared: Prepared,
     mut events: S,
+    mut wire: W,
     tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
 ) where
     S: futures_util::Stream<Item = Result<StreamEvent, FlowiseError>> + Unpin,
+    W: Wire,
 {
     use futures_util::StreamExt;
     let mut relayed = Relayed::default();
-    let first = session_frame(&prepared.session.session_id, &prepared.message_id);
-    relayed.client_gone = tx.send(first).await.is_err();
+    for frame in wire.opening() {
+        relayed.client_gone = relayed.client_gone || tx.send(frame).await.is_err();
+    }
     while !relayed.client_gone {
         let event = match events.next().await {
             None => break,
             Some(Err(e)) => {
                 let failure = Failure::of(&e);
-                let frame = sse_frame("error", &json!(public_stream_error(failure)));
-                let _ = tx.send(frame).await;
+                if let Some(frame) = wire.broke(failure) {
+                    let _ = tx.send(frame).await;
+                }
                 relayed.failure = Some(failure);
                 break;
             }
@@ -190,17 +243,23 @@ pub async fn relay_stream<S>(
         if relayed.take(&event) {
             break;
         }
-        if let Some(frame) = relayed_frame(&event) {
+        if let Some(frame) = wire.event(&event) {
             relayed.client_gone = tx.send(frame).await.is_err();
         }
     }
     let outcome = relayed.outcome(&prepared);
-    let last = match finish(&state, &prepared, &outcome).await {
-        Ok(answer) => end_frame(&answer, false),
-        Err(err) => {
-            tracing::error!(error = %err, "a streamed prediction could not be settled; the expiry job will release it");
-            sse_frame("error", &json!(err.public_message()))
-        }
+    let settled = finish(&state, &prepared, &outcome).await;
+    if let Err(err) = &settled {
+        tracing::error!(error = %err, "a streamed prediction could not be settled; the expiry job will release it");
+    }
+    let message = settled.as_ref().err().map(ApiError::public_message);
+    let closing = match (&settled, &message) {
+        (Ok(answer), _) => wire.closing(Ok(answer)),
+        (Err(_), message) => wire.closing(Err(message.as_deref().unwrap_or_default())),
     };
-    let _ = tx.send(last).await;
+    for frame in closing {
+        if tx.send(frame).await.is_err() {
+            break;
+        }
+    }
 }
