@@ -1,5 +1,5 @@
 # Every target CI runs is here; `.ci/run` calls the same commands.
-.PHONY: run serve test fmt fmt-check clippy lint cfn-lint openapi openapi-check sqlx-prepare sqlx-check ci release bench-ledger bench-predict bench-coldstart
+.PHONY: run serve test fmt fmt-check clippy lint cfn-lint sam-validate openapi openapi-check sqlx-prepare sqlx-check ci release bench-ledger bench-predict bench-coldstart
 
 ## Run the local stack: stores, mail catcher, Flowise, every function under cargo lambda watch.
 run:
@@ -25,6 +25,9 @@ clippy:
 cfn-lint:
 	bash -c 'source local/lib.sh && ensure_tools && cfn-lint template.yaml && openapi-spec-validator openapi.yaml'
 
+sam-validate:
+	bash -c 'source local/lib.sh && ensure_sam && AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} "$$SAM" validate --lint -t template.yaml'
+
 ## Write openapi.yaml from the routes' declarations (and check it).
 openapi:
 	cargo run -q -p gateway-admin -- openapi
@@ -37,7 +40,7 @@ sqlx-prepare:
 sqlx-check:
 	bash -c 'source local/lib.sh && ensure_sqlx_cli && DATABASE_URL="$$(sqlx_database fgw_sqlx_check)" cargo sqlx prepare --workspace --check -- --all-targets'
 
-lint: fmt-check clippy cfn-lint openapi-check sqlx-check
+lint: fmt-check clippy cfn-lint sam-validate openapi-check sqlx-check
 
 ## What CI runs: lint, then the tests.
 ci:

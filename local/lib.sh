@@ -25,6 +25,23 @@ ensure_tools() {
   export PATH="$venv/bin:$PATH"
 }
 
+# The SAM CLI, in a venv of its own (kept off PATH, so the tools venv's
+# python stays first); sets SAM to its `sam`.
+ensure_sam() {
+  local hash venv
+  hash="$(sha256sum "$FGW_ROOT/local/requirements-sam.txt" | cut -c1-12)"
+  venv="$FGW_CACHE/sam-$hash"
+  if [ ! -x "$venv/bin/sam" ]; then
+    log "installing the SAM CLI into $venv (once)"
+    rm -rf "$venv"
+    mkdir -p "$FGW_CACHE"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$FGW_ROOT/local/requirements-sam.txt"
+  fi
+  SAM="$venv/bin/sam"
+  export SAM_CLI_TELEMETRY=0
+}
+
 # sqlx-cli (the offline SQL data's `prepare`), built once with lean
 # features into $FGW_CACHE/cargo-tools and put on PATH.
 SQLX_CLI_VERSION=0.8.6
