@@ -520,3 +520,119 @@ async fn set_free(app: &App) {
     .await;
     assert_eq!(set.status, 200, "{}", set.body);
 }
+
+#[tokio::test]
+async fn thirty_concurrent_completions_never_overdraw_and_pay_for_exactly_what_they_answer() {
+    let app = App::new().await;
+    app.grant("u1", 40).await;
+    let (key, key_id) = app.make_key("u1", json!({"name": "burst"})).await;
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let (router, key) = (app.stream.clone(), key.clone());
+            let mut body = ask("flow-a", &format!("question {i}"));
+            body["stream"] = json!(i % 2 == 0);
+            tokio::spawn(async move {
+                call(
+                    &router,
+                    "POST",
+                    "/v1/chat/completions",
+                    Some(body),
+                    Some(&key),
+                )
+                .await
+            })
+        })
+        .collect();
+    let (mut charged, mut answered, mut refused) = (0, 0, 0);
+    for task in tasks {
+        let res = task.await.unwrap();
+        match res.status.as_u16() {
+            200 if res.body.is_string() => {
+                let chunks = chunks(&res);
+                assert_eq!(chunks.last().unwrap(), "[DONE]");
+                charged += chunks[chunks.len() - 2]["credits"]["charged"]
+                    .as_i64()
+                    .unwrap();
+                answered += 1;
+            }
+            200 => {
+                charged += res.body["credits"]["charged"].as_i64().unwrap();
+                answered += 1;
+            }
+            _ => {
+                assert_envelope(&res, 402, "insufficient_quota", "insufficient_credits");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(answered + refused, 30);
+    assert!(
+        answered >= 1 && refused >= 1,
+        "{answered} answered, {refused} refused"
+    );
+    let balance = app.balance("u1").await;
+    assert!(balance >= 0);
+    assert_eq!(40 - balance, charged, "every credit charged is an answer's");
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(credits), 0)::BIGINT FROM usage_logs WHERE api_key_id::TEXT = $1",
+    )
+    .bind(&key_id)
+    .fetch_one(&app.pg.pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, charged);
+    assert_eq!(app.active_reservations().await, 0);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_stream_running_when_its_key_is_revoked_finishes_and_the_next_request_is_401() {
+    use futures_util::StreamExt;
+    use tower::ServiceExt;
+    let app = App::new().await;
+    let slow = Behaviour::Answer {
+        tokens: split_tokens(ANSWER),
+        delay: Duration::from_millis(100),
+        usage: None,
+        heartbeat: false,
+    };
+    app.add_flow("flow-slow", slow, (2, 0.0, 1.0)).await;
+    app.grant("u1", 100).await;
+    let (key, key_id) = app.make_key("u1", json!({"name": "bot"})).await;
+    let mut body = ask("flow-slow", "Hi");
+    body["stream"] = json!(true);
+    let req = axum::http::Request::post("/v1/chat/completions")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    let res = app.stream.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut stream = res.into_body().into_data_stream();
+    let mut text = String::from_utf8(stream.next().await.unwrap().unwrap().to_vec()).unwrap();
+
+    let token = app.token("u1", Role::Enduser);
+    let path = format!("/api/keys/{key_id}");
+    let revoked = call(&app.credits(), "DELETE", &path, None, Some(&token)).await;
+    assert_eq!(revoked.status, 204);
+    while let Some(chunk) = stream.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    let res = TestResponse {
+        status: axum::http::StatusCode::OK,
+        headers: axum::http::HeaderMap::new(),
+        body: json!(text),
+    };
+    let chunks = chunks(&res);
+    let delivered: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(delivered, ANSWER, "the running stream finished");
+    let charged = chunks[chunks.len() - 2]["credits"]["charged"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(app.balance("u1").await, 100 - charged);
+    let next = complete(&app, &key, ask("flow-slow", "again")).await;
+    assert_envelope(&next, 401, "authentication_error", "key_revoked");
+}
