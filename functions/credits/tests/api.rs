@@ -2,35 +2,14 @@
 //! bodies, statuses, roles and the error format of README §6.
 #![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
+mod common;
+
+use common::App;
 use serde_json::{json, Value};
-use shared::testing::{self, call, call_with_headers, TestClient, TestPostgres};
+use shared::testing::{self, call, call_with_headers};
 use shared::token::Role;
 
-struct App {
-    client: TestClient,
-    db: TestPostgres,
-}
-
-impl std::ops::Deref for App {
-    type Target = TestClient;
-    fn deref(&self) -> &TestClient {
-        &self.client
-    }
-}
-
 impl App {
-    async fn new() -> App {
-        let db = TestPostgres::new().await;
-        let state = credits::AppState {
-            jwt: testing::jwt_keys(),
-            pg: db.pool.clone(),
-        };
-        App {
-            client: TestClient::new(credits::router(state)),
-            db,
-        }
-    }
-
     /// An admin's allocation, over HTTP.
     async fn grant(&self, user: &str, credits: i64) {
         let admin = self.token("admin-1", Role::Admin);

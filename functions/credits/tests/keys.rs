@@ -3,35 +3,14 @@
 //! stops.
 #![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
+mod common;
+
+use common::App;
 use serde_json::{json, Value};
-use shared::testing::{self, call, call_with_headers, TestClient, TestPostgres, TestResponse};
+use shared::testing::{call, call_with_headers, TestResponse};
 use shared::token::Role;
 
-struct App {
-    client: TestClient,
-    db: TestPostgres,
-}
-
-impl std::ops::Deref for App {
-    type Target = TestClient;
-    fn deref(&self) -> &TestClient {
-        &self.client
-    }
-}
-
 impl App {
-    async fn new() -> App {
-        let db = TestPostgres::new().await;
-        let state = credits::AppState {
-            jwt: testing::jwt_keys(),
-            pg: db.pool.clone(),
-        };
-        App {
-            client: TestClient::new(credits::router(state)),
-            db,
-        }
-    }
-
     async fn make_key(&self, token: &str, body: Value) -> TestResponse {
         self.post("/api/keys", token, body).await
     }

@@ -48,7 +48,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// what every router adds.
 pub fn api(state: AppState) -> Router {
     let (api, _) = routes().with_state(state.clone()).split_for_parts();
-    state.guarded(api)
+    let body_limit = state.body_limit();
+    state.guarded(api.layer(axum::extract::DefaultBodyLimit::max(body_limit)))
 }
 
 /// The function's router: its API, `/health` and what every router adds,

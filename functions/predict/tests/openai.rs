@@ -409,6 +409,12 @@ async fn every_error_is_in_openais_envelope_and_changes_nothing() {
     assert_eq!(res.body["error"]["param"], "messages");
     let res = complete(&app, &key, ask("no-such-flow", "hi")).await;
     assert_envelope(&res, 404, "invalid_request_error", "model_not_found");
+    let image = json!({"model": "flow-a", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "http://plain.example/a.png"}}]}]});
+    let res = complete(&app, &key, image).await;
+    assert_envelope(&res, 400, "invalid_request_error", "invalid_input");
+    assert_eq!(res.body["error"]["param"], "messages[0].content");
 
     // Money: no credits, then a key's limit below the price.
     let res = complete(&app, &broke, ask("flow-a", "hi")).await;
@@ -635,4 +641,80 @@ async fn a_stream_running_when_its_key_is_revoked_finishes_and_the_next_request_
     assert_eq!(app.balance("u1").await, 100 - charged);
     let next = complete(&app, &key, ask("flow-slow", "again")).await;
     assert_envelope(&next, 401, "authentication_error", "key_revoked");
+}
+
+#[tokio::test]
+async fn flowises_start_event_repeats_the_first_token_and_is_not_sent_twice() {
+    let app = App::new().await;
+    let events = vec![
+        ("start".to_owned(), json!("Hello ")),
+        ("token".to_owned(), json!("Hello ")),
+        ("token".to_owned(), json!("world")),
+    ];
+    app.add_flow(
+        "flow-s",
+        Behaviour::Events {
+            events,
+            delay: Duration::ZERO,
+        },
+        (1, 0.0, 0.0),
+    )
+    .await;
+    app.grant("u1", 100).await;
+    let (key, _) = app.make_key("u1", json!({"name": "bot"})).await;
+    let mut body = ask("flow-s", "Hi");
+    body["stream"] = json!(true);
+    let chunks = chunks(&complete(&app, &key, body).await);
+    let delivered: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(delivered, "Hello world");
+    let session = chunks[chunks.len() - 2]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = app.token("u1", Role::Enduser);
+    let path = format!("/api/v1/chat/sessions/{session}/messages");
+    let stored = app.send("GET", &path, &token, None).await;
+    assert_eq!(
+        stored.body["messages"][1]["content"], "Hello world",
+        "{}",
+        stored.body
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_times_out_midway_ends_with_a_504_chunk() {
+    let app = App::new().await;
+    let slow = Behaviour::Answer {
+        tokens: split_tokens("one two three four"),
+        delay: Duration::from_millis(1_200),
+        usage: None,
+        heartbeat: true,
+    };
+    app.add_flow("flow-t", slow, (2, 0.0, 1.0)).await;
+    app.grant("u1", 100).await;
+    let (key, _) = app.make_key("u1", json!({"name": "bot"})).await;
+    let mut body = ask("flow-t", "Hi");
+    body["stream"] = json!(true);
+    let chunks = chunks(&complete(&app, &key, body).await);
+    let n = chunks.len();
+    assert_eq!(chunks[n - 1], "[DONE]");
+    assert_eq!(
+        chunks[n - 2]["error"]["code"],
+        "upstream_timeout",
+        "{chunks:?}"
+    );
+    let delivered: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(
+        !delivered.is_empty() && delivered != "one two three four",
+        "{delivered}"
+    );
+    let charged = 100 - app.balance("u1").await;
+    assert_eq!(charged, 2 + shared::pricing::estimate_tokens(&delivered));
+    app.assert_ledger_consistent().await;
 }

@@ -121,11 +121,20 @@ pub struct PredictRequest {
     pub body: PredictBody,
     /// Its `Idempotency-Key`, when it has one.
     pub key: Option<RequestKey>,
-    /// Whether Flowise gets a `sessionId` of its own for this request
-    /// rather than the session's: a client that sends the whole
-    /// conversation every time (the OpenAI API) must not find its earlier
-    /// turns twice, once in Flowise's memory and once in `history`.
-    pub fresh_upstream_session: bool,
+    /// Set when the client sends the whole conversation every time.
+    pub conversation: Option<WholeConversation>,
+}
+
+/// A client that sends the whole conversation every time (the OpenAI
+/// API): Flowise gets a `sessionId` of its own for the request (so the
+/// earlier turns, sent as `history`, are not also in its memory), and the
+/// turn is stored in `continues` or a new session.
+#[derive(Debug, Clone, Default)]
+pub struct WholeConversation {
+    /// The user's session of this chatflow whose messages are the
+    /// conversation's earlier turns, as read when it was found (its
+    /// transcript is the one the turn moves on from).
+    pub continues: Option<SessionDoc>,
 }
 
 impl PredictRequest {
@@ -133,7 +142,7 @@ impl PredictRequest {
     /// the field on bad input).
     pub fn parse(headers: &HeaderMap, raw: Value) -> Result<Self, ApiError> {
         let key = Self::key(headers, &raw)?;
-        Self::new(from_json_value(raw)?, key, false)
+        Self::new(from_json_value(raw)?, key, None)
     }
 
     /// The `Idempotency-Key` header of a request whose JSON body is `raw`,
@@ -147,13 +156,13 @@ impl PredictRequest {
     pub fn new(
         body: PredictBody,
         key: Option<RequestKey>,
-        fresh_upstream_session: bool,
+        conversation: Option<WholeConversation>,
     ) -> Result<Self, ApiError> {
         check_body(&body)?;
         Ok(PredictRequest {
             body,
             key,
-            fresh_upstream_session,
+            conversation,
         })
     }
 }
@@ -338,11 +347,12 @@ async fn check(
     state: &PredictState,
     user: &AuthUser,
     body: &PredictBody,
+    conversation: Option<&WholeConversation>,
 ) -> Result<Checked, ApiError> {
     let db = &state.mongo.chat;
     let (_, session, uploads) = tokio::try_join!(
         chatflows::usable(db, &body.chatflow_id, user),
-        session_for(state, user, body),
+        session_for(state, user, body, conversation),
         checked_uploads(state, user, body),
     )?;
     Ok(Checked { session, uploads })
@@ -368,7 +378,7 @@ pub async fn prepare(
     let PredictRequest {
         body,
         key,
-        fresh_upstream_session,
+        conversation,
     } = request;
     let user_id = user.user_id();
     if let Some(answer) = stored_for(state, &user_id, key.as_ref()).await? {
@@ -382,12 +392,13 @@ pub async fn prepare(
         key.as_ref(),
         &message_id,
     );
-    let (checked, opened) = match tokio::join!(check(state, user, &body), open) {
-        (_, Ok(Opening::Replay(answer))) => return Ok(Start::Replay(answer)),
-        (Err(refused), Ok(Opening::Ready(opened))) => return refuse(opened.tx, refused).await,
-        (Err(refused), _) | (Ok(_), Err(refused)) => return Err(refused),
-        (Ok(checked), Ok(Opening::Ready(opened))) => (checked, opened),
-    };
+    let (checked, opened) =
+        match tokio::join!(check(state, user, &body, conversation.as_ref()), open) {
+            (_, Ok(Opening::Replay(answer))) => return Ok(Start::Replay(answer)),
+            (Err(refused), Ok(Opening::Ready(opened))) => return refuse(opened.tx, refused).await,
+            (Err(refused), _) | (Ok(_), Err(refused)) => return Err(refused),
+            (Ok(checked), Ok(Opening::Ready(opened))) => (checked, opened),
+        };
     let Checked {
         session: (session, new_session),
         uploads: (uploads, file_ids),
@@ -404,7 +415,7 @@ pub async fn prepare(
         &meta,
     )
     .await?;
-    let request = flowise_request(&body, &session, fresh_upstream_session, uploads);
+    let request = flowise_request(&body, &session, conversation.is_some(), uploads);
     Ok(Start::Fresh(Box::new(Prepared {
         user_id,
         chatflow_id: body.chatflow_id,
@@ -485,13 +496,21 @@ fn stored_answer(stored: StoredKey, hash: &str) -> Result<PredictionAnswer, ApiE
         .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("a stored answer")))
 }
 
-/// Step (2): the given session, which must be this user's and this
-/// chatflow's, or a new one (stored only once the answer is paid for).
+/// Step (2): the given session (or the one a whole conversation
+/// continues), which must be this user's and this chatflow's, or a new one
+/// (stored only once the answer is paid for).
 async fn session_for(
     state: &PredictState,
     user: &AuthUser,
     body: &PredictBody,
+    conversation: Option<&WholeConversation>,
 ) -> Result<(SessionDoc, bool), ApiError> {
+    if let Some(session) = conversation.and_then(|c| c.continues.clone()) {
+        if session.user_id != user.id || session.chatflow_id != body.chatflow_id.as_str() {
+            return Err(ApiError::forbidden("this session belongs to another user"));
+        }
+        return Ok((session, false));
+    }
     let Some(id) = &body.session_id else {
         let session = sessions::new_session(&user.id, &body.chatflow_id, &body.question);
         return Ok((session, true));

@@ -106,7 +106,9 @@ impl Relayed {
                     self.reported = true;
                 }
             }
-            "token" | "start" => {
+            // `start` carries the first token, which the first `token`
+            // repeats (Flowise's handleLLMNewToken sends both).
+            "token" => {
                 if let Some(piece) = event.data.as_str() {
                     self.text.push_str(piece);
                 }

@@ -63,20 +63,29 @@ impl V1Error {
 
     /// 404 `model_not_found`.
     pub fn no_model(model: &str) -> V1Error {
-        V1Error::model(ApiError::not_found(format!(
+        let error = ApiError::not_found(format!(
             "the model `{model}` does not exist or you do not have access to it"
-        )))
+        ));
+        V1Error::model(error, "messages")
     }
 
-    /// A chatflow lookup's error: a 404 becomes `model_not_found`, about
-    /// `model`.
-    pub fn model(error: ApiError) -> V1Error {
-        let code = matches!(error, ApiError::NotFound { .. }).then_some("model_not_found");
-        let param = matches!(
-            error,
-            ApiError::NotFound { .. } | ApiError::Forbidden { .. }
-        )
-        .then(|| "model".to_owned());
+    /// A prediction's refusal, about the request's field: a 404 is the
+    /// chatflow's (`model_not_found`: the prediction reads no other
+    /// resource of a `/v1` request), a 403 for the chatflow is about
+    /// `model`, and an upload's refusal (400, 413, 415) about `question`,
+    /// the content of the message whose images were sent.
+    pub fn model(error: ApiError, question: &str) -> V1Error {
+        let (param, code) = match &error {
+            ApiError::NotFound { .. } => (Some("model".to_owned()), Some("model_not_found")),
+            ApiError::Forbidden {
+                code: "forbidden" | "key_chatflow_not_allowed",
+                ..
+            } => (Some("model".to_owned()), None),
+            ApiError::BadRequest { .. }
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::UnsupportedMediaType { .. } => (Some(question.to_owned()), None),
+            _ => (None, None),
+        };
         V1Error { error, param, code }
     }
 
@@ -156,7 +165,8 @@ pub fn is_v1(path: &str) -> bool {
 /// otherwise; here it means the same idempotency key is in use, or was
 /// used with another body).
 pub async fn layer(req: Request, next: Next) -> Response {
-    let v1 = is_v1(req.uri().path());
+    // A HEAD answer has no body to rewrite.
+    let v1 = is_v1(req.uri().path()) && req.method() != axum::http::Method::HEAD;
     let response = next.run(req).await;
     let status = response.status();
     if !v1 || !(status.is_client_error() || status.is_server_error()) {

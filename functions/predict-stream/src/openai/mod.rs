@@ -17,15 +17,15 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::Value;
-use shared::chat::{chatflows, sessions};
+use shared::chat::chatflows;
+use shared::chat::sessions::{self, SessionDoc};
 use shared::error::{from_json_value, JsonBody, PathParams};
 use shared::flowise::StreamStart;
 use shared::http::RequestId;
-use shared::ids::ChatSessionId;
 use shared::keys::UserOrKey;
 use shared::openapi::IdempotencyKeyHeader;
 use shared::prediction::stream::{events_of_json, relay_stream};
-use shared::prediction::{self, PredictRequest, Start};
+use shared::prediction::{self, PredictRequest, Start, WholeConversation};
 use shared::token::AuthUser;
 
 use crate::AppState;
@@ -46,6 +46,7 @@ pub struct OpenAiErrors(#[to_schema] OpenAiErrorBody);
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct OpenAiErrorBody {
+    #[schema(inline)]
     error: OpenAiError,
 }
 
@@ -91,7 +92,7 @@ pub async fn get_model(
 ) -> Result<Json<Model>, V1Error> {
     let flow = chatflows::usable(&state.mongo.chat, &id, &user)
         .await
-        .map_err(V1Error::model)?;
+        .map_err(|e| V1Error::model(e, "model"))?;
     Ok(Json(Model::of(&flow)))
 }
 
@@ -103,7 +104,8 @@ pub async fn get_model(
 /// error chunk and `[DONE]`, charged for what was delivered.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
     params(IdempotencyKeyHeader), request_body = CompletionRequest,
-    responses((status = 200, description = "`chat.completion`, or `text/event-stream` of `data: {chat.completion.chunk}` then `data: [DONE]`", body = Completion), OpenAiErrors))]
+    responses((status = 200, description = "`chat.completion`, or with `stream: true` `data: {chat.completion.chunk}` events then `data: [DONE]`",
+        content((Completion = "application/json"), (String = "text/event-stream"))), OpenAiErrors))]
 pub async fn chat_completions(
     State(state): State<AppState>,
     UserOrKey(user): UserOrKey,
@@ -114,18 +116,20 @@ pub async fn chat_completions(
     let key = PredictRequest::key(&headers, &raw)?;
     let request: CompletionRequest = from_json_value(raw).map_err(V1Error::parsing)?;
     let Mapped {
-        mut body,
+        body,
         transcript,
         stream,
         include_usage,
+        question_param,
     } = request::map(request)?;
-    body.session_id = continued(&state, &user, &body.chatflow_id, transcript).await?;
+    let continues = continued(&state, &user, &body.chatflow_id, transcript).await?;
+    let conversation = Some(WholeConversation { continues });
     let request =
-        PredictRequest::new(body, key, true).map_err(|e| V1Error::about(e, "messages"))?;
+        PredictRequest::new(body, key, conversation).map_err(|e| V1Error::about(e, "messages"))?;
     let model = request.body.chatflow_id.to_string();
     let started = prediction::prepare(&state, &user, request, &request_id)
         .await
-        .map_err(V1Error::model)?;
+        .map_err(|e| V1Error::model(e, &question_param))?;
     let prepared = match (started, stream) {
         (Start::Fresh(prepared), _) => *prepared,
         (Start::Replay(answer), false) => {
@@ -165,10 +169,9 @@ async fn continued(
     user: &AuthUser,
     chatflow: &str,
     transcript: Option<String>,
-) -> Result<Option<ChatSessionId>, V1Error> {
+) -> Result<Option<SessionDoc>, V1Error> {
     let Some(transcript) = transcript else {
         return Ok(None);
     };
-    let found = sessions::continued(&state.mongo.chat, &user.id, chatflow, &transcript).await?;
-    Ok(found.and_then(|s| ChatSessionId::parse("session_id", &s.session_id).ok()))
+    Ok(sessions::continued(&state.mongo.chat, &user.id, chatflow, &transcript).await?)
 }

@@ -128,12 +128,23 @@ pub struct Mapped {
     pub stream: bool,
     /// Whether a stream ends with a `usage` chunk.
     pub include_usage: bool,
+    /// The question's content (`messages[i].content`), the `param` of a
+    /// refused upload.
+    pub question_param: String,
 }
 
 /// One message's text and images.
 struct Said {
     text: String,
     images: Vec<String>,
+}
+
+/// A user or assistant message: its role, what it said, and where it was
+/// in `messages`.
+struct Turn {
+    role: &'static str,
+    said: Said,
+    index: usize,
 }
 
 fn said(index: usize, content: Option<Content>) -> Result<Said, V1Error> {
@@ -240,11 +251,8 @@ fn refuse_unsupported(request: &CompletionRequest) -> Result<(), V1Error> {
     Ok(())
 }
 
-/// The system messages' text, and the turns (role, what was said).
-#[allow(clippy::type_complexity)]
-fn read_messages(
-    messages: Vec<ChatMessage>,
-) -> Result<(Vec<String>, Vec<(&'static str, Said)>), V1Error> {
+/// The system messages' text, and the turns.
+fn read_messages(messages: Vec<ChatMessage>) -> Result<(Vec<String>, Vec<Turn>), V1Error> {
     let mut system = Vec::new();
     let mut turns = Vec::new();
     for (i, message) in messages.into_iter().enumerate() {
@@ -260,7 +268,11 @@ fn read_messages(
         let content = said(i, message.content)?;
         match role {
             None => system.push(content.text),
-            Some(role) => turns.push((role, content)),
+            Some(role) => turns.push(Turn {
+                role,
+                said: content,
+                index: i,
+            }),
         }
     }
     Ok((system, turns))
@@ -274,31 +286,38 @@ pub fn map(mut request: CompletionRequest) -> Result<Mapped, V1Error> {
     let chatflow_id = ChatflowId::parse("model", &request.model)
         .map_err(|_| V1Error::no_model(&request.model))?;
     let (system, mut turns) = read_messages(std::mem::take(&mut request.messages))?;
-    let Some(("user", question)) = turns.pop() else {
-        return Err(V1Error::invalid(
-            "messages",
-            "the last message (after system messages) must be the user's question",
-        ));
+    let question = match turns.pop() {
+        Some(turn) if turn.role == "user" => turn,
+        _ => {
+            return Err(V1Error::invalid(
+                "messages",
+                "the last message (after system messages) must be the user's question",
+            ))
+        }
     };
+    let question_param = format!("messages[{}].content", question.index);
+    if question.said.text.trim().is_empty() && !question.said.images.is_empty() {
+        return Err(V1Error::invalid(
+            question_param,
+            "a question with images needs a text part too: a chatflow takes a question",
+        ));
+    }
     let history: Vec<HistoryItem> = turns
         .iter()
-        .map(|(role, said)| HistoryItem {
-            role: if *role == "user" {
+        .map(|turn| HistoryItem {
+            role: if turn.role == "user" {
                 "userMessage"
             } else {
                 "apiMessage"
             }
             .into(),
-            content: said.text.clone(),
+            content: turn.said.text.clone(),
         })
         .collect();
-    let transcript = (!turns.is_empty()).then(|| {
-        transcript_after(
-            "",
-            turns.iter().map(|(role, said)| (*role, said.text.as_str())),
-        )
-    });
+    let transcript = (!turns.is_empty())
+        .then(|| transcript_after("", turns.iter().map(|t| (t.role, t.said.text.as_str()))));
     let uploads: Vec<UploadItem> = question
+        .said
         .images
         .into_iter()
         .enumerate()
@@ -306,7 +325,7 @@ pub fn map(mut request: CompletionRequest) -> Result<Mapped, V1Error> {
         .collect();
     let body = PredictBody {
         chatflow_id,
-        question: question.text,
+        question: question.said.text,
         session_id: None,
         override_config: overrides(&request, &system),
         history: (!history.is_empty()).then_some(history),
@@ -320,6 +339,7 @@ pub fn map(mut request: CompletionRequest) -> Result<Mapped, V1Error> {
             .stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
+        question_param,
     })
 }
 

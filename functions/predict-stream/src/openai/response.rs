@@ -161,6 +161,7 @@ pub struct Chunks {
     model: String,
     created: i64,
     include_usage: bool,
+    timed_out: bool,
 }
 
 fn data(value: &serde_json::Value) -> bytes::Bytes {
@@ -179,6 +180,7 @@ impl Chunks {
             model: model.to_owned(),
             created: now(),
             include_usage,
+            timed_out: false,
         }
     }
 
@@ -209,16 +211,18 @@ impl Wire for Chunks {
     }
 
     fn event(&mut self, event: &StreamEvent) -> Option<bytes::Bytes> {
+        // `start` carries the first token, which the first `token` repeats.
         match (event.event.as_str(), event.data.as_str()) {
-            ("token" | "start", Some(piece)) if !piece.is_empty() => {
+            ("token", Some(piece)) if !piece.is_empty() => {
                 Some(data(&self.delta(json!({"content": piece}), None)))
             }
             _ => None,
         }
     }
 
-    fn broke(&mut self, _failure: Failure) -> Option<bytes::Bytes> {
+    fn broke(&mut self, failure: Failure) -> Option<bytes::Bytes> {
         // Said once, in the closing error chunk.
+        self.timed_out = failure == Failure::UpstreamTimeout;
         None
     }
 
@@ -226,7 +230,6 @@ impl Wire for Chunks {
     /// usage chunk when asked for, `[DONE]`. An answer cut short or a
     /// settlement that failed: an error chunk, then `[DONE]`.
     fn closing(&mut self, settled: Result<&PredictionAnswer, &str>) -> Vec<bytes::Bytes> {
-        let status = axum::http::StatusCode::BAD_GATEWAY;
         let mut frames = Vec::new();
         match settled {
             Ok(answer) if answer.status == "complete" => {
@@ -241,11 +244,21 @@ impl Wire for Chunks {
                 }
             }
             Ok(answer) => {
+                let (status, code, what) = if self.timed_out {
+                    (504, "upstream_timeout", "did not finish the answer in time")
+                } else {
+                    (
+                        502,
+                        "upstream_error",
+                        "stopped before the answer was complete",
+                    )
+                };
                 let message = format!(
-                    "the chat service stopped before the answer was complete; {} credits were charged for the part delivered",
+                    "the chat service {what}; {} credits were charged for the part delivered",
                     answer.credits.charged
                 );
-                frames.push(data(&envelope(status, "upstream_error", &message, None)));
+                let status = axum::http::StatusCode::from_u16(status).unwrap_or_default();
+                frames.push(data(&envelope(status, code, &message, None)));
             }
             Err(message) => {
                 let status = axum::http::StatusCode::INTERNAL_SERVER_ERROR;
