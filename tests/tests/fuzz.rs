@@ -23,6 +23,8 @@ const TARGETS: &[(&str, &str)] = &[
         "predict",
         "^/api/v1/(chatflows|chat/(sessions|files|predict$)|admin/chatflows)",
     ),
+    // The OpenAI-compatible API: its errors in OpenAI's envelope.
+    ("predict-stream", "^/v1/"),
 ];
 
 #[tokio::test]
@@ -39,7 +41,7 @@ async fn every_function_holds_its_description_under_fuzzing() {
     let flowise = FlowiseDouble::start().await;
     flowise.add_flow("fuzz-flow", "Fuzzed", Behaviour::answer("fuzzed answer"));
     let stack = Stack::start_with(StackOptions {
-        functions: Some(vec!["auth", "credits", "usage", "predict"]),
+        functions: Some(vec!["auth", "credits", "usage", "predict", "predict-stream"]),
         env: vec![
             ("FLOWISE_API_URL".into(), flowise.url.clone()),
             ("FLOWISE_TIMEOUT_SECONDS".into(), "5".into()),
