@@ -41,7 +41,13 @@ async fn every_function_holds_its_description_under_fuzzing() {
     let flowise = FlowiseDouble::start().await;
     flowise.add_flow("fuzz-flow", "Fuzzed", Behaviour::answer("fuzzed answer"));
     let stack = Stack::start_with(StackOptions {
-        functions: Some(vec!["auth", "credits", "usage", "predict", "predict-stream"]),
+        functions: Some(vec![
+            "auth",
+            "credits",
+            "usage",
+            "predict",
+            "predict-stream",
+        ]),
         env: vec![
             ("FLOWISE_API_URL".into(), flowise.url.clone()),
             ("FLOWISE_TIMEOUT_SECONDS".into(), "5".into()),

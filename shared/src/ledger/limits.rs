@@ -20,7 +20,7 @@ pub type KeyAllowance = Option<i64>;
 /// 403 `account_disabled`, 429 `rate_limited` (with the seconds until a
 /// slot frees), else returns the key's allowance: its monthly limit minus
 /// what it was charged this calendar month (UTC) and what its open
-/// reservations hold. One statement.
+/// reservations hold. One statement, reading the last minute's rows once.
 pub async fn check(
     tx: &mut Tx<'_>,
     user: &UserId,
@@ -40,12 +40,8 @@ pub async fn check(
     let running_for = defaults.running_for.as_secs_f64();
     let row = sqlx::query!(
         r#"SELECT
-             (SELECT count(*) FROM streaming_sessions
-               WHERE user_id = $1 AND origin = 'gateway' AND created_at > now() - interval '1 minute')
-               AS "recent!",
-             (SELECT ceil(extract(epoch FROM min(created_at) + interval '1 minute' - now()))::bigint
-                FROM streaming_sessions
-               WHERE user_id = $1 AND origin = 'gateway' AND created_at > now() - interval '1 minute')
+             window_rows.recent AS "recent!",
+             ceil(extract(epoch FROM window_rows.oldest + interval '1 minute' - now()))::bigint
                AS frees_in,
              (SELECT count(*) FROM streaming_sessions
                WHERE user_id = $1 AND origin = 'gateway' AND status = 'active'
@@ -57,7 +53,11 @@ pub async fn check(
                WHERE api_key_id = $3
                  AND (status = 'active'
                       OR created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'))
-               AS "key_spent!""#,
+               AS "key_spent!"
+           FROM (SELECT count(*) AS recent, min(created_at) AS oldest
+                   FROM streaming_sessions
+                  WHERE user_id = $1 AND origin = 'gateway'
+                    AND created_at > now() - interval '1 minute') AS window_rows"#,
         user.as_str(),
         running_for,
         key.map(|k| k.id),
