@@ -21,6 +21,21 @@ pub struct ErrorBody {
     pub error: String,
     /// Text for a person; names the field for invalid input.
     pub message: String,
+    /// 402: the credits the request needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needed: Option<i64>,
+    /// 402: the credits that were available (the balance, or what an API
+    /// key may still spend this month).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<i64>,
+    /// 409 `idempotency_in_progress` and 429: seconds to wait before
+    /// retrying (also in `Retry-After`).
+    #[serde(
+        default,
+        rename = "retryAfterSeconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_after_seconds: Option<u64>,
 }
 
 /// Every way a request can fail. Each variant documents its status.
@@ -52,6 +67,10 @@ pub enum ApiError {
         code: &'static str,
         /// Message (how much was needed and available).
         message: String,
+        /// Credits needed.
+        needed: i64,
+        /// Credits available.
+        available: i64,
     },
     /// 403: wrong role or not your resource.
     #[error("{message}")]
@@ -243,9 +262,18 @@ impl ApiError {
 
     /// The JSON body of this error.
     pub fn body(&self) -> ErrorBody {
+        let (needed, available) = match self {
+            ApiError::PaymentRequired {
+                needed, available, ..
+            } => (Some(*needed), Some(*available)),
+            _ => (None, None),
+        };
         ErrorBody {
             error: self.code().to_owned(),
             message: self.public_message(),
+            needed,
+            available,
+            retry_after_seconds: self.retry_after(),
         }
     }
 }
@@ -532,6 +560,8 @@ mod tests {
             ApiError::PaymentRequired {
                 code: "insufficient_credits",
                 message: "x".into(),
+                needed: 2,
+                available: 1,
             },
             ApiError::forbidden("x"),
             ApiError::not_found("x"),

@@ -53,6 +53,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("predict", "GET", "/api/v1/chatflows"),
     ("predict", "GET", "/api/v1/chatflows/{id}"),
     ("predict", "POST", "/api/v1/chat/predict"),
+    ("predict", "POST", "/api/v1/chat/predict/{message_id}/stop"),
     ("predict", "GET", "/api/v1/chat/sessions"),
     ("predict", "GET", "/api/v1/chat/sessions/{id}/messages"),
     ("predict", "DELETE", "/api/v1/chat/sessions/{id}"),

@@ -22,6 +22,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::list_chatflows))
         .routes(routes!(routes::get_chatflow))
         .routes(routes!(routes::predict))
+        .routes(routes!(routes::stop))
         .routes(routes!(routes::list_sessions))
         .routes(routes!(routes::list_messages))
         .routes(routes!(routes::delete_session))

@@ -15,8 +15,9 @@ use shared::chat::files::{self, FileView};
 use shared::chat::sessions::{self, MessageView, SessionView};
 use shared::error::{ApiError, JsonBody, PathParams, QueryParams};
 use shared::http::{RequestArrival, RequestId};
-use shared::ids::{ChatSessionId, ChatflowId};
+use shared::ids::{ChatSessionId, ChatflowId, ReservationId};
 use shared::keys::UserOrKey;
+use shared::ledger::reservations;
 use shared::openapi::{ApiErrors, IdempotencyKeyHeader, PageQuery};
 use shared::prediction::{
     self, PredictBody, PredictRequest, PredictionAnswer, Start, FINISH_MARGIN,
@@ -112,6 +113,46 @@ pub async fn predict(
         .saturating_sub(FINISH_MARGIN);
     let answer = prediction::answer_buffered(&state, &prepared, budget).await?;
     Ok(Json(answer).into_response())
+}
+
+/// `{message_id, stopping, requested_at}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StopBody {
+    /// The answer being stopped.
+    pub message_id: String,
+    /// Always true: the relay ends the answer at its next check.
+    pub stopping: bool,
+    /// When the stop was first asked for.
+    pub requested_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Stops a streamed answer of the caller's (its `message_id`, as the
+/// `session` frame gives it; a `/v1` completion's id without `chatcmpl-`).
+/// In AWS a streaming function is never told that its client went away,
+/// so this is how an answer ends early. The relay reads the flag between
+/// events (every half second) and ends the answer `incomplete`, charged
+/// for what was delivered (the `end` frame says so). 202 at once; 404 for
+/// an id that is not one of the caller's predictions; 409
+/// `already_finished` once it is settled. A buffered answer is not cut
+/// short.
+#[utoipa::path(post, path = "/api/v1/chat/predict/{message_id}/stop", tag = "predict",
+    params(("message_id" = String, Path, description = "The answer's message id")),
+    responses((status = 202, description = "The answer will stop", body = StopBody), ApiErrors))]
+pub async fn stop(
+    State(state): State<AppState>,
+    UserOrKey(user): UserOrKey,
+    PathParams(message_id): PathParams<ReservationId>,
+) -> Answer<StopBody> {
+    let mut conn = state.pg.acquire().await?;
+    let requested_at = reservations::request_stop(&mut conn, &message_id, &user.user_id()).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(StopBody {
+            message_id: message_id.to_string(),
+            stopping: true,
+            requested_at,
+        }),
+    ))
 }
 
 // ---------------------------------------------------------------- sessions

@@ -135,9 +135,18 @@ async fn an_answer_dearer_than_its_reservation_is_charged_as_far_as_the_balance_
 async fn short_credits_are_402_and_nothing_reaches_flowise() {
     let app = App::new().await;
     let user = app.token("broke", Role::Enduser);
-    app.predict(&user, json!({"chatflow_id": "flow-a", "question": "Hi"}))
-        .await
-        .assert_error(402, "insufficient_credits");
+    let res = app
+        .predict(&user, json!({"chatflow_id": "flow-a", "question": "Hi"}))
+        .await;
+    res.assert_error(402, "insufficient_credits");
+    // What a person is told is built from numbers, not the server's text:
+    // the known part of the price (2 per request) against a balance of 0.
+    assert_eq!(
+        (res.body["needed"].as_i64(), res.body["available"].as_i64()),
+        (Some(2), Some(0)),
+        "{}",
+        res.body
+    );
     assert!(app.flowise.received().is_empty());
 }
 

@@ -190,9 +190,10 @@ async fn a_key_past_its_monthly_limit_is_402_and_concurrency_cannot_pass_it() {
         app.flowise.received().len(),
         app.balance("u1").await,
     );
-    app.predict(&key, body.clone())
-        .await
-        .assert_error(402, "key_limit_reached");
+    let res = app.predict(&key, body.clone()).await;
+    res.assert_error(402, "key_limit_reached");
+    assert_eq!(res.body["available"], (50 - spent).max(0), "{}", res.body);
+    assert!(res.body["needed"].as_i64().unwrap() > 0, "{}", res.body);
     assert_eq!(
         (
             app.ledger_rows().await,
@@ -228,6 +229,7 @@ async fn past_the_per_minute_limit_predictions_are_429_with_retry_after_and_chan
                 .parse()
                 .unwrap();
             assert!((1..=60).contains(&wait), "{wait}");
+            assert_eq!(res.body["retryAfterSeconds"], wait, "{}", res.body);
             limited += 1;
         }
     }

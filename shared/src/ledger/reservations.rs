@@ -502,3 +502,43 @@ pub async fn active_sessions(
     .fetch_all(conn)
     .await?)
 }
+
+/// Asks the prediction `id` of `user` to stop (its relay reads the flag
+/// between events): 404 for an id that is not one of this user's
+/// predictions (another user's included, so none is confirmed), 409
+/// `already_finished` once it is settled (the row is left as it was).
+/// Asking twice keeps the first time.
+pub async fn request_stop(
+    conn: &mut sqlx::PgConnection,
+    id: &ReservationId,
+    user: &UserId,
+) -> Result<DateTime<Utc>, LedgerError> {
+    let row = sqlx::query!(
+        r#"UPDATE streaming_sessions
+              SET stop_requested_at = CASE WHEN status = 'active'
+                                           THEN COALESCE(stop_requested_at, now())
+                                           ELSE stop_requested_at END
+            WHERE session_id = $1 AND user_id = $2 AND origin = 'gateway'
+        RETURNING status, stop_requested_at"#,
+        id.as_str(),
+        user.as_str()
+    )
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(|| LedgerError::NoReservation(id.clone()))?;
+    match (row.status.as_str(), row.stop_requested_at) {
+        ("active", Some(at)) => Ok(at),
+        _ => Err(LedgerError::AlreadySettled),
+    }
+}
+
+/// Whether the owner of prediction `id` asked it to stop.
+pub async fn stop_requested(pool: &sqlx::PgPool, id: &ReservationId) -> Result<bool, LedgerError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT stop_requested_at IS NOT NULL AS "stop!" FROM streaming_sessions WHERE session_id = $1"#,
+        id.as_str()
+    )
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or(false))
+}

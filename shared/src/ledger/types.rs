@@ -285,6 +285,9 @@ pub enum LedgerError {
          it is settled when the answer ends"
     )]
     GatewayReservation,
+    /// The reservation is settled already.
+    #[error("this answer has already finished")]
+    AlreadySettled,
     /// The reservation id is in use with other values.
     #[error("streaming session {0} already exists with other values")]
     ReservationTaken(ReservationId),
@@ -334,13 +337,17 @@ impl From<LedgerError> for ApiError {
     fn from(err: LedgerError) -> ApiError {
         let message = err.to_string();
         match err {
-            LedgerError::Insufficient { .. } => ApiError::PaymentRequired {
+            LedgerError::Insufficient { needed, available } => ApiError::PaymentRequired {
                 code: "insufficient_credits",
                 message,
+                needed,
+                available,
             },
-            LedgerError::KeyLimit { .. } => ApiError::PaymentRequired {
+            LedgerError::KeyLimit { needed, allowance } => ApiError::PaymentRequired {
                 code: "key_limit_reached",
                 message,
+                needed,
+                available: allowance,
             },
             LedgerError::AccountDisabled => ApiError::Forbidden {
                 code: "account_disabled",
@@ -365,6 +372,10 @@ impl From<LedgerError> for ApiError {
             LedgerError::NotOwner => ApiError::forbidden(message),
             LedgerError::GatewayReservation => ApiError::Forbidden {
                 code: "gateway_reservation",
+                message,
+            },
+            LedgerError::AlreadySettled => ApiError::Conflict {
+                code: "already_finished",
                 message,
             },
             LedgerError::ReservationTaken(_) => ApiError::Conflict {

@@ -177,6 +177,9 @@ pub enum Failure {
     UpstreamTimeout,
     /// The client went away mid-stream.
     ClientDisconnected,
+    /// The owner asked the answer to stop (`POST
+    /// /api/v1/chat/predict/{message_id}/stop`).
+    Stopped,
 }
 
 impl Failure {
@@ -186,6 +189,7 @@ impl Failure {
             Failure::UpstreamError => "upstream_error",
             Failure::UpstreamTimeout => "upstream_timeout",
             Failure::ClientDisconnected => "client_disconnected",
+            Failure::Stopped => "stopped",
         }
     }
 

@@ -159,6 +159,8 @@ pub trait Wire: Send + 'static {
     fn event(&mut self, event: &StreamEvent) -> Option<bytes::Bytes>;
     /// The frame telling of a stream from Flowise that broke off.
     fn broke(&mut self, failure: Failure) -> Option<bytes::Bytes>;
+    /// The owner asked the answer to stop (it closes as settled).
+    fn stopped(&mut self) {}
     /// The last frames: the settled answer, or the message of a settlement
     /// that failed.
     fn closing(&mut self, settled: Result<&PredictionAnswer, &str>) -> Vec<bytes::Bytes>;
@@ -209,18 +211,22 @@ impl Wire for Frames {
     }
 }
 
-/// Step (4) streamed, then (5): relays Flowise's events into `tx` as they
-/// arrive, written by `wire`. A failed send means the client went away:
-/// the reservation is then aborted with the cost of what was delivered,
-/// and the partial answer stored as incomplete. The closing frames carry
-/// the credits charged.
-pub async fn relay_stream<S, W>(
-    state: PredictState,
-    prepared: Prepared,
+/// How often a running stream reads whether its owner asked it to stop.
+pub const STOP_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Step (4) streamed: relays Flowise's events into `tx` as they arrive,
+/// written by `wire`, until the stream ends, breaks, loses its client or
+/// its owner asks it to stop (read every [`STOP_CHECK_EVERY`], between
+/// events, so a stalled Flowise is stopped too). Returns what was
+/// delivered.
+async fn relay_events<S, W>(
+    state: &PredictState,
+    prepared: &Prepared,
     mut events: S,
-    mut wire: W,
-    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
-) where
+    wire: &mut W,
+    tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> Relayed
+where
     S: futures_util::Stream<Item = Result<StreamEvent, FlowiseError>> + Unpin,
     W: Wire,
 {
@@ -229,8 +235,22 @@ pub async fn relay_stream<S, W>(
     for frame in wire.opening() {
         relayed.client_gone = relayed.client_gone || tx.send(frame).await.is_err();
     }
+    let start = tokio::time::Instant::now() + STOP_CHECK_EVERY;
+    let mut checks = tokio::time::interval_at(start, STOP_CHECK_EVERY);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !relayed.client_gone {
-        let event = match events.next().await {
+        let next = tokio::select! {
+            next = events.next() => next,
+            _ = checks.tick() => {
+                if stop_asked(state, prepared).await {
+                    wire.stopped();
+                    relayed.failure = Some(Failure::Stopped);
+                    break;
+                }
+                continue;
+            }
+        };
+        let event = match next {
             None => break,
             Some(Err(e)) => {
                 let failure = Failure::of(&e);
@@ -249,6 +269,36 @@ pub async fn relay_stream<S, W>(
             relayed.client_gone = tx.send(frame).await.is_err();
         }
     }
+    relayed
+}
+
+/// Whether the owner asked the prediction to stop (a failed read is
+/// logged and taken as no).
+async fn stop_asked(state: &PredictState, prepared: &Prepared) -> bool {
+    match crate::ledger::reservations::stop_requested(&state.pg, &prepared.message_id).await {
+        Ok(asked) => asked,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not read whether a stream was asked to stop");
+            false
+        }
+    }
+}
+
+/// Steps (4) and (5) streamed: [`relay_events`], then the settlement: a
+/// stream cut short (it broke, its client went away, its owner stopped
+/// it) is aborted with the cost of what was delivered and stored as
+/// incomplete. The closing frames carry the credits charged.
+pub async fn relay_stream<S, W>(
+    state: PredictState,
+    prepared: Prepared,
+    events: S,
+    mut wire: W,
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+) where
+    S: futures_util::Stream<Item = Result<StreamEvent, FlowiseError>> + Unpin,
+    W: Wire,
+{
+    let relayed = relay_events(&state, &prepared, events, &mut wire, &tx).await;
     let outcome = relayed.outcome(&prepared);
     let settled = finish(&state, &prepared, &outcome).await;
     if let Err(err) = &settled {

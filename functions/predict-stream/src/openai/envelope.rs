@@ -182,6 +182,9 @@ pub async fn layer(req: Request, next: Next) -> Response {
             .canonical_reason()
             .unwrap_or("the request failed")
             .to_lowercase(),
+        needed: None,
+        available: None,
+        retry_after_seconds: None,
     });
     let details = parts.extensions.remove::<Details>();
     let (param, code) = details.map_or((None, None), |d| (d.param, d.code));

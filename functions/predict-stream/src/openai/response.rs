@@ -162,6 +162,7 @@ pub struct Chunks {
     created: i64,
     include_usage: bool,
     timed_out: bool,
+    stopped: bool,
 }
 
 fn data(value: &serde_json::Value) -> bytes::Bytes {
@@ -181,6 +182,7 @@ impl Chunks {
             created: now(),
             include_usage,
             timed_out: false,
+            stopped: false,
         }
     }
 
@@ -226,13 +228,18 @@ impl Wire for Chunks {
         None
     }
 
-    /// A complete answer: the finishing chunk (with the credits), the
-    /// usage chunk when asked for, `[DONE]`. An answer cut short or a
-    /// settlement that failed: an error chunk, then `[DONE]`.
+    fn stopped(&mut self) {
+        self.stopped = true;
+    }
+
+    /// A complete answer, or one its owner stopped: the finishing chunk
+    /// (with the credits), the usage chunk when asked for, `[DONE]`. An
+    /// answer cut short otherwise, or a settlement that failed: an error
+    /// chunk, then `[DONE]`.
     fn closing(&mut self, settled: Result<&PredictionAnswer, &str>) -> Vec<bytes::Bytes> {
         let mut frames = Vec::new();
         match settled {
-            Ok(answer) if answer.status == "complete" => {
+            Ok(answer) if answer.status == "complete" || self.stopped => {
                 let mut last = self.delta(json!({}), Some("stop"));
                 last["credits"] = json!(answer.credits);
                 last["session_id"] = json!(answer.session_id);
