@@ -5,6 +5,7 @@
 //! decided before a stream starts (400, 401, 402, 403, 404, and 502/504
 //! when Flowise fails before answering) are plain JSON.
 
+pub mod cors;
 pub mod openai;
 
 use axum::body::Body;
@@ -53,11 +54,15 @@ pub fn api(state: AppState) -> Router {
 }
 
 /// The function's router: its API, `/health` and what every router adds,
-/// with every error under `/v1` in OpenAI's envelope.
-pub fn router(state: AppState) -> Router {
+/// with every error under `/v1` in OpenAI's envelope, and CORS for the
+/// browsers of `cors`'s origins.
+pub fn router(state: AppState, cors: cors::Cors) -> Router {
     let health = state.health_checks();
     finish(api(state).merge(health.router()))
         .layer(axum::middleware::from_fn(openai::envelope::layer))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            cors.clone().layer(req, next)
+        }))
 }
 
 /// Flowise's events, as the relay reads them.

@@ -19,6 +19,14 @@ use tower::ServiceExt;
 
 pub const ANSWER: &str = "Hello from the fake OpenAI server!";
 
+/// The console's origin in these tests: the streaming function answers
+/// its browsers' CORS.
+pub const CONSOLE_ORIGIN: &str = "https://console.test";
+
+fn console_cors() -> predict_stream::cors::Cors {
+    predict_stream::cors::Cors::allowing([CONSOLE_ORIGIN]).unwrap()
+}
+
 pub struct App {
     pub client: TestClient,
     pub stream: Router,
@@ -68,7 +76,7 @@ impl App {
         };
         let app = App {
             client: TestClient::new(predict::router(state.clone())),
-            stream: predict_stream::router(state.clone()),
+            stream: predict_stream::router(state.clone(), console_cors()),
             state,
             flowise,
             pg,
