@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 
 pub mod accounts;
 pub mod bootstrap;
+pub mod cookie;
 pub mod guard;
 pub mod mail;
 pub mod password;
@@ -156,6 +157,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn api(state: AppState) -> Router {
     let indexes = state.indexes.clone();
     let (api, _) = routes().with_state(state).split_for_parts();
+    let api = api.layer(axum::middleware::from_fn(cookie::layer));
     require_indexes(api, indexes)
 }
 
