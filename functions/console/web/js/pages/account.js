@@ -1,0 +1,189 @@
+// A user's own pages: credits (balance, allocations and when each
+// expires, transactions), usage (credits per day and per chatflow), API
+// keys (create, copy once, revoke, spend this month) and the profile.
+
+import { h, replace, field, number, when } from "../dom.js";
+import { t } from "../i18n.js";
+import * as api from "../api.js";
+import { errorBox } from "../main.js";
+import { bars } from "../chart.js";
+
+function table(heads, rows) {
+  return h(
+    "table",
+    {},
+    h("thead", {}, h("tr", {}, heads.map((x) => h("th", { scope: "col" }, x)))),
+    h("tbody", {}, rows.map((r) => h("tr", {}, r.map((c) => h("td", {}, c))))),
+  );
+}
+
+async function credits(main) {
+  const [balance, entries] = await Promise.all([
+    api.call("credits", "GET", "/api/credits/balance"),
+    api.call("credits", "GET", "/api/credits/transactions?limit=50"),
+  ]);
+  replace(
+    main,
+    h("h1", {}, t("titles.credits")),
+    h("p", { class: "big", id: "total-credits" }, t("credits.total", { credits: number(balance.totalCredits) })),
+    h("h2", {}, t("credits.allocations")),
+    balance.allocations.length === 0
+      ? h("p", { class: "meta" }, t("credits.noAllocations"))
+      : table(
+          [t("credits.granted"), t("credits.remaining"), t("credits.grantedAt"), t("credits.expiresAt")],
+          balance.allocations.map((a) => [number(a.credits), number(a.remaining), when(a.allocatedAt), a.expiresAt ? when(a.expiresAt) : t("credits.never")]),
+        ),
+    h("h2", {}, t("credits.transactions")),
+    entries.transactions.length === 0
+      ? h("p", { class: "meta" }, t("credits.noTransactions"))
+      : table(
+          [t("credits.when"), t("credits.type"), t("credits.amount"), t("credits.balanceAfter")],
+          entries.transactions.map((e) => [when(e.createdAt), t(`entryTypes.${e.type}`), number(e.amount), number(e.balanceAfter)]),
+        ),
+  );
+}
+
+/** The charts of a usage report. */
+export function usageCharts(stats, chatflowNames = {}) {
+  return [
+    h("p", { class: "big" }, t("usage.total", { credits: number(stats.totalCredits), records: number(stats.totalRecords) })),
+    bars(t("usage.perDay"), stats.byDay.map((d) => ({ label: d.day.slice(0, 10), value: d.credits })), t("usage.day"), t("usage.credits")),
+    bars(t("usage.perChatflow"), stats.byChatflow.map((c) => ({ label: chatflowNames[c.chatflowId] || c.chatflowId, value: c.credits })), t("usage.chatflow"), t("usage.credits")),
+  ];
+}
+
+async function usage(main) {
+  const stats = await api.call("usage", "GET", "/api/usage/stats");
+  replace(main, h("h1", {}, t("titles.usage")), usageCharts(stats));
+}
+
+async function keys(main) {
+  const status = h("div", { "aria-live": "polite" });
+  const list = h("div", { id: "key-list" });
+  const name = field(t("keys.name"), { id: "key-name", required: true, maxlength: 100 });
+  const limit = field(t("keys.monthlyLimit"), { id: "key-limit", type: "number", min: 1, inputmode: "numeric" });
+  const days = field(t("keys.expiresInDays"), { id: "key-days", type: "number", min: 1, max: 365, inputmode: "numeric" });
+
+  async function draw() {
+    const page = await api.call("credits", "GET", "/api/keys?limit=100");
+    replace(
+      list,
+      page.keys.length === 0
+        ? h("p", { class: "meta" }, t("keys.none"))
+        : table(
+            [t("keys.name"), t("keys.prefix"), t("keys.status"), t("keys.spent"), t("keys.lastUsed"), ""],
+            page.keys.map((k) => [
+              k.name,
+              h("code", {}, k.prefix),
+              t(`keys.statuses.${k.status}`),
+              k.monthlyCreditLimit ? t("keys.spentOf", { spent: number(k.creditsThisMonth), limit: number(k.monthlyCreditLimit) }) : number(k.creditsThisMonth),
+              k.lastUsedAt ? when(k.lastUsedAt) : t("keys.neverUsed"),
+              k.status === "active"
+                ? h("button", { type: "button", class: "secondary", onclick: () => revoke(k) }, t("keys.revoke"))
+                : "",
+            ]),
+          ),
+    );
+  }
+
+  async function revoke(k) {
+    if (!confirm(t("keys.confirmRevoke", { name: k.name }))) return;
+    try {
+      await api.call("credits", "DELETE", `/api/keys/${encodeURIComponent(k.id)}`);
+      replace(status, h("p", { class: "notice" }, t("keys.revoked", { name: k.name })));
+      await draw();
+    } catch (err) {
+      replace(status, errorBox(err));
+    }
+  }
+
+  const create = h(
+    "form",
+    {
+      class: "card",
+      onsubmit: async (e) => {
+        e.preventDefault();
+        const body = { name: name.input.value.trim() };
+        if (limit.input.value) body.monthlyCreditLimit = Number(limit.input.value);
+        if (days.input.value) body.expiresInDays = Number(days.input.value);
+        try {
+          const made = await api.call("credits", "POST", "/api/keys", body);
+          const secret = h("input", { id: "new-key", readonly: true, value: made.key, "aria-label": t("keys.secret") });
+          replace(
+            status,
+            h("div", { class: "notice", role: "status" },
+              h("p", {}, t("keys.shownOnce")),
+              secret,
+              h("button", { type: "button", onclick: () => navigator.clipboard?.writeText(made.key).then(() => replace(copied, t("keys.copied"))) }, t("keys.copy")),
+              copied),
+          );
+          name.input.value = "";
+          await draw();
+          secret.select();
+        } catch (err) {
+          replace(status, errorBox(err));
+        }
+      },
+    },
+    h("h2", {}, t("keys.create")),
+    name.el, limit.el, days.el,
+    h("button", { type: "submit" }, t("keys.createButton")),
+  );
+  const copied = h("span", { "aria-live": "polite" });
+  replace(main, h("h1", {}, t("titles.keys")), h("p", {}, t("keys.intro")), create, status, list);
+  await draw();
+}
+
+async function profile(main, { go }) {
+  const me = (await api.call("auth", "GET", "/api/profile")).user;
+  const status = h("div", { "aria-live": "polite" });
+  const username = field(t("auth.username"), { value: me.username, autocomplete: "username" });
+  const email = field(t("auth.email"), { type: "email", value: me.email, autocomplete: "email" });
+  const current = field(t("profile.currentPassword"), { type: "password", autocomplete: "current-password" });
+  const oldPassword = field(t("profile.currentPassword"), { type: "password", autocomplete: "current-password" });
+  const newPassword = field(t("auth.newPassword"), { type: "password", autocomplete: "new-password", minlength: 8 });
+  const done = (key) => replace(status, h("p", { class: "notice", role: "status" }, t(key)));
+  const guard = (f) => async (e) => {
+    e.preventDefault();
+    try {
+      await f();
+    } catch (err) {
+      replace(status, errorBox(err));
+    }
+  };
+  replace(
+    main,
+    h("h1", {}, t("titles.profile")),
+    status,
+    me.pendingEmail ? h("p", { class: "notice" }, t("profile.pending", { email: me.pendingEmail })) : null,
+    h("form", {
+      class: "card",
+      onsubmit: guard(async () => {
+        const body = {};
+        if (username.input.value.trim() !== me.username) body.username = username.input.value.trim();
+        if (email.input.value.trim() !== me.email) {
+          body.email = email.input.value.trim();
+          body.currentPassword = current.input.value;
+        }
+        await api.call("auth", "PUT", "/api/profile", body);
+        done(body.email ? "profile.emailPending" : "profile.saved");
+        if (body.email) setTimeout(() => go(`verify?email=${encodeURIComponent(body.email)}`), 1500);
+      }),
+    }, h("h2", {}, t("profile.details")), username.el, email.el, current.el, h("button", { type: "submit" }, t("profile.save"))),
+    h("form", {
+      class: "card",
+      onsubmit: guard(async () => {
+        const answer = await api.call("auth", "POST", "/api/profile/change-password", {
+          currentPassword: oldPassword.input.value,
+          newPassword: newPassword.input.value,
+        }, { console: true });
+        api.adopt(answer);
+        done("profile.passwordChanged");
+      }),
+    }, h("h2", {}, t("profile.password")), oldPassword.el, newPassword.el, h("button", { type: "submit" }, t("profile.changePassword"))),
+    h("div", { class: "card" }, h("h2", {}, t("profile.sessions")), h("p", {}, t("profile.everywhereHint")),
+      h("button", { type: "button", id: "signout-all", class: "secondary", onclick: () => api.signOut(true).then(() => go("signin")) }, t("profile.signOutEverywhere"))),
+  );
+}
+
+export const accountPages = { credits, usage, keys, profile };

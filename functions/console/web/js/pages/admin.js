@@ -1,0 +1,235 @@
+// The admin's pages (a supervisor gets what the API grants: reading, and
+// granting credits): users with their balance, transactions and limits;
+// chatflows with access and prices; the usage dashboard with CSV export.
+
+import { h, replace, field, number, when } from "../dom.js";
+import { t } from "../i18n.js";
+import * as api from "../api.js";
+import { errorBox } from "../main.js";
+import { usageCharts } from "./account.js";
+import { bars } from "../chart.js";
+
+const enc = encodeURIComponent;
+
+function guarded(status, f) {
+  return async (e) => {
+    e?.preventDefault?.();
+    try {
+      await f();
+    } catch (err) {
+      replace(status, errorBox(err));
+    }
+  };
+}
+
+function said(status, key, vars) {
+  replace(status, h("p", { class: "notice", role: "status" }, t(key, vars)));
+}
+
+async function users(main, { user: me }) {
+  const admin = me.role === "admin";
+  const status = h("div", { "aria-live": "polite" });
+  const search = field(t("admin.search"), { id: "user-search", type: "search" });
+  const list = h("div", { id: "user-list" });
+  const detail = h("section", { id: "user-detail", "aria-live": "polite" });
+
+  async function draw() {
+    const q = search.input.value.trim();
+    const page = await api.call("auth", "GET", `/api/admin/users?limit=50${q ? `&search=${enc(q)}` : ""}`);
+    replace(list, h("ul", { class: "plain" }, page.users.map((u) => h("li", {},
+      h("button", { type: "button", class: "link", onclick: guarded(status, () => open(u)) }, `${u.username} · ${u.email}`),
+      h("span", { class: "meta" }, ` ${t(`roles.${u.role}`)}${u.disabled ? ` · ${t("admin.disabled")}` : ""}${u.isVerified ? "" : ` · ${t("admin.unverified")}`}`),
+    ))));
+  }
+
+  async function open(u) {
+    const [balance, entries] = await Promise.all([
+      api.call("credits", "GET", `/api/credits/balance/${enc(u.id)}`),
+      api.call("credits", "GET", `/api/credits/transactions?limit=20&userId=${enc(u.id)}`),
+    ]);
+    const credits = field(t("admin.credits"), { id: "grant-credits", type: "number", min: 1, inputmode: "numeric", required: true });
+    const days = field(t("admin.expiryDays"), { id: "grant-days", type: "number", min: 1, value: 30, inputmode: "numeric" });
+    const grant = h("form", {
+      class: "card",
+      onsubmit: guarded(status, async () => {
+        const body = { userId: u.id, credits: Number(credits.input.value), expiryDays: Number(days.input.value) || null };
+        const answer = await api.call("credits", "POST", "/api/credits/allocate", body, { headers: { "idempotency-key": crypto.randomUUID() } });
+        said(status, "admin.granted", { credits: number(body.credits), user: u.username, balance: number(answer.newBalance) });
+        await open(u);
+      }),
+    }, h("h3", {}, t("admin.grant")), credits.el, days.el, h("button", { type: "submit" }, t("admin.grantButton")));
+    const actions = [];
+    if (admin) {
+      const role = h("select", { id: "user-role", "aria-label": t("admin.role") },
+        ["enduser", "supervisor", "admin"].map((r) => h("option", { value: r, selected: r === u.role }, t(`roles.${r}`))));
+      const patch = (body, key) => guarded(status, async () => {
+        const answer = await api.call("auth", "PATCH", `/api/admin/users/${enc(u.id)}`, body);
+        said(status, key, { user: u.username });
+        await draw();
+        await open(answer.user);
+      });
+      const perMinute = field(t("admin.perMinute"), { type: "number", min: 1, max: 10000 });
+      const concurrent = field(t("admin.concurrent"), { type: "number", min: 1, max: 100 });
+      actions.push(
+        h("div", { class: "row" }, role, h("button", { type: "button", onclick: () => patch({ role: role.value }, "admin.roleChanged")() }, t("admin.setRole"))),
+        h("div", { class: "row" },
+          u.isVerified ? null : h("button", { type: "button", onclick: patch({ isVerified: true }, "admin.verified") }, t("admin.verify")),
+          h("button", { type: "button", class: "secondary", onclick: patch({ disabled: !u.disabled }, u.disabled ? "admin.enabled" : "admin.disabledNow") }, t(u.disabled ? "admin.enable" : "admin.disable")),
+          h("button", {
+            type: "button",
+            class: "danger",
+            onclick: guarded(status, async () => {
+              if (!confirm(t("admin.confirmDelete", { user: u.username }))) return;
+              await api.call("auth", "DELETE", `/api/admin/users/${enc(u.id)}`);
+              said(status, "admin.deleted", { user: u.username });
+              replace(detail);
+              await draw();
+            }),
+          }, t("admin.delete"))),
+        h("form", {
+          class: "card",
+          onsubmit: guarded(status, async () => {
+            const body = {
+              rateLimitPerMinute: perMinute.input.value ? Number(perMinute.input.value) : null,
+              maxConcurrentStreams: concurrent.input.value ? Number(concurrent.input.value) : null,
+            };
+            await api.call("credits", "PUT", `/api/admin/users/${enc(u.id)}/limits`, body);
+            said(status, "admin.limitsSaved", { user: u.username });
+          }),
+        }, h("h3", {}, t("admin.limits")), h("p", { class: "meta" }, t("admin.limitsHint")), perMinute.el, concurrent.el, h("button", { type: "submit" }, t("admin.saveLimits"))),
+      );
+    }
+    replace(
+      detail,
+      h("h2", {}, u.username),
+      h("p", { class: "big", id: "user-balance" }, t("credits.total", { credits: number(balance.totalCredits) })),
+      grant,
+      actions,
+      h("h3", {}, t("credits.transactions")),
+      h("table", {}, h("tbody", {}, entries.transactions.map((e) => h("tr", {},
+        h("td", {}, when(e.createdAt)), h("td", {}, t(`entryTypes.${e.type}`)), h("td", {}, number(e.amount)))))),
+    );
+  }
+
+  const createForm = () => {
+    const username = field(t("auth.username"));
+    const email = field(t("auth.email"), { type: "email" });
+    const password = field(t("auth.newPassword"), { type: "password", autocomplete: "new-password" });
+    const role = h("select", { "aria-label": t("admin.role") }, ["enduser", "supervisor", "admin"].map((r) => h("option", { value: r }, t(`roles.${r}`))));
+    return h("form", {
+      class: "card",
+      onsubmit: guarded(status, async () => {
+        await api.call("auth", "POST", "/api/admin/users", {
+          username: username.input.value.trim(), email: email.input.value.trim(), password: password.input.value, role: role.value, verified: true,
+        });
+        said(status, "admin.created", { user: username.input.value.trim() });
+        await draw();
+      }),
+    }, h("h2", {}, t("admin.createUser")), username.el, email.el, password.el, role, h("button", { type: "submit" }, t("admin.create")));
+  };
+
+  search.input.addEventListener("input", () => draw().catch((err) => replace(status, errorBox(err))));
+  replace(main, h("h1", {}, t("titles.admin_users")), status, h("div", { class: "split" },
+    h("div", {}, search.el, list, admin ? createForm() : null), detail));
+  await draw();
+}
+
+async function chatflows(main) {
+  const status = h("div", { "aria-live": "polite" });
+  const list = h("div", { id: "flow-list" });
+  async function draw() {
+    const [flows, pricing] = await Promise.all([
+      api.call("predict", "GET", "/api/v1/admin/chatflows"),
+      api.call("credits", "GET", "/api/credits/pricing"),
+    ]);
+    const rules = Object.fromEntries(pricing.rules.map((r) => [r.chatflowId, r]));
+    replace(list, flows.chatflows.filter((f) => !f.removed).map((f) => {
+      const rule = rules[f.id] || rules.default || { perRequest: 0, perInputToken: 0, perOutputToken: 0 };
+      const pub = h("input", { type: "checkbox", id: `public-${f.id}`, checked: f.isPublic });
+      const perRequest = field(t("admin.perRequest"), { type: "number", min: 0, value: rule.perRequest });
+      const perInput = field(t("admin.perInput"), { type: "number", min: 0, step: "any", value: rule.perInputToken });
+      const perOutput = field(t("admin.perOutput"), { type: "number", min: 0, step: "any", value: rule.perOutputToken });
+      const emails = field(t("admin.emails"), { multiline: true, rows: 2 });
+      return h("form", {
+        class: "card flow",
+        "aria-label": f.name,
+        onsubmit: guarded(status, async () => {
+          const body = {
+            isPublic: pub.checked,
+            pricing: { perRequest: Number(perRequest.input.value), perInputToken: Number(perInput.input.value), perOutputToken: Number(perOutput.input.value) },
+          };
+          await api.call("predict", "PUT", `/api/v1/admin/chatflows/${enc(f.id)}`, body);
+          const added = emails.input.value.split(/[\s,;]+/).filter(Boolean);
+          if (added.length) await api.call("predict", "POST", `/api/v1/admin/chatflows/${enc(f.id)}/users`, { emails: added });
+          said(status, "admin.flowSaved", { name: f.name });
+          await draw();
+        }),
+      },
+      h("h2", {}, f.name),
+      h("p", { class: "meta" }, f.id),
+      h("div", { class: "check" }, pub, h("label", { for: `public-${f.id}` }, t("admin.public"))),
+      h("p", { class: "meta" }, t("admin.allowed", { count: f.allowedUsers.length }), " ", f.allowedUsers.join(", ")),
+      emails.el, perRequest.el, perInput.el, perOutput.el,
+      h("button", { type: "submit" }, t("admin.saveFlow")));
+    }));
+  }
+  const sync = h("button", {
+    type: "button",
+    id: "sync",
+    onclick: guarded(status, async () => {
+      sync.disabled = true;
+      replace(status, h("p", { class: "notice", role: "status" }, t("admin.syncing")));
+      try {
+        const report = await api.call("predict", "POST", "/api/v1/admin/chatflows/sync");
+        said(status, "admin.synced", report);
+        await draw();
+      } finally {
+        sync.disabled = false;
+      }
+    }),
+  }, t("admin.sync"));
+  replace(main, h("h1", {}, t("titles.admin_chatflows")), sync, status, list);
+  await draw();
+}
+
+async function dashboard(main) {
+  const status = h("div", { "aria-live": "polite" });
+  const from = field(t("admin.from"), { type: "date", id: "range-from" });
+  const to = field(t("admin.to"), { type: "date", id: "range-to" });
+  const report = h("div", { id: "report" });
+  const range = () => {
+    const q = new URLSearchParams();
+    if (from.input.value) q.set("from", from.input.value);
+    if (to.input.value) q.set("to", to.input.value);
+    return q.toString();
+  };
+  async function draw() {
+    const stats = await api.call("usage", "GET", `/api/usage/system-stats?${range()}`);
+    replace(report, usageCharts(stats),
+      bars(t("admin.topUsers"), (stats.byUser || []).map((u) => ({ label: u.userId, value: u.credits })), t("admin.user"), t("usage.credits")));
+  }
+  const exportButton = h("button", {
+    type: "button",
+    id: "export",
+    class: "secondary",
+    onclick: guarded(status, async () => {
+      exportButton.disabled = true;
+      replace(status, h("p", { class: "notice", role: "status" }, t("admin.exporting")));
+      try {
+        const res = await api.raw("usage", `/api/usage/export?${range()}`);
+        const blob = await res.blob();
+        const link = h("a", { href: URL.createObjectURL(blob), download: "usage.csv" }, t("admin.download"));
+        replace(status, h("p", { class: "notice", role: "status" }, t("admin.exported"), " ", link));
+        link.focus();
+      } finally {
+        exportButton.disabled = false;
+      }
+    }),
+  }, t("admin.export"));
+  replace(main, h("h1", {}, t("titles.admin_usage")),
+    h("form", { class: "row", onsubmit: guarded(status, draw) }, from.el, to.el, h("button", { type: "submit" }, t("admin.show")), exportButton),
+    status, report);
+  await draw();
+}
+
+export const adminPages = { "admin/users": users, "admin/chatflows": chatflows, "admin/usage": dashboard };

@@ -1,0 +1,205 @@
+// The chat page: the user's chatflows, a sidebar of their sessions, and a
+// conversation whose answer streams in token by token, can be stopped
+// midway (POST .../stop: in AWS a closed connection is never reported to
+// the function), and ends with its cost and the new balance.
+
+import { h, replace, number } from "../dom.js";
+import { t } from "../i18n.js";
+import * as api from "../api.js";
+import { errorBox } from "../main.js";
+import { renderAnswer } from "../render.js";
+
+function bubble(role, content, status) {
+  const body = h("div", { class: "content" });
+  if (role === "assistant") body.append(renderAnswer(content));
+  else body.textContent = content;
+  const el = h("article", { class: `message ${role}`, "aria-label": t(role === "user" ? "chat.you" : "chat.assistant") }, body);
+  if (status === "incomplete") el.append(h("p", { class: "meta" }, t("chat.incomplete")));
+  return { el, body };
+}
+
+export async function chatPage(main) {
+  const [flows, sessions, balance] = await Promise.all([
+    api.call("predict", "GET", "/api/v1/chatflows"),
+    api.call("predict", "GET", "/api/v1/chat/sessions?limit=50"),
+    api.call("credits", "GET", "/api/credits/total-balance"),
+  ]);
+  const state = { session: null, chatflow: flows.chatflows[0]?.id || null, messageId: null, running: false };
+  const balanceEl = h("p", { class: "balance", id: "balance" }, t("chat.balance", { credits: number(balance.totalCredits) }));
+  const list = h("div", { class: "messages", id: "messages", "aria-live": "polite" });
+  const status = h("div", { class: "status", "aria-live": "assertive" });
+  const select = h(
+    "select",
+    { id: "chatflow", "aria-label": t("chat.chatflow"), onchange: (e) => { state.chatflow = e.target.value; newChat(); } },
+    flows.chatflows.map((f) => h("option", { value: f.id }, f.name)),
+  );
+  const question = h("textarea", { id: "question", rows: 3, "aria-label": t("chat.question"), placeholder: t("chat.placeholder") });
+  const files = h("input", { id: "files", type: "file", multiple: true, "aria-label": t("chat.attach") });
+  const send = h("button", { type: "submit", id: "send" }, t("chat.send"));
+  const stop = h("button", { type: "button", id: "stop", class: "secondary", hidden: true, onclick: stopAnswer }, t("chat.stop"));
+  const sidebar = h("aside", { class: "sessions", "aria-label": t("chat.sessions") });
+
+  function drawSessions(items) {
+    replace(
+      sidebar,
+      h("h2", {}, t("chat.sessions")),
+      h("button", { type: "button", id: "new-chat", onclick: newChat }, t("chat.newChat")),
+      items.length === 0 ? h("p", { class: "meta" }, t("chat.noSessions")) : null,
+      h("ul", {}, items.map((s) => h(
+        "li",
+        { class: s.session_id === state.session ? "current" : "" },
+        h("button", { type: "button", class: "link", onclick: () => openSession(s) }, s.topic || t("chat.untitled")),
+        h("button", {
+          type: "button",
+          class: "icon",
+          "aria-label": t("chat.deleteSession", { topic: s.topic }),
+          onclick: () => deleteSession(s),
+        }, "×"),
+      ))),
+    );
+  }
+
+  async function reloadSessions() {
+    const fresh = await api.call("predict", "GET", "/api/v1/chat/sessions?limit=50");
+    drawSessions(fresh.sessions);
+  }
+
+  function newChat() {
+    state.session = null;
+    replace(list);
+    replace(status);
+    drawSessions(sessions.sessions);
+    question.focus();
+  }
+
+  async function openSession(s) {
+    state.session = s.session_id;
+    state.chatflow = s.chatflow_id;
+    select.value = s.chatflow_id;
+    const page = await api.call("predict", "GET", `/api/v1/chat/sessions/${encodeURIComponent(s.session_id)}/messages?limit=100`);
+    replace(list, page.messages.map((m) => bubble(m.role, m.content, m.status).el));
+    drawSessions(sessions.sessions);
+  }
+
+  async function deleteSession(s) {
+    if (!confirm(t("chat.confirmDelete", { topic: s.topic }))) return;
+    try {
+      await api.call("predict", "DELETE", `/api/v1/chat/sessions/${encodeURIComponent(s.session_id)}`);
+      sessions.sessions = sessions.sessions.filter((x) => x.session_id !== s.session_id);
+      if (state.session === s.session_id) newChat();
+      else drawSessions(sessions.sessions);
+    } catch (err) {
+      replace(status, errorBox(err));
+    }
+  }
+
+  async function stopAnswer() {
+    if (!state.messageId) return;
+    stop.disabled = true;
+    try {
+      await api.call("predict", "POST", `/api/v1/chat/predict/${encodeURIComponent(state.messageId)}/stop`);
+      replace(status, h("p", { class: "notice" }, t("chat.stopping")));
+    } catch (err) {
+      replace(status, errorBox(err));
+    }
+  }
+
+  async function upload() {
+    const ids = [];
+    for (const file of files.files) {
+      const data = new FormData();
+      data.append("file", file, file.name);
+      const stored = await api.call("predict", "POST", "/api/v1/chat/files", data);
+      ids.push({ file_id: stored.file_id });
+    }
+    return ids;
+  }
+
+  async function ask(text) {
+    state.running = true;
+    send.disabled = true;
+    replace(status);
+    list.append(bubble("user", text).el);
+    const answer = bubble("assistant", "");
+    answer.el.classList.add("streaming");
+    let received = "";
+    let drawn = false;
+    const draw = () => {
+      drawn = false;
+      replace(answer.body, renderAnswer(received));
+    };
+    try {
+      const uploads = await upload();
+      const body = { chatflow_id: state.chatflow, question: text };
+      if (state.session) body.session_id = state.session;
+      if (uploads.length) body.uploads = uploads;
+      await api.stream(body, (event, data) => {
+        if (event === "session") {
+          state.session = data.session_id;
+          state.messageId = data.message_id;
+          list.append(answer.el);
+          stop.hidden = false;
+          stop.disabled = false;
+        } else if (event === "token" && typeof data === "string") {
+          received += data;
+          if (!drawn) {
+            drawn = true;
+            requestAnimationFrame(draw);
+          }
+        } else if (event === "error") {
+          replace(status, h("p", { class: "error", role: "alert" }, t("chat.failedMidway")));
+        } else if (event === "end") {
+          draw();
+          answer.el.classList.remove("streaming");
+          const key = data.status === "complete" ? "chat.cost" : "chat.costIncomplete";
+          answer.el.append(h("p", { class: "meta cost" }, t(key, { charged: number(data.credits.charged) })));
+          if (data.credits.balance !== null && data.credits.balance !== undefined) {
+            balanceEl.textContent = t("chat.balance", { credits: number(data.credits.balance) });
+          }
+        }
+      });
+      files.value = "";
+      await reloadSessions();
+    } catch (err) {
+      answer.el.classList.remove("streaming");
+      replace(status, errorBox(err, err.code === "network" ? () => ask(text) : undefined));
+    } finally {
+      state.running = false;
+      state.messageId = null;
+      send.disabled = false;
+      stop.hidden = true;
+    }
+  }
+
+  const composer = h(
+    "form",
+    {
+      class: "composer",
+      onsubmit: (e) => {
+        e.preventDefault();
+        const text = question.value.trim();
+        if (!text || state.running || !state.chatflow) return;
+        question.value = "";
+        ask(text);
+      },
+    },
+    question,
+    h("div", { class: "row" }, h("label", { class: "file" }, t("chat.attach"), files), send, stop),
+  );
+  question.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey) {
+      e.preventDefault();
+      composer.requestSubmit();
+    }
+  });
+
+  drawSessions(sessions.sessions);
+  const noFlows = flows.chatflows.length === 0 ? h("p", { class: "notice" }, t("chat.noChatflows")) : null;
+  replace(
+    main,
+    h("div", { class: "chat" }, sidebar, h("section", { class: "conversation", "aria-label": t("chat.conversation") },
+      h("div", { class: "bar" }, h("h1", {}, t("titles.chat")), select, balanceEl),
+      noFlows, list, status, composer)),
+  );
+  question.focus();
+}
