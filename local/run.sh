@@ -66,6 +66,8 @@ log "applying migrations and indexes"
 "${CARGO_TARGET_DIR:-target}/debug/gateway-admin" migrate
 
 PORT="${PORT:-9000}"
+# The console finds each function at its /lambda-url/<name> prefix.
+export CONSOLE_LAYOUT="${CONSOLE_LAYOUT:-lambda-url}"
 log "starting cargo lambda watch on 127.0.0.1:$PORT"
 # In a session of its own, stopped as one process group on exit, and in a
 # PID namespace of its own where the system allows one: when cargo-lambda
@@ -81,6 +83,8 @@ wait_port 127.0.0.1 "$PORT" 120 || { echo "cargo lambda watch did not start" >&2
 
 if curl -fsS -m 3 "$FLOWISE_API_URL/api/v1/ping" >/dev/null 2>&1; then flowise_state="answering"; else flowise_state="NOT answering"; fi
 cat <<INFO
+
+  Console:  http://127.0.0.1:$PORT/lambda-url/console/
 
   Functions (cargo lambda watch, reloading on change):
     auth            http://127.0.0.1:$PORT/lambda-url/auth/

@@ -16,7 +16,14 @@ use tokio::process::{Child, Command};
 use crate::lambda::{self, RuntimeApi};
 
 /// The HTTP functions, by binary name.
-pub const HTTP_FUNCTIONS: &[&str] = &["auth", "predict", "predict-stream", "credits", "usage"];
+pub const HTTP_FUNCTIONS: &[&str] = &[
+    "auth",
+    "predict",
+    "predict-stream",
+    "credits",
+    "usage",
+    "console",
+];
 /// Every function, by binary name.
 pub const ALL_FUNCTIONS: &[&str] = &[
     "auth",
@@ -24,6 +31,7 @@ pub const ALL_FUNCTIONS: &[&str] = &[
     "predict-stream",
     "credits",
     "usage",
+    "console",
     "credit-expiry",
 ];
 
@@ -196,6 +204,8 @@ pub fn function_env(
         ("SMTP_TLS".into(), "none".into()),
         ("MAIL_FROM".into(), "gateway@example.com".into()),
         ("APP_BASE_URL".into(), "http://localhost:5173".into()),
+        // The harness's front serves each function at /lambda-url/<name>.
+        ("CONSOLE_LAYOUT".into(), "lambda-url".into()),
         ("FLOWISE_API_URL".into(), "http://127.0.0.1:9".into()),
         ("LOG_FORMAT".into(), "json".into()),
         (

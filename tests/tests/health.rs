@@ -14,6 +14,7 @@ async fn every_http_function_answers_health_with_its_stores() {
         let expected = match *function {
             "auth" => json!({"mongodb": "ok", "mongodbIndexes": "ok"}),
             "credits" | "usage" => json!({"postgres": "ok"}),
+            "console" => json!({}),
             _ => json!({"postgres": "ok", "mongodb": "ok", "mongodbIndexes": "ok"}),
         };
         assert_eq!(body["stores"], expected, "{function}");

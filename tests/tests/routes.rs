@@ -72,6 +72,37 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("predict-stream", "POST", "/v1/chat/completions"),
 ];
 
+/// The console's routes on the HTTP API (`functions/console`): not in
+/// `openapi.yaml`, which describes the JSON API.
+const CONSOLE_ROUTES: &[&str] = &["/", "/assets/{proxy+}", "/config.json", "/reset-password"];
+
+#[tokio::test]
+async fn the_console_answers_its_routes_and_is_not_in_the_description() {
+    let stack = Stack::start_with(e2e::StackOptions {
+        functions: Some(vec!["console"]),
+        ..Default::default()
+    })
+    .await;
+    let page = stack
+        .http
+        .get(stack.url("console", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers().contains_key("content-security-policy"));
+    let (status, config) = stack.get_public("console", "/config.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(config["auth"], "/lambda-url/auth");
+    let text = shared::http::OPENAPI;
+    for path in CONSOLE_ROUTES {
+        assert!(
+            !text.contains(&format!("\n  {path}:")),
+            "{path} is in openapi.yaml"
+        );
+    }
+}
+
 #[tokio::test]
 async fn every_spec_route_is_registered_and_answers_in_the_error_format() {
     let stack = Stack::start().await;
@@ -204,11 +235,17 @@ fn the_sam_template_routes_exactly_the_spec_routes() {
         .collect();
     declared.sort();
     // The streamed prediction and the OpenAI-compatible API are the
-    // function URL's (the `StreamUrl` output lists them), not HttpApi routes.
+    // function URL's (the `StreamUrl` output lists them), not HttpApi routes;
+    // the console's four routes are the HttpApi's but not the spec's.
     let mut expected: Vec<(String, String)> = ROUTES
         .iter()
         .filter(|(f, _, _)| *f != "predict-stream")
         .map(|(_, m, p)| (m.to_string(), p.to_string()))
+        .chain(
+            CONSOLE_ROUTES
+                .iter()
+                .map(|p| ("GET".to_owned(), (*p).to_owned())),
+        )
         .collect();
     expected.sort();
     assert_eq!(declared, expected);

@@ -208,16 +208,20 @@ async fn asset(State(console): State<Console>, Path(path): Path<String>) -> Resp
     console.secured(response)
 }
 
-/// The console's router: its four routes, `/health` and what every
-/// router adds.
-pub fn router(console: Console) -> Router {
-    let routes = Router::new()
+/// The console's four routes (what `gateway-admin serve` mounts).
+pub fn routes(console: Console) -> Router {
+    Router::new()
         .route("/", get(index))
         .route("/reset-password", get(index))
         .route("/config.json", get(config))
         .route("/assets/{*path}", get(asset))
-        .with_state(console);
-    finish(routes.merge(HealthChecks::default().router()))
+        .with_state(console)
+}
+
+/// The console's router: its four routes, `/health` and what every
+/// router adds.
+pub fn router(console: Console) -> Router {
+    finish(routes(console).merge(HealthChecks::default().router()))
 }
 
 #[cfg(test)]

@@ -71,11 +71,18 @@ pub async fn app(env: &Env) -> Result<Router, shared::BoxError> {
         .merge(usage::api(ledger.clone()))
         .merge(predict::api(predict.clone()))
         .merge(predict_stream::api(predict.clone()))
+        // Every family and the stream on this one origin.
+        .merge(console::routes(console::Console::new(console::Config {
+            layout: console::Layout::Gateway {
+                stream: String::new(),
+            },
+        })))
         .merge(health(auth.health_checks(), "auth"))
         .merge(health(ledger.health_checks(), "credits"))
         .merge(health(ledger.health_checks(), "usage"))
         .merge(health(predict.health_checks(), "predict"))
-        .merge(health(predict.health_checks(), "predict-stream"));
+        .merge(health(predict.health_checks(), "predict-stream"))
+        .merge(health(HealthChecks::default(), "console"));
     Ok(finish(api))
 }
 
