@@ -1,5 +1,5 @@
 # Every target CI runs is here; `.ci/run` calls the same commands.
-.PHONY: run serve test fmt fmt-check clippy lint cfn-lint sam-validate openapi openapi-check sqlx-prepare sqlx-check ci release bench-ledger bench-predict bench-coldstart
+.PHONY: screenshots run serve test fmt fmt-check clippy lint cfn-lint sam-validate openapi openapi-check sqlx-prepare sqlx-check ci release bench-ledger bench-predict bench-coldstart
 
 ## Run the local stack: stores, mail catcher, Flowise, every function under cargo lambda watch.
 run:
@@ -65,3 +65,8 @@ bench-predict:
 ## Cold start and memory of every release bootstrap (see BENCHMARKS.md).
 bench-coldstart:
 	./local/with-stores.sh cargo run --release -p e2e --bin bench-coldstart
+
+# Screenshots of the console's main pages (functions/console/screenshots/),
+# taken by the browser test's journey; not part of the tests.
+screenshots:
+	SCREENSHOTS_DIR=$(CURDIR)/functions/console/screenshots ./local/test.sh -E 'binary(console_browser)'

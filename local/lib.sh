@@ -25,6 +25,23 @@ ensure_tools() {
   export PATH="$venv/bin:$PATH"
 }
 
+# Headless Chromium, its WebDriver and the CJK fonts for the console's
+# browser tests, from Debian's packages when missing (as root; otherwise
+# it says what to install, and the browser tests fail saying so too).
+ensure_browser() {
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
+    && fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then
+    return
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing chromium, chromium-driver and fonts-noto-cjk (once)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-noto-cjk >/dev/null
+  else
+    log "the browser tests need: apt-get install chromium chromium-driver fonts-noto-cjk"
+  fi
+}
+
 # The SAM CLI, in a venv of its own (kept off PATH, so the tools venv's
 # python stays first); sets SAM to its `sam`.
 ensure_sam() {

@@ -3,6 +3,8 @@
 # stores of local/with-stores.sh. Extra arguments go to the test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source local/lib.sh
+ensure_browser
 exec ./local/with-stores.sh bash -c '
   # The end-to-end tests start the real function binaries: build them first.
   cargo build --workspace --bins

@@ -368,9 +368,10 @@ fn outcome_response(outcome: Outcome) -> Response {
     }
 }
 
-/// The HTTP front: `/lambda-url/<function>/<path>` → that function.
-pub async fn serve_front(functions: HashMap<String, Arc<RuntimeApi>>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+/// The HTTP front: `/lambda-url/<function>/<path>` → that function, on
+/// `port` (any free one when 0).
+pub async fn serve_front(functions: HashMap<String, Arc<RuntimeApi>>, port: u16) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind the front");
     let address = listener.local_addr().expect("address");

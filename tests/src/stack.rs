@@ -100,6 +100,9 @@ pub struct StackOptions {
     /// Connect as the deployed functions do: as the role of
     /// `deploy/app-role.sql` (no DDL rights), with `MIGRATE_ON_START=false`.
     pub app_role: bool,
+    /// The front's port (default: any free one): a test that must name the
+    /// front's origin in the functions' environment (CORS) picks it first.
+    pub front_port: u16,
 }
 
 /// The value `env` gives `name` (the last one set wins, as in a process).
@@ -258,6 +261,7 @@ impl Stack {
                 binaries: &binaries,
                 env: &env,
                 log_dir: &log_dir,
+                front_port: options.front_port,
             };
             lambdas.start(&functions, options.instances.max(1)).await
         };
@@ -362,6 +366,7 @@ struct Lambdas<'a> {
     binaries: &'a std::path::Path,
     env: &'a [(String, String)],
     log_dir: &'a std::path::Path,
+    front_port: u16,
 }
 
 impl Lambdas<'_> {
@@ -398,7 +403,7 @@ impl Lambdas<'_> {
                 panic!("function {name} did not start; its log:\n{log}");
             }
         }
-        let front = lambda::serve_front(runtimes.clone()).await;
+        let front = lambda::serve_front(runtimes.clone(), self.front_port).await;
         (front, runtimes, children)
     }
 }

@@ -39,8 +39,13 @@ pub enum Layout {
         /// The streaming function's base URL.
         stream: String,
     },
-    /// Under `cargo lambda watch`: each function at `/lambda-url/<name>`.
-    LambdaUrl,
+    /// Under `cargo lambda watch`: each function at `/lambda-url/<name>`
+    /// on the console's origin, the stream too unless `STREAM_URL` names
+    /// another base.
+    LambdaUrl {
+        /// The streaming function's base URL, when not the default.
+        stream: Option<String>,
+    },
 }
 
 /// What the console reads from its environment.
@@ -61,7 +66,12 @@ impl Config {
                     None => String::new(),
                 },
             },
-            Some("lambda-url") => Layout::LambdaUrl,
+            Some("lambda-url") => Layout::LambdaUrl {
+                stream: match env.optional("STREAM_URL") {
+                    Some(_) => Some(env.http_url("STREAM_URL")?),
+                    None => None,
+                },
+            },
             Some(other) => {
                 return Err(ConfigError::Malformed {
                     name: "CONSOLE_LAYOUT".into(),
@@ -78,13 +88,16 @@ impl Config {
         for family in FAMILIES {
             let base = match self.layout {
                 Layout::Gateway { .. } => String::new(),
-                Layout::LambdaUrl => format!("/lambda-url/{family}"),
+                Layout::LambdaUrl { .. } => format!("/lambda-url/{family}"),
             };
             bases.insert((*family).into(), json!(base));
         }
         let stream = match &self.layout {
-            Layout::Gateway { stream } => stream.clone(),
-            Layout::LambdaUrl => "/lambda-url/predict-stream".into(),
+            Layout::Gateway { stream }
+            | Layout::LambdaUrl {
+                stream: Some(stream),
+            } => stream.clone(),
+            Layout::LambdaUrl { stream: None } => "/lambda-url/predict-stream".into(),
         };
         bases.insert("stream".into(), json!(stream));
         Value::Object(bases)
@@ -94,8 +107,11 @@ impl Config {
     /// connections to its origin and the stream's.
     pub fn content_security_policy(&self) -> String {
         let stream = match &self.layout {
-            Layout::Gateway { stream } => origin_of(stream),
-            Layout::LambdaUrl => None,
+            Layout::Gateway { stream }
+            | Layout::LambdaUrl {
+                stream: Some(stream),
+            } => origin_of(stream),
+            Layout::LambdaUrl { stream: None } => None,
         };
         let connect = match stream {
             Some(origin) => format!("'self' {origin}"),
@@ -249,7 +265,7 @@ mod tests {
     #[test]
     fn under_cargo_lambda_watch_each_family_has_its_prefix() {
         let config = Config {
-            layout: Layout::LambdaUrl,
+            layout: Layout::LambdaUrl { stream: None },
         };
         assert_eq!(config.page_config()["credits"], "/lambda-url/credits");
         assert_eq!(config.page_config()["stream"], "/lambda-url/predict-stream");

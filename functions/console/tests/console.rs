@@ -54,7 +54,7 @@ async fn the_page_is_served_no_cache_under_a_strict_policy() {
 
 #[tokio::test]
 async fn assets_are_hashed_immutable_and_typed_and_other_hashes_are_404() {
-    let app = router(Layout::LambdaUrl);
+    let app = router(Layout::LambdaUrl { stream: None });
     for (name, kind) in [
         ("js/main.js", "text/javascript; charset=utf-8"),
         ("app.css", "text/css; charset=utf-8"),
@@ -100,7 +100,7 @@ async fn assets_are_hashed_immutable_and_typed_and_other_hashes_are_404() {
 #[tokio::test]
 async fn the_page_learns_where_each_family_answers() {
     let res = call(
-        &router(Layout::LambdaUrl),
+        &router(Layout::LambdaUrl { stream: None }),
         "GET",
         "/config.json",
         None,

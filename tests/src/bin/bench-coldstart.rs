@@ -74,7 +74,7 @@ async fn main() {
             let api = RuntimeApi::start(name).await;
             let front = format!(
                 "http://{}",
-                lambda::serve_front(HashMap::from([(name.to_string(), api.clone())])).await
+                lambda::serve_front(HashMap::from([(name.to_string(), api.clone())]), 0).await
             );
             let started = Instant::now();
             let mut child = spawn_function(name, round, &api, &env, &log_dir);

@@ -41,7 +41,8 @@ function notice(text) {
   return h("p", { class: "notice", role: "status" }, text);
 }
 
-async function signin(main, { go }) {
+async function signin(main, { go, query }) {
+  const verified = query().get("verified") ? notice(t("auth.verified")) : null;
   const who = field(t("auth.identifier"), { name: "username", autocomplete: "username", required: true });
   const password = field(t("auth.password"), { name: "password", type: "password", autocomplete: "current-password", required: true });
   replace(
@@ -50,6 +51,7 @@ async function signin(main, { go }) {
       await api.signIn(who.input.value.trim(), password.input.value);
       go("chat");
     }, [
+      verified,
       h("p", {}, h("a", { href: "#/signup" }, t("auth.noAccount"))),
       h("p", {}, h("a", { href: "#/forgot" }, t("auth.forgot"))),
     ]),
@@ -99,7 +101,7 @@ async function verify(main, { go, query }) {
         code: code.input.value.trim(),
       }, { auth: false, console: true });
       api.adopt(answer);
-      go(api.currentUser() ? "chat" : "signin");
+      go(api.currentUser() ? "chat" : "signin?verified=1");
     }, [h("p", {}, t("auth.codeHint")), resend, status]),
   );
   (email.input.value ? code.input : email.input).focus();

@@ -1,0 +1,545 @@
+//! The console in a real browser (README, "Console"): headless Chromium
+//! and chromedriver from Debian's packages (installed by the test command
+//! when missing), driven through WebDriver against the real function
+//! binaries and the Flowise double. The page is served from
+//! `http://127.0.0.1:<port>` and streams from `http://localhost:<port>`:
+//! two origins, so the streaming function's CORS is really exercised.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use e2e::{Stack, StackOptions};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use shared::flowise_double::{split_tokens, Behaviour, FlowiseDouble};
+
+const ADMIN: (&str, &str, &str) = ("root", "root@example.com", "correct horse battery staple");
+const ANSWER: &str = "Hello from the **fake** server, with $x^2$ maths!";
+const AXE: &str = include_str!("../vendor/axe-core/axe.min.js");
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// chromedriver and a headless Chromium session on it.
+struct Browser {
+    client: Client,
+    _driver: tokio::process::Child,
+}
+
+impl Browser {
+    async fn start(width: u32, height: u32) -> Browser {
+        let port = free_port();
+        let driver = tokio::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver is installed (the test command installs chromium-driver)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                            "--disable-dev-shm-usage", format!("--window-size={width},{height}")]}),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("a browser session");
+        Browser {
+            client,
+            _driver: driver,
+        }
+    }
+
+    async fn css(&self, selector: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(15))
+            .for_element(Locator::Css(selector))
+            .await
+            .unwrap_or_else(|e| panic!("no {selector}: {e}"))
+    }
+
+    /// Types `text` into `selector` (again, when the page re-rendered the
+    /// element meanwhile).
+    async fn fill(&self, selector: &str, text: &str) {
+        for _ in 0..20 {
+            let el = self.css(selector).await;
+            if el.clear().await.is_ok() && el.send_keys(text).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not type into {selector}");
+    }
+
+    async fn click(&self, selector: &str) {
+        for _ in 0..20 {
+            if self.css(selector).await.click().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not click {selector}");
+    }
+
+    /// Waits until `selector`'s text contains `needle`; returns the text.
+    async fn wait_text(&self, selector: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = match self.client.find(Locator::Css(selector)).await {
+                Ok(el) => el.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{selector} never said {needle:?}; it says {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn script(&self, code: &str) -> Value {
+        self.client.execute(code, vec![]).await.unwrap()
+    }
+
+    /// axe-core's serious and critical findings on the page as it is.
+    async fn axe(&self) -> Vec<Value> {
+        self.client.execute(AXE, vec![]).await.unwrap();
+        let found = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 axe.run(document, {resultTypes: ['violations']})
+                    .then(r => done(r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+                                     .map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(' '))}))))
+                    .catch(e => done([{id: 'axe-failed', error: String(e)}]));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        found.as_array().cloned().unwrap_or_default()
+    }
+
+    /// axe-core finds nothing serious or critical on the page; with
+    /// `SCREENSHOTS_DIR` set (`make screenshots`) the page is also saved
+    /// there as `<page>.png`.
+    async fn assert_accessible(&self, page: &str) {
+        let found = self.axe().await;
+        assert!(found.is_empty(), "axe on {page}: {found:#?}");
+        self.shot(page).await;
+    }
+
+    async fn shot(&self, page: &str) {
+        let Ok(dir) = std::env::var("SCREENSHOTS_DIR") else {
+            return;
+        };
+        let name: String = page
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn no_horizontal_scroll(&self) -> bool {
+        self.script(
+            "return document.documentElement.scrollWidth <= document.documentElement.clientWidth",
+        )
+        .await
+        .as_bool()
+        .unwrap()
+    }
+}
+
+/// The stack with the console on 127.0.0.1 and the stream on localhost.
+async fn console_stack(flowise: &FlowiseDouble) -> (Stack, String) {
+    let port = free_port();
+    let console = format!("http://127.0.0.1:{port}");
+    let stack = Stack::start_with(StackOptions {
+        front_port: port,
+        env: vec![
+            ("FLOWISE_API_URL".into(), flowise.url.clone()),
+            ("FLOWISE_TIMEOUT_SECONDS".into(), "20".into()),
+            ("ADMIN_USERNAME".into(), ADMIN.0.into()),
+            ("ADMIN_EMAIL".into(), ADMIN.1.into()),
+            ("ADMIN_PASSWORD".into(), ADMIN.2.into()),
+            (
+                "STREAM_URL".into(),
+                format!("http://localhost:{port}/lambda-url/predict-stream"),
+            ),
+            ("CORS_ALLOWED_ORIGINS".into(), console.clone()),
+            (
+                "APP_BASE_URL".into(),
+                format!("{console}/lambda-url/console"),
+            ),
+        ],
+        ..Default::default()
+    })
+    .await;
+    (stack, format!("{console}/lambda-url/console/"))
+}
+
+async fn sign_in(browser: &Browser, base: &str, who: &str, password: &str) {
+    browser
+        .client
+        .goto(&format!("{base}#/signin"))
+        .await
+        .unwrap();
+    browser.fill("input[name=username]", who).await;
+    browser.fill("input[name=password]", password).await;
+    browser.click("form button[type=submit]").await;
+    browser.css("#signout").await;
+}
+
+#[tokio::test]
+async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_well() {
+    let flowise = FlowiseDouble::start().await;
+    let slow = Behaviour::Answer {
+        tokens: split_tokens(ANSWER),
+        delay: Duration::from_millis(250),
+        usage: None,
+        heartbeat: false,
+    };
+    flowise.add_flow("flow-ui", "Support bot", slow);
+    let (stack, base) = console_stack(&flowise).await;
+    let browser = Browser::start(1280, 900).await;
+
+    // Sign up, with the code the mail carried.
+    browser
+        .client
+        .goto(&format!("{base}#/signup"))
+        .await
+        .unwrap();
+    browser.assert_accessible("sign-up").await;
+    browser
+        .fill("#main input[autocomplete=username]", "zoe")
+        .await;
+    browser
+        .fill("#main input[type=email]", "zoe@example.com")
+        .await;
+    browser
+        .fill("#main input[type=password]", "zoe's long password")
+        .await;
+    browser.click("#main button[type=submit]").await;
+    browser.css("input[autocomplete=one-time-code]").await;
+    let code = stack
+        .smtp
+        .wait_for("zoe@example.com", 0)
+        .await
+        .code()
+        .expect("a code");
+    browser
+        .fill("input[autocomplete=one-time-code]", &code)
+        .await;
+    browser.click("#main button[type=submit]").await;
+    browser.wait_text("#main", "Your email is confirmed").await;
+    sign_in(&browser, &base, "zoe", "zoe's long password").await;
+    browser
+        .wait_text("#main", "No chatflow is open to you yet")
+        .await;
+    browser.assert_accessible("chat, empty").await;
+    browser.click("#signout").await;
+    browser.css("input[name=username]").await;
+
+    // The admin syncs the chatflows, opens one to everyone, grants zoe credits.
+    sign_in(&browser, &base, ADMIN.0, ADMIN.2).await;
+    browser
+        .client
+        .goto(&format!("{base}#/admin/chatflows"))
+        .await
+        .unwrap();
+    browser.click("#sync").await;
+    browser.wait_text("#main", "Synced: 1 new").await;
+    browser.click("input[id='public-flow-ui']").await;
+    let fields = browser
+        .client
+        .find_all(Locator::Css("form.flow input[type=number]"))
+        .await
+        .unwrap();
+    for (field, value) in fields.iter().zip(["2", "0", "1"]) {
+        field.clear().await.unwrap();
+        field.send_keys(value).await.unwrap();
+    }
+    browser.click("form.flow button[type=submit]").await;
+    browser.wait_text("#main", "Support bot is saved").await;
+    browser.assert_accessible("admin chatflows").await;
+    browser
+        .client
+        .goto(&format!("{base}#/admin/users"))
+        .await
+        .unwrap();
+    browser.fill("#user-search", "zoe").await;
+    browser.wait_text("#user-list", "zoe@example.com").await;
+    browser.click("#user-list button.link").await;
+    browser.fill("#grant-credits", "200").await;
+    browser.click("#user-detail form button[type=submit]").await;
+    browser
+        .wait_text("#main", "Granted 200 credits to zoe")
+        .await;
+    browser.wait_text("#user-balance", "200").await;
+    browser.assert_accessible("admin users").await;
+    browser.click("#signout").await;
+    browser.css("input[name=username]").await;
+
+    // Zoe signs in with the keyboard alone: focus starts on the name field,
+    // Tab moves to the password, Enter submits.
+    browser
+        .client
+        .goto(&format!("{base}#/signin"))
+        .await
+        .unwrap();
+    browser.css("input[name=username]").await;
+    let focused = browser.script("return document.activeElement.name").await;
+    assert_eq!(focused, "username", "focus starts on the first field");
+    let active = browser.client.active_element().await.unwrap();
+    active.send_keys("zoe").await.unwrap();
+    active.send_keys("\u{E004}").await.unwrap(); // Tab
+    let active = browser.client.active_element().await.unwrap();
+    assert_eq!(
+        active.attr("name").await.unwrap().as_deref(),
+        Some("password")
+    );
+    active
+        .send_keys("zoe's long password\u{E007}")
+        .await
+        .unwrap(); // Enter
+    browser.css("#question").await;
+    browser.wait_text("#balance", "200").await;
+
+    // A streamed answer: its first token is on screen while the double
+    // still holds the rest; it ends with its cost and the new balance.
+    browser.fill("#question", "Hi there").await;
+    browser.click("#send").await;
+    let first = browser
+        .wait_text("#messages article.assistant", "Hello")
+        .await;
+    assert!(
+        !first.contains("maths"),
+        "the rest is still held: {first:?}"
+    );
+    browser.wait_text("#messages", "This answer cost").await;
+    let strong = browser
+        .script("return document.querySelector('#messages article.assistant strong')?.textContent")
+        .await;
+    assert_eq!(strong, "fake", "Markdown rendered");
+    let katex = browser
+        .script("return document.querySelectorAll('#messages .katex').length")
+        .await;
+    assert!(katex.as_u64().unwrap() >= 1, "maths rendered");
+    let balance = browser.css("#balance").await.text().await.unwrap();
+    assert!(
+        !balance.contains("200 credits"),
+        "the balance went down: {balance}"
+    );
+    browser.assert_accessible("chat, answered").await;
+
+    // Stopped midway: the answer ends incomplete and costs what was delivered.
+    let before = stack
+        .balance(&stack.token(&zoe_id(&stack).await, shared::token::Role::Enduser))
+        .await;
+    browser.fill("#question", "Tell me more").await;
+    browser.click("#send").await;
+    browser
+        .wait_text("#messages article.assistant:last-of-type", "Hello")
+        .await;
+    browser.click("#stop").await;
+    let cut = browser.wait_text("#messages", "you paid").await;
+    let after = stack
+        .balance(&stack.token(&zoe_id(&stack).await, shared::token::Role::Enduser))
+        .await;
+    assert!(after < before, "the delivered part was charged");
+    assert!(
+        cut.contains(&format!("you paid {} credits", before - after)),
+        "the page shows the charge ({}): {cut}",
+        before - after
+    );
+
+    // An attached file goes with the question.
+    let file = std::env::temp_dir().join(format!("note-{}.txt", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&file, "meeting notes: bring the budget").unwrap();
+    browser
+        .css("#files")
+        .await
+        .send_keys(file.to_str().unwrap())
+        .await
+        .unwrap();
+    browser.fill("#question", "Summarise the file").await;
+    browser.click("#send").await;
+    browser.wait_text("#messages", "Summarise the file").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !flowise
+        .received()
+        .iter()
+        .any(|r| r.body["uploads"].as_array().is_some_and(|u| !u.is_empty()))
+    {
+        assert!(Instant::now() < deadline, "no upload reached Flowise");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser
+        .wait_text(
+            "#messages article.assistant:last-of-type",
+            "This answer cost",
+        )
+        .await;
+
+    // Locale and theme: switched, and remembered.
+    let select = browser.css("#locale").await;
+    select.select_by_value("zh-CN").await.unwrap();
+    browser.wait_text("header nav", "对话").await;
+    browser.click("#theme").await;
+    let theme = browser
+        .script("return document.documentElement.dataset.theme")
+        .await;
+    assert_eq!(theme, "dark");
+    browser.client.refresh().await.unwrap();
+    browser.wait_text("header nav", "对话").await;
+    let theme = browser
+        .script("return document.documentElement.dataset.theme")
+        .await;
+    assert_eq!(theme, "dark", "remembered");
+    browser.assert_accessible("chat, zh-CN, dark").await;
+    browser
+        .css("#locale")
+        .await
+        .select_by_value("zh-TW")
+        .await
+        .unwrap();
+    browser.wait_text("header nav", "對話").await;
+    browser
+        .css("#locale")
+        .await
+        .select_by_value("en")
+        .await
+        .unwrap();
+    browser.wait_text("header nav", "Chat").await;
+
+    // The other pages: each accessible, readable at 375 px.
+    for page in ["credits", "usage", "keys", "profile"] {
+        browser
+            .client
+            .goto(&format!("{base}#/{page}"))
+            .await
+            .unwrap();
+        browser.css("#main h1").await;
+        browser.assert_accessible(page).await;
+    }
+    browser.client.set_window_size(375, 800).await.unwrap();
+    for page in ["chat", "credits", "usage", "keys", "profile"] {
+        browser
+            .client
+            .goto(&format!("{base}#/{page}"))
+            .await
+            .unwrap();
+        browser.css("#main h1").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            browser.no_horizontal_scroll().await,
+            "{page} scrolls sideways at 375 px"
+        );
+        if page == "chat" {
+            browser.shot("chat at 375px").await;
+        }
+    }
+    let _ = std::fs::remove_file(file);
+}
+
+/// Zoe's user id (the auth function made it).
+async fn zoe_id(stack: &Stack) -> String {
+    let admin = stack.token("admin-x", shared::token::Role::Admin);
+    let (_, users) = stack
+        .get("auth", "/api/admin/users?search=zoe", &admin)
+        .await;
+    users["users"][0]["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_answer_with_markup_is_rendered_harmless() {
+    let flowise = FlowiseDouble::start().await;
+    let hostile = "Look: <img src=x onerror=\"window.pwned=1\"> and [click](javascript:window.pwned=2) \
+                   <script>window.pwned=3</script> <a href=\"https://example.com\" onclick=\"window.pwned=4\">ok</a>";
+    flowise.add_flow("flow-x", "Hostile <b>bot</b>", Behaviour::answer(hostile));
+    let (stack, base) = console_stack(&flowise).await;
+    let admin = stack.token("admin-x", shared::token::Role::Admin);
+    stack.sync_chatflows(&admin).await;
+    stack.open_chatflow(&admin, "flow-x", None).await;
+    let browser = Browser::start(1280, 900).await;
+    sign_in(&browser, &base, ADMIN.0, ADMIN.2).await;
+    // The admin has no credits yet: the refusal is a sentence with numbers.
+    browser.fill("#question", "Hi").await;
+    browser.click("#send").await;
+    let refusal = browser.wait_text("#main [role=alert]", "credits").await;
+    assert!(
+        refusal.contains("You need") && refusal.contains("have 0"),
+        "{refusal}"
+    );
+    let (_, users) = stack
+        .get("auth", "/api/admin/users?search=root", &admin)
+        .await;
+    let root_id = users["users"][0]["id"].as_str().unwrap().to_owned();
+    stack.allocate(&admin, &root_id, 100).await;
+
+    browser.fill("#question", "Hi").await;
+    browser.click("#send").await;
+    browser.wait_text("#messages", "This answer cost").await;
+    let verdict = browser
+        .script(
+            "const a = document.querySelector('#messages article.assistant');
+             return {
+               pwned: window.pwned ?? null,
+               imgHandlers: [...a.querySelectorAll('img')].filter(i => i.getAttribute('onerror')).length,
+               scripts: a.querySelectorAll('script').length,
+               jsLinks: [...a.querySelectorAll('a')].filter(l => (l.getAttribute('href') || '').startsWith('javascript')).length,
+               clickHandlers: [...a.querySelectorAll('[onclick]')].length,
+               safeLink: [...a.querySelectorAll('a')].map(l => l.getAttribute('rel')).join(' '),
+               option: document.querySelector('#chatflow option').textContent,
+               optionChildren: document.querySelector('#chatflow option').children.length,
+             };",
+        )
+        .await;
+    assert_eq!(verdict["pwned"], Value::Null, "{verdict}");
+    assert_eq!(verdict["imgHandlers"], 0, "{verdict}");
+    assert_eq!(verdict["scripts"], 0, "{verdict}");
+    assert_eq!(verdict["jsLinks"], 0, "{verdict}");
+    assert_eq!(verdict["clickHandlers"], 0, "{verdict}");
+    assert!(
+        verdict["safeLink"].as_str().unwrap().contains("noopener"),
+        "{verdict}"
+    );
+    assert_eq!(
+        verdict["option"], "Hostile <b>bot</b>",
+        "a name is text, never markup"
+    );
+    assert_eq!(verdict["optionChildren"], 0);
+    // Wait a moment for any delayed handler, then check again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        browser.script("return window.pwned ?? null").await,
+        Value::Null
+    );
+}
