@@ -410,6 +410,39 @@ pub fn csv_line(r: &UsageRecord) -> String {
     )
 }
 
+/// The most an export may weigh: a buffered Lambda answer stops at 6 MB.
+pub const MAX_EXPORT_BYTES: i64 = 5_000_000;
+
+/// Refuses an export of `range` that would not fit in one answer (422
+/// `export_too_large`, asking for a shorter range): its records and the
+/// size their CSV lines will have, give or take the quoting, counted
+/// before anything is sent.
+pub async fn check_export_size(pool: &PgPool, range: &DateRange) -> Result<(), ApiError> {
+    let row = sqlx::query!(
+        r#"SELECT count(*) AS "rows!",
+                  COALESCE(SUM(120 + octet_length(user_id) + octet_length(service)
+                               + octet_length(operation) + octet_length(metadata::text)), 0)::bigint
+                    AS "bytes!"
+             FROM usage_logs WHERE created_at >= $1 AND created_at < $2"#,
+        range.from,
+        range.to
+    )
+    .fetch_one(pool)
+    .await?;
+    if row.bytes > MAX_EXPORT_BYTES {
+        return Err(ApiError::Unprocessable {
+            code: "export_too_large",
+            message: format!(
+                "the {} records of this range make about {} MB of CSV, more than the {} MB one answer can carry; ask for a shorter range",
+                row.rows,
+                (row.bytes + 999_999) / 1_000_000,
+                MAX_EXPORT_BYTES / 1_000_000
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The records of `range`, oldest first, as a stream of CSV chunks (one
 /// query per `chunk` rows, keyset-paginated, so memory stays flat).
 pub fn export_csv(

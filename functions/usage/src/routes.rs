@@ -128,7 +128,9 @@ pub async fn system_stats(
     stats_for(&state, None, &q, true).await
 }
 
-/// Usage records as CSV, streamed in chunks (admin, supervisor).
+/// Usage records as CSV, streamed in chunks (admin, supervisor). A range
+/// whose CSV would pass 5 MB (a buffered Lambda answer stops at 6) is 422
+/// `export_too_large`, counted before anything is sent.
 #[utoipa::path(get, path = "/api/usage/export", tag = "usage", params(RangeParams),
     responses((status = 200, description = "Usage records as CSV", content_type = "text/csv", body = String), ApiErrors))]
 pub async fn export(
@@ -138,6 +140,7 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     user.require_role(&[Role::Admin, Role::Supervisor])?;
     let range = q.range()?;
+    usage::check_export_size(&state.pg, &range).await?;
     let filename = format!(
         "usage-{}-{}.csv",
         range.from.format("%Y%m%d"),

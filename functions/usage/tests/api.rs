@@ -145,6 +145,48 @@ async fn the_date_range_filters_and_is_validated() {
 }
 
 #[tokio::test]
+async fn an_export_too_large_for_one_answer_asks_for_a_shorter_range() {
+    let (client, db) = app().await;
+    // 700 records of 8 kB each, yesterday, and one today.
+    sqlx::query(
+        "INSERT INTO usage_logs (id, user_id, service, operation, credits, metadata, created_at)
+         SELECT gen_random_uuid(), 'u1', 'chat', 'flow', 1,
+                jsonb_build_object('note', repeat('x', 8000)), now() - interval '1 day'
+           FROM generate_series(1, 700)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let res = record(
+        &client,
+        json!({"userId": "u1", "service": "chat", "operation": "flow", "credits": 1}),
+    )
+    .await;
+    assert_eq!(res.status, 201);
+    let admin = client.token("admin-1", Role::Admin);
+    let res = client.get("/api/usage/export", &admin).await;
+    res.assert_error(422, "export_too_large");
+    assert!(
+        res.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("shorter range"),
+        "{}",
+        res.body
+    );
+    let today = chrono::Utc::now().format("%Y-%m-%d");
+    let res = client
+        .get(&format!("/api/usage/export?from={today}"), &admin)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(
+        res.body.as_str().unwrap().lines().count(),
+        2,
+        "the header and today's record"
+    );
+}
+
+#[tokio::test]
 async fn export_streams_csv_with_escaped_fields() {
     let (client, _db) = app().await;
     for i in 0..2500 {
