@@ -543,3 +543,60 @@ async fn an_answer_with_markup_is_rendered_harmless() {
         Value::Null
     );
 }
+
+#[tokio::test]
+async fn a_forgotten_password_is_reset_from_the_mailed_link_and_every_session_ends() {
+    let flowise = FlowiseDouble::start().await;
+    let (stack, base) = console_stack(&flowise).await;
+    let browser = Browser::start(1280, 900).await;
+    browser
+        .client
+        .goto(&format!("{base}#/signin"))
+        .await
+        .unwrap();
+    browser.css("input[name=username]").await;
+    browser.assert_accessible("sign-in").await;
+    browser.click("a[href='#/forgot']").await;
+    browser.fill("#main input[type=email]", ADMIN.1).await;
+    browser.click("#main button[type=submit]").await;
+    browser
+        .wait_text("#main", "a link to set a new password is on its way")
+        .await;
+    browser.assert_accessible("forgotten password").await;
+
+    // The mail's link opens the console's reset page.
+    let mail = stack.smtp.wait_for(ADMIN.1, 0).await;
+    let token = mail.reset_token().expect("a reset link");
+    let link = format!("{base}reset-password?token={token}");
+    assert!(
+        mail.data
+            .contains("/lambda-url/console/reset-password?token="),
+        "the link opens the console"
+    );
+    browser.client.goto(&link).await.unwrap();
+    browser
+        .fill("#main input[type=password]", "a brand new passphrase")
+        .await;
+    browser.assert_accessible("new password").await;
+    browser.click("#main button[type=submit]").await;
+    browser.css("#signout").await;
+
+    // The new password works; signing out everywhere ends this session too.
+    browser
+        .client
+        .goto(&format!("{base}#/admin/usage"))
+        .await
+        .unwrap();
+    browser.css("#export").await;
+    browser.assert_accessible("usage dashboard").await;
+    browser
+        .client
+        .goto(&format!("{base}#/profile"))
+        .await
+        .unwrap();
+    browser.click("#signout-all").await;
+    browser.css("input[name=username]").await;
+    browser.client.refresh().await.unwrap();
+    browser.css("input[name=username]").await;
+    sign_in(&browser, &base, ADMIN.0, "a brand new passphrase").await;
+}
