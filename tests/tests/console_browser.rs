@@ -303,6 +303,21 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
         .wait_text("#main", "Granted 200 credits to zoe")
         .await;
     browser.wait_text("#user-balance", "200").await;
+    browser
+        .wait_text("#user-limits", "the default a minute")
+        .await;
+    let limits = browser
+        .client
+        .find_all(Locator::Css(
+            "#user-detail form input[type=number][max='10000']",
+        ))
+        .await
+        .unwrap();
+    limits[0].send_keys("30").await.unwrap();
+    browser
+        .click("#user-detail form:last-of-type button[type=submit]")
+        .await;
+    browser.wait_text("#user-limits", "30 a minute").await;
     browser.assert_accessible("admin users").await;
     browser.click("#signout").await;
     browser.css("input[name=username]").await;
@@ -407,6 +422,67 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
             "This answer cost",
         )
         .await;
+
+    // The sidebar: a session reopened shows its messages; one deleted is gone.
+    browser.click("#new-chat").await;
+    browser.wait_text("#main .sessions", "Hi there").await;
+    browser.click("#main .sessions li button.link").await;
+    browser.wait_text("#messages", "Summarise the file").await;
+    let sessions = browser
+        .client
+        .find_all(Locator::Css("#main .sessions li"))
+        .await
+        .unwrap()
+        .len();
+    browser.click("#main .sessions li button.icon").await;
+    browser.client.accept_alert().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while browser
+        .client
+        .find_all(Locator::Css("#main .sessions li"))
+        .await
+        .unwrap()
+        .len()
+        == sessions
+    {
+        assert!(Instant::now() < deadline, "the session was not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An API key: made, shown once, revoked; revoked means refused.
+    browser.client.goto(&format!("{base}#/keys")).await.unwrap();
+    browser.fill("#key-name", "laptop").await;
+    browser.click("#main form.card button[type=submit]").await;
+    let secret = browser
+        .css("#new-key")
+        .await
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(secret.starts_with("fgw_"), "{secret}");
+    browser.wait_text("#key-list", "laptop").await;
+    let models = stack
+        .http
+        .get(stack.url("predict-stream", "/v1/models"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200, "the new key works");
+    browser.click("#key-list button.secondary").await;
+    browser.client.accept_alert().await.unwrap();
+    browser.wait_text("#key-list", "Revoked").await;
+    let models = stack
+        .http
+        .get(stack.url("predict-stream", "/v1/models"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 401, "revoked at once");
+    browser.client.goto(&format!("{base}#/chat")).await.unwrap();
+    browser.css("#question").await;
 
     // Locale and theme: switched, and remembered.
     let select = browser.css("#locale").await;

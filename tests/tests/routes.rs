@@ -44,6 +44,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("credits", "DELETE", "/api/keys/{id}"),
     ("credits", "GET", "/api/admin/keys"),
     ("credits", "DELETE", "/api/admin/keys/{id}"),
+    ("credits", "GET", "/api/admin/users/{id}/limits"),
     ("credits", "PUT", "/api/admin/users/{id}/limits"),
     ("usage", "POST", "/api/usage/record"),
     ("usage", "GET", "/api/usage/stats"),

@@ -156,8 +156,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// what every router adds.
 pub fn api(state: AppState) -> Router {
     let indexes = state.indexes.clone();
+    let refresh_ttl = state.jwt.refresh_ttl();
     let (api, _) = routes().with_state(state).split_for_parts();
-    let api = api.layer(axum::middleware::from_fn(cookie::layer));
+    let api = api.layer(axum::middleware::from_fn_with_state(
+        refresh_ttl,
+        cookie::layer,
+    ));
     require_indexes(api, indexes)
 }
 

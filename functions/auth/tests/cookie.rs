@@ -69,11 +69,17 @@ async fn the_console_keeps_its_refresh_token_in_an_httponly_cookie() {
     let (second, _) = set_cookie(&res);
     assert_ne!(first, second);
 
-    // The first cookie again is a reuse: the family is revoked.
+    // The first cookie again is a reuse: the family is revoked, and the
+    // dead cookie cleared.
     let res = app
         .send_with("POST", "/api/auth/refresh", None, None, &headers)
         .await;
     res.assert_error(401, "token_reused");
+    let (cleared, attributes) = set_cookie(&res);
+    assert!(
+        cleared.is_empty() && attributes.contains("Max-Age=0"),
+        "{attributes}"
+    );
     let cookie = format!("__Host-fgw_refresh={second}");
     let res = app
         .send_with(
@@ -111,6 +117,33 @@ async fn the_console_keeps_its_refresh_token_in_an_httponly_cookie() {
         .post_public("/api/auth/refresh", json!({"refreshToken": third}))
         .await;
     assert_eq!(res.status, 401, "revoked: {}", res.body);
+}
+
+#[tokio::test]
+async fn only_token_routes_are_touched_and_a_huge_body_is_413() {
+    let app = App::new().await;
+    let token = app.verified_user("zoe", "correct horse battery").await;
+    let _ = token;
+    let huge = "x".repeat(70 * 1024);
+    let res = app
+        .send_with(
+            "POST",
+            "/api/auth/refresh",
+            None,
+            Some(json!({"pad": huge})),
+            &[CONSOLE],
+        )
+        .await;
+    res.assert_error(413, "payload_too_large");
+    // Another route's answer passes untouched, whatever its size.
+    let login = app.login("zoe", "correct horse battery").await;
+    let access = login.body["accessToken"].as_str().unwrap().to_owned();
+    let res = app
+        .send_with("GET", "/api/profile", Some(&access), None, &[CONSOLE])
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert!(res.headers.get("set-cookie").is_none());
+    assert_eq!(res.body["user"]["username"], "zoe");
 }
 
 #[tokio::test]

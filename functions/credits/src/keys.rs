@@ -12,7 +12,7 @@ use shared::keys::store::{self, CreatedKey, KeySpec, KeyView};
 use shared::ledger::limits;
 use shared::openapi::{ApiErrors, PageQuery};
 use shared::query::PageParams;
-use shared::token::AuthUser;
+use shared::token::{AuthUser, Role};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -245,6 +245,27 @@ fn limit(field: &str, value: Option<i32>, max: i32) -> Result<Option<i32>, ApiEr
         )),
         other => Ok(other),
     }
+}
+
+/// A user's own rate limits (admin, supervisor): `null` where the default
+/// applies, both `null` for a user the ledger has not seen.
+#[utoipa::path(get, path = "/api/admin/users/{id}/limits", tag = "keys",
+    params(("id" = String, Path, description = "The user")),
+    responses((status = 200, description = "The user's limits", body = UserLimits), ApiErrors))]
+pub async fn get_limits(
+    State(state): State<AppState>,
+    user: AuthUser,
+    PathParams(target): PathParams<UserId>,
+) -> Answer<UserLimits> {
+    user.require_role(&[Role::Admin, Role::Supervisor])?;
+    let mut conn = state.pg.acquire().await?;
+    let (per_minute, concurrent) = limits::user_limits(&mut conn, &target).await?;
+    let body = UserLimits {
+        user_id: target.to_string(),
+        rate_limit_per_minute: per_minute,
+        max_concurrent_streams: concurrent,
+    };
+    Ok((StatusCode::OK, Json(body)))
 }
 
 /// Sets a user's own rate limits (admin); they apply from the next

@@ -37,7 +37,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::admin_list_keys))
         .routes(routes!(keys::admin_revoke_key))
-        .routes(routes!(keys::put_limits))
+        .routes(routes!(keys::get_limits, keys::put_limits))
 }
 
 /// The function's description.

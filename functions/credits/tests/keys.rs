@@ -432,10 +432,45 @@ async fn an_admin_sets_and_clears_a_users_limits() {
     )
     .await
     .assert_error(403, "forbidden");
+    // Read back by an admin or a supervisor, never by the user.
+    let get = |token: String| {
+        let router = app.router.clone();
+        async move {
+            call(
+                &router,
+                "GET",
+                "/api/admin/users/ann/limits",
+                None,
+                Some(&token),
+            )
+            .await
+        }
+    };
+    let res = get(app.token("sup", Role::Supervisor)).await;
+    assert_eq!(
+        res.body,
+        json!({"userId": "ann", "rateLimitPerMinute": 5, "maxConcurrentStreams": 1})
+    );
+    get(app.token("ann", Role::Enduser))
+        .await
+        .assert_error(403, "forbidden");
     // Absent or null: back to the defaults.
-    let res = put(json!({"maxConcurrentStreams": null}), admin).await;
+    let res = put(json!({"maxConcurrentStreams": null}), admin.clone()).await;
     assert_eq!(
         res.body,
         json!({"userId": "ann", "rateLimitPerMinute": null, "maxConcurrentStreams": null})
+    );
+    assert_eq!(get(admin.clone()).await.body, res.body);
+    let unknown = call(
+        &app.router,
+        "GET",
+        "/api/admin/users/nobody/limits",
+        None,
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(
+        unknown.body,
+        json!({"userId": "nobody", "rateLimitPerMinute": null, "maxConcurrentStreams": null})
     );
 }

@@ -83,6 +83,23 @@ pub async fn check(
         .map(|limit| (limit - row.key_spent).max(0)))
 }
 
+/// `user`'s own limits (per minute, at once): `None` where the default
+/// applies, or for a user the ledger has not seen.
+pub async fn user_limits(
+    conn: &mut sqlx::PgConnection,
+    user: &UserId,
+) -> Result<(Option<i32>, Option<i32>), LedgerError> {
+    let row = sqlx::query!(
+        "SELECT rate_limit_per_minute, max_concurrent FROM user_accounts WHERE user_id = $1",
+        user.as_str()
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map_or((None, None), |r| {
+        (r.rate_limit_per_minute, r.max_concurrent)
+    }))
+}
+
 /// Sets (or, with `None`, clears) `user`'s own limits; creates the account
 /// when the ledger has not seen the user. Returns what is stored.
 pub async fn set_user_limits(

@@ -43,10 +43,16 @@ async function users(main, { user: me }) {
   }
 
   async function open(u) {
-    const [balance, entries] = await Promise.all([
+    const [balance, entries, limits] = await Promise.all([
       api.call("credits", "GET", `/api/credits/balance/${enc(u.id)}`),
       api.call("credits", "GET", `/api/credits/transactions?limit=20&userId=${enc(u.id)}`),
+      api.call("credits", "GET", `/api/admin/users/${enc(u.id)}/limits`),
     ]);
+    const shown = (v) => (v === null || v === undefined ? t("admin.default") : number(v));
+    const currentLimits = h("p", { class: "meta", id: "user-limits" }, t("admin.currentLimits", {
+      perMinute: shown(limits.rateLimitPerMinute),
+      concurrent: shown(limits.maxConcurrentStreams),
+    }));
     const credits = field(t("admin.credits"), { id: "grant-credits", type: "number", min: 1, inputmode: "numeric", required: true });
     const days = field(t("admin.expiryDays"), { id: "grant-days", type: "number", min: 1, value: 30, inputmode: "numeric" });
     const grant = h("form", {
@@ -68,8 +74,8 @@ async function users(main, { user: me }) {
         await draw();
         await open(answer.user);
       });
-      const perMinute = field(t("admin.perMinute"), { type: "number", min: 1, max: 10000 });
-      const concurrent = field(t("admin.concurrent"), { type: "number", min: 1, max: 100 });
+      const perMinute = field(t("admin.perMinute"), { type: "number", min: 1, max: 10000, value: limits.rateLimitPerMinute ?? undefined });
+      const concurrent = field(t("admin.concurrent"), { type: "number", min: 1, max: 100, value: limits.maxConcurrentStreams ?? undefined });
       actions.push(
         h("div", { class: "row" }, role, h("button", { type: "button", onclick: () => patch({ role: role.value }, "admin.roleChanged")() }, t("admin.setRole"))),
         h("div", { class: "row" },
@@ -95,6 +101,7 @@ async function users(main, { user: me }) {
             };
             await api.call("credits", "PUT", `/api/admin/users/${enc(u.id)}/limits`, body);
             said(status, "admin.limitsSaved", { user: u.username });
+            await open(u);
           }),
         }, h("h3", {}, t("admin.limits")), h("p", { class: "meta" }, t("admin.limitsHint")), perMinute.el, concurrent.el, h("button", { type: "submit" }, t("admin.saveLimits"))),
       );
@@ -103,6 +110,7 @@ async function users(main, { user: me }) {
       detail,
       h("h2", {}, u.username),
       h("p", { class: "big", id: "user-balance" }, t("credits.total", { credits: number(balance.totalCredits) })),
+      currentLimits,
       grant,
       actions,
       h("h3", {}, t("credits.transactions")),
