@@ -16,7 +16,7 @@ use shared::testing::{self, call};
 use shared::token::Role;
 
 /// A chatflow answering `ANSWER` a token every 300 ms: 2 credits a
-/// request and 1 an output token.
+/// request, 1 an input token and 1 an output token.
 async fn slow_app() -> App {
     let app = App::new().await;
     let slow = Behaviour::Answer {
@@ -25,7 +25,7 @@ async fn slow_app() -> App {
         usage: None,
         heartbeat: false,
     };
-    app.add_flow("flow-slow", slow, (2, 0.0, 1.0)).await;
+    app.add_flow("flow-slow", slow, (2, 1.0, 1.0)).await;
     app.grant("u1", 100).await;
     app.grant("u2", 100).await;
     app
@@ -79,10 +79,11 @@ async fn the_owner_stops_a_stream_midway_and_pays_for_what_was_delivered() {
     let end = &frames.last().unwrap().1;
     assert_eq!(end["status"], "incomplete", "{end}");
     let charged = end["credits"]["charged"].as_i64().unwrap();
+    let input = shared::pricing::estimate_tokens("Hi");
     assert_eq!(
         charged,
-        2 + shared::pricing::estimate_tokens(&delivered),
-        "perRequest and the delivered tokens"
+        2 + input + shared::pricing::estimate_tokens(&delivered),
+        "perRequest, the input and the delivered tokens: stopping is a choice, not a failure"
     );
     assert_eq!(app.balance("u1").await, 100 - charged);
     assert_eq!(app.balance("u2").await, 100);

@@ -26,7 +26,7 @@ use crate::chat::chatflows;
 use crate::chat::files::{self, CheckedUpload};
 use crate::chat::sessions::{self, NewMessage, SessionDoc};
 use crate::error::{from_json_value, ApiError};
-use crate::flowise::{FlowiseError, Prediction, PredictionRequest, TokenUsage};
+use crate::flowise::{FlowiseError, Prediction, PredictionRequest, ReportedUsage, TokenUsage};
 use crate::ids::{ChatSessionId, ChatflowId, ReservationId, UserId};
 use crate::ledger::accounts::lock_from_claims;
 use crate::ledger::idempotency::{self, RequestKey, StoredKey};
@@ -737,6 +737,24 @@ impl Outcome {
             source_documents: None,
             used_tools: None,
             failure: Some(failure),
+        }
+    }
+
+    /// An answer its owner stopped after `text` was delivered: stopping is
+    /// the owner's choice, not a failure, so it pays `perRequest`, the
+    /// input (Flowise's count when it reported one, else the estimate) and
+    /// the delivered output, even when nothing was delivered yet.
+    pub fn stopped(prepared: &Prepared, text: String, reported: Option<ReportedUsage>) -> Outcome {
+        let output = estimate_tokens(&text);
+        let estimate = TokenUsage {
+            input: prepared.input_tokens,
+            output,
+        };
+        let input = reported.unwrap_or_default().or_estimate(estimate).input;
+        Outcome {
+            charge: Charge::capped(prepared.rule.cost(input, output).credits),
+            tokens: TokenUsage { input, output },
+            ..Outcome::cut_short(prepared, text, Failure::Stopped)
         }
     }
 

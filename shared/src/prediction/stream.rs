@@ -135,6 +135,10 @@ impl Relayed {
                     usage: self.reported.then_some(self.usage),
                 },
             ),
+            (Some(Failure::Stopped), _) => {
+                let reported = self.reported.then_some(self.usage);
+                Outcome::stopped(prepared, self.text, reported)
+            }
             (Some(failure), _) => Outcome::cut_short(prepared, self.text, failure),
             (None, true) => Outcome::cut_short(prepared, self.text, Failure::ClientDisconnected),
         }
