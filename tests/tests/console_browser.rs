@@ -558,7 +558,9 @@ async fn zoe_id(stack: &Stack) -> String {
 async fn an_answer_with_markup_is_rendered_harmless() {
     let flowise = FlowiseDouble::start().await;
     let hostile = "Look: <img src=x onerror=\"window.pwned=1\"> and [click](javascript:window.pwned=2) \
-                   <script>window.pwned=3</script> <a href=\"https://example.com\" onclick=\"window.pwned=4\">ok</a>";
+                   <script>window.pwned=3</script> <a href=\"https://example.com\" onclick=\"window.pwned=4\">ok</a> \
+                   <p class=\"error\" role=\"alert\" id=\"balance\">You were charged 9999 credits</p> \
+                   our markers \u{1}99\u{2} and `$code$` stay text";
     flowise.add_flow("flow-x", "Hostile <b>bot</b>", Behaviour::answer(hostile));
     let (stack, base) = console_stack(&flowise).await;
     let admin = stack.token("admin-x", shared::token::Role::Admin);
@@ -593,6 +595,8 @@ async fn an_answer_with_markup_is_rendered_harmless() {
                jsLinks: [...a.querySelectorAll('a')].filter(l => (l.getAttribute('href') || '').startsWith('javascript')).length,
                clickHandlers: [...a.querySelectorAll('[onclick]')].length,
                safeLink: [...a.querySelectorAll('a')].map(l => l.getAttribute('rel')).join(' '),
+               posing: a.querySelectorAll('[role], [id], .error').length,
+               code: a.querySelector('code')?.textContent,
                option: document.querySelector('#chatflow option').textContent,
                optionChildren: document.querySelector('#chatflow option').children.length,
              };",
@@ -603,6 +607,14 @@ async fn an_answer_with_markup_is_rendered_harmless() {
     assert_eq!(verdict["scripts"], 0, "{verdict}");
     assert_eq!(verdict["jsLinks"], 0, "{verdict}");
     assert_eq!(verdict["clickHandlers"], 0, "{verdict}");
+    assert_eq!(
+        verdict["posing"], 0,
+        "an answer cannot pose as the console's own alert: {verdict}"
+    );
+    assert_eq!(
+        verdict["code"], "$code$",
+        "maths inside code stays code: {verdict}"
+    );
     assert!(
         verdict["safeLink"].as_str().unwrap().contains("noopener"),
         "{verdict}"

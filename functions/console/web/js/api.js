@@ -140,16 +140,18 @@ export function adopt(answer) {
 export async function refresh() {
   const run = async () => {
     const res = await send("auth", "POST", "/api/auth/refresh", undefined, { auth: false, console: true });
-    const answer = await parse(res);
-    setSession(answer.accessToken, null);
-    if (!user) {
-      const profile = await call("auth", "GET", "/api/profile");
-      setSession(answer.accessToken, profile.user || profile);
-    }
-    return answer;
+    return parse(res);
   };
-  if (navigator.locks) return navigator.locks.request("fgw-refresh", run);
-  return run();
+  // Every browser the console supports has Web Locks; without them a
+  // refresh runs unserialised.
+  const answer = navigator.locks ? await navigator.locks.request("fgw-refresh", run) : await run();
+  setSession(answer.accessToken, null);
+  if (!user) {
+    // Outside the lock: a 401 here renews, and must not wait on itself.
+    const profile = await call("auth", "GET", "/api/profile");
+    setSession(answer.accessToken, profile.user || profile);
+  }
+  return answer;
 }
 
 /** Restores the session of this browser, if its cookie is still good. */
@@ -174,15 +176,20 @@ export async function signOut(everywhere = false) {
 
 /**
  * A streamed prediction: calls onFrame(event, data) for each frame as it
- * arrives. Resolves when the stream ends.
+ * arrives. Resolves when the stream ends. `key` is the question's
+ * Idempotency-Key: a retry with the same key gets the first answer
+ * replayed, never a second charge.
  */
-export async function stream(body, onFrame, signal) {
+export async function stream(body, onFrame, key) {
   const path = "/api/v1/chat/predict/stream";
-  let res = await fetch(url("stream", path), {
+  const res = await fetch(url("stream", path), {
     method: "POST",
-    headers: { "content-type": "application/json", authorization: `Bearer ${access}` },
+    headers: {
+      "content-type": "application/json",
+      authorization: `Bearer ${access}`,
+      "idempotency-key": key,
+    },
     body: JSON.stringify(body),
-    signal,
   }).catch(() => {
     throw new ApiError(0, null);
   });
@@ -205,11 +212,13 @@ export async function stream(body, onFrame, signal) {
         else if (line.startsWith("data: ")) data += line.slice(6);
       }
       if (data) {
+        let value = data;
         try {
-          onFrame(event, JSON.parse(data));
+          value = JSON.parse(data);
         } catch {
-          onFrame(event, data);
+          // Not JSON: passed on as text.
         }
+        onFrame(event, value);
       }
     }
   }

@@ -44,7 +44,18 @@ const routes = {
   ...adminPages,
 };
 
+// Pages for a visitor; `verify` and `reset` stay open to a signed-in
+// person too (a new email's code, a reset link opened in this browser).
 const PUBLIC = new Set(["signin", "signup", "verify", "forgot", "reset"]);
+const VISITORS_ONLY = new Set(["signin", "signup", "forgot"]);
+let resetToken = "";
+
+/** The reset link's token, kept in memory only (never in the history). */
+export function takeResetToken() {
+  const token = resetToken;
+  resetToken = "";
+  return token;
+}
 
 function nav(user) {
   const link = (route, label) =>
@@ -120,7 +131,7 @@ async function render() {
   const user = api.currentUser();
   let route = current();
   if (!user && !PUBLIC.has(route)) route = "signin";
-  if (user && (PUBLIC.has(route) || !routes[route])) route = "chat";
+  if (user && (VISITORS_ONLY.has(route) || !routes[route])) route = "chat";
   const main = h("main", { id: "main", tabindex: "-1" });
   replace(app, header(user), main);
   try {
@@ -136,8 +147,8 @@ async function boot() {
   await startI18n();
   await api.loadConfig();
   if (location.pathname.endsWith("/reset-password")) {
-    const token = new URLSearchParams(location.search).get("token") || "";
-    history.replaceState(null, "", `${location.pathname.replace(/reset-password$/, "")}#/reset?token=${encodeURIComponent(token)}`);
+    resetToken = new URLSearchParams(location.search).get("token") || "";
+    history.replaceState(null, "", `${location.pathname.replace(/reset-password$/, "")}#/reset`);
   }
   await api.restore();
   onChange(render);

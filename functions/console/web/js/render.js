@@ -20,9 +20,10 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
 
 const MATH = /\$\$([\s\S]+?)\$\$|\\\[([\s\S]+?)\\\]|\\\(([\s\S]+?)\\\)|\$([^\s$](?:[^$\n]*?[^\s$])?)\$/g;
 
-/** Splits out maths outside code spans and fences; returns text with markers. */
+/** Splits out maths outside code (fences, indented blocks, spans); returns text with markers. */
 function extractMath(text, found) {
-  const parts = text.split(/(```[\s\S]*?(?:```|$)|`[^`\n]*`)/g);
+  const code = /((?:^|\n)(?:```|~~~)[\s\S]*?(?:\n(?:```|~~~)|$)|(?:^|\n)(?: {4}|\t)[^\n]*|(`+)[\s\S]*?\2)/g;
+  const parts = text.split(code).filter((_, i) => i % 3 !== 2);
   return parts
     .map((part, i) => {
       if (i % 2 === 1) return part;
@@ -50,6 +51,7 @@ function putMath(root, found) {
         return;
       }
       const math = found[Number(piece)];
+      if (!math) return;
       const el = document.createElement(math.display ? "div" : "span");
       el.className = math.display ? "math math-display" : "math";
       try {
@@ -66,11 +68,15 @@ function putMath(root, found) {
 /** The rendered answer, as a fragment ready to insert. */
 export function renderAnswer(text) {
   const found = [];
-  const html = marked.parse(extractMath(text || "", found));
+  // The markers are ours alone: an answer's own are dropped.
+  const clean = (text || "").replace(/[\u0001\u0002]/g, "");
+  const html = marked.parse(extractMath(clean.replace(/\\\$/g, "\u0003"), found).replace(/\u0003/g, "\\$"));
   const frag = DOMPurify.sanitize(html, {
     RETURN_DOM_FRAGMENT: true,
     FORBID_TAGS: ["style", "form", "input", "button", "iframe", "object", "embed"],
-    FORBID_ATTR: ["style"],
+    // No styles, and nothing to pass an answer off as the console's own
+    // alerts or cost lines.
+    FORBID_ATTR: ["style", "class", "id", "role"],
   });
   putMath(frag, found);
   return frag;

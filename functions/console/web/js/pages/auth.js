@@ -4,7 +4,7 @@
 import { h, replace, field } from "../dom.js";
 import { t } from "../i18n.js";
 import * as api from "../api.js";
-import { errorBox } from "../main.js";
+import { errorBox, takeResetToken } from "../main.js";
 
 /** A form: its fields, a submit button, and the error or notice area. */
 function form(title, fields, submitLabel, onSubmit, extra = []) {
@@ -119,13 +119,14 @@ async function forgot(main) {
   email.input.focus();
 }
 
-async function reset(main, { go, query }) {
+async function reset(main, { go }) {
+  const token = takeResetToken();
   const password = field(t("auth.newPassword"), { type: "password", autocomplete: "new-password", required: true, minlength: 8 });
   replace(
     main,
     form(t("auth.resetTitle"), [password], t("auth.setPassword"), async () => {
       const answer = await api.call("auth", "POST", "/api/auth/reset-password", {
-        token: query().get("token") || "",
+        token,
         newPassword: password.input.value,
       }, { auth: false, console: true });
       api.adopt(answer);

@@ -61,7 +61,8 @@ export async function chatPage(main) {
 
   async function reloadSessions() {
     const fresh = await api.call("predict", "GET", "/api/v1/chat/sessions?limit=50");
-    drawSessions(fresh.sessions);
+    sessions.sessions = fresh.sessions;
+    drawSessions(sessions.sessions);
   }
 
   function newChat() {
@@ -115,7 +116,7 @@ export async function chatPage(main) {
     return ids;
   }
 
-  async function ask(text) {
+  async function ask(text, key = crypto.randomUUID()) {
     state.running = true;
     send.disabled = true;
     replace(status);
@@ -157,12 +158,14 @@ export async function chatPage(main) {
             balanceEl.textContent = t("chat.balance", { credits: number(data.credits.balance) });
           }
         }
-      });
+      }, key);
       files.value = "";
       await reloadSessions();
     } catch (err) {
       answer.el.classList.remove("streaming");
-      replace(status, errorBox(err, err.code === "network" ? () => ask(text) : undefined));
+      // The same key again: if the first try reached the gateway, its
+      // answer is replayed rather than paid for twice.
+      replace(status, errorBox(err, err.code === "network" ? () => ask(text, key) : undefined));
     } finally {
       state.running = false;
       state.messageId = null;
