@@ -248,6 +248,7 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
         .await;
     browser.click("#main button[type=submit]").await;
     browser.css("input[autocomplete=one-time-code]").await;
+    browser.assert_accessible("email code").await;
     let code = stack
         .smtp
         .wait_for("zoe@example.com", 0)
