@@ -161,6 +161,7 @@ impl Browser {
                 }
             })
             .collect();
+        self.script("window.scrollTo(0, 0)").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let png = self.client.screenshot().await.unwrap();
         std::fs::create_dir_all(&dir).unwrap();
