@@ -228,6 +228,7 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
         heartbeat: false,
     };
     flowise.add_flow("flow-ui", "Support bot", slow);
+    flowise.add_flow("flow-private", "Finance bot", Behaviour::answer("Numbers."));
     let (stack, base) = console_stack(&flowise).await;
     let browser = Browser::start(1280, 900).await;
 
@@ -277,19 +278,35 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
         .await
         .unwrap();
     browser.click("#sync").await;
-    browser.wait_text("#main", "Synced: 1 new").await;
+    browser.wait_text("#main", "Synced: 2 new").await;
     browser.click("input[id='public-flow-ui']").await;
+    let support = "form.flow[aria-label='Support bot']";
     let fields = browser
         .client
-        .find_all(Locator::Css("form.flow input[type=number]"))
+        .find_all(Locator::Css(&format!("{support} input[type=number]")))
         .await
         .unwrap();
     for (field, value) in fields.iter().zip(["2", "0", "1"]) {
         field.clear().await.unwrap();
         field.send_keys(value).await.unwrap();
     }
-    browser.click("form.flow button[type=submit]").await;
+    browser
+        .click(&format!("{support} button[type=submit]"))
+        .await;
     browser.wait_text("#main", "Support bot is saved").await;
+    // The private one opened to people by email, in bulk.
+    let finance = "form.flow[aria-label='Finance bot']";
+    browser
+        .fill(
+            &format!("{finance} textarea"),
+            "zoe@example.com\nnobody@example.com",
+        )
+        .await;
+    browser
+        .click(&format!("{finance} button[type=submit]"))
+        .await;
+    browser.wait_text("#main", "Finance bot is saved").await;
+    browser.wait_text(finance, "People given access: 2.").await;
     browser.assert_accessible("admin chatflows").await;
     browser
         .client
@@ -348,6 +365,20 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
         .unwrap(); // Enter
     browser.css("#question").await;
     browser.wait_text("#balance", "200").await;
+    let flows = browser
+        .script("return [...document.querySelectorAll('#chatflow option')].map(o => o.textContent)")
+        .await;
+    assert_eq!(
+        flows,
+        json!(["Finance bot", "Support bot"]),
+        "the public flow and the one opened to zoe's email"
+    );
+    browser
+        .css("#chatflow")
+        .await
+        .select_by_value("flow-ui")
+        .await
+        .unwrap();
 
     // A streamed answer: its first token is on screen while the double
     // still holds the rest; it ends with its cost and the new balance.
