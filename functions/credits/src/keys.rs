@@ -259,13 +259,7 @@ pub async fn get_limits(
 ) -> Answer<UserLimits> {
     user.require_role(&[Role::Admin, Role::Supervisor])?;
     let mut conn = state.pg.acquire().await?;
-    let (per_minute, concurrent) = limits::user_limits(&mut conn, &target).await?;
-    let body = UserLimits {
-        user_id: target.to_string(),
-        rate_limit_per_minute: per_minute,
-        max_concurrent_streams: concurrent,
-    };
-    Ok((StatusCode::OK, Json(body)))
+    limits_answer(&target, limits::user_limits(&mut conn, &target).await?)
 }
 
 /// Sets a user's own rate limits (admin); they apply from the next
@@ -284,9 +278,17 @@ pub async fn put_limits(
     let per_minute = limit("rateLimitPerMinute", body.rate_limit_per_minute, 10_000)?;
     let concurrent = limit("maxConcurrentStreams", body.max_concurrent_streams, 100)?;
     let mut conn = state.pg.acquire().await?;
-    let (per_minute, concurrent) =
-        limits::set_user_limits(&mut conn, &target, per_minute, concurrent).await?;
+    let stored = limits::set_user_limits(&mut conn, &target, per_minute, concurrent).await?;
     tracing::info!(target = %target, "rate limits set by an admin");
+    limits_answer(&target, stored)
+}
+
+/// The answer of both limits routes: `target`'s stored limits (per minute,
+/// at once).
+fn limits_answer(
+    target: &UserId,
+    (per_minute, concurrent): (Option<i32>, Option<i32>),
+) -> Answer<UserLimits> {
     let body = UserLimits {
         user_id: target.to_string(),
         rate_limit_per_minute: per_minute,

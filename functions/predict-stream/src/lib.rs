@@ -21,8 +21,8 @@ use shared::flowise::{FlowiseError, StreamEvent};
 use shared::http::{finish, RequestId};
 use shared::keys::UserOrKey;
 use shared::openapi::{ApiErrors, IdempotencyKeyHeader};
-use shared::prediction::stream::{events_of_json, relay_stream, replay_frames, Frames};
-use shared::prediction::{self, PredictBody, PredictRequest, Start};
+use shared::prediction::stream::{events_of_json, relay_stream, replay_frames, Frames, Wire};
+use shared::prediction::{self, PredictBody, PredictRequest, Prepared, Start};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -66,7 +66,7 @@ pub fn router(state: AppState, cors: cors::Cors) -> Router {
 }
 
 /// Flowise's events, as the relay reads them.
-pub type Events =
+type Events =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<StreamEvent, FlowiseError>> + Send>>;
 
 /// `text/event-stream` of `event: <session|start|token|metadata|
@@ -90,6 +90,19 @@ pub async fn predict_stream(
         Start::Fresh(prepared) => *prepared,
         Start::Replay(answer) => return Ok(event_stream(frames_body(replay_frames(&answer)))),
     };
+    let wire = Frames::new(&prepared);
+    stream_answer(state, prepared, wire).await
+}
+
+/// Steps (4) and (5) streamed, for both routes: opens Flowise's stream (a
+/// flow that cannot stream answers JSON, relayed as its events; Flowise
+/// failing before it answers is 502/504 and free), then relays it as it
+/// comes, written by `wire`, from a task of its own.
+pub async fn stream_answer<W: Wire>(
+    state: AppState,
+    prepared: Prepared,
+    wire: W,
+) -> Result<Response, ApiError> {
     let flow = prepared.chatflow_id.as_str();
     let events: Events = match state.flowise.predict_stream(flow, &prepared.request).await {
         Ok(StreamStart::Events(events)) => events,
@@ -98,7 +111,6 @@ pub async fn predict_stream(
         }
         Err(e) => return Err(prediction::fail(&state, &prepared, e).await),
     };
-    let wire = Frames::new(&prepared);
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
     tokio::spawn(relay_stream(state, prepared, events, wire, tx));
     Ok(event_stream(channel_body(rx)))
@@ -112,7 +124,7 @@ pub fn frames_body(frames: Vec<bytes::Bytes>) -> Body {
 }
 
 /// A body of the frames the relay sends as they come.
-pub fn channel_body(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Body {
+fn channel_body(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Body {
     Body::from_stream(stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await

@@ -20,11 +20,9 @@ use serde_json::Value;
 use shared::chat::chatflows;
 use shared::chat::sessions::{self, SessionDoc};
 use shared::error::{from_json_value, JsonBody, PathParams};
-use shared::flowise::StreamStart;
 use shared::http::RequestId;
 use shared::keys::UserOrKey;
 use shared::openapi::IdempotencyKeyHeader;
-use shared::prediction::stream::{events_of_json, relay_stream};
 use shared::prediction::{self, PredictRequest, Start, WholeConversation};
 use shared::token::AuthUser;
 
@@ -148,18 +146,8 @@ pub async fn chat_completions(
         let answer = prediction::answer_buffered(&state, &prepared, budget).await?;
         return Ok(Json(Completion::of(&answer, &model)).into_response());
     }
-    let flow = prepared.chatflow_id.as_str();
-    let events: crate::Events = match state.flowise.predict_stream(flow, &prepared.request).await {
-        Ok(StreamStart::Events(events)) => events,
-        Ok(StreamStart::Json(answer)) => Box::pin(futures_util::stream::iter(
-            events_of_json(answer).into_iter().map(Ok),
-        )),
-        Err(e) => return Err(prediction::fail(&state, &prepared, e).await.into()),
-    };
     let wire = Chunks::new(&prepared.message_id, &model, include_usage);
-    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
-    tokio::spawn(relay_stream(state, prepared, events, wire, tx));
-    Ok(crate::event_stream(crate::channel_body(rx)))
+    Ok(crate::stream_answer(state, prepared, wire).await?)
 }
 
 /// The session a conversation continues: the user's latest of this
