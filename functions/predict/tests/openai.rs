@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{App, ANSWER};
+use common::{completion_chunks, delivered, App, ANSWER};
 use serde_json::{json, Value};
 use shared::flowise_double::{split_tokens, Behaviour};
 use shared::testing::{call, call_with_headers, TestResponse};
@@ -26,14 +26,7 @@ async fn complete(app: &App, key: &str, body: Value) -> TestResponse {
 
 /// The `data:` payloads of a streamed completion, `[DONE]` as a string.
 fn chunks(res: &TestResponse) -> Vec<Value> {
-    let text = res.body.as_str().expect("an event stream");
-    text.split("\n\n")
-        .filter(|frame| !frame.is_empty())
-        .map(|frame| {
-            let data = frame.strip_prefix("data: ").expect("data: lines only");
-            serde_json::from_str(data).unwrap_or_else(|_| json!(data))
-        })
-        .collect()
+    completion_chunks(res.body.as_str().expect("an event stream"))
 }
 
 /// Asserts OpenAI's envelope with `status`, `type` and `code`.
@@ -271,10 +264,7 @@ async fn a_streamed_completion_sends_chunks_then_done_with_usage_when_asked() {
     let first = &chunks[0];
     assert_eq!(first["object"], "chat.completion.chunk");
     assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let text = delivered(&chunks);
     assert_eq!(text, ANSWER, "read token by token");
     assert!(chunks.len() > 6, "one chunk per token: {chunks:?}");
     let finish = &chunks[chunks.len() - 3];
@@ -333,10 +323,7 @@ async fn a_stream_that_fails_midway_ends_with_an_error_chunk_and_charges_what_wa
         !error["message"].as_str().unwrap().contains("LLM fell over"),
         "Flowise's text is not shown"
     );
-    let delivered: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let delivered = delivered(&chunks);
     assert_eq!(delivered, "Half an ");
     let charged = 100 - app.balance("u1").await;
     assert_eq!(
@@ -594,7 +581,6 @@ async fn thirty_concurrent_completions_never_overdraw_and_pay_for_exactly_what_t
 #[tokio::test]
 async fn a_stream_running_when_its_key_is_revoked_finishes_and_the_next_request_is_401() {
     use futures_util::StreamExt;
-    use tower::ServiceExt;
     let app = App::new().await;
     let slow = Behaviour::Answer {
         tokens: split_tokens(ANSWER),
@@ -607,14 +593,8 @@ async fn a_stream_running_when_its_key_is_revoked_finishes_and_the_next_request_
     let (key, key_id) = app.make_key("u1", json!({"name": "bot"})).await;
     let mut body = ask("flow-slow", "Hi");
     body["stream"] = json!(true);
-    let req = axum::http::Request::post("/v1/chat/completions")
-        .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(body.to_string()))
-        .unwrap();
-    let res = app.stream.clone().oneshot(req).await.unwrap();
-    assert_eq!(res.status(), 200);
-    let mut stream = res.into_body().into_data_stream();
+    let (status, mut stream) = app.open_completion(&key, body).await;
+    assert_eq!(status, 200);
     let mut text = String::from_utf8(stream.next().await.unwrap().unwrap().to_vec()).unwrap();
 
     let token = app.token("u1", Role::Enduser);
@@ -624,16 +604,8 @@ async fn a_stream_running_when_its_key_is_revoked_finishes_and_the_next_request_
     while let Some(chunk) = stream.next().await {
         text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
     }
-    let res = TestResponse {
-        status: axum::http::StatusCode::OK,
-        headers: axum::http::HeaderMap::new(),
-        body: json!(text),
-    };
-    let chunks = chunks(&res);
-    let delivered: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let chunks = completion_chunks(&text);
+    let delivered = delivered(&chunks);
     assert_eq!(delivered, ANSWER, "the running stream finished");
     let charged = chunks[chunks.len() - 2]["credits"]["charged"]
         .as_i64()
@@ -665,10 +637,7 @@ async fn flowises_start_event_repeats_the_first_token_and_is_not_sent_twice() {
     let mut body = ask("flow-s", "Hi");
     body["stream"] = json!(true);
     let chunks = chunks(&complete(&app, &key, body).await);
-    let delivered: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let delivered = delivered(&chunks);
     assert_eq!(delivered, "Hello world");
     let session = chunks[chunks.len() - 2]["session_id"]
         .as_str()
@@ -706,10 +675,7 @@ async fn a_stream_that_times_out_midway_ends_with_a_504_chunk() {
         "upstream_timeout",
         "{chunks:?}"
     );
-    let delivered: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let delivered = delivered(&chunks);
     assert!(
         !delivered.is_empty() && delivered != "one two three four",
         "{delivered}"

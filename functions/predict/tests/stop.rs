@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{read_until, App, ANSWER};
+use common::{completion_chunks, read_until, App, ANSWER};
 use serde_json::{json, Value};
 use shared::flowise_double::{split_tokens, Behaviour};
 use shared::testing::{self, call};
@@ -155,18 +155,12 @@ async fn only_the_owners_own_predictions_can_be_stopped() {
 #[tokio::test]
 async fn a_v1_stream_stopped_by_its_owner_finishes_with_stop_and_its_credits() {
     use futures_util::StreamExt;
-    use tower::ServiceExt;
     let app = slow_app().await;
     let (key, _) = app.make_key("u1", json!({"name": "bot"})).await;
     let body = json!({"model": "flow-slow", "stream": true,
         "messages": [{"role": "user", "content": "Hi"}]});
-    let req = axum::http::Request::post("/v1/chat/completions")
-        .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(body.to_string()))
-        .unwrap();
-    let res = app.stream.clone().oneshot(req).await.unwrap();
-    let mut stream = res.into_body().into_data_stream();
+    let (status, mut stream) = app.open_completion(&key, body).await;
+    assert_eq!(status, 200);
     let mut text = String::new();
     while !text.contains("\"content\":\"Hello") {
         text.push_str(std::str::from_utf8(&stream.next().await.unwrap().unwrap()).unwrap());
@@ -182,11 +176,7 @@ async fn a_v1_stream_stopped_by_its_owner_finishes_with_stop_and_its_credits() {
     while let Some(chunk) = stream.next().await {
         text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
     }
-    let data: Vec<Value> = text
-        .split("\n\n")
-        .filter_map(|f| f.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap_or_else(|_| json!(d)))
-        .collect();
+    let data = completion_chunks(&text);
     assert_eq!(data.last().unwrap(), "[DONE]");
     let last = &data[data.len() - 2];
     assert_eq!(last["choices"][0]["finish_reason"], "stop", "{last}");

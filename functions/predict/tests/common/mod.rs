@@ -244,7 +244,29 @@ impl App {
         body: Value,
         headers: &[(&str, &str)],
     ) -> (u16, axum::body::BodyDataStream) {
-        let mut req = axum::http::Request::post("/api/v1/chat/predict/stream")
+        self.open_stream_at("/api/v1/chat/predict/stream", token, body, headers)
+            .await
+    }
+
+    /// Opens a streamed `/v1` completion.
+    pub async fn open_completion(
+        &self,
+        key: &str,
+        body: Value,
+    ) -> (u16, axum::body::BodyDataStream) {
+        self.open_stream_at("/v1/chat/completions", key, body, &[])
+            .await
+    }
+
+    /// Opens a stream on the streaming function's `path`.
+    async fn open_stream_at(
+        &self,
+        path: &str,
+        token: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, axum::body::BodyDataStream) {
+        let mut req = axum::http::Request::post(path)
             .header("authorization", format!("Bearer {token}"))
             .header("content-type", "application/json");
         for (name, value) in headers {
@@ -254,6 +276,26 @@ impl App {
         let res = self.stream.clone().oneshot(req).await.unwrap();
         (res.status().as_u16(), res.into_body().into_data_stream())
     }
+}
+
+/// The `data:` payloads of a streamed `/v1` completion, `[DONE]` as a
+/// string.
+pub fn completion_chunks(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter(|frame| !frame.is_empty())
+        .map(|frame| {
+            let data = frame.strip_prefix("data: ").expect("data: lines only");
+            serde_json::from_str(data).unwrap_or_else(|_| json!(data))
+        })
+        .collect()
+}
+
+/// The text the content deltas of `chunks` delivered.
+pub fn delivered(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
 }
 
 /// Reads the frames until the stream ends, with arrival times.
