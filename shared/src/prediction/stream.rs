@@ -6,7 +6,6 @@
 use serde_json::{json, Value};
 
 use super::{finish, Failure, Outcome, PredictState, PredictionAnswer, Prepared};
-use crate::error::ApiError;
 use crate::flowise::{FlowiseError, Prediction, ReportedUsage, StreamEvent};
 
 /// One outgoing SSE frame: `event: <name>\ndata: <json>\n\n`.
@@ -308,10 +307,9 @@ pub async fn relay_stream<S, W>(
     if let Err(err) = &settled {
         tracing::error!(error = %err, "a streamed prediction could not be settled; the expiry job will release it");
     }
-    let message = settled.as_ref().err().map(ApiError::public_message);
-    let closing = match (&settled, &message) {
-        (Ok(answer), _) => wire.closing(Ok(answer)),
-        (Err(_), message) => wire.closing(Err(message.as_deref().unwrap_or_default())),
+    let closing = match &settled {
+        Ok(answer) => wire.closing(Ok(answer)),
+        Err(err) => wire.closing(Err(&err.public_message())),
     };
     for frame in closing {
         if tx.send(frame).await.is_err() {
