@@ -134,6 +134,15 @@ async fn request_span(mut req: Request, next: Next) -> Response {
     response
 }
 
+/// `scheme://host[:port]` of an `http(s)` URL, lower-cased: what CORS
+/// compares and a Content-Security-Policy names.
+pub fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split(['/', '?', '#']).next()?;
+    (!host.is_empty() && matches!(scheme, "http" | "https"))
+        .then(|| format!("{scheme}://{host}").to_ascii_lowercase())
+}
+
 /// Checks a client's idempotency key: 1 to 255 visible ASCII characters.
 pub fn parse_idempotency_key(field: &str, raw: &str) -> Result<String, ApiError> {
     let key = raw.trim();

@@ -19,7 +19,7 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 use shared::config::{ConfigError, Env};
-use shared::http::{finish, HealthChecks};
+use shared::http::{finish, origin_of, HealthChecks};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/assets.rs"));
@@ -123,16 +123,6 @@ impl Config {
              form-action 'self'"
         )
     }
-}
-
-/// `scheme://host[:port]` of an absolute URL.
-fn origin_of(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let host = rest
-        .split(['/', '?', '#'])
-        .next()
-        .filter(|h| !h.is_empty())?;
-    Some(format!("{scheme}://{host}"))
 }
 
 /// The content type of an embedded file, by its extension.

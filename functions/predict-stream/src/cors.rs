@@ -14,6 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use shared::config::{ConfigError, Env};
 use shared::error::ApiError;
+use shared::http::origin_of;
 
 /// The request headers a page may send.
 const ALLOWED_HEADERS: &str = "authorization, content-type, idempotency-key, x-request-id";
@@ -26,14 +27,6 @@ const MAX_AGE_SECONDS: &str = "600";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cors {
     origins: Vec<String>,
-}
-
-/// `scheme://host[:port]` of a URL, lower-cased.
-fn origin_of(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let host = rest.split(['/', '?', '#']).next()?;
-    (!host.is_empty() && matches!(scheme, "http" | "https"))
-        .then(|| format!("{scheme}://{host}").to_ascii_lowercase())
 }
 
 impl Cors {
