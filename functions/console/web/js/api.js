@@ -11,7 +11,6 @@ let bases = null;
 let access = null;
 let user = null;
 let renewal = null;
-const listeners = [];
 
 /** An answer that is not a success, or a request that never got one. */
 export class ApiError extends Error {
@@ -46,22 +45,17 @@ export function currentUser() {
   return user;
 }
 
-export function onSession(listener) {
-  listeners.push(listener);
-}
-
 function setSession(token, who) {
   access = token;
   if (who) user = who;
   if (!token) user = null;
   clearTimeout(renewal);
   if (token) {
-    const exp = decode(token).exp;
-    if (user && !who) user = { ...user, role: decode(token).role || user.role };
-    const wait = exp ? Math.max(5_000, exp * 1000 - Date.now() - 60_000) : 600_000;
+    const claims = decode(token);
+    if (user && !who) user = { ...user, role: claims.role || user.role };
+    const wait = claims.exp ? Math.max(5_000, claims.exp * 1000 - Date.now() - 60_000) : 600_000;
     renewal = setTimeout(() => refresh().catch(() => {}), wait);
   }
-  for (const listener of listeners) listener(user);
 }
 
 async function send(family, method, path, body, { auth = true, console: consoleMode = false, headers = {} } = {}) {

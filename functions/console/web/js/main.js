@@ -152,7 +152,6 @@ async function boot() {
   }
   await api.restore();
   onChange(render);
-  api.onSession(() => {});
   addEventListener("hashchange", render);
   await render();
 }
