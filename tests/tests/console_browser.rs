@@ -65,6 +65,11 @@ impl Browser {
         }
     }
 
+    /// Goes to the console's hash route `route` (`chat`, `admin/users`).
+    async fn open(&self, base: &str, route: &str) {
+        self.client.goto(&format!("{base}#/{route}")).await.unwrap();
+    }
+
     async fn css(&self, selector: &str) -> fantoccini::elements::Element {
         self.client
             .wait()
@@ -207,11 +212,7 @@ async fn console_stack(flowise: &FlowiseDouble) -> (Stack, String) {
 }
 
 async fn sign_in(browser: &Browser, base: &str, who: &str, password: &str) {
-    browser
-        .client
-        .goto(&format!("{base}#/signin"))
-        .await
-        .unwrap();
+    browser.open(base, "signin").await;
     browser.fill("input[name=username]", who).await;
     browser.fill("input[name=password]", password).await;
     browser.click("form button[type=submit]").await;
@@ -233,11 +234,7 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
     let browser = Browser::start(1280, 900).await;
 
     // Sign up, with the code the mail carried.
-    browser
-        .client
-        .goto(&format!("{base}#/signup"))
-        .await
-        .unwrap();
+    browser.open(&base, "signup").await;
     browser.assert_accessible("sign-up").await;
     browser
         .fill("#main input[autocomplete=username]", "zoe")
@@ -272,11 +269,7 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
 
     // The admin syncs the chatflows, opens one to everyone, grants zoe credits.
     sign_in(&browser, &base, ADMIN.0, ADMIN.2).await;
-    browser
-        .client
-        .goto(&format!("{base}#/admin/chatflows"))
-        .await
-        .unwrap();
+    browser.open(&base, "admin/chatflows").await;
     browser.click("#sync").await;
     browser.wait_text("#main", "Synced: 2 new").await;
     browser.click("input[id='public-flow-ui']").await;
@@ -308,11 +301,7 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
     browser.wait_text("#main", "Finance bot is saved").await;
     browser.wait_text(finance, "People given access: 2.").await;
     browser.assert_accessible("admin chatflows").await;
-    browser
-        .client
-        .goto(&format!("{base}#/admin/users"))
-        .await
-        .unwrap();
+    browser.open(&base, "admin/users").await;
     browser.fill("#user-search", "zoe").await;
     browser.wait_text("#user-list", "zoe@example.com").await;
     browser.click("#user-list button.link").await;
@@ -343,11 +332,7 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
 
     // Zoe signs in with the keyboard alone: focus starts on the name field,
     // Tab moves to the password, Enter submits.
-    browser
-        .client
-        .goto(&format!("{base}#/signin"))
-        .await
-        .unwrap();
+    browser.open(&base, "signin").await;
     browser.css("input[name=username]").await;
     let focused = browser.script("return document.activeElement.name").await;
     assert_eq!(focused, "username", "focus starts on the first field");
@@ -483,7 +468,7 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
     }
 
     // An API key: made, shown once, revoked; revoked means refused.
-    browser.client.goto(&format!("{base}#/keys")).await.unwrap();
+    browser.open(&base, "keys").await;
     browser.fill("#key-name", "laptop").await;
     browser.click("#main form.card button[type=submit]").await;
     let secret = browser
@@ -514,7 +499,7 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
         .await
         .unwrap();
     assert_eq!(models.status(), 401, "revoked at once");
-    browser.client.goto(&format!("{base}#/chat")).await.unwrap();
+    browser.open(&base, "chat").await;
     browser.css("#question").await;
 
     // Locale and theme: switched, and remembered.
@@ -550,21 +535,13 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
 
     // The other pages: each accessible, readable at 375 px.
     for page in ["credits", "usage", "keys", "profile"] {
-        browser
-            .client
-            .goto(&format!("{base}#/{page}"))
-            .await
-            .unwrap();
+        browser.open(&base, page).await;
         browser.css("#main h1").await;
         browser.assert_accessible(page).await;
     }
     browser.client.set_window_size(375, 800).await.unwrap();
     for page in ["chat", "credits", "usage", "keys", "profile"] {
-        browser
-            .client
-            .goto(&format!("{base}#/{page}"))
-            .await
-            .unwrap();
+        browser.open(&base, page).await;
         browser.css("#main h1").await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
@@ -670,11 +647,7 @@ async fn a_forgotten_password_is_reset_from_the_mailed_link_and_every_session_en
     let flowise = FlowiseDouble::start().await;
     let (stack, base) = console_stack(&flowise).await;
     let browser = Browser::start(1280, 900).await;
-    browser
-        .client
-        .goto(&format!("{base}#/signin"))
-        .await
-        .unwrap();
+    browser.open(&base, "signin").await;
     browser.css("input[name=username]").await;
     browser.assert_accessible("sign-in").await;
     browser.click("a[href='#/forgot']").await;
@@ -703,18 +676,10 @@ async fn a_forgotten_password_is_reset_from_the_mailed_link_and_every_session_en
     browser.css("#signout").await;
 
     // The new password works; signing out everywhere ends this session too.
-    browser
-        .client
-        .goto(&format!("{base}#/admin/usage"))
-        .await
-        .unwrap();
+    browser.open(&base, "admin/usage").await;
     browser.css("#export").await;
     browser.assert_accessible("usage dashboard").await;
-    browser
-        .client
-        .goto(&format!("{base}#/profile"))
-        .await
-        .unwrap();
+    browser.open(&base, "profile").await;
     browser.click("#signout-all").await;
     browser.css("input[name=username]").await;
     browser.client.refresh().await.unwrap();

@@ -49,6 +49,19 @@ async fn make_key(stack: &Stack, token: &str, name: &str) -> (String, String) {
     )
 }
 
+/// The key `id` as `GET /api/keys` lists it to its user.
+async fn listed_key(stack: &Stack, token: &str, id: &str) -> Value {
+    let (status, keys) = stack.get("credits", "/api/keys", token).await;
+    assert_eq!(status, 200, "{keys}");
+    keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("the key is not listed: {keys}"))
+}
+
 #[tokio::test]
 async fn a_key_is_made_used_through_the_openai_sdk_watched_and_revoked() {
     let flowise = FlowiseDouble::start().await;
@@ -108,14 +121,7 @@ async fn a_key_is_made_used_through_the_openai_sdk_watched_and_revoked() {
     let charged = seen["charged"].as_i64().unwrap();
     assert!(charged > 4);
     assert_eq!(stack.balance(&zoe).await, 500 - charged);
-    let (status, keys) = stack.get("credits", "/api/keys", &zoe).await;
-    assert_eq!(status, 200, "{keys}");
-    let listed = keys["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == key_id.as_str())
-        .unwrap();
+    let listed = listed_key(&stack, &zoe, &key_id).await;
     assert_eq!(listed["creditsThisMonth"], charged, "{listed}");
     assert!(listed["lastUsedAt"].is_string(), "{listed}");
     let (status, stats) = stack.get("usage", "/api/usage/stats", &zoe).await;
@@ -166,13 +172,7 @@ async fn a_key_is_made_used_through_the_openai_sdk_watched_and_revoked() {
     assert_eq!(status, 204, "{body}");
     let seen = sdk(&stack, "revoked", &[("KEY", &key)]).await;
     assert_eq!(seen["revoked"], json!([401, "key_revoked"]));
-    let (_, keys) = stack.get("credits", "/api/keys", &zoe).await;
-    let listed = keys["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == key_id.as_str())
-        .unwrap();
+    let listed = listed_key(&stack, &zoe, &key_id).await;
     assert_eq!(listed["status"], "revoked", "{listed}");
     assert!(
         stack.balance(&zoe).await < 500 - charged,
