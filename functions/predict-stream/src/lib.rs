@@ -7,6 +7,7 @@
 
 pub mod cors;
 pub mod openai;
+pub mod runtime;
 
 use axum::body::Body;
 use axum::extract::State;

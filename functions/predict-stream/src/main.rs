@@ -9,5 +9,5 @@ async fn main() -> Result<(), shared::BoxError> {
     })
     .await?;
     let state = predict_stream::AppState::connect(&config).await?;
-    lambda_http::run_with_streaming_response(predict_stream::router(state, cors)).await
+    predict_stream::runtime::run(predict_stream::router(state, cors)).await
 }
