@@ -661,3 +661,118 @@ async fn an_account_is_created_once_under_concurrent_first_requests() {
             .unwrap();
     assert_eq!(rows, 1);
 }
+
+/// A prediction's reservation of `held` credits whose commit was lost:
+/// made, then rolled back, as a database crash undoes a commit that never
+/// reached the disk. Then its settlement, charging `charge`.
+async fn settle_lost_prediction(
+    pool: &PgPool,
+    user: &str,
+    held: i64,
+    how: Settlement,
+    charge: i64,
+) -> reservations::SessionOutcome {
+    let (user, id) = (uid(user), ReservationId::random());
+    let flow = ChatflowId::parse("chatflowId", "flow").unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let locked = shared::ledger::primitives::lock_account(&mut tx, &user)
+        .await
+        .unwrap();
+    let amounts = (credits(held), credits(held));
+    let account = (&user, locked, None);
+    reservations::reserve_prediction(&mut tx, account, &id, &flow, amounts, &meta())
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let hold = reservations::PredictionHold {
+        id: &id,
+        user: &user,
+        chatflow: &flow,
+        api_key_id: None,
+    };
+    let mut tx = pool.begin().await.unwrap();
+    let charge = Charge::try_from(charge).unwrap();
+    let outcome = reservations::settle_prediction(&mut tx, &hold, how, charge)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    outcome
+}
+
+#[tokio::test]
+async fn a_prediction_whose_reservation_was_lost_is_still_charged_from_the_balance() {
+    let db = TestPostgres::new().await;
+    allocate(&db.pool, "paid", 10, Some(30)).await;
+    let paid = settle_lost_prediction(&db.pool, "paid", 6, Settlement::Finalize, 4).await;
+    assert_eq!(
+        (
+            paid.charged_credits,
+            paid.shortfall_credits,
+            paid.balance_after
+        ),
+        (4, 0, Some(6))
+    );
+    assert_eq!(paid.status, "completed");
+    assert_eq!(balance(&db.pool, "paid").await, 6);
+    let (reserved, charged): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT reserved_credits, charged_credits FROM streaming_sessions WHERE session_id = $1",
+    )
+    .bind(paid.session_id.as_str())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (reserved, charged),
+        (0, Some(4)),
+        "recreated holding nothing, then charged"
+    );
+    assert_consistent(&db.pool, "paid").await;
+
+    // As far as the balance goes; the rest is the shortfall.
+    allocate(&db.pool, "short", 3, Some(30)).await;
+    let short = settle_lost_prediction(&db.pool, "short", 3, Settlement::Finalize, 5).await;
+    assert_eq!((short.charged_credits, short.shortfall_credits), (3, 2));
+    assert_eq!(balance(&db.pool, "short").await, 0);
+    assert_consistent(&db.pool, "short").await;
+
+    // A free failure writes no entry.
+    allocate(&db.pool, "free", 5, Some(30)).await;
+    let free = settle_lost_prediction(&db.pool, "free", 2, Settlement::Abort, 0).await;
+    assert_eq!((free.charged_credits, free.status.as_str()), (0, "aborted"));
+    assert_eq!(balance(&db.pool, "free").await, 5);
+    assert_eq!(
+        transaction_count(&db.pool, "free").await,
+        1,
+        "only the allocation"
+    );
+    assert_consistent(&db.pool, "free").await;
+}
+
+#[tokio::test]
+async fn a_relaxed_commit_does_not_wait_for_the_disk_and_only_its_transaction_is_relaxed() {
+    use shared::ledger::primitives::{commit, set_durability};
+    use shared::ledger::Durability;
+    let db = TestPostgres::new().await;
+    // One connection, so the check after the commit reads the same one.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let setting = "SELECT current_setting('synchronous_commit')";
+    for (durability, inside) in [(Durability::Relaxed, "off"), (Durability::Flushed, "on")] {
+        let mut tx = pool.begin().await.unwrap();
+        set_durability(&mut tx, durability).await.unwrap();
+        let during: String = sqlx::query_scalar(setting)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(during, inside, "{durability:?}");
+        commit(tx, durability).await.unwrap();
+        let after: String = sqlx::query_scalar(setting).fetch_one(&pool).await.unwrap();
+        assert_eq!(
+            after, "on",
+            "the pooled connection is back to the server's setting"
+        );
+    }
+}

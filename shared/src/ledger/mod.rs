@@ -35,7 +35,7 @@ pub mod reservations;
 pub mod sweep;
 pub mod types;
 
-pub use primitives::Tx;
+pub use primitives::{Durability, Tx};
 pub use types::{
     Adjustment, Allocation, Charge, Credits, EntryKind, EntryMeta, LedgerError, MAX_CREDITS,
 };

@@ -354,3 +354,38 @@ mod tests {
         assert!(check_balance_limit(i64::MAX, 1).is_err());
     }
 }
+
+/// What a ledger transaction's commit waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The commit is on disk before it returns (`synchronous_commit` as the
+    /// server has it): every change that takes or gives credits for good.
+    Flushed,
+    /// The commit is visible to every other transaction at once, as any
+    /// commit is, but does not wait for the disk: a database crash in the
+    /// next fraction of a second can undo it (PostgreSQL's asynchronous
+    /// commit; it never leaves the database inconsistent, and any later
+    /// flushed commit makes it durable too). Only for a change whose loss
+    /// the ledger repairs: a prediction's reservation without an
+    /// `Idempotency-Key` (README §6, "Reservations that do not wait for
+    /// the disk").
+    Relaxed,
+}
+
+/// Sets the transaction's own commit to `durability`; the connection's
+/// setting is back to the server's when the transaction ends.
+pub async fn set_durability(tx: &mut Tx<'_>, durability: Durability) -> Result<(), LedgerError> {
+    if durability == Durability::Relaxed {
+        sqlx::query!("SELECT set_config('synchronous_commit', 'off', true) AS setting")
+            .fetch_one(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Commits `tx` as `durability` says.
+pub async fn commit(mut tx: Tx<'_>, durability: Durability) -> Result<(), LedgerError> {
+    set_durability(&mut tx, durability).await?;
+    tx.commit().await?;
+    Ok(())
+}

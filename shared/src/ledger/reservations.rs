@@ -227,6 +227,23 @@ impl Hold<'_> {
         };
         let kind = EntryKind::Reservation;
         let (entry, _) = debit_locked(tx, self.user, total, amount, kind, &meta).await?;
+        self.record(tx, amount, Some(entry), meta.api_key_id)
+            .await?;
+        Ok(Reservation {
+            session_id: self.id.clone(),
+            reserved_credits: amount,
+            status: "active".into(),
+        })
+    }
+
+    /// Records the reservation of `amount`, taken by the entry `entry`.
+    async fn record(
+        &self,
+        tx: &mut Tx<'_>,
+        amount: i64,
+        entry: Option<Uuid>,
+        api_key_id: Option<Uuid>,
+    ) -> Result<(), LedgerError> {
         sqlx::query!(
             "INSERT INTO streaming_sessions
                 (session_id, user_id, chatflow_id, reserved_credits, reservation_transaction_id,
@@ -238,7 +255,7 @@ impl Hold<'_> {
             amount,
             entry,
             self.origin.as_str(),
-            meta.api_key_id,
+            api_key_id,
         )
         .execute(&mut **tx)
         .await
@@ -249,11 +266,7 @@ impl Hold<'_> {
             }
             _ => LedgerError::Store(e),
         })?;
-        Ok(Reservation {
-            session_id: self.id.clone(),
-            reserved_credits: amount,
-            status: "active".into(),
-        })
+        Ok(())
     }
 }
 
@@ -284,20 +297,56 @@ pub async fn settle(
     settle_locked(tx, id, locked, how, charge, caller.as_str()).await
 }
 
-/// Settles the gateway's reservation for a prediction of `user`, charging
-/// `charge`. Finding it already settled is an anomaly (the sweep released
-/// a live call, or a bug): it is logged at error and the actual cost is
-/// charged again through a deduction, as far as the balance goes, with
-/// the rest recorded as a shortfall. The answer is never free.
+/// The gateway's reservation for one prediction, as its settlement names
+/// it.
+pub struct PredictionHold<'a> {
+    /// The reservation (the answer's message id).
+    pub id: &'a ReservationId,
+    /// Whose prediction it is.
+    pub user: &'a UserId,
+    /// The chatflow it asked.
+    pub chatflow: &'a ChatflowId,
+    /// The API key it came with, if any.
+    pub api_key_id: Option<Uuid>,
+}
+
+/// Settles the gateway's reservation for a prediction, charging `charge`.
+///
+/// Finding it already settled is an anomaly (the sweep released a live
+/// call, or a bug): it is logged at error and the actual cost is charged
+/// again through a deduction, as far as the balance goes, with the rest
+/// recorded as a shortfall. Finding none means its commit was lost (a
+/// reservation without an `Idempotency-Key` does not wait for the disk,
+/// [`super::Durability::Relaxed`], and the database crashed before it got
+/// there): it is recreated holding nothing and settled as usual, so the
+/// charge comes from the balance as far as it goes, the rest a shortfall.
+/// Either way the answer is never free.
 pub async fn settle_prediction(
     tx: &mut Tx<'_>,
-    id: &ReservationId,
-    user: &UserId,
+    hold: &PredictionHold<'_>,
     how: Settlement,
     charge: Charge,
 ) -> Result<SessionOutcome, LedgerError> {
+    let (id, user) = (hold.id, hold.user);
     let locked = lock_account(tx, user).await?;
-    let outcome = settle_locked(tx, id, locked, how, charge, user.as_str()).await?;
+    let outcome = match settle_locked(tx, id, locked, how, charge, user.as_str()).await {
+        Err(LedgerError::NoReservation(_)) => {
+            tracing::error!(
+                reservation = %id,
+                charge = charge.get(),
+                "a prediction's reservation was lost (a database crash before it reached the disk); charging it from the balance"
+            );
+            let lost = Hold {
+                user,
+                id,
+                chatflow: hold.chatflow,
+                origin: Origin::Gateway,
+            };
+            lost.record(tx, 0, None, hold.api_key_id).await?;
+            settle_locked(tx, id, locked, how, charge, user.as_str()).await?
+        }
+        settled => settled?,
+    };
     if outcome.settled_now {
         return Ok(outcome);
     }

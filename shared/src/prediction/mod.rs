@@ -31,8 +31,8 @@ use crate::ids::{ChatSessionId, ChatflowId, ReservationId, UserId};
 use crate::ledger::accounts::lock_from_claims;
 use crate::ledger::idempotency::{self, RequestKey, StoredKey};
 use crate::ledger::limits;
-use crate::ledger::reservations::{self, Settlement};
-use crate::ledger::{Charge, Credits, EntryMeta};
+use crate::ledger::reservations::{self, PredictionHold, Settlement};
+use crate::ledger::{Charge, Credits, Durability, EntryMeta};
 use crate::pricing::{self, estimate_tokens, PricingRule};
 use crate::token::AuthUser;
 
@@ -594,10 +594,27 @@ fn reservation_amounts(
 }
 
 /// The reservation's transaction, open: the pricing rule it read (and the
-/// key it claimed). The account is not locked yet.
+/// key it claimed), and what its commit waits for. The account is not
+/// locked yet.
 struct Opened {
     tx: crate::ledger::Tx<'static>,
     rule: PricingRule,
+    durability: Durability,
+}
+
+/// What the reservation's commit waits for. A claimed `Idempotency-Key`
+/// must survive a crash (a retry meanwhile would run the prediction
+/// twice), so its reservation is flushed. Without one, nothing depends on
+/// the hold outliving a database crash: the settlement recreates a lost
+/// reservation and charges the answer from the balance
+/// ([`reservations::settle_prediction`]), so the commit does not wait for
+/// the disk (README §6, "Reservations that do not wait for the disk").
+fn hold_durability(key: Option<&RequestKey>) -> Durability {
+    if key.is_some() {
+        Durability::Flushed
+    } else {
+        Durability::Relaxed
+    }
 }
 
 /// What opening the reservation's transaction found.
@@ -631,7 +648,12 @@ async fn open_reservation(
             return Ok(Opening::Replay(Box::new(stored_answer(stored, &key.hash)?)));
         }
     }
-    Ok(Opening::Ready(Opened { tx, rule }))
+    let durability = hold_durability(key);
+    Ok(Opening::Ready(Opened {
+        tx,
+        rule,
+        durability,
+    }))
 }
 
 /// Rolls a transaction back now (not when its connection is next used: a
@@ -657,7 +679,11 @@ async fn reserve(
     rate: &crate::config::RateLimits,
     meta: &EntryMeta<'_>,
 ) -> Result<PricingRule, ApiError> {
-    let Opened { mut tx, rule } = opened;
+    let Opened {
+        mut tx,
+        rule,
+        durability,
+    } = opened;
     let user_id = user.user_id();
     let reserved = async {
         let amounts = reservation_amounts(&rule, input_tokens)?;
@@ -672,7 +698,7 @@ async fn reserve(
     .await;
     match reserved {
         Ok(()) => {
-            tx.commit().await?;
+            crate::ledger::primitives::commit(tx, durability).await?;
             Ok(rule)
         }
         Err(refused) => refuse(tx, refused).await,
@@ -856,10 +882,14 @@ async fn settle(
         Settlement::Abort
     };
     let user = &prepared.user_id;
+    let hold = PredictionHold {
+        id: &prepared.message_id,
+        user,
+        chatflow: &prepared.chatflow_id,
+        api_key_id: prepared.api_key_id,
+    };
     let mut tx = state.pg.begin().await?;
-    let settled =
-        reservations::settle_prediction(&mut tx, &prepared.message_id, user, how, outcome.charge)
-            .await?;
+    let settled = reservations::settle_prediction(&mut tx, &hold, how, outcome.charge).await?;
     let metadata = prepared.usage_metadata(outcome, latency_ms);
     let charged = settled.charged_credits;
     let flow = prepared.chatflow_id.as_str();
@@ -959,5 +989,21 @@ pub async fn answer_buffered(
     match state.flowise.predict(flow, &prepared.request, budget).await {
         Ok(answer) => finish(state, prepared, &Outcome::answered(prepared, answer)).await,
         Err(e) => Err(fail(state, prepared, e).await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_reservation_that_claims_a_key_waits_for_the_disk() {
+        let key = RequestKey::new(
+            "retry-1".into(),
+            PREDICT_ENDPOINT,
+            &json!({"question": "hi"}),
+        );
+        assert_eq!(hold_durability(Some(&key)), Durability::Flushed);
+        assert_eq!(hold_durability(None), Durability::Relaxed);
     }
 }
