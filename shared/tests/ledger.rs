@@ -662,16 +662,10 @@ async fn an_account_is_created_once_under_concurrent_first_requests() {
     assert_eq!(rows, 1);
 }
 
-/// A prediction's reservation of `held` credits whose commit was lost:
-/// made, then rolled back, as a database crash undoes a commit that never
-/// reached the disk. Then its settlement, charging `charge`.
-async fn settle_lost_prediction(
-    pool: &PgPool,
-    user: &str,
-    held: i64,
-    how: Settlement,
-    charge: i64,
-) -> reservations::SessionOutcome {
+/// A prediction's reservation of `held` credits for `user` whose commit
+/// was lost: made, then rolled back, as a database crash undoes a commit
+/// that never reached the disk. Returns its id.
+async fn lose_a_reservation(pool: &PgPool, user: &str, held: i64) -> ReservationId {
     let (user, id) = (uid(user), ReservationId::random());
     let flow = ChatflowId::parse("chatflowId", "flow").unwrap();
     let mut tx = pool.begin().await.unwrap();
@@ -684,8 +678,20 @@ async fn settle_lost_prediction(
         .await
         .unwrap();
     tx.rollback().await.unwrap();
+    id
+}
+
+/// The settlement of `user`'s prediction `id`, charging `charge`.
+async fn settle_prediction(
+    pool: &PgPool,
+    user: &str,
+    id: &ReservationId,
+    how: Settlement,
+    charge: i64,
+) -> reservations::SessionOutcome {
+    let (user, flow) = (uid(user), ChatflowId::parse("chatflowId", "flow").unwrap());
     let hold = reservations::PredictionHold {
-        id: &id,
+        id,
         user: &user,
         chatflow: &flow,
         api_key_id: None,
@@ -697,6 +703,18 @@ async fn settle_lost_prediction(
         .unwrap();
     tx.commit().await.unwrap();
     outcome
+}
+
+/// [`lose_a_reservation`], then its settlement.
+async fn settle_lost_prediction(
+    pool: &PgPool,
+    user: &str,
+    held: i64,
+    how: Settlement,
+    charge: i64,
+) -> reservations::SessionOutcome {
+    let id = lose_a_reservation(pool, user, held).await;
+    settle_prediction(pool, user, &id, how, charge).await
 }
 
 #[tokio::test]
@@ -750,7 +768,7 @@ async fn a_prediction_whose_reservation_was_lost_is_still_charged_from_the_balan
 
 #[tokio::test]
 async fn a_relaxed_commit_does_not_wait_for_the_disk_and_only_its_transaction_is_relaxed() {
-    use shared::ledger::primitives::{commit, set_durability};
+    use shared::ledger::primitives::set_durability;
     use shared::ledger::Durability;
     let db = TestPostgres::new().await;
     // One connection, so the check after the commit reads the same one.
@@ -768,11 +786,46 @@ async fn a_relaxed_commit_does_not_wait_for_the_disk_and_only_its_transaction_is
             .await
             .unwrap();
         assert_eq!(during, inside, "{durability:?}");
-        commit(tx, durability).await.unwrap();
+        tx.commit().await.unwrap();
         let after: String = sqlx::query_scalar(setting).fetch_one(&pool).await.unwrap();
         assert_eq!(
             after, "on",
             "the pooled connection is back to the server's setting"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_lost_reservations_id_reserved_by_a_client_is_left_alone_and_the_answer_charged() {
+    let db = TestPostgres::new().await;
+    // The id reserved meanwhile by another user, then by the user herself.
+    for (user, client) in [("a", "b"), ("c", "c")] {
+        allocate(&db.pool, user, 10, Some(30)).await;
+        if client != user {
+            allocate(&db.pool, client, 10, Some(30)).await;
+        }
+        let id = lose_a_reservation(&db.pool, user, 6).await;
+        reserve(&db.pool, client, id.as_str(), 3).await.unwrap();
+        let outcome = settle_prediction(&db.pool, user, &id, Settlement::Finalize, 4).await;
+        assert_eq!(
+            (outcome.charged_credits, outcome.balance_after),
+            (4, Some(10 - 4 - if client == user { 3 } else { 0 })),
+            "{user}: charged by deduction"
+        );
+        let (owner, status, reserved): (String, String, i64) = sqlx::query_as(
+            "SELECT user_id, status, reserved_credits FROM streaming_sessions WHERE session_id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            (owner.as_str(), status.as_str(), reserved),
+            (client, "active", 3)
+        );
+        let client_balance = if client == user { 3 } else { 7 };
+        assert_eq!(balance(&db.pool, client).await, client_balance);
+        assert_consistent(&db.pool, user).await;
+        assert_consistent(&db.pool, client).await;
     }
 }

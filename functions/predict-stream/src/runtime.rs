@@ -73,10 +73,10 @@ pub async fn run(router: Router) -> Result<(), BoxError> {
 async fn serve(api: &RuntimeApi, config: Arc<Config>, router: Router) -> Result<(), BoxError> {
     let mut handler = StreamAdapter::from(router);
     loop {
-        let (id, headers, event) = api.next().await?;
-        let context = Context::new(&id, config.clone(), &headers)?;
+        let invocation = api.next().await?;
+        let context = Context::new(&invocation.id, config.clone(), &invocation.headers)?;
         let span = request_span(&context);
-        api.invoke(&mut handler, &id, event, context)
+        api.invoke(&mut handler, &invocation, context)
             .instrument(span)
             .await?;
     }
@@ -87,6 +87,23 @@ struct RuntimeApi {
     base: String,
     client: Client<HttpConnector, ApiBody>,
 }
+
+/// One event the Runtime API handed out.
+struct Invocation {
+    /// `Lambda-Runtime-Aws-Request-Id`: where the answer goes.
+    id: String,
+    /// `Lambda-Runtime-Invocation-Id`, when there is one: sent back with
+    /// the answer, as `lambda_runtime` does.
+    invocation_id: Option<HeaderValue>,
+    headers: HeaderMap,
+    event: Bytes,
+}
+
+/// `lambda_http`'s adapter around the function's router.
+type Adapter = StreamAdapter<'static, Router, axum::body::Body>;
+
+/// The handler's answer, or that it panicked.
+type Handled = Result<<Adapter as Service<LambdaEvent<LambdaRequest>>>::Response, ()>;
 
 impl RuntimeApi {
     /// A client for the Runtime API at `address`: `host:port` in AWS, a
@@ -108,58 +125,63 @@ impl RuntimeApi {
         })
     }
 
-    /// Waits for the next event: its request id, headers and body.
-    async fn next(&self) -> Result<(String, HeaderMap, Bytes), BoxError> {
-        let response = self.send(Method::GET, "/invocation/next", empty()).await?;
-        let (parts, body) = response.into_parts();
-        if !parts.status.is_success() {
-            return Err(format!(
-                "the Runtime API answered {} for the next event",
-                parts.status
-            )
-            .into());
+    /// Waits for the next event. A `204` (no event, which `cargo lambda
+    /// watch` answers to keep the connection alive) asks again.
+    async fn next(&self) -> Result<Invocation, BoxError> {
+        loop {
+            let uri = format!("{}/invocation/next", self.base);
+            let request = self.request(Method::GET, &uri, None, empty())?;
+            let (parts, body) = self.client.request(request).await?.into_parts();
+            let event = body.collect().await?.to_bytes();
+            if parts.status == http::StatusCode::NO_CONTENT {
+                continue;
+            }
+            if !parts.status.is_success() {
+                let status = parts.status;
+                return Err(format!("the Runtime API answered {status} for the next event").into());
+            }
+            let id = parts
+                .headers
+                .get("lambda-runtime-aws-request-id")
+                .and_then(|v| v.to_str().ok())
+                .ok_or("the next event came without a request id")?
+                .to_owned();
+            let invocation_id = parts.headers.get("lambda-runtime-invocation-id").cloned();
+            return Ok(Invocation {
+                id,
+                invocation_id,
+                headers: parts.headers,
+                event,
+            });
         }
-        let id = parts
-            .headers
-            .get("lambda-runtime-aws-request-id")
-            .and_then(|v| v.to_str().ok())
-            .ok_or("the next event came without a request id")?
-            .to_owned();
-        Ok((id, parts.headers, body.collect().await?.to_bytes()))
     }
 
     /// Runs one event through `handler` and sends its answer (or the reason
     /// there is none) back.
     async fn invoke(
         &self,
-        handler: &mut StreamAdapter<'static, Router, axum::body::Body>,
-        id: &str,
-        event: Bytes,
+        handler: &mut Adapter,
+        invocation: &Invocation,
         context: Context,
     ) -> Result<(), BoxError> {
-        let event: LambdaRequest = match serde_json::from_slice(&event) {
+        let event: LambdaRequest = match serde_json::from_slice(&invocation.event) {
             Ok(event) => event,
             Err(e) => {
+                let message = e.to_string();
                 return self
-                    .fail(id, "Runtime.UnmarshalError", &e.to_string())
-                    .await
+                    .fail(invocation, "Runtime.UnmarshalError", &message)
+                    .await;
             }
         };
-        let call = handler
-            .ready()
-            .await?
-            .call(LambdaEvent::new(event, context));
-        let response = match AssertUnwindSafe(call).catch_unwind().await {
-            Ok(Ok(response)) => response,
-            Ok(Err(never)) => match never {},
-            Err(_) => {
-                tracing::error!("the handler panicked");
-                return self.fail(id, "Runtime.Panic", "the handler panicked").await;
-            }
+        let Ok(response) = handle(handler, LambdaEvent::new(event, context)).await else {
+            tracing::error!("the handler panicked");
+            return self
+                .fail(invocation, "Runtime.Panic", "the handler panicked")
+                .await;
         };
         let body = streamed_body(response.metadata_prelude, response.stream)?;
-        let path = format!("/invocation/{id}/response");
-        let mut request = self.request(Method::POST, &path, body)?;
+        let uri = format!("{}/invocation/{}/response", self.base, invocation.id);
+        let mut request = self.request(Method::POST, &uri, Some(invocation), body)?;
         let headers = request.headers_mut();
         headers.insert(
             "lambda-runtime-function-response-mode",
@@ -178,8 +200,13 @@ impl RuntimeApi {
         self.accepted(request).await
     }
 
-    /// Reports that invocation `id` has no answer.
-    async fn fail(&self, id: &str, error_type: &str, message: &str) -> Result<(), BoxError> {
+    /// Reports that `invocation` has no answer.
+    async fn fail(
+        &self,
+        invocation: &Invocation,
+        error_type: &str,
+        message: &str,
+    ) -> Result<(), BoxError> {
         let diagnostic = Diagnostic {
             error_type: error_type.to_owned(),
             error_message: message.to_owned(),
@@ -187,41 +214,33 @@ impl RuntimeApi {
         let body = Full::new(Bytes::from(serde_json::to_vec(&diagnostic)?))
             .map_err(|never| match never {})
             .boxed_unsync();
-        let path = format!("/invocation/{id}/error");
-        let mut request = self.request(Method::POST, &path, body)?;
+        let uri = format!("{}/invocation/{}/error", self.base, invocation.id);
+        let mut request = self.request(Method::POST, &uri, Some(invocation), body)?;
         request
             .headers_mut()
             .insert(ERROR_TYPE, HeaderValue::from_static("unhandled"));
         self.accepted(request).await
     }
 
+    /// A request to `uri`, about `invocation` when it is for one.
     fn request(
         &self,
         method: Method,
-        path: &str,
+        uri: &str,
+        invocation: Option<&Invocation>,
         body: ApiBody,
     ) -> Result<Request<ApiBody>, BoxError> {
-        let uri: Uri = format!("{}{path}", self.base).parse()?;
-        Ok(Request::builder()
+        let mut request = Request::builder()
             .method(method)
-            .uri(uri)
+            .uri(uri.parse::<Uri>()?)
             .header(
                 http::header::USER_AGENT,
                 concat!("flowise-gateway/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(body)?)
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: ApiBody,
-    ) -> Result<http::Response<hyper::body::Incoming>, BoxError> {
-        Ok(self
-            .client
-            .request(self.request(method, path, body)?)
-            .await?)
+            );
+        if let Some(id) = invocation.and_then(|i| i.invocation_id.clone()) {
+            request = request.header("lambda-runtime-invocation-id", id);
+        }
+        Ok(request.body(body)?)
     }
 
     /// Sends `request` and reads the Runtime API's (empty) answer.
@@ -237,6 +256,19 @@ impl RuntimeApi {
             tracing::error!(%status, "the Runtime API refused an answer");
             Ok(())
         }
+    }
+}
+
+/// Calls `handler` with `event`, catching a panic both in the call itself
+/// (`lambda_http` turns the event into a request there, and panics on some
+/// malformed events) and in the future it returns.
+async fn handle(handler: &mut Adapter, event: LambdaEvent<LambdaRequest>) -> Handled {
+    let Ok(ready) = handler.ready().await;
+    let call = std::panic::catch_unwind(AssertUnwindSafe(|| ready.call(event))).map_err(|_| ())?;
+    match AssertUnwindSafe(call).catch_unwind().await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(never)) => match never {},
+        Err(_) => Err(()),
     }
 }
 
@@ -296,6 +328,7 @@ mod tests {
     use super::*;
     use axum::extract::{Path, State};
     use axum::http::StatusCode;
+    use axum::response::IntoResponse;
     use axum::routing::{get, post};
     use serde_json::{json, Value};
     use tokio::sync::{mpsc, Mutex};
@@ -309,19 +342,25 @@ mod tests {
         trailers: Option<HeaderMap>,
     }
 
-    /// A Runtime API that hands out `events` (then waits forever) and
-    /// reports every answer.
+    /// A Runtime API that answers `204` to the first poll (as `cargo
+    /// lambda watch` can), then hands out `events` (then waits forever),
+    /// and reports every answer.
     struct FakeApi {
+        polls: std::sync::atomic::AtomicUsize,
         events: Mutex<Vec<(String, Bytes)>>,
         sent: mpsc::UnboundedSender<Sent>,
     }
 
     async fn next(State(api): State<Arc<FakeApi>>) -> axum::response::Response {
+        if api.polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            return StatusCode::NO_CONTENT.into_response();
+        }
         let Some((id, event)) = api.events.lock().await.pop() else {
             return std::future::pending().await;
         };
         axum::response::Response::builder()
             .header("lambda-runtime-aws-request-id", id)
+            .header("lambda-runtime-invocation-id", "inv-1")
             .header("lambda-runtime-deadline-ms", "4102444800000")
             .header("lambda-runtime-invoked-function-arn", "arn:aws:lambda:test")
             .body(axum::body::Body::from(event))
@@ -350,6 +389,7 @@ mod tests {
     async fn invoke(router: Router, event: Bytes) -> Sent {
         let (sent, mut answers) = mpsc::unbounded_channel();
         let fake = Arc::new(FakeApi {
+            polls: std::sync::atomic::AtomicUsize::new(0),
             events: Mutex::new(vec![("req-1".to_owned(), event)]),
             sent,
         });
@@ -380,10 +420,14 @@ mod tests {
     }
 
     fn http_event(path: &str) -> Bytes {
+        http_event_for(path, "stream.example")
+    }
+
+    fn http_event_for(path: &str, host: &str) -> Bytes {
         Bytes::from(
             json!({
                 "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
-                "headers": {"host": "stream.example"},
+                "headers": {"host": host},
                 "requestContext": {
                     "accountId": "123456789012", "apiId": "url", "domainName": "stream.example",
                     "domainPrefix": "stream", "requestId": "ctx-1", "routeKey": "$default",
@@ -435,7 +479,11 @@ mod tests {
             }),
         );
         let sent = invoke(router, http_event("/hello")).await;
-        assert_eq!(sent.path, "req-1/response");
+        assert_eq!(
+            sent.path, "req-1/response",
+            "after a 204, the next poll's event"
+        );
+        assert_eq!(sent.headers["lambda-runtime-invocation-id"], "inv-1");
         assert_eq!(
             sent.headers["lambda-runtime-function-response-mode"],
             "streaming"
@@ -483,6 +531,17 @@ mod tests {
         assert_eq!(sent.path, "req-1/error");
         let diagnostic: Value = serde_json::from_slice(&sent.body).expect("JSON");
         assert_eq!(diagnostic["errorType"], "Runtime.UnmarshalError");
+    }
+
+    #[tokio::test]
+    async fn an_event_the_adapter_cannot_turn_into_a_request_is_an_error_not_a_crash() {
+        // lambda_http panics building the URL of a host with a space.
+        let router = Router::new().route("/", get(|| async { "unreachable" }));
+        let sent = invoke(router, http_event_for("/", "bad host")).await;
+        assert_eq!(sent.path, "req-1/error");
+        assert_eq!(sent.headers["lambda-runtime-invocation-id"], "inv-1");
+        let diagnostic: Value = serde_json::from_slice(&sent.body).expect("JSON");
+        assert_eq!(diagnostic["errorType"], "Runtime.Panic");
     }
 
     #[tokio::test]

@@ -382,10 +382,3 @@ pub async fn set_durability(tx: &mut Tx<'_>, durability: Durability) -> Result<(
     }
     Ok(())
 }
-
-/// Commits `tx` as `durability` says.
-pub async fn commit(mut tx: Tx<'_>, durability: Durability) -> Result<(), LedgerError> {
-    set_durability(&mut tx, durability).await?;
-    tx.commit().await?;
-    Ok(())
-}

@@ -227,8 +227,13 @@ impl Hold<'_> {
         };
         let kind = EntryKind::Reservation;
         let (entry, _) = debit_locked(tx, self.user, total, amount, kind, &meta).await?;
-        self.record(tx, amount, Some(entry), meta.api_key_id)
-            .await?;
+        if !self
+            .record(tx, amount, Some(entry), meta.api_key_id)
+            .await?
+        {
+            // Another user reserved the same id at the same moment.
+            return Err(LedgerError::ReservationTaken(self.id.clone()));
+        }
         Ok(Reservation {
             session_id: self.id.clone(),
             reserved_credits: amount,
@@ -236,19 +241,22 @@ impl Hold<'_> {
         })
     }
 
-    /// Records the reservation of `amount`, taken by the entry `entry`.
+    /// Records the reservation of `amount`, taken by the entry `entry`;
+    /// false when the id is another reservation's (nothing written, and
+    /// the transaction still usable).
     async fn record(
         &self,
         tx: &mut Tx<'_>,
         amount: i64,
         entry: Option<Uuid>,
         api_key_id: Option<Uuid>,
-    ) -> Result<(), LedgerError> {
-        sqlx::query!(
+    ) -> Result<bool, LedgerError> {
+        let inserted = sqlx::query!(
             "INSERT INTO streaming_sessions
                 (session_id, user_id, chatflow_id, reserved_credits, reservation_transaction_id,
                  origin, api_key_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT DO NOTHING",
             self.id.as_str(),
             self.user.as_str(),
             self.chatflow.as_str(),
@@ -258,15 +266,9 @@ impl Hold<'_> {
             api_key_id,
         )
         .execute(&mut **tx)
-        .await
-        .map_err(|e| match &e {
-            // Another user reserved the same id at the same moment.
-            sqlx::Error::Database(db) if db.is_unique_violation() => {
-                LedgerError::ReservationTaken(self.id.clone())
-            }
-            _ => LedgerError::Store(e),
-        })?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
     }
 }
 
@@ -294,7 +296,13 @@ pub async fn settle(
         return Err(LedgerError::GatewayReservation);
     }
     let locked = lock_account(tx, caller).await?;
-    settle_locked(tx, id, locked, how, charge, caller.as_str()).await
+    let target = Target {
+        id,
+        owner: caller,
+        locked,
+        origin: Some(Origin::Client),
+    };
+    settle_locked(tx, &target, how, charge, caller.as_str()).await
 }
 
 /// The gateway's reservation for one prediction, as its settlement names
@@ -329,7 +337,13 @@ pub async fn settle_prediction(
 ) -> Result<SessionOutcome, LedgerError> {
     let (id, user) = (hold.id, hold.user);
     let locked = lock_account(tx, user).await?;
-    let outcome = match settle_locked(tx, id, locked, how, charge, user.as_str()).await {
+    let target = Target {
+        id,
+        owner: user,
+        locked,
+        origin: Some(Origin::Gateway),
+    };
+    let outcome = match settle_locked(tx, &target, how, charge, user.as_str()).await {
         Err(LedgerError::NoReservation(_)) => {
             tracing::error!(
                 reservation = %id,
@@ -342,8 +356,15 @@ pub async fn settle_prediction(
                 chatflow: hold.chatflow,
                 origin: Origin::Gateway,
             };
-            lost.record(tx, 0, None, hold.api_key_id).await?;
-            settle_locked(tx, id, locked, how, charge, user.as_str()).await?
+            if !lost.record(tx, 0, None, hold.api_key_id).await? {
+                return charge_without_reservation(tx, hold, how, charge).await;
+            }
+            settle_locked(tx, &target, how, charge, user.as_str()).await?
+        }
+        // The id is someone else's reservation now (possible only once
+        // the prediction's own was lost): that row is not ours to touch.
+        Err(LedgerError::NotOwner) => {
+            return charge_without_reservation(tx, hold, how, charge).await
         }
         settled => settled?,
     };
@@ -356,52 +377,94 @@ pub async fn settle_prediction(
         charge = charge.get(),
         "a prediction found its reservation already settled; charging it by deduction"
     );
-    charge_late(tx, id, user, charge).await
+    charge_late(tx, hold, charge).await
+}
+
+/// Takes `charge` from `user`'s balance by a plain deduction, as far as
+/// it goes: what was taken, the shortfall, and the balance after.
+async fn deduct_what_it_can(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    charge: Charge,
+    meta: &EntryMeta<'_>,
+) -> Result<Charged, LedgerError> {
+    let total = begin_change(tx, user).await?;
+    let taken = charge.get().min(total);
+    if taken > 0 {
+        debit_locked(tx, user, total, taken, EntryKind::Deduction, meta).await?;
+    }
+    let shortfall = charge.get() - taken;
+    if shortfall > 0 {
+        tracing::error!(user = %user, shortfall, "a prediction charged by deduction was short");
+    }
+    Ok((taken, 0, shortfall, total - taken))
+}
+
+/// A prediction whose reservation id another reservation holds (its own
+/// was lost in a crash, and a client reserved the id meanwhile): the
+/// answer is charged by a deduction, the other row left alone.
+async fn charge_without_reservation(
+    tx: &mut Tx<'_>,
+    hold: &PredictionHold<'_>,
+    how: Settlement,
+    charge: Charge,
+) -> Result<SessionOutcome, LedgerError> {
+    tracing::error!(
+        reservation = %hold.id,
+        charge = charge.get(),
+        "a prediction's lost reservation id is another reservation's; charging it by deduction"
+    );
+    let meta = EntryMeta {
+        actor_id: Some("system"),
+        description: Some("prediction charged without its reservation, lost in a database crash"),
+        api_key_id: hold.api_key_id,
+        ..EntryMeta::default()
+    };
+    let (taken, _, shortfall, after) = deduct_what_it_can(tx, hold.user, charge, &meta).await?;
+    Ok(SessionOutcome {
+        session_id: hold.id.clone(),
+        charged_credits: taken,
+        refunded_credits: 0,
+        shortfall_credits: shortfall,
+        status: how.status().to_owned(),
+        settled_now: false,
+        balance_after: Some(after),
+    })
 }
 
 /// The anomaly path of [`settle_prediction`]: a deduction of `charge`
 /// (as far as the balance goes) added to the settled session's record.
 async fn charge_late(
     tx: &mut Tx<'_>,
-    id: &ReservationId,
-    user: &UserId,
+    hold: &PredictionHold<'_>,
     charge: Charge,
 ) -> Result<SessionOutcome, LedgerError> {
-    let total = begin_change(tx, user).await?;
-    let taken = charge.get().min(total);
-    let shortfall = charge.get() - taken;
-    let row = sqlx::query!(
+    let meta = EntryMeta {
+        actor_id: Some("system"),
+        description: Some("prediction charged after its reservation was settled elsewhere"),
+        reservation_id: Some(hold.id.as_str()),
+        api_key_id: hold.api_key_id,
+        ..EntryMeta::default()
+    };
+    let (taken, _, shortfall, after) = deduct_what_it_can(tx, hold.user, charge, &meta).await?;
+    let status = sqlx::query_scalar!(
         "UPDATE streaming_sessions
             SET charged_credits = charged_credits + $2, shortfall_credits = shortfall_credits + $3
-          WHERE session_id = $1 RETURNING status, api_key_id",
-        id.as_str(),
+          WHERE session_id = $1 RETURNING status",
+        hold.id.as_str(),
         taken,
         shortfall
     )
     .fetch_one(&mut **tx)
     .await?;
-    if taken > 0 {
-        let meta = EntryMeta {
-            actor_id: Some("system"),
-            description: Some("prediction charged after its reservation was settled elsewhere"),
-            reservation_id: Some(id.as_str()),
-            api_key_id: row.api_key_id,
-            ..EntryMeta::default()
-        };
-        debit_locked(tx, user, total, taken, EntryKind::Deduction, &meta).await?;
-    }
-    let status = row.status;
-    if shortfall > 0 {
-        tracing::error!(reservation = %id, shortfall, "a late prediction charge was short");
-    }
     Ok(SessionOutcome {
-        session_id: id.clone(),
+        session_id: hold.id.clone(),
         charged_credits: taken,
         refunded_credits: 0,
         shortfall_credits: shortfall,
         status,
         settled_now: false,
-        balance_after: Some(total - taken),
+        balance_after: Some(after),
     })
 }
 
@@ -412,27 +475,41 @@ struct Held {
     reservation_entry: Option<Uuid>,
 }
 
-/// Settles a reservation whose owner's account the caller has `locked`. Idempotent: a settled reservation returns its
-/// outcome. The steps: read the reservation, expire what is due, charge
-/// (refunding the rest, or charging the excess as far as the balance
-/// goes), record the outcome.
+/// The reservation a settlement is for: its id, whose it must be (the
+/// account the caller has `locked`), and the origin it must have, if any.
+pub(crate) struct Target<'a> {
+    pub(crate) id: &'a ReservationId,
+    pub(crate) owner: &'a UserId,
+    pub(crate) locked: Locked,
+    pub(crate) origin: Option<Origin>,
+}
+
+/// Settles the reservation `target` names (`NotOwner` when its row is
+/// another user's, or of another origin, changing nothing). Idempotent: a
+/// settled reservation returns its outcome. The steps: read the
+/// reservation, expire what is due, charge (refunding the rest, or
+/// charging the excess as far as the balance goes), record the outcome.
 pub(crate) async fn settle_locked(
     tx: &mut Tx<'_>,
-    id: &ReservationId,
-    locked: Locked,
+    target: &Target<'_>,
     how: Settlement,
     charge: Charge,
     actor: &str,
 ) -> Result<SessionOutcome, LedgerError> {
+    let id = target.id;
     let row = sqlx::query!(
-        "SELECT user_id, reserved_credits, charged_credits, refunded_credits, shortfall_credits,
-                status, reservation_transaction_id, api_key_id
+        "SELECT user_id, origin, reserved_credits, charged_credits, refunded_credits,
+                shortfall_credits, status, reservation_transaction_id, api_key_id
            FROM streaming_sessions WHERE session_id = $1 FOR UPDATE",
         id.as_str()
     )
     .fetch_optional(&mut **tx)
     .await?
     .ok_or_else(|| LedgerError::NoReservation(id.clone()))?;
+    let wrong_origin = target.origin.is_some_and(|o| o.as_str() != row.origin);
+    if row.user_id != target.owner.as_str() || wrong_origin {
+        return Err(LedgerError::NotOwner);
+    }
     if row.status != "active" {
         return Ok(SessionOutcome {
             session_id: id.clone(),
@@ -449,7 +526,7 @@ pub(crate) async fn settle_locked(
         reserved: row.reserved_credits,
         reservation_entry: row.reservation_transaction_id,
     };
-    let balance = begin_locked(tx, &held.user, locked).await?;
+    let balance = begin_locked(tx, &held.user, target.locked).await?;
     let meta = EntryMeta {
         actor_id: Some(actor),
         reservation_id: Some(id.as_str()),

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 
 use super::idempotency::{purge_old_keys, release_for_reservation};
 use super::primitives::{expire_due, try_lock_account};
-use super::reservations::{settle_locked, Settlement};
+use super::reservations::{settle_locked, Settlement, Target};
 use super::types::{Charge, LedgerError};
 use crate::ids::{ReservationId, UserId};
 
@@ -121,7 +121,13 @@ async fn settle_stale_reservations(
                 continue;
             };
             let how = Settlement::Abort;
-            let outcome = settle_locked(&mut tx, &id, locked, how, Charge::ZERO, "system").await?;
+            let target = Target {
+                id: &id,
+                owner: &user,
+                locked,
+                origin: None,
+            };
+            let outcome = settle_locked(&mut tx, &target, how, Charge::ZERO, "system").await?;
             release_for_reservation(&mut tx, &id).await?;
             tx.commit().await?;
             if outcome.settled_now {

@@ -31,6 +31,7 @@ use crate::ids::{ChatSessionId, ChatflowId, ReservationId, UserId};
 use crate::ledger::accounts::lock_from_claims;
 use crate::ledger::idempotency::{self, RequestKey, StoredKey};
 use crate::ledger::limits;
+use crate::ledger::primitives::set_durability;
 use crate::ledger::reservations::{self, PredictionHold, Settlement};
 use crate::ledger::{Charge, Credits, Durability, EntryMeta};
 use crate::pricing::{self, estimate_tokens, PricingRule};
@@ -593,13 +594,11 @@ fn reservation_amounts(
     ))
 }
 
-/// The reservation's transaction, open: the pricing rule it read (and the
-/// key it claimed), and what its commit waits for. The account is not
-/// locked yet.
+/// The reservation's transaction, open, its durability set: the pricing
+/// rule it read (and the key it claimed). The account is not locked yet.
 struct Opened {
     tx: crate::ledger::Tx<'static>,
     rule: PricingRule,
-    durability: Durability,
 }
 
 /// What the reservation's commit waits for. A claimed `Idempotency-Key`
@@ -627,7 +626,8 @@ enum Opening {
 }
 
 /// Step (3a), on one connection, while the checks run: the transaction
-/// begins, reads the pricing rule and claims the key (when there is one).
+/// begins (not waiting for the disk unless it claims a key, [`hold_durability`]),
+/// reads the pricing rule and claims the key (when there is one).
 /// A key another request holds rolls it back and answers that request's
 /// outcome (or 409), before any balance is looked at. The account is
 /// locked only once the checks passed ([`reserve`]), so a slow or refused
@@ -640,6 +640,7 @@ async fn open_reservation(
     message_id: &ReservationId,
 ) -> Result<Opening, ApiError> {
     let mut tx = state.pg.begin().await?;
+    set_durability(&mut tx, hold_durability(key)).await?;
     let rule = pricing::rule_for(&mut tx, Some(chatflow.as_str())).await?;
     if let Some(key) = key {
         let held = idempotency::claim(&mut tx, user_id, key, PREDICT_ENDPOINT, message_id).await?;
@@ -648,12 +649,7 @@ async fn open_reservation(
             return Ok(Opening::Replay(Box::new(stored_answer(stored, &key.hash)?)));
         }
     }
-    let durability = hold_durability(key);
-    Ok(Opening::Ready(Opened {
-        tx,
-        rule,
-        durability,
-    }))
+    Ok(Opening::Ready(Opened { tx, rule }))
 }
 
 /// Rolls a transaction back now (not when its connection is next used: a
@@ -679,11 +675,7 @@ async fn reserve(
     rate: &crate::config::RateLimits,
     meta: &EntryMeta<'_>,
 ) -> Result<PricingRule, ApiError> {
-    let Opened {
-        mut tx,
-        rule,
-        durability,
-    } = opened;
+    let Opened { mut tx, rule } = opened;
     let user_id = user.user_id();
     let reserved = async {
         let amounts = reservation_amounts(&rule, input_tokens)?;
@@ -698,7 +690,7 @@ async fn reserve(
     .await;
     match reserved {
         Ok(()) => {
-            crate::ledger::primitives::commit(tx, durability).await?;
+            tx.commit().await?;
             Ok(rule)
         }
         Err(refused) => refuse(tx, refused).await,
