@@ -157,6 +157,14 @@ async fn start(
         env: vec![
             ("FLOWISE_API_URL".into(), flowise.url.clone()),
             ("RUST_LOG".into(), "warn".into()),
+            // As deployed: the stack's database is migrated already, by
+            // this build. A baseline that tried would find migrations it
+            // does not know, fail, and (sqlx keeping its advisory lock on
+            // the pooled connection) leave its other function waiting.
+            ("MIGRATE_ON_START".into(), "false".into()),
+            // One client sends far more than a person would; the baseline
+            // had no rate limit, so this build runs at its highest.
+            ("RATE_LIMIT_PER_MINUTE".into(), "10000".into()),
         ],
         binaries: variant.binaries.clone(),
         serve: variant.serve,
