@@ -408,6 +408,15 @@ impl Lambdas<'_> {
     }
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a server a
+/// child process starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// `gateway-admin serve` on a free port with `env` (the job off), once
 /// every function's health answers.
 async fn serve_all(
@@ -415,10 +424,7 @@ async fn serve_all(
     env: &[(String, String)],
     log_dir: &std::path::Path,
 ) -> (SocketAddr, Child) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let log = std::fs::File::create(log_dir.join(SERVE_LOG)).expect("log file");
     let child = Command::new(binaries.join("gateway-admin"))
         .args(["serve", "--port", &port.to_string()])

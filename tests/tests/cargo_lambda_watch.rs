@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use e2e::stack::binary_dir;
+use e2e::stack::{binary_dir, free_port};
 use e2e::HTTP_FUNCTIONS;
 use shared::flowise_double::{split_tokens, Behaviour, FlowiseDouble};
 use shared::testing::{self, TestMongo, TestPostgres};
@@ -24,14 +24,6 @@ fn in_own_pid_namespace() -> tokio::process::Command {
         "--kill-child=SIGKILL",
     ]);
     cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

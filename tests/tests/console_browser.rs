@@ -9,6 +9,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use e2e::stack::free_port;
 use e2e::{Stack, StackOptions};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
@@ -17,15 +18,6 @@ use shared::flowise_double::{split_tokens, Behaviour, FlowiseDouble};
 const ADMIN: (&str, &str, &str) = ("root", "root@example.com", "correct horse battery staple");
 const ANSWER: &str = "Hello from the **fake** server, with $x^2$ maths!";
 const AXE: &str = include_str!("../vendor/axe-core/axe.min.js");
-
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// chromedriver and a headless Chromium session on it.
 struct Browser {
@@ -90,6 +82,15 @@ impl Browser {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("could not type into {selector}");
+    }
+
+    /// Picks the option of value `value` in the `<select>` `selector`.
+    async fn select(&self, selector: &str, value: &str) {
+        self.css(selector)
+            .await
+            .select_by_value(value)
+            .await
+            .unwrap_or_else(|e| panic!("could not pick {value} in {selector}: {e}"));
     }
 
     async fn click(&self, selector: &str) {
@@ -358,12 +359,7 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
         json!(["Finance bot", "Support bot"]),
         "the public flow and the one opened to zoe's email"
     );
-    browser
-        .css("#chatflow")
-        .await
-        .select_by_value("flow-ui")
-        .await
-        .unwrap();
+    browser.select("#chatflow", "flow-ui").await;
 
     // A streamed answer: its first token is on screen while the double
     // still holds the rest; it ends with its cost and the new balance.
@@ -503,8 +499,7 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
     browser.css("#question").await;
 
     // Locale and theme: switched, and remembered.
-    let select = browser.css("#locale").await;
-    select.select_by_value("zh-CN").await.unwrap();
+    browser.select("#locale", "zh-CN").await;
     browser.wait_text("header nav", "对话").await;
     browser.click("#theme").await;
     let theme = browser
@@ -518,19 +513,9 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
         .await;
     assert_eq!(theme, "dark", "remembered");
     browser.assert_accessible("chat, zh-CN, dark").await;
-    browser
-        .css("#locale")
-        .await
-        .select_by_value("zh-TW")
-        .await
-        .unwrap();
+    browser.select("#locale", "zh-TW").await;
     browser.wait_text("header nav", "對話").await;
-    browser
-        .css("#locale")
-        .await
-        .select_by_value("en")
-        .await
-        .unwrap();
+    browser.select("#locale", "en").await;
     browser.wait_text("header nav", "Chat").await;
 
     // The other pages: each accessible, readable at 375 px.
