@@ -476,25 +476,16 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
         .unwrap();
     assert!(secret.starts_with("fgw_"), "{secret}");
     browser.wait_text("#key-list", "laptop").await;
-    let models = stack
-        .http
-        .get(stack.url("predict-stream", "/v1/models"))
-        .bearer_auth(&secret)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(models.status(), 200, "the new key works");
+    let models = || async {
+        let url = stack.url("predict-stream", "/v1/models");
+        let sent = stack.http.get(url).bearer_auth(&secret).send().await;
+        sent.unwrap().status()
+    };
+    assert_eq!(models().await, 200, "the new key works");
     browser.click("#key-list button.secondary").await;
     browser.client.accept_alert().await.unwrap();
     browser.wait_text("#key-list", "Revoked").await;
-    let models = stack
-        .http
-        .get(stack.url("predict-stream", "/v1/models"))
-        .bearer_auth(&secret)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(models.status(), 401, "revoked at once");
+    assert_eq!(models().await, 401, "revoked at once");
     browser.open(&base, "chat").await;
     browser.css("#question").await;
 
