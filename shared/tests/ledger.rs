@@ -768,7 +768,7 @@ async fn a_prediction_whose_reservation_was_lost_is_still_charged_from_the_balan
 
 #[tokio::test]
 async fn a_relaxed_commit_does_not_wait_for_the_disk_and_only_its_transaction_is_relaxed() {
-    use shared::ledger::primitives::set_durability;
+    use shared::ledger::primitives::begin;
     use shared::ledger::Durability;
     let db = TestPostgres::new().await;
     // One connection, so the check after the commit reads the same one.
@@ -779,8 +779,7 @@ async fn a_relaxed_commit_does_not_wait_for_the_disk_and_only_its_transaction_is
         .unwrap();
     let setting = "SELECT current_setting('synchronous_commit')";
     for (durability, inside) in [(Durability::Relaxed, "off"), (Durability::Flushed, "on")] {
-        let mut tx = pool.begin().await.unwrap();
-        set_durability(&mut tx, durability).await.unwrap();
+        let mut tx = begin(&pool, durability).await.unwrap();
         let during: String = sqlx::query_scalar(setting)
             .fetch_one(&mut *tx)
             .await

@@ -4,7 +4,7 @@
 
 use super::accounts::ensure_account_id;
 use super::primitives::{
-    begin_change, check_balance_limit, debit_locked, insert_allocation, insert_entry, set_total, Tx,
+    begin_change, check_balance_limit, debit_locked, insert_allocation, insert_entry, Tx,
 };
 use super::types::{Adjustment, Allocation, Credits, EntryKind, EntryMeta, LedgerError};
 use crate::ids::UserId;
@@ -52,7 +52,6 @@ pub async fn allocate(
         &meta,
     )
     .await?;
-    set_total(tx, user, new_balance).await?;
     Ok(Allocated {
         allocation,
         new_balance,
@@ -110,6 +109,5 @@ pub async fn adjust(
     let balance = total + amount;
     let kind = EntryKind::Adjustment;
     insert_entry(tx, user, kind, amount, balance, Some(allocation.id), &meta).await?;
-    set_total(tx, user, balance).await?;
     Ok(balance)
 }

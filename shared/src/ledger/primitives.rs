@@ -1,7 +1,7 @@
 //! The steps every change runs, inside one database transaction ([`Tx`]):
 //! lock the account, expire what is due, draw from allocations, refund
-//! draws, write an entry, set the cached total. A function here never
-//! commits; the change that calls it does.
+//! draws, write an entry (which sets the cached total). A function here
+//! never commits; the change that calls it does.
 
 use sqlx::Postgres;
 use uuid::Uuid;
@@ -78,8 +78,9 @@ pub async fn try_lock_account(
 }
 
 /// Expires the locked account's due allocations: `remaining` goes to 0
-/// and one `expiry` entry is written for each that held credits; returns
-/// (allocations expired, credits lost) and stores the new total. Nothing
+/// and one `expiry` entry is written for each that held credits (each
+/// storing the total after it); returns (allocations expired, credits
+/// lost). Nothing
 /// to do (no statement) when none was due. An allocation already expired
 /// is never touched again, so overlapping runs cannot expire anything
 /// twice.
@@ -125,7 +126,6 @@ pub async fn expire_due(
             count += 1;
         }
     }
-    set_total(tx, user, balance).await?;
     Ok((count, total - balance))
 }
 
@@ -146,7 +146,10 @@ pub async fn begin_locked(
     Ok(locked.total - expired)
 }
 
-/// Writes one entry (a `credit_transactions` row) and returns its id.
+/// Writes one entry (a `credit_transactions` row) and stores its
+/// `balance_after` as the account's cached total, in one statement (the
+/// total is always the balance after the account's latest entry); returns
+/// the entry's id.
 pub async fn insert_entry(
     tx: &mut Tx<'_>,
     user: &UserId,
@@ -158,10 +161,13 @@ pub async fn insert_entry(
 ) -> Result<Uuid, LedgerError> {
     let id = Uuid::now_v7();
     sqlx::query!(
-        "INSERT INTO credit_transactions
-            (id, user_id, type, amount, balance_after, actor_id, description, reference,
-             idempotency_key, allocation_id, streaming_session_id, api_key_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "WITH entry AS (
+             INSERT INTO credit_transactions
+                 (id, user_id, type, amount, balance_after, actor_id, description, reference,
+                  idempotency_key, allocation_id, streaming_session_id, api_key_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         )
+         UPDATE user_accounts SET total_credits = $5, updated_at = now() WHERE user_id = $2",
         id,
         user.as_str(),
         kind.as_str(),
@@ -178,18 +184,6 @@ pub async fn insert_entry(
     .execute(&mut **tx)
     .await?;
     Ok(id)
-}
-
-/// Stores the account's new cached total.
-pub async fn set_total(tx: &mut Tx<'_>, user: &UserId, total: i64) -> Result<(), LedgerError> {
-    sqlx::query!(
-        "UPDATE user_accounts SET total_credits = $2, updated_at = now() WHERE user_id = $1",
-        user.as_str(),
-        total
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// 422 `balance_limit` unless `balance` plus `amount` stays within
@@ -336,7 +330,6 @@ pub async fn debit_locked(
     let balance = total - amount;
     let entry = insert_entry(tx, user, kind, -amount, balance, None, meta).await?;
     draw(tx, user, amount, entry).await?;
-    set_total(tx, user, balance).await?;
     Ok((entry, balance))
 }
 
@@ -372,13 +365,19 @@ pub enum Durability {
     Relaxed,
 }
 
-/// Sets the transaction's own commit to `durability`; the connection's
-/// setting is back to the server's when the transaction ends.
-pub async fn set_durability(tx: &mut Tx<'_>, durability: Durability) -> Result<(), LedgerError> {
-    if durability == Durability::Relaxed {
-        sqlx::query!("SELECT set_config('synchronous_commit', 'off', true) AS setting")
-            .fetch_one(&mut **tx)
-            .await?;
-    }
-    Ok(())
+/// Begins a transaction on `pool` whose commit waits for `durability`
+/// (for [`Durability::Relaxed`], `SET LOCAL synchronous_commit` sent with
+/// the `BEGIN`, one round trip); the connection's setting is back to the
+/// server's when the transaction ends.
+pub async fn begin(
+    pool: &sqlx::PgPool,
+    durability: Durability,
+) -> Result<Tx<'static>, LedgerError> {
+    Ok(match durability {
+        Durability::Flushed => pool.begin().await?,
+        Durability::Relaxed => {
+            pool.begin_with("BEGIN; SET LOCAL synchronous_commit TO off")
+                .await?
+        }
+    })
 }

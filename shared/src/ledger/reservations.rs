@@ -15,8 +15,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::primitives::{
-    begin_change, begin_locked, debit_locked, insert_entry, lock_account, refund_draws, set_total,
-    Locked, Tx,
+    begin_change, begin_locked, debit_locked, insert_entry, lock_account, refund_draws, Locked, Tx,
 };
 use super::types::{Charge, Credits, EntryKind, EntryMeta, LedgerError};
 use crate::ids::{ChatflowId, ReservationId, UserId};
@@ -569,7 +568,6 @@ async fn charge_reservation(
     let after = balance + returned;
     if returned > 0 {
         insert_entry(tx, user, EntryKind::Refund, returned, after, None, meta).await?;
-        set_total(tx, user, after).await?;
     }
     Ok((charge, returned, 0, after))
 }

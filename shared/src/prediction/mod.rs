@@ -31,7 +31,7 @@ use crate::ids::{ChatSessionId, ChatflowId, ReservationId, UserId};
 use crate::ledger::accounts::lock_from_claims;
 use crate::ledger::idempotency::{self, RequestKey, StoredKey};
 use crate::ledger::limits;
-use crate::ledger::primitives::set_durability;
+use crate::ledger::primitives::begin;
 use crate::ledger::reservations::{self, PredictionHold, Settlement};
 use crate::ledger::{Charge, Credits, Durability, EntryMeta};
 use crate::pricing::{self, estimate_tokens, PricingRule};
@@ -639,8 +639,7 @@ async fn open_reservation(
     key: Option<&RequestKey>,
     message_id: &ReservationId,
 ) -> Result<Opening, ApiError> {
-    let mut tx = state.pg.begin().await?;
-    set_durability(&mut tx, hold_durability(key)).await?;
+    let mut tx = begin(&state.pg, hold_durability(key)).await?;
     let rule = pricing::rule_for(&mut tx, Some(chatflow.as_str())).await?;
     if let Some(key) = key {
         let held = idempotency::claim(&mut tx, user_id, key, PREDICT_ENDPOINT, message_id).await?;
