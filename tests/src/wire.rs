@@ -2,13 +2,16 @@
 //! MongoDB, it forwards bytes both ways and counts, per connection, each
 //! time the client speaks after the server did (or first). Statements sent
 //! together (a pipelined Parse/Bind/Execute/Sync) count once; statements
-//! on two connections at the same time count twice. It sees the wire, so
-//! it counts any build of the functions alike (the benchmark's baseline
-//! too).
+//! on two connections at the same time count twice. It also adds up how
+//! long the client waited: from the round trip's first byte until the
+//! server's first byte back (the server's work and the loopback, not the
+//! proxy's own hop in front). It sees the wire, so it counts any build of
+//! the functions alike (the benchmark's baseline too).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,7 +20,15 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct CountingProxy {
     /// Where clients connect.
     pub address: SocketAddr,
-    round_trips: Arc<AtomicU64>,
+    tally: Arc<Tally>,
+}
+
+/// What every connection adds to.
+#[derive(Default)]
+struct Tally {
+    round_trips: AtomicU64,
+    /// Nanoseconds spent waiting for the server's first byte back.
+    waited: AtomicU64,
 }
 
 impl CountingProxy {
@@ -26,8 +37,8 @@ impl CountingProxy {
     pub async fn start(target: SocketAddr) -> CountingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let round_trips = Arc::new(AtomicU64::new(0));
-        let counter = round_trips.clone();
+        let tally = Arc::new(Tally::default());
+        let counter = tally.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let counter = counter.clone();
@@ -38,20 +49,24 @@ impl CountingProxy {
                 });
             }
         });
-        CountingProxy {
-            address,
-            round_trips,
-        }
+        CountingProxy { address, tally }
     }
 
     /// Round trips so far, over every connection.
     pub fn round_trips(&self) -> u64 {
-        self.round_trips.load(Ordering::SeqCst)
+        self.tally.round_trips.load(Ordering::SeqCst)
+    }
+
+    /// Time spent waiting for the server so far, over every connection
+    /// (two connections waiting at once count twice).
+    pub fn waited(&self) -> Duration {
+        Duration::from_nanos(self.tally.waited.load(Ordering::SeqCst))
     }
 }
 
-/// Pumps both ways; a client write after a server write is a round trip.
-async fn relay(client: TcpStream, server: TcpStream, counter: Arc<AtomicU64>) {
+/// Pumps both ways; a client write after a server write is a round trip,
+/// which lasts until the server's next write.
+async fn relay(client: TcpStream, server: TcpStream, tally: Arc<Tally>) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (mut client_read, mut client_write) = client.into_split();
@@ -59,6 +74,9 @@ async fn relay(client: TcpStream, server: TcpStream, counter: Arc<AtomicU64>) {
     // True while the client has the floor (it spoke last).
     let client_spoke = Arc::new(AtomicBool::new(false));
     let spoke = client_spoke.clone();
+    // When the round trip under way began.
+    let began = Arc::new(Mutex::new(None::<Instant>));
+    let (began_up, counter) = (began.clone(), tally.clone());
     let upstream = async move {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -67,7 +85,8 @@ async fn relay(client: TcpStream, server: TcpStream, counter: Arc<AtomicU64>) {
                 Ok(n) => n,
             };
             if !spoke.swap(true, Ordering::SeqCst) {
-                counter.fetch_add(1, Ordering::SeqCst);
+                counter.round_trips.fetch_add(1, Ordering::SeqCst);
+                *began_up.lock().expect("unpoisoned") = Some(Instant::now());
             }
             if server_write.write_all(&buf[..n]).await.is_err() {
                 break;
@@ -83,6 +102,10 @@ async fn relay(client: TcpStream, server: TcpStream, counter: Arc<AtomicU64>) {
                 Ok(n) => n,
             };
             client_spoke.store(false, Ordering::SeqCst);
+            if let Some(at) = began.lock().expect("unpoisoned").take() {
+                let nanos = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                tally.waited.fetch_add(nanos, Ordering::SeqCst);
+            }
             if client_write.write_all(&buf[..n]).await.is_err() {
                 break;
             }

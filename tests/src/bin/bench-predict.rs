@@ -189,23 +189,49 @@ fn store_address(url: &str) -> SocketAddr {
     format!("{host}:{port}").parse().expect("an IP address")
 }
 
-/// Median PostgreSQL and MongoDB round trips of one buffered prediction.
-async fn round_trips(flowise: &FlowiseDouble, variant: &Variant) -> (u64, u64) {
+/// What one buffered prediction cost, through the counting proxies.
+struct Counted {
+    pg: u64,
+    mongo: u64,
+    pg_waited: Duration,
+    mongo_waited: Duration,
+    whole: Duration,
+}
+
+/// Median PostgreSQL and MongoDB round trips of one buffered prediction,
+/// the median time spent waiting on each store, and the median latency.
+async fn round_trips(flowise: &FlowiseDouble, variant: &Variant) -> Counted {
     let pg = CountingProxy::start(store_address(&shared::testing::postgres_base_url())).await;
     let mongo = CountingProxy::start(store_address(&shared::testing::mongodb_base_uri())).await;
     let stack = start(flowise, variant, 1, Some((pg.address, mongo.address))).await;
     let gateway = Endpoint::gateway(&stack);
     gateway.measure(Kind::Buffered, 1, 5).await;
-    let (mut pgs, mut mongos) = (Vec::new(), Vec::new());
+    let mut counted = Vec::new();
     for _ in 0..COUNTED {
         let before = (pg.round_trips(), mongo.round_trips());
-        gateway.once(Kind::Buffered, 0).await;
-        pgs.push(pg.round_trips() - before.0);
-        mongos.push(mongo.round_trips() - before.1);
+        let waited = (pg.waited(), mongo.waited());
+        let whole = gateway.once(Kind::Buffered, 0).await;
+        counted.push(Counted {
+            pg: pg.round_trips() - before.0,
+            mongo: mongo.round_trips() - before.1,
+            pg_waited: pg.waited() - waited.0,
+            mongo_waited: mongo.waited() - waited.1,
+            whole,
+        });
     }
-    pgs.sort_unstable();
-    mongos.sort_unstable();
-    (pgs[COUNTED / 2], mongos[COUNTED / 2])
+    Counted {
+        pg: median(counted.iter().map(|c| c.pg)),
+        mongo: median(counted.iter().map(|c| c.mongo)),
+        pg_waited: median(counted.iter().map(|c| c.pg_waited)),
+        mongo_waited: median(counted.iter().map(|c| c.mongo_waited)),
+        whole: median(counted.iter().map(|c| c.whole)),
+    }
+}
+
+fn median<T: Ord + Copy>(values: impl Iterator<Item = T>) -> T {
+    let mut values: Vec<T> = values.collect();
+    values.sort_unstable();
+    values[values.len() / 2]
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -314,11 +340,21 @@ async fn main() {
     let flowise = FlowiseDouble::start().await;
     flowise.add_flow(FLOW, "Bench", Behaviour::answer(ANSWER));
     let variants = variants();
-    println!("| build | PostgreSQL round trips | MongoDB round trips |");
-    println!("|---|---|---|");
+    println!(
+        "| build | PostgreSQL round trips | MongoDB round trips | waiting on PostgreSQL | waiting on MongoDB | whole prediction |"
+    );
+    println!("|---|---|---|---|---|---|");
     for variant in variants.iter().filter(|v| !v.serve) {
-        let (pg, mongo) = round_trips(&flowise, variant).await;
-        println!("| {} | {pg} | {mongo} |", variant.label);
+        let c = round_trips(&flowise, variant).await;
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            variant.label,
+            c.pg,
+            c.mongo,
+            ms(c.pg_waited),
+            ms(c.mongo_waited),
+            ms(c.whole)
+        );
     }
     if std::env::args().nth(1).as_deref() == Some("round-trips") {
         return;
