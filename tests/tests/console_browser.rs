@@ -19,10 +19,24 @@ const ADMIN: (&str, &str, &str) = ("root", "root@example.com", "correct horse ba
 const ANSWER: &str = "Hello from the **fake** server, with $x^2$ maths!";
 const AXE: &str = include_str!("../vendor/axe-core/axe.min.js");
 
-/// chromedriver and a headless Chromium session on it.
+/// chromedriver and a headless Chromium session on it. chromedriver
+/// leads a process group of its own, which Chromium's processes join, and
+/// dropping the browser kills the whole group: killing chromedriver alone
+/// left every Chromium process it started running after the test.
 struct Browser {
     client: Client,
-    _driver: tokio::process::Child,
+    driver: tokio::process::Child,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            let group = format!("-{pid}");
+            let _ = std::process::Command::new("kill")
+                .args(["-s", "KILL", "--", &group])
+                .status();
+        }
+    }
 }
 
 impl Browser {
@@ -32,6 +46,7 @@ impl Browser {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("chromedriver is installed (the test command installs chromium-driver)");
@@ -51,10 +66,7 @@ impl Browser {
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
             .expect("a browser session");
-        Browser {
-            client,
-            _driver: driver,
-        }
+        Browser { client, driver }
     }
 
     /// Goes to the console's hash route `route` (`chat`, `admin/users`).
