@@ -80,10 +80,9 @@ pub async fn try_lock_account(
 /// Expires the locked account's due allocations: `remaining` goes to 0
 /// and one `expiry` entry is written for each that held credits (each
 /// storing the total after it); returns (allocations expired, credits
-/// lost). Nothing
-/// to do (no statement) when none was due. An allocation already expired
-/// is never touched again, so overlapping runs cannot expire anything
-/// twice.
+/// lost). Nothing to do (no statement) when none was due. An allocation
+/// already expired is never touched again, so overlapping runs cannot
+/// expire anything twice.
 pub async fn expire_due(
     tx: &mut Tx<'_>,
     user: &UserId,

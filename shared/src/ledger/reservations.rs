@@ -379,14 +379,18 @@ pub async fn settle_prediction(
     charge_late(tx, hold, charge).await
 }
 
+/// What a charge by plain deduction came to: taken, shortfall, and the
+/// balance after.
+type Deducted = (i64, i64, i64);
+
 /// Takes `charge` from `user`'s balance by a plain deduction, as far as
-/// it goes: what was taken, the shortfall, and the balance after.
+/// it goes.
 async fn deduct_what_it_can(
     tx: &mut Tx<'_>,
     user: &UserId,
     charge: Charge,
     meta: &EntryMeta<'_>,
-) -> Result<Charged, LedgerError> {
+) -> Result<Deducted, LedgerError> {
     let total = begin_change(tx, user).await?;
     let taken = charge.get().min(total);
     if taken > 0 {
@@ -396,7 +400,25 @@ async fn deduct_what_it_can(
     if shortfall > 0 {
         tracing::error!(user = %user, shortfall, "a prediction charged by deduction was short");
     }
-    Ok((taken, 0, shortfall, total - taken))
+    Ok((taken, shortfall, total - taken))
+}
+
+/// The outcome of reservation `id` charged by a plain deduction
+/// ([`deduct_what_it_can`]) rather than by its own settlement.
+fn deducted(
+    id: &ReservationId,
+    status: String,
+    (taken, shortfall, after): Deducted,
+) -> SessionOutcome {
+    SessionOutcome {
+        session_id: id.clone(),
+        charged_credits: taken,
+        refunded_credits: 0,
+        shortfall_credits: shortfall,
+        status,
+        settled_now: false,
+        balance_after: Some(after),
+    }
 }
 
 /// A prediction whose reservation id another reservation holds (its own
@@ -419,16 +441,8 @@ async fn charge_without_reservation(
         api_key_id: hold.api_key_id,
         ..EntryMeta::default()
     };
-    let (taken, _, shortfall, after) = deduct_what_it_can(tx, hold.user, charge, &meta).await?;
-    Ok(SessionOutcome {
-        session_id: hold.id.clone(),
-        charged_credits: taken,
-        refunded_credits: 0,
-        shortfall_credits: shortfall,
-        status: how.status().to_owned(),
-        settled_now: false,
-        balance_after: Some(after),
-    })
+    let charged = deduct_what_it_can(tx, hold.user, charge, &meta).await?;
+    Ok(deducted(hold.id, how.status().to_owned(), charged))
 }
 
 /// The anomaly path of [`settle_prediction`]: a deduction of `charge`
@@ -445,7 +459,8 @@ async fn charge_late(
         api_key_id: hold.api_key_id,
         ..EntryMeta::default()
     };
-    let (taken, _, shortfall, after) = deduct_what_it_can(tx, hold.user, charge, &meta).await?;
+    let charged = deduct_what_it_can(tx, hold.user, charge, &meta).await?;
+    let (taken, shortfall, _) = charged;
     let status = sqlx::query_scalar!(
         "UPDATE streaming_sessions
             SET charged_credits = charged_credits + $2, shortfall_credits = shortfall_credits + $3
@@ -456,15 +471,7 @@ async fn charge_late(
     )
     .fetch_one(&mut **tx)
     .await?;
-    Ok(SessionOutcome {
-        session_id: hold.id.clone(),
-        charged_credits: taken,
-        refunded_credits: 0,
-        shortfall_credits: shortfall,
-        status,
-        settled_now: false,
-        balance_after: Some(after),
-    })
+    Ok(deducted(hold.id, status, charged))
 }
 
 /// A reservation's row, locked.
