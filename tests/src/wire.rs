@@ -9,7 +9,7 @@
 //! the functions alike (the benchmark's baseline too).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,10 +71,8 @@ async fn relay(client: TcpStream, server: TcpStream, tally: Arc<Tally>) {
     let _ = server.set_nodelay(true);
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    // True while the client has the floor (it spoke last).
-    let client_spoke = Arc::new(AtomicBool::new(false));
-    let spoke = client_spoke.clone();
-    // When the round trip under way began.
+    // When the round trip under way began: set while the client has the
+    // floor (it spoke last), none once the server answered.
     let began = Arc::new(Mutex::new(None::<Instant>));
     let (began_up, counter) = (began.clone(), tally.clone());
     let upstream = async move {
@@ -84,9 +82,12 @@ async fn relay(client: TcpStream, server: TcpStream, tally: Arc<Tally>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if !spoke.swap(true, Ordering::SeqCst) {
-                counter.round_trips.fetch_add(1, Ordering::SeqCst);
-                *began_up.lock().expect("unpoisoned") = Some(Instant::now());
+            {
+                let mut began = began_up.lock().expect("unpoisoned");
+                if began.is_none() {
+                    counter.round_trips.fetch_add(1, Ordering::SeqCst);
+                    *began = Some(Instant::now());
+                }
             }
             if server_write.write_all(&buf[..n]).await.is_err() {
                 break;
@@ -101,7 +102,6 @@ async fn relay(client: TcpStream, server: TcpStream, tally: Arc<Tally>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            client_spoke.store(false, Ordering::SeqCst);
             if let Some(at) = began.lock().expect("unpoisoned").take() {
                 let nanos = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 tally.waited.fetch_add(nanos, Ordering::SeqCst);

@@ -231,10 +231,10 @@ async fn round_trips(flowise: &FlowiseDouble, variant: &Variant) -> Counted {
 fn median<T: Ord + Copy>(values: impl Iterator<Item = T>) -> T {
     let mut values: Vec<T> = values.collect();
     values.sort_unstable();
-    values[values.len() / 2]
+    percentile(&values, 0.5)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
 }
