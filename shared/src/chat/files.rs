@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::now;
+use crate::db::batch::Write;
 use crate::digest::sha256_hex;
 use crate::ApiError;
 
@@ -305,8 +306,10 @@ pub fn sniff(bytes: &[u8], declared: &str, name: &str) -> Option<&'static str> {
     Some(if csv { "text/csv" } else { "text/plain" })
 }
 
+const FILES: &str = "files";
+
 fn files(db: &Database) -> Collection<FileDoc> {
-    db.collection("files")
+    db.collection(FILES)
 }
 
 /// Keeps the last path component, at most 255 characters, no control
@@ -366,15 +369,14 @@ pub async fn owned(db: &Database, file_id: &str, owner_id: &str) -> Result<FileD
     Ok(file)
 }
 
-/// Attaches a file to the session it is used in (first use wins).
-pub async fn attach(db: &Database, file_id: &str, session_id: &str) -> Result<(), ApiError> {
-    files(db)
-        .update_one(
-            doc! {"file_id": file_id, "session_id": null},
-            doc! {"$set": {"session_id": session_id}},
-        )
-        .await?;
-    Ok(())
+/// The write that attaches the stored file `file_id` to the session it
+/// was first sent in (a file already attached keeps its session).
+pub fn attachment(file_id: &str, session_id: &str) -> Write {
+    Write::Update {
+        collection: FILES,
+        filter: doc! {"file_id": file_id, "session_id": null},
+        update: doc! {"$set": {"session_id": session_id}}.into(),
+    }
 }
 
 /// Deletes a file.

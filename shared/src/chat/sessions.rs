@@ -1,12 +1,14 @@
 //! Chat sessions and their messages. A session belongs to one user; every
 //! read and delete checks it.
 
-use bson::{doc, DateTime as BsonTime, Document};
+use bson::{bson, doc, DateTime as BsonTime, Document};
+use mongodb::options::UpdateModifications;
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::now;
+use crate::db::batch::{self, Write};
 use crate::ApiError;
 
 /// A chat session.
@@ -170,12 +172,15 @@ impl MessageDoc {
     }
 }
 
+const SESSIONS: &str = "chat_sessions";
+const MESSAGES: &str = "chat_messages";
+
 fn sessions(db: &Database) -> Collection<SessionDoc> {
-    db.collection("chat_sessions")
+    db.collection(SESSIONS)
 }
 
 fn messages(db: &Database) -> Collection<MessageDoc> {
-    db.collection("chat_messages")
+    db.collection(MESSAGES)
 }
 
 /// The session, if `user_id` owns it: 404 when unknown, 403 when another
@@ -224,18 +229,20 @@ pub struct NewMessage {
     pub metadata: Document,
 }
 
-/// Stores `new` in `session`: the session itself when `created` (with its
-/// count), else its counters bumped, and the messages, written at once
-/// rather than one after the other. Messages sort by time, then position;
-/// positions continue from the count read when the session was checked,
-/// so two predictions racing in one session can share a position (their
-/// times still order them). A session deleted meanwhile takes its
-/// messages back out (404).
+/// Stores a turn: the session itself when `created` (with its count),
+/// else its counters and transcript moved on ([`moved_on`]); the messages
+/// `new`; and the stored `files` they used, attached to the session. One
+/// batch ([`crate::db::batch`]): one command on MongoDB 8.0 and later.
+/// Messages sort by time, then position; positions continue from the count
+/// read when the session was checked, so two predictions racing in one
+/// session can share a position (their times still order them). A session
+/// deleted meanwhile takes its messages back out (404).
 pub async fn record(
     db: &Database,
     session: &SessionDoc,
     created: bool,
     new: Vec<NewMessage>,
+    files: &[String],
 ) -> Result<(), ApiError> {
     let count = new.len() as i64;
     let at = now();
@@ -260,27 +267,24 @@ pub async fn record(
         let turns = docs.iter().map(|d| (d.role.as_str(), d.content.as_str()));
         transcript_after(previous, turns)
     });
-    let counters = async {
-        if created {
-            let stored = SessionDoc {
-                updated_at: at,
-                message_count: count,
-                transcript,
-                ..session.clone()
-            };
-            sessions(db).insert_one(stored).await?;
-            return Ok::<bool, ApiError>(true);
-        }
-        bump(db, session, count, at, transcript).await
+    let counters = if created {
+        let stored = SessionDoc {
+            updated_at: at,
+            message_count: count,
+            transcript,
+            ..session.clone()
+        };
+        Write::insert(SESSIONS, [&stored])?
+    } else {
+        moved_on(session, count, at, transcript)
     };
-    let written = async {
-        if !docs.is_empty() {
-            messages(db).insert_many(docs).await?;
-        }
-        Ok::<(), ApiError>(())
-    };
-    let (exists, ()) = tokio::try_join!(counters, written)?;
-    if !exists {
+    let mut writes = vec![counters, Write::insert(MESSAGES, &docs)?];
+    let attached = files
+        .iter()
+        .map(|file| super::files::attachment(file, &session.session_id));
+    writes.extend(attached);
+    let done = batch::write(db, &writes).await?;
+    if done[0] == 0 {
         messages(db)
             .delete_many(doc! {"message_id": {"$in": ids}})
             .await?;
@@ -289,37 +293,32 @@ pub async fn record(
     Ok(())
 }
 
-/// An existing session's counters bumped by `count` messages, and its
-/// transcript moved on to `transcript` when it still is the one read with
-/// the session; when another prediction moved it meanwhile, the transcript
-/// is dropped (unknown), so no request continues a session whose digest
-/// does not match its messages. Returns whether the session still exists.
-async fn bump(
-    db: &Database,
-    session: &SessionDoc,
-    count: i64,
-    at: BsonTime,
-    transcript: Option<String>,
-) -> Result<bool, ApiError> {
-    let id = &session.session_id;
-    if let (Some(previous), Some(next)) = (&session.transcript, transcript) {
-        let moved = sessions(db)
-            .update_one(
-                doc! {"session_id": id, "transcript": previous},
-                doc! {"$inc": {"message_count": count}, "$set": {"updated_at": at, "transcript": next}},
-            )
-            .await?;
-        if moved.matched_count == 1 {
-            return Ok(true);
-        }
+/// The update that moves an existing session on by `count` messages at
+/// `at`: its transcript becomes `next` when it still is the one read with
+/// the session; when another prediction moved it meanwhile (or it is
+/// unknown), the transcript is dropped, so no request continues a session
+/// whose digest does not match its messages. One pipeline update: the
+/// check and the move are one atomic step. It matches nothing when the
+/// session was deleted.
+fn moved_on(session: &SessionDoc, count: i64, at: BsonTime, next: Option<String>) -> Write {
+    let transcript = match (&session.transcript, next) {
+        (Some(previous), Some(next)) => bson!({"$cond": [
+            {"$eq": ["$transcript", {"$literal": previous.as_str()}]},
+            {"$literal": next},
+            "$$REMOVE",
+        ]}),
+        _ => bson!("$$REMOVE"),
+    };
+    let set = doc! {
+        "message_count": {"$add": ["$message_count", count]},
+        "updated_at": at,
+        "transcript": transcript,
+    };
+    Write::Update {
+        collection: SESSIONS,
+        filter: doc! {"session_id": &session.session_id},
+        update: UpdateModifications::Pipeline(vec![doc! {"$set": set}]),
     }
-    let bumped = sessions(db)
-        .update_one(
-            doc! {"session_id": id},
-            doc! {"$inc": {"message_count": count}, "$set": {"updated_at": at}, "$unset": {"transcript": ""}},
-        )
-        .await?;
-    Ok(bumped.matched_count == 1)
 }
 
 /// Marks a stored message `incomplete` (its answer was not paid for: the

@@ -908,12 +908,6 @@ async fn store_messages(
     outcome: &Outcome,
     latency_ms: i64,
 ) -> Result<(), ApiError> {
-    let db = &state.mongo.chat;
-    let session_id = &prepared.session.session_id;
-    let attached = prepared
-        .file_ids
-        .iter()
-        .map(|file_id| files::attach(db, file_id, session_id));
     let question = NewMessage {
         message_id: prepared.user_message_id.clone(),
         role: "user",
@@ -930,10 +924,16 @@ async fn store_messages(
         file_ids: Vec::new(),
         metadata: answer_metadata(outcome, latency_ms),
     };
+    let (db, session) = (&state.mongo.chat, &prepared.session);
     let messages = vec![question, answer];
-    let recorded = sessions::record(db, &prepared.session, prepared.new_session, messages);
-    tokio::try_join!(recorded, futures_util::future::try_join_all(attached))?;
-    Ok(())
+    sessions::record(
+        db,
+        session,
+        prepared.new_session,
+        messages,
+        &prepared.file_ids,
+    )
+    .await
 }
 
 fn answer_metadata(outcome: &Outcome, latency_ms: i64) -> bson::Document {

@@ -1,0 +1,267 @@
+//! A prediction's history in MongoDB: one batch stores the session, its
+//! messages and the files they used (one `bulkWrite` where the server
+//! takes it, one command a write where it does not), a session moves on
+//! atomically, and a session deleted meanwhile takes its messages back.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
+
+use bson::doc;
+use mongodb::Database;
+use shared::chat::files;
+use shared::chat::sessions::{self, transcript_after, NewMessage, SessionDoc};
+use shared::config::{MongoConfig, Secret};
+use shared::db::batch::{self, Batching, Write};
+use shared::db::mongo;
+use shared::testing::{mongodb_base_uri, TestMongo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn turn(question: &str, answer: &str) -> Vec<NewMessage> {
+    let message = |role, content: &str| NewMessage {
+        message_id: uuid::Uuid::new_v4().to_string(),
+        role,
+        content: content.to_owned(),
+        status: "complete",
+        file_ids: Vec::new(),
+        metadata: doc! {},
+    };
+    vec![message("user", question), message("assistant", answer)]
+}
+
+async fn contents(db: &Database, session_id: &str) -> Vec<String> {
+    let (messages, _) = sessions::messages_page(db, session_id, 1, 100)
+        .await
+        .expect("messages");
+    messages.into_iter().map(|m| m.content).collect()
+}
+
+async fn stored(db: &Database, session_id: &str, user: &str) -> SessionDoc {
+    sessions::owned(db, session_id, user)
+        .await
+        .expect("the session")
+}
+
+async fn a_file(db: &Database, owner: &str) -> String {
+    files::store(db, owner, "a.txt", "text/plain", b"hello".to_vec(), 1024)
+        .await
+        .expect("a stored file")
+        .file_id
+}
+
+#[tokio::test]
+async fn a_turn_stores_the_session_its_messages_and_attaches_its_files() {
+    let mongo = TestMongo::new().await;
+    let db = &mongo.stores.chat;
+    let file = a_file(db, "u1").await;
+    let session = sessions::new_session("u1", "flow", "Hi there");
+    let id = session.session_id.clone();
+    sessions::record(
+        db,
+        &session,
+        true,
+        turn("Hi there", "Hello!"),
+        std::slice::from_ref(&file),
+    )
+    .await
+    .expect("recorded");
+
+    let found = stored(db, &id, "u1").await;
+    assert_eq!(found.message_count, 2);
+    let digest = transcript_after("", [("user", "Hi there"), ("assistant", "Hello!")]);
+    assert_eq!(found.transcript.as_deref(), Some(digest.as_str()));
+    assert_eq!(contents(db, &id).await, ["Hi there", "Hello!"]);
+    let attached = files::owned(db, &file, "u1").await.expect("the file");
+    assert_eq!(attached.session_id.as_deref(), Some(id.as_str()));
+
+    // A file already attached keeps its first session.
+    let other = sessions::new_session("u1", "flow", "Again");
+    sessions::record(
+        db,
+        &other,
+        true,
+        turn("Again", "Yes"),
+        std::slice::from_ref(&file),
+    )
+    .await
+    .expect("recorded");
+    let kept = files::owned(db, &file, "u1").await.expect("the file");
+    assert_eq!(kept.session_id.as_deref(), Some(id.as_str()));
+}
+
+#[tokio::test]
+async fn a_session_moves_on_and_a_race_drops_its_transcript() {
+    let mongo = TestMongo::new().await;
+    let db = &mongo.stores.chat;
+    let session = sessions::new_session("u1", "flow", "One");
+    let id = session.session_id.clone();
+    sessions::record(db, &session, true, turn("One", "1"), &[])
+        .await
+        .expect("recorded");
+
+    // The next turn, from the session as read: the transcript moves on.
+    let read = stored(db, &id, "u1").await;
+    sessions::record(db, &read, false, turn("Two", "2"), &[])
+        .await
+        .expect("recorded");
+    let after = stored(db, &id, "u1").await;
+    assert_eq!(after.message_count, 4);
+    let expected = transcript_after(
+        read.transcript.as_deref().expect("a transcript"),
+        [("user", "Two"), ("assistant", "2")],
+    );
+    assert_eq!(after.transcript.as_deref(), Some(expected.as_str()));
+    assert!(after.updated_at >= read.updated_at);
+
+    // A turn from a stale read (another turn moved the session meanwhile):
+    // the count still moves, the transcript is dropped.
+    sessions::record(db, &read, false, turn("Three", "3"), &[])
+        .await
+        .expect("recorded");
+    let raced = stored(db, &id, "u1").await;
+    assert_eq!(raced.message_count, 6);
+    assert_eq!(raced.transcript, None);
+    assert_eq!(contents(db, &id).await.len(), 6);
+
+    // Unknown stays unknown.
+    sessions::record(db, &raced, false, turn("Four", "4"), &[])
+        .await
+        .expect("recorded");
+    let unknown = stored(db, &id, "u1").await;
+    assert_eq!((unknown.message_count, unknown.transcript), (8, None));
+}
+
+#[tokio::test]
+async fn a_session_deleted_meanwhile_takes_its_messages_back_out() {
+    let mongo = TestMongo::new().await;
+    let db = &mongo.stores.chat;
+    let session = sessions::new_session("u1", "flow", "One");
+    let id = session.session_id.clone();
+    sessions::record(db, &session, true, turn("One", "1"), &[])
+        .await
+        .expect("recorded");
+    let read = stored(db, &id, "u1").await;
+    sessions::delete(db, &id).await.expect("deleted");
+
+    let err = sessions::record(db, &read, false, turn("Two", "2"), &[])
+        .await
+        .expect_err("the session is gone");
+    assert_eq!(err.status().as_u16(), 404);
+    assert!(contents(db, &id).await.is_empty());
+}
+
+/// Two inserts into one collection, one into another, an update that
+/// matches and one that does not.
+fn writes() -> Vec<Write> {
+    vec![
+        Write::Insert {
+            collection: "a",
+            documents: vec![doc! {"k": 1}, doc! {"k": 2}],
+        },
+        Write::Insert {
+            collection: "b",
+            documents: vec![doc! {"k": 3}],
+        },
+        Write::Update {
+            collection: "a",
+            filter: doc! {"k": 1},
+            update: doc! {"$set": {"seen": true}}.into(),
+        },
+        Write::Update {
+            collection: "b",
+            filter: doc! {"k": 99},
+            update: doc! {"$set": {"seen": true}}.into(),
+        },
+        Write::Insert {
+            collection: "b",
+            documents: vec![],
+        },
+    ]
+}
+
+#[tokio::test]
+async fn both_batchings_write_the_same_and_count_each_write() {
+    for batching in [Batching::OneCommand, Batching::PerWrite] {
+        let mongo = TestMongo::new().await;
+        let db = &mongo.stores.chat;
+        // Each write runs once: 2 inserted, 1 inserted, 1 matched, 0, 0.
+        let counts = batch::write_as(db, &writes(), batching)
+            .await
+            .expect("written");
+        assert_eq!(counts, [2, 1, 1, 0, 0], "{batching:?}");
+        let a = db.collection::<bson::Document>("a");
+        assert_eq!(a.count_documents(doc! {}).await.unwrap(), 2);
+        assert_eq!(a.count_documents(doc! {"seen": true}).await.unwrap(), 1);
+        let b = db.collection::<bson::Document>("b");
+        assert_eq!(b.count_documents(doc! {}).await.unwrap(), 1);
+        assert_eq!(b.count_documents(doc! {"seen": true}).await.unwrap(), 0);
+    }
+}
+
+/// A proxy in front of the test server that makes it look like MongoDB
+/// 7.0: the `maxWireVersion` of every answer reads 21. Returns a URI
+/// through it.
+async fn as_mongodb_7() -> String {
+    let base = reqwest::Url::parse(&mongodb_base_uri()).expect("a URI");
+    let target = format!(
+        "{}:{}",
+        base.host_str().expect("host"),
+        base.port().expect("port")
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(&target).await.expect("the test server");
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut server_write).await });
+            tokio::spawn(async move {
+                // An int32 element named maxWireVersion: type, name, value.
+                let field = b"\x10maxWireVersion\x00";
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+                    let chunk = &mut buf[..n];
+                    if let Some(at) = chunk.windows(field.len()).position(|w| w == field) {
+                        let value = at + field.len();
+                        chunk[value..value + 4].copy_from_slice(&21i32.to_le_bytes());
+                    }
+                    if client_write.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    // Straight to the proxy: not to the members the server names.
+    format!("mongodb://{address}/?directConnection=true")
+}
+
+#[tokio::test]
+async fn below_mongodb_8_a_batch_is_one_command_a_write_from_then_on() {
+    let mongo = TestMongo::new().await;
+    let config = MongoConfig {
+        uri: Secret::new(as_mongodb_7().await),
+        ..mongo.config.clone()
+    };
+    let stores = mongo::connect(&config).await.expect("a client");
+    let db = &stores.chat;
+
+    // The driver refuses bulkWrite to a server before 8.0, sending nothing.
+    let refused = batch::write_as(db, &writes(), Batching::OneCommand).await;
+    let err = refused.expect_err("no bulkWrite below 8.0");
+    assert!(batch::lacks_bulk_write(&err), "{err}");
+    let a = db.collection::<bson::Document>("a");
+    assert_eq!(a.count_documents(doc! {}).await.unwrap(), 0);
+
+    // A turn is stored all the same, and the process remembers.
+    assert_eq!(batch::batching(), Batching::OneCommand);
+    let session = sessions::new_session("u1", "flow", "Hi");
+    let id = session.session_id.clone();
+    sessions::record(db, &session, true, turn("Hi", "Hello"), &[])
+        .await
+        .expect("recorded one command a write");
+    assert_eq!(batch::batching(), Batching::PerWrite);
+    assert_eq!(stored(db, &id, "u1").await.message_count, 2);
+    assert_eq!(contents(db, &id).await, ["Hi", "Hello"]);
+    // Read through the real server too.
+    assert_eq!(contents(&mongo.stores.chat, &id).await, ["Hi", "Hello"]);
+}
