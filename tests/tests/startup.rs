@@ -85,3 +85,23 @@ async fn limits_that_would_lose_money_or_payloads_stop_start_up() {
     assert!(!ok);
     assert!(log.contains("MAX_UPLOAD_BYTES"), "{log}");
 }
+
+/// One Lambda instance serves one request at a time, so every function
+/// runs tokio's single-threaded runtime: its I/O wakes the one thread
+/// that polls it, never a worker on another core (BENCHMARKS.md,
+/// "Predictions"). `gateway-admin serve`, a server, keeps the
+/// multi-threaded one.
+#[test]
+fn every_function_runs_the_single_threaded_runtime() {
+    for function in e2e::ALL_FUNCTIONS {
+        let path = format!(
+            "{}/../functions/{function}/src/main.rs",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let main = std::fs::read_to_string(&path).expect("the function's main.rs");
+        assert!(
+            main.contains("#[tokio::main(flavor = \"current_thread\")]"),
+            "{path} must start a current_thread runtime"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 use lambda_runtime::{service_fn, LambdaEvent};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), shared::BoxError> {
     shared::telemetry::init();
     let config = shared::config::load(credit_expiry::Config::from_env).await?;

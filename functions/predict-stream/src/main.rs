@@ -1,4 +1,4 @@
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), shared::BoxError> {
     shared::telemetry::init();
     let (config, cors) = shared::config::load(|env| {
