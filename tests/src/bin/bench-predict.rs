@@ -7,12 +7,13 @@
 //!   instance whose PostgreSQL and MongoDB connections pass through
 //!   counting proxies ([`e2e::wire`]); the median of 30 after a warm-up.
 //! - **Overhead**: a buffered prediction's latency through the gateway
-//!   minus the same call made straight to the Flowise double, at 1 and 16
-//!   concurrent clients, and the time to the first token of a streamed
-//!   answer against straight to the double; through the Lambda emulator
-//!   (16 instances of each function) and through `gateway-admin serve`.
-//!   The requests are split into rounds that start every variant afresh
-//!   in a rotating order, so drift over the run is shared.
+//!   minus the same call made straight to the Flowise double, and the
+//!   time to the first token of a streamed answer against straight to the
+//!   double; through the Lambda emulator and through `gateway-admin
+//!   serve`. At 1 client, every variant runs one warm instance of each
+//!   function at the same time and the requests take turns, so drift over
+//!   the run is shared; at 16 clients, each variant runs 16 instances in
+//!   rounds that start every variant afresh in a rotating order.
 //!
 //! `bench-predict round-trips` prints the round trips alone.
 //!
@@ -243,67 +244,122 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// The rows of the overhead table: what is measured, how, at what
-/// concurrency and how many requests.
-const ROWS: &[(&str, Kind, usize, usize)] = &[
-    ("buffered prediction, 1 client", Kind::Buffered, 1, 200),
-    ("buffered prediction, 16 clients", Kind::Buffered, 16, 800),
-    (
-        "time to first token, streamed, 1 client",
-        Kind::FirstToken,
-        1,
-        200,
-    ),
+/// The rows of the overhead table measured one request at a time: what
+/// is measured, and how.
+const ONE_CLIENT: &[(&str, Kind)] = &[
+    ("buffered prediction, 1 client", Kind::Buffered),
+    ("time to first token, streamed, 1 client", Kind::FirstToken),
 ];
+/// Requests per variant in each one-client row.
+const ONE_CLIENT_REQUESTS: usize = 200;
+/// Requests each variant gets before the one-client rows are measured.
+const WARM_UP: usize = 20;
 
-/// Rounds the measurement is split into. Each round starts every
-/// variant's stack afresh, one at a time, in an order that rotates, and
-/// measures a share of every row: whatever drifts over a run (the stores
-/// filling up, the machine warming) falls on every variant alike.
-const ROUNDS: usize = 4;
-
-/// One round's share of every row's latencies through `endpoint`.
-async fn rows(endpoint: &Endpoint, into: &mut [Vec<Duration>]) {
-    for (row, &(_, kind, clients, total)) in ROWS.iter().enumerate() {
-        into[row].extend(endpoint.measure(kind, clients, total / ROUNDS).await);
+/// The one-client rows. One client's requests, one after another, need
+/// one instance of each function, warm (as Lambda keeps one for a steady
+/// client): every variant's stack runs with one instance at the same time,
+/// each is warmed, and then the requests take turns (every variant's
+/// first, straight to the double included, then every variant's second,
+/// the order rotating), so whatever drifts over the run (the machine, the
+/// MongoDB server) falls on every variant alike, and every variant's
+/// stores hold as much at every step.
+async fn one_client(flowise: &FlowiseDouble, variants: &[Variant]) -> Vec<Vec<Vec<Duration>>> {
+    let mut stacks = Vec::new();
+    for variant in variants {
+        stacks.push(start(flowise, variant, 1, None).await);
     }
+    let endpoints: Vec<Endpoint> = std::iter::once(Endpoint::direct(flowise))
+        .chain(stacks.iter().map(Endpoint::gateway))
+        .collect();
+    for endpoint in &endpoints {
+        for &(_, kind) in ONE_CLIENT {
+            endpoint.measure(kind, 1, WARM_UP).await;
+        }
+    }
+    let mut latencies = vec![vec![Vec::new(); ONE_CLIENT.len()]; endpoints.len()];
+    for (row, &(_, kind)) in ONE_CLIENT.iter().enumerate() {
+        for i in 0..ONE_CLIENT_REQUESTS {
+            for turn in 0..endpoints.len() {
+                let e = (i + turn) % endpoints.len();
+                latencies[e][row].push(endpoints[e].once(kind, 0).await);
+            }
+        }
+    }
+    latencies
 }
 
-/// Prints the overhead table: straight to the double, then each
-/// variant's latency with its overhead, over [`ROUNDS`] rounds. One
-/// variant's stack runs at a time (16 instances of two functions each
-/// hold connections).
-async fn overhead(flowise: &FlowiseDouble, variants: &[Variant]) {
-    let empty = || vec![Vec::new(); ROWS.len()];
-    let mut straight = empty();
-    let mut through: Vec<Vec<Vec<Duration>>> = variants.iter().map(|_| empty()).collect();
+/// The concurrent rows: what is measured, at what concurrency and how many
+/// requests.
+const CONCURRENT: &[(&str, Kind, usize, usize)] = &[(
+    "buffered prediction, 16 clients",
+    Kind::Buffered,
+    CLIENTS,
+    800,
+)];
+
+/// Rounds the concurrent rows are split into. Each round starts every
+/// variant's stack afresh (16 instances of each function, as Lambda
+/// scales out to 16 concurrent requests), one at a time (they each hold
+/// connections), in an order that rotates, and measures a share of every
+/// row: whatever drifts over a run falls on every variant alike.
+const ROUNDS: usize = 4;
+
+/// The concurrent rows, straight to the double and through each variant.
+async fn concurrent(flowise: &FlowiseDouble, variants: &[Variant]) -> Vec<Vec<Vec<Duration>>> {
+    let mut latencies = vec![vec![Vec::new(); CONCURRENT.len()]; variants.len() + 1];
     for round in 0..ROUNDS {
-        rows(&Endpoint::direct(flowise), &mut straight).await;
+        share(&mut latencies[0], &Endpoint::direct(flowise)).await;
         for turn in 0..variants.len() {
             let v = (round + turn) % variants.len();
             let stack = start(flowise, &variants[v], CLIENTS, None).await;
             let gateway = Endpoint::gateway(&stack);
             gateway.measure(Kind::Buffered, CLIENTS, 32).await;
-            gateway.measure(Kind::FirstToken, CLIENTS, 32).await;
-            rows(&gateway, &mut through[v]).await;
+            share(&mut latencies[v + 1], &gateway).await;
         }
     }
-    for latencies in straight.iter_mut().chain(through.iter_mut().flatten()) {
-        latencies.sort();
+    latencies
+}
+
+/// One round's share of every concurrent row through `endpoint`.
+async fn share(into: &mut [Vec<Duration>], endpoint: &Endpoint) {
+    for (row, &(_, kind, clients, total)) in CONCURRENT.iter().enumerate() {
+        into[row].extend(endpoint.measure(kind, clients, total / ROUNDS).await);
     }
+}
+
+/// Prints the overhead table: straight to the double, then each
+/// variant's latency with its overhead.
+async fn overhead(flowise: &FlowiseDouble, variants: &[Variant]) {
+    let one = one_client(flowise, variants).await;
+    let many = concurrent(flowise, variants).await;
     let labels: Vec<&str> = variants.iter().map(|v| v.label.as_str()).collect();
     println!(
         "| measure | straight to the double | {} |",
         labels.join(" | ")
     );
     println!("|---|---|{}", "---|".repeat(variants.len()));
-    for (row, &(label, ..)) in ROWS.iter().enumerate() {
+    let rows = ONE_CLIENT
+        .iter()
+        .map(|r| r.0)
+        .enumerate()
+        .map(|(row, label)| (label, &one, row))
+        .chain(
+            CONCURRENT
+                .iter()
+                .enumerate()
+                .map(|(row, r)| (r.0, &many, row)),
+        );
+    for (label, measured, row) in rows {
+        let mut sorted: Vec<Vec<Duration>> = measured.iter().map(|m| m[row].clone()).collect();
+        for latencies in &mut sorted {
+            latencies.sort();
+        }
         for (p_label, p) in [("p50", 0.5), ("p95", 0.95)] {
-            let d = percentile(&straight[row], p);
-            let cells: Vec<String> = through
+            let d = percentile(&sorted[0], p);
+            let cells: Vec<String> = sorted[1..]
                 .iter()
                 .map(|g| {
-                    let g = percentile(&g[row], p);
+                    let g = percentile(g, p);
                     format!("{} (+{})", ms(g), ms(g.saturating_sub(d)))
                 })
                 .collect();
