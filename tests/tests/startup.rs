@@ -105,3 +105,17 @@ fn every_function_runs_the_single_threaded_runtime() {
         );
     }
 }
+
+/// AWS-LC, the TLS clients' crypto, is built without its CPU-jitter
+/// entropy source (`AWS_LC_SYS_NO_JITTER_ENTROPY` in `.cargo/config.toml`):
+/// collecting it held every cold start's first TLS handshake for about
+/// 30 ms. Every function links the same build, so one binary tells.
+#[test]
+fn no_function_times_cpu_jitter_before_its_first_handshake() {
+    e2e::stack::ensure_binaries_built();
+    let path = e2e::stack::binary_dir().join("credits");
+    let binary = std::fs::read(&path).expect("the credits binary");
+    let needle = b"jent_entropy_init";
+    let linked = binary.windows(needle.len()).any(|w| w == needle);
+    assert!(!linked, "{} links AWS-LC's jitter entropy", path.display());
+}
