@@ -11,6 +11,7 @@ use shared::chat::sessions::{self, transcript_after, NewMessage, SessionDoc};
 use shared::config::{MongoConfig, Secret};
 use shared::db::batch::{self, Batching, Write};
 use shared::db::mongo;
+use shared::error::ApiError;
 use shared::testing::{mongodb_base_uri, TestMongo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -47,22 +48,22 @@ async fn a_file(db: &Database, owner: &str) -> String {
         .file_id
 }
 
+/// A new session of u1 whose first turn is `question` and `answer`, sent
+/// with the stored `files`; returns its id.
+async fn first_turn(db: &Database, question: &str, answer: &str, files: &[String]) -> String {
+    let session = sessions::new_session("u1", "flow", question);
+    sessions::record(db, &session, true, turn(question, answer), files)
+        .await
+        .expect("recorded");
+    session.session_id
+}
+
 #[tokio::test]
 async fn a_turn_stores_the_session_its_messages_and_attaches_its_files() {
     let mongo = TestMongo::new().await;
     let db = &mongo.stores.chat;
     let file = a_file(db, "u1").await;
-    let session = sessions::new_session("u1", "flow", "Hi there");
-    let id = session.session_id.clone();
-    sessions::record(
-        db,
-        &session,
-        true,
-        turn("Hi there", "Hello!"),
-        std::slice::from_ref(&file),
-    )
-    .await
-    .expect("recorded");
+    let id = first_turn(db, "Hi there", "Hello!", std::slice::from_ref(&file)).await;
 
     let found = stored(db, &id, "u1").await;
     assert_eq!(found.message_count, 2);
@@ -73,58 +74,50 @@ async fn a_turn_stores_the_session_its_messages_and_attaches_its_files() {
     assert_eq!(attached.session_id.as_deref(), Some(id.as_str()));
 
     // A file already attached keeps its first session.
-    let other = sessions::new_session("u1", "flow", "Again");
-    sessions::record(
-        db,
-        &other,
-        true,
-        turn("Again", "Yes"),
-        std::slice::from_ref(&file),
-    )
-    .await
-    .expect("recorded");
+    first_turn(db, "Again", "Yes", std::slice::from_ref(&file)).await;
     let kept = files::owned(db, &file, "u1").await.expect("the file");
     assert_eq!(kept.session_id.as_deref(), Some(id.as_str()));
+}
+
+/// A new session of u1 with one turn, as read back.
+async fn one_turn(db: &Database) -> SessionDoc {
+    let id = first_turn(db, "One", "1", &[]).await;
+    stored(db, &id, "u1").await
+}
+
+/// The next turn in `session` as it was read.
+async fn next_turn(db: &Database, session: &SessionDoc, question: &str) -> Result<(), ApiError> {
+    sessions::record(db, session, false, turn(question, "ok"), &[]).await
 }
 
 #[tokio::test]
 async fn a_session_moves_on_and_a_race_drops_its_transcript() {
     let mongo = TestMongo::new().await;
     let db = &mongo.stores.chat;
-    let session = sessions::new_session("u1", "flow", "One");
-    let id = session.session_id.clone();
-    sessions::record(db, &session, true, turn("One", "1"), &[])
-        .await
-        .expect("recorded");
+    let read = one_turn(db).await;
+    let id = read.session_id.clone();
 
     // The next turn, from the session as read: the transcript moves on.
-    let read = stored(db, &id, "u1").await;
-    sessions::record(db, &read, false, turn("Two", "2"), &[])
-        .await
-        .expect("recorded");
+    next_turn(db, &read, "Two").await.expect("recorded");
     let after = stored(db, &id, "u1").await;
     assert_eq!(after.message_count, 4);
     let expected = transcript_after(
         read.transcript.as_deref().expect("a transcript"),
-        [("user", "Two"), ("assistant", "2")],
+        [("user", "Two"), ("assistant", "ok")],
     );
     assert_eq!(after.transcript.as_deref(), Some(expected.as_str()));
     assert!(after.updated_at >= read.updated_at);
 
     // A turn from a stale read (another turn moved the session meanwhile):
     // the count still moves, the transcript is dropped.
-    sessions::record(db, &read, false, turn("Three", "3"), &[])
-        .await
-        .expect("recorded");
+    next_turn(db, &read, "Three").await.expect("recorded");
     let raced = stored(db, &id, "u1").await;
     assert_eq!(raced.message_count, 6);
     assert_eq!(raced.transcript, None);
     assert_eq!(contents(db, &id).await.len(), 6);
 
     // Unknown stays unknown.
-    sessions::record(db, &raced, false, turn("Four", "4"), &[])
-        .await
-        .expect("recorded");
+    next_turn(db, &raced, "Four").await.expect("recorded");
     let unknown = stored(db, &id, "u1").await;
     assert_eq!((unknown.message_count, unknown.transcript), (8, None));
 }
@@ -133,15 +126,11 @@ async fn a_session_moves_on_and_a_race_drops_its_transcript() {
 async fn a_session_deleted_meanwhile_takes_its_messages_back_out() {
     let mongo = TestMongo::new().await;
     let db = &mongo.stores.chat;
-    let session = sessions::new_session("u1", "flow", "One");
-    let id = session.session_id.clone();
-    sessions::record(db, &session, true, turn("One", "1"), &[])
-        .await
-        .expect("recorded");
-    let read = stored(db, &id, "u1").await;
+    let read = one_turn(db).await;
+    let id = read.session_id.clone();
     sessions::delete(db, &id).await.expect("deleted");
 
-    let err = sessions::record(db, &read, false, turn("Two", "2"), &[])
+    let err = next_turn(db, &read, "Two")
         .await
         .expect_err("the session is gone");
     assert_eq!(err.status().as_u16(), 404);
@@ -149,7 +138,9 @@ async fn a_session_deleted_meanwhile_takes_its_messages_back_out() {
 }
 
 /// Two inserts into one collection, one into another, an update that
-/// matches and one that does not.
+/// matches (the document `{k: 0}` that was in `a` before) and one that does
+/// not, and an empty insert. None depends on another: a batch's writes
+/// may run in any order.
 fn writes() -> Vec<Write> {
     vec![
         Write::Insert {
@@ -162,7 +153,7 @@ fn writes() -> Vec<Write> {
         },
         Write::Update {
             collection: "a",
-            filter: doc! {"k": 1},
+            filter: doc! {"k": 0},
             update: doc! {"$set": {"seen": true}}.into(),
         },
         Write::Update {
@@ -182,13 +173,16 @@ async fn both_batchings_write_the_same_and_count_each_write() {
     for batching in [Batching::OneCommand, Batching::PerWrite] {
         let mongo = TestMongo::new().await;
         let db = &mongo.stores.chat;
+        let a = db.collection::<bson::Document>("a");
+        a.insert_one(doc! {"k": 0})
+            .await
+            .expect("the document to update");
         // Each write runs once: 2 inserted, 1 inserted, 1 matched, 0, 0.
         let counts = batch::write_as(db, &writes(), batching)
             .await
             .expect("written");
         assert_eq!(counts, [2, 1, 1, 0, 0], "{batching:?}");
-        let a = db.collection::<bson::Document>("a");
-        assert_eq!(a.count_documents(doc! {}).await.unwrap(), 2);
+        assert_eq!(a.count_documents(doc! {}).await.unwrap(), 3);
         assert_eq!(a.count_documents(doc! {"seen": true}).await.unwrap(), 1);
         let b = db.collection::<bson::Document>("b");
         assert_eq!(b.count_documents(doc! {}).await.unwrap(), 1);
@@ -250,15 +244,15 @@ async fn below_mongodb_8_a_batch_is_one_command_a_write_from_then_on() {
     let err = refused.expect_err("no bulkWrite below 8.0");
     assert!(batch::lacks_bulk_write(&err), "{err}");
     let a = db.collection::<bson::Document>("a");
-    assert_eq!(a.count_documents(doc! {}).await.unwrap(), 0);
+    assert_eq!(
+        a.count_documents(doc! {}).await.unwrap(),
+        0,
+        "nothing was sent"
+    );
 
     // A turn is stored all the same, and the process remembers.
     assert_eq!(batch::batching(), Batching::OneCommand);
-    let session = sessions::new_session("u1", "flow", "Hi");
-    let id = session.session_id.clone();
-    sessions::record(db, &session, true, turn("Hi", "Hello"), &[])
-        .await
-        .expect("recorded one command a write");
+    let id = first_turn(db, "Hi", "Hello", &[]).await;
     assert_eq!(batch::batching(), Batching::PerWrite);
     assert_eq!(stored(db, &id, "u1").await.message_count, 2);
     assert_eq!(contents(db, &id).await, ["Hi", "Hello"]);

@@ -5,7 +5,8 @@
 //! instead of one per collection.
 //!
 //! The writes are unordered and not a transaction: each stands alone, as
-//! the separate commands they replace did. A server without the command
+//! the separate commands they replace did, and none may depend on another
+//! (they can run in any order). A server without the command
 //! (the driver refuses it below MongoDB 8.0, before sending anything) is
 //! remembered for the rest of the process, which then sends one command a
 //! write.
