@@ -8,13 +8,9 @@ use bson::doc;
 use mongodb::Database;
 use shared::chat::files;
 use shared::chat::sessions::{self, transcript_after, NewMessage, SessionDoc};
-use shared::config::{MongoConfig, Secret};
 use shared::db::batch::{self, Batching, Write};
-use shared::db::mongo;
 use shared::error::ApiError;
-use shared::testing::{mongodb_base_uri, TestMongo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use shared::testing::TestMongo;
 
 fn turn(question: &str, answer: &str) -> Vec<NewMessage> {
     let message = |role, content: &str| NewMessage {
@@ -63,7 +59,8 @@ async fn a_turn_stores_the_session_its_messages_and_attaches_its_files() {
     let mongo = TestMongo::new().await;
     let db = &mongo.stores.chat;
     let file = a_file(db, "u1").await;
-    let id = first_turn(db, "Hi there", "Hello!", std::slice::from_ref(&file)).await;
+    let theirs = a_file(db, "u2").await;
+    let id = first_turn(db, "Hi there", "Hello!", &[file.clone(), theirs.clone()]).await;
 
     let found = stored(db, &id, "u1").await;
     assert_eq!(found.message_count, 2);
@@ -72,6 +69,9 @@ async fn a_turn_stores_the_session_its_messages_and_attaches_its_files() {
     assert_eq!(contents(db, &id).await, ["Hi there", "Hello!"]);
     let attached = files::owned(db, &file, "u1").await.expect("the file");
     assert_eq!(attached.session_id.as_deref(), Some(id.as_str()));
+    // Another user's file is never attached to u1's session.
+    let untouched = files::owned(db, &theirs, "u2").await.expect("their file");
+    assert_eq!(untouched.session_id, None);
 
     // A file already attached keeps its first session.
     first_turn(db, "Again", "Yes", std::slice::from_ref(&file)).await;
@@ -128,13 +128,17 @@ async fn a_session_deleted_meanwhile_takes_its_messages_back_out() {
     let db = &mongo.stores.chat;
     let read = one_turn(db).await;
     let id = read.session_id.clone();
+    let file = a_file(db, "u1").await;
     sessions::delete(db, &id).await.expect("deleted");
 
-    let err = next_turn(db, &read, "Two")
+    let turn = turn("Two", "2");
+    let err = sessions::record(db, &read, false, turn, std::slice::from_ref(&file))
         .await
         .expect_err("the session is gone");
     assert_eq!(err.status().as_u16(), 404);
     assert!(contents(db, &id).await.is_empty());
+    let file = files::owned(db, &file, "u1").await.expect("the file");
+    assert_eq!(file.session_id, None, "the attachment was taken back");
 }
 
 /// Two inserts into one collection, one into another, an update that
@@ -188,74 +192,4 @@ async fn both_batchings_write_the_same_and_count_each_write() {
         assert_eq!(b.count_documents(doc! {}).await.unwrap(), 1);
         assert_eq!(b.count_documents(doc! {"seen": true}).await.unwrap(), 0);
     }
-}
-
-/// A proxy in front of the test server that makes it look like MongoDB
-/// 7.0: the `maxWireVersion` of every answer reads 21. Returns a URI
-/// through it.
-async fn as_mongodb_7() -> String {
-    let base = reqwest::Url::parse(&mongodb_base_uri()).expect("a URI");
-    let target = format!(
-        "{}:{}",
-        base.host_str().expect("host"),
-        base.port().expect("port")
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let server = TcpStream::connect(&target).await.expect("the test server");
-            let (mut client_read, mut client_write) = client.into_split();
-            let (mut server_read, mut server_write) = server.into_split();
-            tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut server_write).await });
-            tokio::spawn(async move {
-                // An int32 element named maxWireVersion: type, name, value.
-                let field = b"\x10maxWireVersion\x00";
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n @ 1..) = server_read.read(&mut buf).await {
-                    let chunk = &mut buf[..n];
-                    if let Some(at) = chunk.windows(field.len()).position(|w| w == field) {
-                        let value = at + field.len();
-                        chunk[value..value + 4].copy_from_slice(&21i32.to_le_bytes());
-                    }
-                    if client_write.write_all(chunk).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    // Straight to the proxy: not to the members the server names.
-    format!("mongodb://{address}/?directConnection=true")
-}
-
-#[tokio::test]
-async fn below_mongodb_8_a_batch_is_one_command_a_write_from_then_on() {
-    let mongo = TestMongo::new().await;
-    let config = MongoConfig {
-        uri: Secret::new(as_mongodb_7().await),
-        ..mongo.config.clone()
-    };
-    let stores = mongo::connect(&config).await.expect("a client");
-    let db = &stores.chat;
-
-    // The driver refuses bulkWrite to a server before 8.0, sending nothing.
-    let refused = batch::write_as(db, &writes(), Batching::OneCommand).await;
-    let err = refused.expect_err("no bulkWrite below 8.0");
-    assert!(batch::lacks_bulk_write(&err), "{err}");
-    let a = db.collection::<bson::Document>("a");
-    assert_eq!(
-        a.count_documents(doc! {}).await.unwrap(),
-        0,
-        "nothing was sent"
-    );
-
-    // A turn is stored all the same, and the process remembers.
-    assert_eq!(batch::batching(), Batching::OneCommand);
-    let id = first_turn(db, "Hi", "Hello", &[]).await;
-    assert_eq!(batch::batching(), Batching::PerWrite);
-    assert_eq!(stored(db, &id, "u1").await.message_count, 2);
-    assert_eq!(contents(db, &id).await, ["Hi", "Hello"]);
-    // Read through the real server too.
-    assert_eq!(contents(&mongo.stores.chat, &id).await, ["Hi", "Hello"]);
 }

@@ -369,14 +369,27 @@ pub async fn owned(db: &Database, file_id: &str, owner_id: &str) -> Result<FileD
     Ok(file)
 }
 
-/// The write that attaches the stored file `file_id` to the session it
-/// was first sent in (a file already attached keeps its session).
-pub fn attachment(file_id: &str, session_id: &str) -> Write {
+/// The write that attaches `owner_id`'s stored file `file_id` to the
+/// session it was first sent in (a file already attached keeps its
+/// session; another owner's file is never touched).
+pub fn attachment(file_id: &str, owner_id: &str, session_id: &str) -> Write {
     Write::Update {
         collection: FILES,
-        filter: doc! {"file_id": file_id, "session_id": null},
+        filter: doc! {"file_id": file_id, "owner_id": owner_id, "session_id": null},
         update: doc! {"$set": {"session_id": session_id}}.into(),
     }
+}
+
+/// Detaches `files` from `session_id` (a turn stored in a session deleted
+/// meanwhile takes its attachments back).
+pub async fn detach(db: &Database, file_ids: &[String], session_id: &str) -> Result<(), ApiError> {
+    files(db)
+        .update_many(
+            doc! {"file_id": {"$in": file_ids}, "session_id": session_id},
+            doc! {"$set": {"session_id": null}},
+        )
+        .await?;
+    Ok(())
 }
 
 /// Deletes a file.

@@ -236,7 +236,8 @@ pub struct NewMessage {
 /// Messages sort by time, then position; positions continue from the count
 /// read when the session was checked, so two predictions racing in one
 /// session can share a position (their times still order them). A session
-/// deleted meanwhile takes its messages back out (404).
+/// deleted meanwhile takes its messages and its files' attachment back out
+/// (404).
 pub async fn record(
     db: &Database,
     session: &SessionDoc,
@@ -279,15 +280,18 @@ pub async fn record(
         moved_on(session, count, at, transcript)
     };
     let mut writes = vec![counters, Write::insert(MESSAGES, &docs)?];
-    let attached = files
-        .iter()
-        .map(|file| super::files::attachment(file, &session.session_id));
-    writes.extend(attached);
+    let (owner, id) = (&session.user_id, &session.session_id);
+    writes.extend(
+        files
+            .iter()
+            .map(|file| super::files::attachment(file, owner, id)),
+    );
     let done = batch::write(db, &writes).await?;
     if done[0] == 0 {
         messages(db)
             .delete_many(doc! {"message_id": {"$in": ids}})
             .await?;
+        super::files::detach(db, files, id).await?;
         return Err(ApiError::not_found("the session was deleted"));
     }
     Ok(())
@@ -316,7 +320,7 @@ fn moved_on(session: &SessionDoc, count: i64, at: BsonTime, next: Option<String>
     };
     Write::Update {
         collection: SESSIONS,
-        filter: doc! {"session_id": &session.session_id},
+        filter: doc! {"session_id": &session.session_id, "user_id": &session.user_id},
         update: UpdateModifications::Pipeline(vec![doc! {"$set": set}]),
     }
 }

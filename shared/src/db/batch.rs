@@ -6,10 +6,10 @@
 //!
 //! The writes are unordered and not a transaction: each stands alone, as
 //! the separate commands they replace did, and none may depend on another
-//! (they can run in any order). A server without the command
-//! (the driver refuses it below MongoDB 8.0, before sending anything) is
-//! remembered for the rest of the process, which then sends one command a
-//! write.
+//! (they can run in any order). A server without the command (the driver
+//! refuses it below MongoDB 8.0, before sending anything; or the server
+//! turns it away before running any write) is remembered for the rest of
+//! the process, which then sends one command a write.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -191,8 +191,16 @@ async fn one_write(db: &Database, write: &Write) -> Result<u64, Error> {
     }
 }
 
-/// Whether `err` says the server has no `bulkWrite`: the driver refuses it
-/// below MongoDB 8.0, before anything is sent.
+/// Whether `err` says the server has no `bulkWrite`, so that nothing was
+/// written: the driver refuses it below MongoDB 8.0, before anything is
+/// sent; a server that says 8.0 but turns the command away (a proxy, a
+/// restricted tier) answers `CommandNotFound` (59), `CommandNotSupported`
+/// (115) or, for a field it does not know, 40415, all before running any
+/// write.
 pub fn lacks_bulk_write(err: &Error) -> bool {
-    matches!(err.kind.as_ref(), ErrorKind::IncompatibleServer { .. })
+    match err.kind.as_ref() {
+        ErrorKind::IncompatibleServer { .. } => true,
+        ErrorKind::Command(refused) => matches!(refused.code, 59 | 115 | 40415),
+        _ => false,
+    }
 }

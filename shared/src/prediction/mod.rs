@@ -848,10 +848,12 @@ pub async fn finish(
         }
     };
     let (settled, stored) = tokio::join!(settle(state, prepared, outcome, latency_ms), history);
-    let stored = stored.map_err(|err| {
+    if let Err(err) = stored {
         tracing::error!(error = %err, message_id = %prepared.message_id, "a paid answer was not stored in the history");
-    });
-    if settled.is_err() && outcome.complete && stored.is_ok() {
+    }
+    // Even after a failed history write: its writes stand alone, so the
+    // answer may be stored all the same (marking a missing one does nothing).
+    if settled.is_err() && outcome.complete {
         let marked = sessions::mark_incomplete(&state.mongo.chat, &prepared.message_id).await;
         if let Err(err) = marked {
             tracing::error!(error = %err, "an unsettled answer was not marked incomplete");
