@@ -398,6 +398,14 @@ pub async fn delete(db: &Database, file_id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Deletes the files attached to `session_id` (with the session).
+pub async fn delete_attached(db: &Database, session_id: &str) -> Result<(), ApiError> {
+    files(db)
+        .delete_many(doc! {"session_id": session_id})
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::too_many_lines)]
 mod tests {

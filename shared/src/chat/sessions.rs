@@ -378,9 +378,7 @@ pub async fn delete(db: &Database, session_id: &str) -> Result<(), ApiError> {
     messages(db)
         .delete_many(doc! {"session_id": session_id})
         .await?;
-    db.collection::<Document>("files")
-        .delete_many(doc! {"session_id": session_id})
-        .await?;
+    super::files::delete_attached(db, session_id).await?;
     sessions(db)
         .delete_one(doc! {"session_id": session_id})
         .await?;

@@ -110,44 +110,35 @@ pub async fn write_as(
 
 async fn one_command(db: &Database, writes: &[Write]) -> Result<Vec<u64>, Error> {
     let namespace = |collection: &str| Namespace::new(db.name(), collection);
+    let mut models: Vec<WriteModel> = Vec::new();
     // The write each model belongs to.
     let mut owner = Vec::new();
-    let mut models: Vec<WriteModel> = Vec::new();
     for (i, write) in writes.iter().enumerate() {
         match write {
             Write::Insert {
                 collection,
                 documents,
-            } => {
-                for document in documents {
-                    let ns = namespace(collection);
-                    models.push(
-                        InsertOneModel::builder()
-                            .namespace(ns)
-                            .document(document.clone())
-                            .build()
-                            .into(),
-                    );
-                    owner.push(i);
-                }
-            }
+            } => models.extend(documents.iter().map(|document| {
+                InsertOneModel::builder()
+                    .namespace(namespace(collection))
+                    .document(document.clone())
+                    .build()
+                    .into()
+            })),
             Write::Update {
                 collection,
                 filter,
                 update,
-            } => {
-                let (ns, filter, update) = (namespace(collection), filter.clone(), update.clone());
-                models.push(
-                    UpdateOneModel::builder()
-                        .namespace(ns)
-                        .filter(filter)
-                        .update(update)
-                        .build()
-                        .into(),
-                );
-                owner.push(i);
-            }
+            } => models.push(
+                UpdateOneModel::builder()
+                    .namespace(namespace(collection))
+                    .filter(filter.clone())
+                    .update(update.clone())
+                    .build()
+                    .into(),
+            ),
         }
+        owner.resize(models.len(), i);
     }
     let mut counts = vec![0; writes.len()];
     if models.is_empty() {
