@@ -202,6 +202,11 @@ impl Call {
 
     /// The buffered answer, with `metrics` when there are token counts.
     fn json(&self, text: String, usage: Option<(i64, i64)>) -> Response {
+        (StatusCode::OK, Json(self.answer(text, usage))).into_response()
+    }
+
+    /// The buffered answer's JSON.
+    fn answer(&self, text: String, usage: Option<(i64, i64)>) -> Value {
         let mut v = json!({
             "text": text, "question": self.question, "chatId": self.chat_id,
             "chatMessageId": self.message_id, "isStreamValid": false,
@@ -210,7 +215,7 @@ impl Call {
         if let Some((i, o)) = usage {
             v["metrics"] = json!({"usage": {"prompt_tokens": i, "completion_tokens": o}});
         }
-        (StatusCode::OK, Json(v)).into_response()
+        v
     }
 
     /// A streamed answer: `start`, a `token` per piece (`delay` before
@@ -250,7 +255,13 @@ fn events_answer(call: &Call, events: Vec<(String, Value)>, delay: Duration) -> 
             .filter(|(name, _)| name == "token")
             .filter_map(|(_, data)| data.as_str())
             .collect();
-        return call.json(text, None);
+        let mut answer = call.answer(text, None);
+        for (name, data) in &events {
+            if matches!(name.as_str(), "sourceDocuments" | "usedTools") {
+                answer[name.as_str()] = data.clone();
+            }
+        }
+        return (StatusCode::OK, Json(answer)).into_response();
     }
     let mut frames: Vec<(Duration, Bytes)> = events
         .into_iter()

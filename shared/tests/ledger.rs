@@ -746,10 +746,18 @@ async fn a_prediction_whose_reservation_was_lost_is_still_charged_from_the_balan
     );
     assert_consistent(&db.pool, "paid").await;
 
-    // As far as the balance goes; the rest is the shortfall.
+    // As far as the balance goes; the rest is not owed (a prediction never
+    // records a shortfall), only reported as uncovered.
     allocate(&db.pool, "short", 3, Some(30)).await;
     let short = settle_lost_prediction(&db.pool, "short", 3, Settlement::Finalize, 5).await;
-    assert_eq!((short.charged_credits, short.shortfall_credits), (3, 2));
+    assert_eq!(
+        (
+            short.charged_credits,
+            short.shortfall_credits,
+            short.uncovered_credits
+        ),
+        (3, 0, 2)
+    );
     assert_eq!(balance(&db.pool, "short").await, 0);
     assert_consistent(&db.pool, "short").await;
 

@@ -109,10 +109,11 @@ fn reporting(app: &App, output: i64) {
 }
 
 #[tokio::test]
-async fn an_answer_dearer_than_its_reservation_is_charged_as_far_as_the_balance_goes() {
+async fn an_answer_dearer_than_its_hold_tops_it_up_and_one_past_the_means_is_cut() {
     let app = App::new().await;
     let question = json!({"chatflow_id": "flow-a", "question": "Hi"});
-    // Reserved: 2 + 1,000 output tokens; the answer costs 2 + 1,500.
+    // Reserved: 2 + 1,000 output tokens; the answer costs 2 + 1,500: the
+    // hold is topped up from the balance.
     reporting(&app, 1_500);
     app.grant("u1", 2_000).await;
     let res = app
@@ -122,12 +123,27 @@ async fn an_answer_dearer_than_its_reservation_is_charged_as_far_as_the_balance_
         res.body["credits"],
         json!({"charged": 1_502, "balance": 498})
     );
+    assert_eq!(res.body["status"], "complete");
     assert_eq!(app.balance("u1").await, 498);
-    // Dearer than the whole balance: what is left is charged, the rest is
-    // the shortfall, and the answer says the balance is 0.
+    // Dearer than the whole balance: the answer is cut to the part the 498
+    // pay for, each character at its share of Flowise's count (5,000 tokens
+    // for 34 characters: 3 characters are 442 tokens, 4 would be 589).
     reporting(&app, 5_000);
     let res = app.predict(&app.token("u1", Role::Enduser), question).await;
-    assert_eq!(res.body["credits"], json!({"charged": 498, "balance": 0}));
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(res.body["text"], &ANSWER[..3]);
+    assert_eq!(res.body["status"], "incomplete");
+    assert_eq!(res.body["reason"], "credits_exhausted");
+    assert_eq!(res.body["truncated"], true);
+    assert_eq!(res.body["credits"], json!({"charged": 444, "balance": 54}));
+    assert_eq!(app.balance("u1").await, 54);
+    let shortfall: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(shortfall_credits), 0)::BIGINT FROM streaming_sessions",
+    )
+    .fetch_one(&app.pg.pool)
+    .await
+    .unwrap();
+    assert_eq!(shortfall, 0);
     app.assert_ledger_consistent().await;
 }
 

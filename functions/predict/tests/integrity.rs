@@ -157,52 +157,85 @@ async fn a_user_cannot_settle_the_reservation_of_their_running_prediction() {
 }
 
 #[tokio::test]
-async fn an_answer_whose_reservation_was_released_meanwhile_is_charged_anyway() {
+async fn an_answer_whose_reservation_was_swept_meanwhile_pays_its_own_price() {
     let app = App::new().await;
     let mut stream = slow_stream(&app, 100, &[]).await;
+    // The sweep takes the live call for a dead one: nothing was recorded as
+    // delivered yet, so it charges the whole hold (100, the balance).
     assert_eq!(sweep_everything(&app).await, 1);
-    assert_eq!(app.balance("u1").await, 100);
-    // Never free: charged by a deduction, and the balance shown is the
-    // balance after it.
+    assert_eq!(app.balance("u1").await, 0);
+    // The answer's own settlement then corrects it to its price, 2 + 5:
+    // the rest goes back, and the balance shown is the balance after it.
     let end = stream.end().await;
     assert_eq!(end["credits"], json!({"charged": 7, "balance": 93}));
     assert_eq!(app.balance("u1").await, 93);
-    let late: i64 = sqlx::query_scalar(
-        "SELECT -amount FROM credit_transactions
-          WHERE type = 'deduction' AND description LIKE 'prediction charged after%'",
+    let back: i64 = sqlx::query_scalar(
+        "SELECT amount FROM credit_transactions
+          WHERE type = 'refund' AND description LIKE 'prediction refunded what a settlement%'",
     )
     .fetch_one(&app.pg.pool)
     .await
     .unwrap();
-    assert_eq!(late, 7);
+    assert_eq!(back, 93);
+    let charged: i64 = sqlx::query_scalar("SELECT charged_credits FROM streaming_sessions")
+        .fetch_one(&app.pg.pool)
+        .await
+        .unwrap();
+    assert_eq!(charged, 7);
     app.assert_ledger_consistent().await;
 }
 
+/// Waits until the relay of the only reservation has recorded its
+/// progress; returns what it recorded.
+async fn recorded_progress(app: &App) -> i64 {
+    for _ in 0..100 {
+        let delivered: Option<i64> =
+            sqlx::query_scalar("SELECT delivered_credits FROM streaming_sessions")
+                .fetch_one(&app.pg.pool)
+                .await
+                .unwrap();
+        if let Some(delivered) = delivered {
+            return delivered;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the relay recorded no progress");
+}
+
 #[tokio::test]
-async fn a_late_charge_takes_what_the_balance_holds_and_records_the_rest() {
+async fn a_late_charge_takes_what_the_balance_holds_and_records_no_shortfall() {
     let app = App::new().await;
     let mut stream = slow_stream(&app, 10, &[]).await;
     let user = stream.user.clone();
+    // The relay records what it delivered; the sweep charges that.
+    let delivered = recorded_progress(&app).await;
+    assert!((3..7).contains(&delivered), "{delivered}");
     sweep_everything(&app).await;
-    // Meanwhile the user spends all but 3 credits elsewhere.
+    assert_eq!(app.balance("u1").await, 10 - delivered);
+    // Meanwhile the user spends all but 1 credit elsewhere.
     let credits = app.credits();
     let res = call(
         &credits,
         "POST",
         "/api/credits/deduct",
-        Some(json!({"credits": 7})),
+        Some(json!({"credits": 9 - delivered})),
         Some(&user),
     )
     .await;
     assert_eq!(res.status, 200, "{}", res.body);
+    // The answer's price is 7: the last credit is taken, the rest is not
+    // owed (no shortfall is recorded for a prediction).
     let end = stream.end().await;
-    assert_eq!(end["credits"], json!({"charged": 3, "balance": 0}));
+    assert_eq!(
+        end["credits"],
+        json!({"charged": delivered + 1, "balance": 0})
+    );
     assert_eq!(app.balance("u1").await, 0);
     let shortfall: i64 = sqlx::query_scalar("SELECT shortfall_credits FROM streaming_sessions")
         .fetch_one(&app.pg.pool)
         .await
         .unwrap();
-    assert_eq!(shortfall, 4);
+    assert_eq!(shortfall, 0);
     app.assert_ledger_consistent().await;
 }
 
@@ -420,16 +453,34 @@ async fn keys_are_purged_after_a_day_and_then_run_anew() {
 }
 
 #[tokio::test]
-async fn the_sweep_frees_the_key_of_a_prediction_that_died_before_settling() {
+async fn the_key_of_a_prediction_that_died_replays_what_the_sweep_charged() {
     let app = App::new().await;
     let stream = slow_stream(&app, 100, &[KEY]).await;
-    // The instance "dies": the sweep releases its reservation (and its key).
+    // The sweep takes the call for a dead one (as it would an instance that
+    // died): it charges the hold (nothing was recorded as delivered yet: an
+    // answer may have gone out) and keeps the key's replay.
     sweep_everything(&app).await;
     let state: Vec<String> = sqlx::query_scalar("SELECT state FROM idempotency_keys")
         .fetch_all(&app.pg.pool)
         .await
         .unwrap();
-    assert!(state.is_empty(), "{state:?}");
+    assert_eq!(state, ["done"]);
+    let user = app.token("u1", Role::Enduser);
+    let (status, body) = app
+        .open_stream_with(
+            &user,
+            json!({"chatflow_id": "flow-slow", "question": "Hi"}),
+            &[KEY],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let frames = common::frames(body).await;
+    let end = &frames.iter().find(|(e, _, _)| e == "end").unwrap().1;
+    assert_eq!(end["status"], "incomplete", "{end}");
+    assert_eq!(end["reason"], "lapsed");
+    assert_eq!(end["replayed"], true);
+    assert_eq!(end["credits"]["charged"], 100);
+    assert_eq!(app.flowise.received().len(), 1);
     drop(stream);
 }
 

@@ -108,7 +108,7 @@ async fn a_buffered_completion_is_a_prediction_paid_for_and_stored_under_the_key
     let usage = Behaviour::Answer {
         tokens: split_tokens(ANSWER),
         delay: Duration::ZERO,
-        usage: Some((10, 7)),
+        usage: Some((10, 12)),
         heartbeat: false,
     };
     app.add_flow("flow-u", usage, (2, 0.0, 1.0)).await;
@@ -130,10 +130,10 @@ async fn a_buffered_completion_is_a_prediction_paid_for_and_stored_under_the_key
     assert_eq!(answer["choices"][0]["finish_reason"], "stop");
     assert_eq!(
         answer["usage"],
-        json!({"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17})
+        json!({"prompt_tokens": 10, "completion_tokens": 12, "total_tokens": 22})
     );
-    assert_eq!(answer["credits"], json!({"charged": 9, "balance": 91}));
-    assert_eq!(app.balance("u1").await, 91);
+    assert_eq!(answer["credits"], json!({"charged": 14, "balance": 86}));
+    assert_eq!(app.balance("u1").await, 86);
 
     // Charged to u1 (not the `user` field), under the key; stored in u1's history.
     let spent: i64 = sqlx::query_scalar(
@@ -143,7 +143,7 @@ async fn a_buffered_completion_is_a_prediction_paid_for_and_stored_under_the_key
     .fetch_one(&app.pg.pool)
     .await
     .unwrap();
-    assert_eq!(spent, 9);
+    assert_eq!(spent, 14);
     let session = answer["session_id"].as_str().unwrap();
     let token = app.token("u1", Role::Enduser);
     let messages = app

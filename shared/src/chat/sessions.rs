@@ -124,10 +124,17 @@ pub struct MessageDoc {
     pub created_at: BsonTime,
 }
 
-/// The failure codes a message's `metadata.error` may hold; anything else
-/// (Flowise's own text, stored by older versions) is shown as
-/// `upstream_error`, so no upstream detail ever reaches a user.
-pub const FAILURE_CODES: &[&str] = &["upstream_error", "upstream_timeout", "client_disconnected"];
+/// The codes a message's `metadata.error` may hold (every
+/// `prediction::Failure`, a test checks); anything else (Flowise's own
+/// text, stored by older versions) is shown as `upstream_error`, so no
+/// upstream detail ever reaches a user.
+pub const FAILURE_CODES: &[&str] = &[
+    "upstream_error",
+    "upstream_timeout",
+    "client_disconnected",
+    "stopped",
+    "credits_exhausted",
+];
 
 /// A message as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -192,7 +192,7 @@ async fn insert_key(
     let inserted = sqlx::query!(
         "INSERT INTO idempotency_keys
             (user_id, key, endpoint, request_hash, status_code, response, state, reservation_id)
-         VALUES ($1, $2, $3, $4, 0, 'null'::jsonb, 'in_progress', $5) ON CONFLICT DO NOTHING",
+         VALUES ($1, $2, $3, $4, 0, 'null'::json, 'in_progress', $5) ON CONFLICT DO NOTHING",
         user.as_str(),
         key.key,
         endpoint,
@@ -239,6 +239,13 @@ pub async fn claim(
     lookup(tx, user, &key.key).await
 }
 
+/// An answer as the text the `json` column keeps. Sent as text, not as a
+/// JSON value: sqlx sends a value as `jsonb`, which refuses U+0000 before
+/// the column could take it.
+fn json_text(answer: &Value) -> String {
+    answer.to_string()
+}
+
 /// Phase two: stores the answer of a claimed key.
 pub async fn complete(
     tx: &mut Tx<'_>,
@@ -247,12 +254,12 @@ pub async fn complete(
     (status, body): &Answer,
 ) -> Result<(), LedgerError> {
     sqlx::query!(
-        "UPDATE idempotency_keys SET state = 'done', status_code = $3, response = $4
+        "UPDATE idempotency_keys SET state = 'done', status_code = $3, response = $4::text::json
           WHERE user_id = $1 AND key = $2",
         user.as_str(),
         key.key,
         status.as_u16() as i16,
-        body
+        json_text(body)
     )
     .execute(&mut **tx)
     .await?;
@@ -280,6 +287,25 @@ pub async fn release_for_reservation(
     sqlx::query!(
         "DELETE FROM idempotency_keys WHERE reservation_id = $1 AND state = 'in_progress'",
         reservation.as_str()
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Completes the in-progress key of a reservation the sweep charged (its
+/// prediction died after an answer may have gone out) with `answer`, so a
+/// retry replays it instead of paying a second time.
+pub async fn complete_for_reservation(
+    tx: &mut Tx<'_>,
+    reservation: &ReservationId,
+    answer: &Value,
+) -> Result<(), LedgerError> {
+    sqlx::query!(
+        "UPDATE idempotency_keys SET state = 'done', status_code = 200, response = $2::text::json
+          WHERE reservation_id = $1 AND state = 'in_progress'",
+        reservation.as_str(),
+        json_text(answer)
     )
     .execute(&mut **tx)
     .await?;

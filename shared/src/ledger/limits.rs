@@ -83,6 +83,29 @@ pub async fn check(
         .map(|limit| (limit - row.key_spent).max(0)))
 }
 
+/// What the API key `key` may still spend this calendar month (UTC): its
+/// monthly limit minus what it was charged by reservations made this
+/// month and what its open reservations hold; `None` for a key without a
+/// limit. Read under the account lock of the key's user, so no other
+/// reservation of the key changes meanwhile.
+pub async fn key_allowance(tx: &mut Tx<'_>, key: uuid::Uuid) -> Result<Option<i64>, LedgerError> {
+    let row = sqlx::query!(
+        r#"SELECT k.monthly_credit_limit,
+                  (SELECT COALESCE(SUM(CASE WHEN status = 'active' THEN reserved_credits
+                                            ELSE charged_credits END), 0)::bigint
+                     FROM streaming_sessions
+                    WHERE api_key_id = k.id
+                      AND (status = 'active'
+                           OR created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'))
+                    AS "spent!"
+             FROM api_keys k WHERE k.id = $1"#,
+        key
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.and_then(|r| r.monthly_credit_limit.map(|limit| (limit - r.spent).max(0))))
+}
+
 /// `user`'s own limits (per minute, at once): `None` where the default
 /// applies, or for a user the ledger has not seen.
 pub async fn user_limits(

@@ -269,39 +269,45 @@ pub async fn draw(
     Ok(())
 }
 
-/// Returns up to `amount` credits of the debit `debit_id` to the
-/// allocations it drew from, latest-expiring first (as if only the rest
-/// had been drawn), skipping allocations that have expired: credits are
-/// never revived. One statement: a running sum over the draws in refund
-/// order says how much each takes back; every draw records its refund,
-/// and only the live allocations get theirs. The caller holds the account
-/// lock. Returns how many credits went back.
+/// Returns up to `amount` credits of the debits `debit_ids` (a
+/// reservation's first hold and its top-ups) to the allocations they drew
+/// from, latest-expiring first (as if only the rest had been drawn),
+/// skipping allocations that have expired: credits are never revived. One
+/// statement: a running sum over the draws in refund order says how much
+/// each takes back; every draw records its refund, and only the live
+/// allocations get theirs. The caller holds the account lock. Returns how
+/// many credits went back.
 pub async fn refund_draws(
     tx: &mut Tx<'_>,
-    debit_id: Uuid,
+    debit_ids: &[Uuid],
     amount: i64,
 ) -> Result<i64, LedgerError> {
     let returned: Vec<i64> = sqlx::query_scalar!(
         r#"WITH refundable AS (
-               SELECT d.allocation_id, d.amount - d.refunded AS refundable,
+               SELECT d.transaction_id, d.allocation_id, d.amount - d.refunded AS refundable,
                       (a.expired_at IS NULL AND (a.expires_at IS NULL OR a.expires_at > now())) AS live,
                       (SUM(d.amount - d.refunded) OVER (
-                          ORDER BY a.expires_at DESC NULLS FIRST, a.allocated_at DESC, a.id DESC
+                          ORDER BY a.expires_at DESC NULLS FIRST, a.allocated_at DESC, a.id DESC,
+                                   d.transaction_id DESC
                       ))::bigint - (d.amount - d.refunded) AS before
                  FROM credit_draws d JOIN credit_allocations a ON a.id = d.allocation_id
-                WHERE d.transaction_id = $1 AND d.amount > d.refunded
+                WHERE d.transaction_id = ANY($1) AND d.amount > d.refunded
            ), given AS (
-               SELECT allocation_id, live, LEAST(refundable, $2 - before) AS give
+               SELECT transaction_id, allocation_id, live, LEAST(refundable, $2 - before) AS give
                  FROM refundable WHERE before < $2
            ), recorded AS (
                -- Expired: the share is forfeited, as it would have been unspent.
                UPDATE credit_draws d SET refunded = d.refunded + g.give
-                 FROM given g WHERE d.transaction_id = $1 AND d.allocation_id = g.allocation_id
+                 FROM given g
+                WHERE d.transaction_id = g.transaction_id AND d.allocation_id = g.allocation_id
+           ), per_allocation AS (
+               SELECT allocation_id, SUM(give)::bigint AS give FROM given WHERE live
+                GROUP BY allocation_id
            )
-           UPDATE credit_allocations a SET remaining = a.remaining + g.give
-             FROM given g WHERE a.id = g.allocation_id AND g.live
-           RETURNING g.give AS "give!""#,
-        debit_id,
+           UPDATE credit_allocations a SET remaining = a.remaining + p.give
+             FROM per_allocation p WHERE a.id = p.allocation_id
+           RETURNING p.give AS "give!""#,
+        debit_ids,
         amount
     )
     .fetch_all(&mut **tx)
@@ -368,15 +374,42 @@ pub enum Durability {
 /// (for [`Durability::Relaxed`], `SET LOCAL synchronous_commit` sent with
 /// the `BEGIN`, one round trip); the connection's setting is back to the
 /// server's when the transaction ends.
+///
+/// The `BEGIN` runs in a task of its own, so a request dropped while it is
+/// under way (a client that hangs up on `gateway-admin serve`) cannot
+/// leave the connection inside a transaction sqlx does not know of (sqlx
+/// 0.8 counts the transaction only once `BEGIN` has answered, and a
+/// connection handed back before that keeps the server's transaction
+/// open for the next request to join). The task finishes the `BEGIN`; if
+/// nobody waits for it any more, the transaction it made is dropped and
+/// rolled back as usual.
 pub async fn begin(
     pool: &sqlx::PgPool,
     durability: Durability,
 ) -> Result<Tx<'static>, LedgerError> {
-    Ok(match durability {
-        Durability::Flushed => pool.begin().await?,
-        Durability::Relaxed => {
-            pool.begin_with("BEGIN; SET LOCAL synchronous_commit TO off")
-                .await?
+    let pool = pool.clone();
+    let begun = tokio::spawn(async move {
+        match durability {
+            Durability::Flushed => pool.begin().await,
+            Durability::Relaxed => {
+                pool.begin_with("BEGIN; SET LOCAL synchronous_commit TO off")
+                    .await
+            }
         }
-    })
+    });
+    Ok(joined(begun.await)?)
+}
+
+/// Commits `tx` in a task of its own, so a request dropped meanwhile can
+/// neither leave it half-done nor leave the caller unsure whether it
+/// committed: it commits whole, or fails whole.
+pub async fn commit(tx: Tx<'static>) -> Result<(), LedgerError> {
+    Ok(joined(tokio::spawn(tx.commit()).await)?)
+}
+
+/// The result of a task that ran a database step.
+fn joined<T>(
+    result: Result<Result<T, sqlx::Error>, tokio::task::JoinError>,
+) -> Result<T, sqlx::Error> {
+    result.map_err(|e| sqlx::Error::Protocol(format!("a database step's task failed: {e}")))?
 }

@@ -91,6 +91,11 @@ pub struct SessionOutcome {
     /// `completed` or `aborted`.
     #[schema(value_type = crate::openapi::SettlementStatus)]
     pub status: String,
+    /// What a prediction's price came to beyond what its payer could pay
+    /// at settlement (never recorded as a shortfall: see
+    /// [`settle_prediction`]).
+    #[serde(skip)]
+    pub uncovered_credits: i64,
     /// False when this call found the session already settled.
     #[serde(skip)]
     pub settled_now: bool,
@@ -374,13 +379,70 @@ pub async fn settle_prediction(
         reservation = %id,
         status = %outcome.status,
         charge = charge.get(),
-        "a prediction found its reservation already settled; charging it by deduction"
+        swept = outcome.charged_credits,
+        "a prediction found its reservation already settled; correcting what it was charged"
     );
-    charge_late(tx, hold, charge).await
+    settle_late(tx, hold, charge, outcome.charged_credits).await
 }
 
-/// What a charge by plain deduction came to: taken, shortfall, and the
-/// balance after.
+/// The anomaly path of [`settle_prediction`]: the reservation was settled
+/// elsewhere (the sweep took a live call for a dead one), charging
+/// `already`. The answer's own price is what it pays: the difference is
+/// charged by a deduction (as far as the balance goes) or refunded to the
+/// allocations the hold drew from.
+async fn settle_late(
+    tx: &mut Tx<'_>,
+    hold: &PredictionHold<'_>,
+    charge: Charge,
+    already: i64,
+) -> Result<SessionOutcome, LedgerError> {
+    if charge.get() >= already {
+        return charge_late(tx, hold, Charge::capped(charge.get() - already), already).await;
+    }
+    let total = begin_change(tx, hold.user).await?;
+    let debits = sqlx::query_scalar!(
+        r#"SELECT array_remove(array_prepend(reservation_transaction_id, top_up_transaction_ids), NULL)
+                  AS "debits!"
+             FROM streaming_sessions WHERE session_id = $1"#,
+        hold.id.as_str()
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    let returned = refund_draws(tx, &debits, already - charge.get()).await?;
+    let after = total + returned;
+    if returned > 0 {
+        let meta = EntryMeta {
+            actor_id: Some("system"),
+            description: Some("prediction refunded what a settlement elsewhere overcharged"),
+            reservation_id: Some(hold.id.as_str()),
+            api_key_id: hold.api_key_id,
+            ..EntryMeta::default()
+        };
+        insert_entry(
+            tx,
+            hold.user,
+            EntryKind::Refund,
+            returned,
+            after,
+            None,
+            &meta,
+        )
+        .await?;
+    }
+    let status = sqlx::query_scalar!(
+        "UPDATE streaming_sessions
+            SET charged_credits = charged_credits - $2, refunded_credits = refunded_credits + $2
+          WHERE session_id = $1 RETURNING status",
+        hold.id.as_str(),
+        returned
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(deducted(hold.id, status, (already - returned, 0, after)))
+}
+
+/// What a charge by plain deduction came to: taken, what the balance
+/// could not cover, and the balance after.
 type Deducted = (i64, i64, i64);
 
 /// Takes `charge` from `user`'s balance by a plain deduction, as far as
@@ -396,11 +458,11 @@ async fn deduct_what_it_can(
     if taken > 0 {
         debit_locked(tx, user, total, taken, EntryKind::Deduction, meta).await?;
     }
-    let shortfall = charge.get() - taken;
-    if shortfall > 0 {
-        tracing::error!(user = %user, shortfall, "a prediction charged by deduction was short");
+    let uncovered = charge.get() - taken;
+    if uncovered > 0 {
+        tracing::error!(user = %user, uncovered, "a prediction charged by deduction was not covered");
     }
-    Ok((taken, shortfall, total - taken))
+    Ok((taken, uncovered, total - taken))
 }
 
 /// The outcome of reservation `id` charged by a plain deduction
@@ -408,14 +470,15 @@ async fn deduct_what_it_can(
 fn deducted(
     id: &ReservationId,
     status: String,
-    (taken, shortfall, after): Deducted,
+    (taken, uncovered, after): Deducted,
 ) -> SessionOutcome {
     SessionOutcome {
         session_id: id.clone(),
         charged_credits: taken,
         refunded_credits: 0,
-        shortfall_credits: shortfall,
+        shortfall_credits: 0,
         status,
+        uncovered_credits: uncovered,
         settled_now: false,
         balance_after: Some(after),
     }
@@ -445,12 +508,14 @@ async fn charge_without_reservation(
     Ok(deducted(hold.id, how.status().to_owned(), charged))
 }
 
-/// The anomaly path of [`settle_prediction`]: a deduction of `charge`
-/// (as far as the balance goes) added to the settled session's record.
+/// [`settle_late`] for an answer dearer than what was charged already: a
+/// deduction of the difference `charge` (as far as the balance goes)
+/// added to the settled reservation's record.
 async fn charge_late(
     tx: &mut Tx<'_>,
     hold: &PredictionHold<'_>,
     charge: Charge,
+    already: i64,
 ) -> Result<SessionOutcome, LedgerError> {
     let meta = EntryMeta {
         actor_id: Some("system"),
@@ -459,26 +524,30 @@ async fn charge_late(
         api_key_id: hold.api_key_id,
         ..EntryMeta::default()
     };
-    let charged = deduct_what_it_can(tx, hold.user, charge, &meta).await?;
-    let (taken, shortfall, _) = charged;
+    let (taken, uncovered, after) = deduct_what_it_can(tx, hold.user, charge, &meta).await?;
     let status = sqlx::query_scalar!(
-        "UPDATE streaming_sessions
-            SET charged_credits = charged_credits + $2, shortfall_credits = shortfall_credits + $3
+        "UPDATE streaming_sessions SET charged_credits = charged_credits + $2
           WHERE session_id = $1 RETURNING status",
         hold.id.as_str(),
-        taken,
-        shortfall
+        taken
     )
     .fetch_one(&mut **tx)
     .await?;
-    Ok(deducted(hold.id, status, charged))
+    Ok(deducted(
+        hold.id,
+        status,
+        (already + taken, uncovered, after),
+    ))
 }
 
 /// A reservation's row, locked.
 struct Held {
     user: UserId,
+    origin: String,
     reserved: i64,
-    reservation_entry: Option<Uuid>,
+    /// The entries that took the hold: the first, then its top-ups.
+    debits: Vec<Uuid>,
+    api_key_id: Option<Uuid>,
 }
 
 /// The reservation a settlement is for: its id, whose it must be (the
@@ -494,7 +563,8 @@ pub(crate) struct Target<'a> {
 /// another user's, or of another origin, changing nothing). Idempotent: a
 /// settled reservation returns its outcome. The steps: read the
 /// reservation, expire what is due, charge (refunding the rest, or
-/// charging the excess as far as the balance goes), record the outcome.
+/// charging the excess as far as the payer's means go), record the
+/// outcome.
 pub(crate) async fn settle_locked(
     tx: &mut Tx<'_>,
     target: &Target<'_>,
@@ -505,7 +575,8 @@ pub(crate) async fn settle_locked(
     let id = target.id;
     let row = sqlx::query!(
         "SELECT user_id, origin, reserved_credits, charged_credits, refunded_credits,
-                shortfall_credits, status, reservation_transaction_id, api_key_id
+                shortfall_credits, status, reservation_transaction_id, top_up_transaction_ids,
+                api_key_id
            FROM streaming_sessions WHERE session_id = $1 FOR UPDATE",
         id.as_str()
     )
@@ -523,14 +594,21 @@ pub(crate) async fn settle_locked(
             refunded_credits: row.refunded_credits.unwrap_or(0),
             shortfall_credits: row.shortfall_credits,
             status: row.status,
+            uncovered_credits: 0,
             settled_now: false,
             balance_after: None,
         });
     }
     let held = Held {
         user: UserId::stored(row.user_id),
+        origin: row.origin,
         reserved: row.reserved_credits,
-        reservation_entry: row.reservation_transaction_id,
+        debits: row
+            .reservation_transaction_id
+            .into_iter()
+            .chain(row.top_up_transaction_ids)
+            .collect(),
+        api_key_id: row.api_key_id,
     };
     let balance = begin_locked(tx, &held.user, target.locked).await?;
     let meta = EntryMeta {
@@ -544,12 +622,24 @@ pub(crate) async fn settle_locked(
     record_settlement(tx, id, how, charged).await
 }
 
-/// Charged, refunded, shortfall, and the spendable total after.
-type Charged = (i64, i64, i64, i64);
+/// What a settlement came to.
+struct Charged {
+    charged: i64,
+    refunded: i64,
+    /// A client reservation's excess over its balance, recorded.
+    shortfall: i64,
+    /// A prediction's excess over its payer's means, never recorded as
+    /// owed (see [`settle_prediction`]).
+    uncovered: i64,
+    /// The spendable total after.
+    after: i64,
+}
 
 /// Charges `charge` against the reservation: the rest goes back to the
 /// allocations it drew from, or the excess is debited as far as the
-/// `balance` goes and the remainder is the shortfall.
+/// `balance` (and, for a prediction made with an API key, the key's
+/// monthly allowance) goes. What remains is a client reservation's
+/// shortfall, or a prediction's uncovered part.
 async fn charge_reservation(
     tx: &mut Tx<'_>,
     held: &Held,
@@ -560,30 +650,54 @@ async fn charge_reservation(
     let user = &held.user;
     if charge > held.reserved {
         let excess = charge - held.reserved;
-        let extra = excess.min(balance);
+        let gateway = held.origin == Origin::Gateway.as_str();
+        let allowance = match held.api_key_id {
+            Some(key) if gateway => super::limits::key_allowance(tx, key).await?,
+            _ => None,
+        };
+        let extra = excess
+            .min(balance)
+            .min(allowance.unwrap_or(i64::MAX))
+            .max(0);
         if extra > 0 {
             debit_locked(tx, user, balance, extra, EntryKind::Settlement, meta).await?;
         }
-        return Ok((held.reserved + extra, 0, excess - extra, balance - extra));
+        let (shortfall, uncovered) = if gateway {
+            (0, excess - extra)
+        } else {
+            (excess - extra, 0)
+        };
+        return Ok(Charged {
+            charged: held.reserved + extra,
+            refunded: 0,
+            shortfall,
+            uncovered,
+            after: balance - extra,
+        });
     }
-    let returned = match held.reservation_entry {
-        Some(debit) if charge < held.reserved => {
-            refund_draws(tx, debit, held.reserved - charge).await?
-        }
-        _ => 0,
+    let returned = if charge < held.reserved && !held.debits.is_empty() {
+        refund_draws(tx, &held.debits, held.reserved - charge).await?
+    } else {
+        0
     };
     let after = balance + returned;
     if returned > 0 {
         insert_entry(tx, user, EntryKind::Refund, returned, after, None, meta).await?;
     }
-    Ok((charge, returned, 0, after))
+    Ok(Charged {
+        charged: charge,
+        refunded: returned,
+        shortfall: 0,
+        uncovered: 0,
+        after,
+    })
 }
 
 async fn record_settlement(
     tx: &mut Tx<'_>,
     id: &ReservationId,
     how: Settlement,
-    (charged, refunded, shortfall, after): Charged,
+    charged: Charged,
 ) -> Result<SessionOutcome, LedgerError> {
     sqlx::query!(
         "UPDATE streaming_sessions
@@ -592,24 +706,107 @@ async fn record_settlement(
           WHERE session_id = $1",
         id.as_str(),
         how.status(),
-        charged,
-        refunded,
-        shortfall
+        charged.charged,
+        charged.refunded,
+        charged.shortfall
     )
     .execute(&mut **tx)
     .await?;
-    if shortfall > 0 {
-        tracing::warn!(reservation = %id, shortfall, "a reservation cost more than the balance");
+    if charged.shortfall > 0 {
+        tracing::warn!(reservation = %id, shortfall = charged.shortfall, "a reservation cost more than the balance");
+    }
+    if charged.uncovered > 0 {
+        tracing::warn!(reservation = %id, uncovered = charged.uncovered, "a prediction's price passed its payer's means at settlement");
     }
     Ok(SessionOutcome {
         session_id: id.clone(),
-        charged_credits: charged,
-        refunded_credits: refunded,
-        shortfall_credits: shortfall,
+        charged_credits: charged.charged,
+        refunded_credits: charged.refunded,
+        shortfall_credits: charged.shortfall,
         status: how.status().to_owned(),
+        uncovered_credits: charged.uncovered,
         settled_now: true,
-        balance_after: Some(after),
+        balance_after: Some(charged.after),
     })
+}
+
+/// Tops up the gateway's reservation for a prediction by up to `wanted`
+/// credits, as far as the balance and the monthly allowance of the key it
+/// came with go: one short transaction under the account lock, which
+/// writes one `reservation` entry (listed on the reservation, so the
+/// settlement refunds from it too). Returns the hold after it, unchanged
+/// when the reservation is settled already or nothing was left to take.
+pub async fn top_up(
+    pool: &sqlx::PgPool,
+    hold: &PredictionHold<'_>,
+    wanted: i64,
+) -> Result<i64, LedgerError> {
+    let mut tx = super::primitives::begin(pool, super::Durability::Flushed).await?;
+    let total = begin_change(&mut tx, hold.user).await?;
+    let row = sqlx::query!(
+        "SELECT reserved_credits, status, api_key_id FROM streaming_sessions
+          WHERE session_id = $1 AND user_id = $2 AND origin = 'gateway' FOR UPDATE",
+        hold.id.as_str(),
+        hold.user.as_str()
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| LedgerError::NoReservation(hold.id.clone()))?;
+    let allowance = match row.api_key_id {
+        Some(key) => super::limits::key_allowance(&mut tx, key).await?,
+        None => None,
+    };
+    let take = wanted.min(total).min(allowance.unwrap_or(i64::MAX)).max(0);
+    if row.status != "active" || take == 0 {
+        tx.rollback().await?;
+        return Ok(row.reserved_credits);
+    }
+    let meta = EntryMeta {
+        actor_id: Some("system"),
+        description: Some("prediction hold topped up"),
+        reference: None,
+        reservation_id: Some(hold.id.as_str()),
+        api_key_id: row.api_key_id,
+        ..EntryMeta::default()
+    };
+    let kind = EntryKind::Reservation;
+    let (entry, _) = debit_locked(&mut tx, hold.user, total, take, kind, &meta).await?;
+    let reserved = sqlx::query_scalar!(
+        "UPDATE streaming_sessions
+            SET reserved_credits = reserved_credits + $2,
+                top_up_transaction_ids = array_append(top_up_transaction_ids, $3)
+          WHERE session_id = $1 RETURNING reserved_credits",
+        hold.id.as_str(),
+        take,
+        entry
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    super::primitives::commit(tx).await?;
+    Ok(reserved)
+}
+
+/// Records what a prediction's relay has delivered so far (its price in
+/// credits), so that the sweep charges it should the instance die; one
+/// statement outside any transaction. Answers whether its owner asked it
+/// to stop (the relay's regular check, in the same round trip).
+pub async fn record_progress(
+    pool: &sqlx::PgPool,
+    id: &ReservationId,
+    delivered: i64,
+) -> Result<bool, LedgerError> {
+    Ok(sqlx::query_scalar!(
+        r#"UPDATE streaming_sessions
+              SET delivered_credits = GREATEST(COALESCE(delivered_credits, 0), $2),
+                  progress_at = now()
+            WHERE session_id = $1 AND status = 'active'
+        RETURNING stop_requested_at IS NOT NULL AS "stop!""#,
+        id.as_str(),
+        delivered
+    )
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or(false))
 }
 
 /// Active reservations: the user's, or everyone's when `user` is `None`;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::idempotency::{purge_old_keys, release_for_reservation};
-use super::primitives::{expire_due, try_lock_account};
+use super::idempotency::{complete_for_reservation, purge_old_keys, release_for_reservation};
+use super::primitives::{begin, commit, expire_due, try_lock_account, Durability, Tx};
 use super::reservations::{settle_locked, Settlement, Target};
 use super::types::{Charge, LedgerError};
 use crate::ids::{ReservationId, UserId};
@@ -88,9 +88,11 @@ async fn expire_due_users(
     }
 }
 
-/// Settles, as aborts charging nothing, the reservations active for longer
-/// than `ttl`, and frees the in-progress idempotency key of each (its
-/// prediction died before settling, and was charged nothing).
+/// Settles the reservations active for longer than `ttl`, whose
+/// prediction or client died before settling ([`lapsed_charge`] says what
+/// each pays), and frees the in-progress idempotency key of each that
+/// charged nothing (a retry may then run anew); the key of one that was
+/// charged keeps a replay of what is known of it.
 async fn settle_stale_reservations(
     pool: &PgPool,
     ttl: Duration,
@@ -116,24 +118,88 @@ async fn settle_stale_reservations(
         for reservation in stale {
             let id = ReservationId::stored(reservation.session_id);
             let user = UserId::stored(reservation.user_id);
-            let mut tx = pool.begin().await?;
-            let Some(locked) = try_lock_account(&mut tx, &user).await? else {
-                continue;
-            };
-            let how = Settlement::Abort;
-            let target = Target {
-                id: &id,
-                owner: &user,
-                locked,
-                origin: None,
-            };
-            let outcome = settle_locked(&mut tx, &target, how, Charge::ZERO, "system").await?;
-            release_for_reservation(&mut tx, &id).await?;
-            tx.commit().await?;
-            if outcome.settled_now {
+            if settle_lapsed(pool, &id, &user).await? {
                 report.settled_reservations += 1;
             }
         }
         after = last;
     }
+}
+
+/// Settles one lapsed reservation in its own transaction (skipped when
+/// another holds its account); whether this call settled it.
+async fn settle_lapsed(
+    pool: &PgPool,
+    id: &ReservationId,
+    user: &UserId,
+) -> Result<bool, LedgerError> {
+    let mut tx = begin(pool, Durability::Flushed).await?;
+    let Some(locked) = try_lock_account(&mut tx, user).await? else {
+        return Ok(false);
+    };
+    let charge = lapsed_charge(&mut tx, id).await?;
+    let target = Target {
+        id,
+        owner: user,
+        locked,
+        origin: None,
+    };
+    let how = Settlement::Abort;
+    let outcome = settle_locked(&mut tx, &target, how, charge, "system").await?;
+    if outcome.settled_now && outcome.charged_credits > 0 {
+        let lapsed = lapsed_answer(&mut tx, id, outcome.charged_credits).await?;
+        complete_for_reservation(&mut tx, id, &lapsed).await?;
+    } else {
+        release_for_reservation(&mut tx, id).await?;
+    }
+    commit(tx).await?;
+    Ok(outcome.settled_now)
+}
+
+/// What a lapsed reservation pays, read under its account's lock (so no
+/// top-up changes it meanwhile). A client's reservation: nothing (its
+/// client never said what it used). The gateway's, for a prediction whose
+/// instance died or was cut off: what its relay last recorded as
+/// delivered, or, when it recorded nothing, the whole hold: the
+/// reservation is committed just before Flowise is called, so an answer
+/// may have gone out, and what went out is never given away.
+async fn lapsed_charge(tx: &mut Tx<'_>, id: &ReservationId) -> Result<Charge, LedgerError> {
+    let row = sqlx::query!(
+        "SELECT origin, reserved_credits, delivered_credits FROM streaming_sessions
+          WHERE session_id = $1",
+        id.as_str()
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    if row.origin != "gateway" {
+        return Ok(Charge::ZERO);
+    }
+    let due = row.delivered_credits.unwrap_or(row.reserved_credits);
+    Ok(Charge::capped(due.min(row.reserved_credits)))
+}
+
+/// The replay a lapsed prediction's `Idempotency-Key` keeps: no text (the
+/// instance that had it died), `incomplete`, with what it was charged.
+async fn lapsed_answer(
+    tx: &mut Tx<'_>,
+    id: &ReservationId,
+    charged: i64,
+) -> Result<serde_json::Value, LedgerError> {
+    let session = sqlx::query_scalar!(
+        "SELECT t.reference FROM streaming_sessions s
+           JOIN credit_transactions t ON t.id = s.reservation_transaction_id
+          WHERE s.session_id = $1",
+        id.as_str()
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .flatten();
+    Ok(serde_json::json!({
+        "session_id": session.unwrap_or_default(),
+        "message_id": id.as_str(),
+        "text": "",
+        "status": "incomplete",
+        "reason": "lapsed",
+        "credits": {"charged": charged, "balance": null},
+    }))
 }

@@ -12,6 +12,7 @@
 //! twice. Reads that do not depend on each other run concurrently, and so
 //! do the settlement and the history writes, all before the answer.
 
+pub mod meter;
 pub mod state;
 pub mod stream;
 
@@ -26,7 +27,7 @@ use crate::chat::chatflows;
 use crate::chat::files::{self, CheckedUpload};
 use crate::chat::sessions::{self, NewMessage, SessionDoc};
 use crate::error::{from_json_value, ApiError};
-use crate::flowise::{FlowiseError, Prediction, PredictionRequest, ReportedUsage, TokenUsage};
+use crate::flowise::{FlowiseError, Prediction, PredictionRequest, TokenUsage};
 use crate::ids::{ChatSessionId, ChatflowId, ReservationId, UserId};
 use crate::ledger::accounts::lock_from_claims;
 use crate::ledger::idempotency::{self, RequestKey, StoredKey};
@@ -37,15 +38,9 @@ use crate::ledger::{Charge, Credits, Durability, EntryMeta};
 use crate::pricing::{self, estimate_tokens, PricingRule};
 use crate::token::AuthUser;
 
+pub use meter::{Meter, HOLD_STEP_TOKENS};
 pub use state::{PredictConfig, PredictState};
 
-/// Output tokens assumed when reserving, before the answer's length is
-/// known. The reservation is the cost with this many output tokens, capped
-/// at the user's balance as long as the balance covers the known part
-/// (`perRequest` and the input); the settlement charges the actual cost,
-/// and an excess over the reservation as far as the balance goes (the rest
-/// is recorded as a shortfall).
-pub const RESERVE_OUTPUT_TOKENS: i64 = 1_000;
 /// The longest question accepted, in characters.
 pub const MAX_QUESTION_CHARS: usize = 100_000;
 /// The most `history` items accepted.
@@ -181,6 +176,9 @@ pub enum Failure {
     /// The owner asked the answer to stop (`POST
     /// /api/v1/chat/predict/{message_id}/stop`).
     Stopped,
+    /// The payer's means were spent: the answer ended at the last
+    /// character they paid for.
+    CreditsExhausted,
 }
 
 impl Failure {
@@ -191,6 +189,7 @@ impl Failure {
             Failure::UpstreamTimeout => "upstream_timeout",
             Failure::ClientDisconnected => "client_disconnected",
             Failure::Stopped => "stopped",
+            Failure::CreditsExhausted => "credits_exhausted",
         }
     }
 
@@ -203,6 +202,15 @@ impl Failure {
         }
     }
 }
+
+/// Every [`Failure`], for the checks that each is known where it is shown.
+pub const FAILURES: [Failure; 5] = [
+    Failure::UpstreamError,
+    Failure::UpstreamTimeout,
+    Failure::ClientDisconnected,
+    Failure::Stopped,
+    Failure::CreditsExhausted,
+];
 
 /// Steps (1)–(3) done: what the call and the settlement need.
 pub struct Prepared {
@@ -230,8 +238,43 @@ pub struct Prepared {
     pub key: Option<RequestKey>,
     /// The API key the prediction came with.
     pub api_key_id: Option<uuid::Uuid>,
+    /// Credits held for the answer when it was reserved.
+    pub held: i64,
     /// When the work started.
     pub started: Instant,
+}
+
+impl Prepared {
+    /// A meter of the answer, starting from the hold reserved for it.
+    pub fn meter(&self) -> Meter {
+        Meter::new(self.rule.clone(), self.input_tokens, self.held)
+    }
+
+    /// The reservation as its settlement and its top-ups name it.
+    pub fn hold(&self) -> PredictionHold<'_> {
+        PredictionHold {
+            id: &self.message_id,
+            user: &self.user_id,
+            chatflow: &self.chatflow_id,
+            api_key_id: self.api_key_id,
+        }
+    }
+
+    /// Tops up the answer's hold by `asked` credits, as far as the payer's
+    /// means go, and tells `meter` (a failed top-up is logged and changes
+    /// nothing: the answer then ends where the hold does).
+    pub async fn top_up(&self, state: &PredictState, meter: &mut Meter, asked: i64) {
+        if asked <= 0 {
+            return;
+        }
+        match reservations::top_up(&state.pg, &self.hold(), asked).await {
+            Ok(held) => meter.topped_up(held, asked),
+            Err(err) => {
+                tracing::warn!(error = %err, message_id = %self.message_id, "a prediction's hold could not be topped up");
+                meter.topped_up(meter.held(), asked);
+            }
+        }
+    }
 }
 
 /// The tokens a prediction was priced on, as its answer reports them
@@ -282,6 +325,15 @@ pub struct PredictionAnswer {
     /// were reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<AnswerUsage>,
+    /// Why an `incomplete` answer ended early: `credits_exhausted`,
+    /// `stopped`, `upstream_error`, `upstream_timeout`,
+    /// `client_disconnected` (or `lapsed`, replayed for an answer whose
+    /// instance died).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// True when the answer was cut to what its payer could pay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// How [`prepare`] went: ready for Flowise, or the stored answer of an
@@ -411,7 +463,7 @@ pub async fn prepare(
     let input_tokens = input_tokens(&body, &uploads);
     let meta = reservation_meta(user, request_id, &session);
     let (chatflow, rate) = (&body.chatflow_id, &state.limits.rate);
-    let rule = reserve(
+    let (rule, held) = reserve(
         opened,
         (user, &message_id),
         chatflow,
@@ -434,6 +486,7 @@ pub async fn prepare(
         file_ids,
         key,
         api_key_id: user.key.as_ref().map(|k| k.id),
+        held,
         started,
     })))
 }
@@ -581,13 +634,14 @@ fn input_tokens(body: &PredictBody, uploads: &[CheckedUpload]) -> i64 {
 }
 
 /// What step (3) reserves: the known part of the price (the request and
-/// the input), and the price with [`RESERVE_OUTPUT_TOKENS`] of output.
+/// the input), and the price with [`HOLD_STEP_TOKENS`] of output (the
+/// relay tops the hold up as the answer grows, [`Meter`]).
 fn reservation_amounts(
     rule: &PricingRule,
     input_tokens: i64,
 ) -> Result<(Credits, Credits), ApiError> {
     let minimum = rule.cost(input_tokens, 0).credits.max(1);
-    let wanted = rule.cost(input_tokens, RESERVE_OUTPUT_TOKENS).credits;
+    let wanted = rule.cost(input_tokens, HOLD_STEP_TOKENS).credits;
     Ok((
         Credits::parse("estimatedCredits", minimum)?,
         Credits::parse("estimatedCredits", wanted.max(minimum))?,
@@ -665,7 +719,8 @@ async fn refuse<T>(tx: crate::ledger::Tx<'static>, refused: ApiError) -> Result<
 /// a disabled account, 429 past a rate limit), reserves the price of
 /// `input_tokens` as the gateway's (402 when the balance or the key's
 /// allowance does not cover the known part of the price), and commits; a
-/// refusal rolls back at once. Returns the rule applied.
+/// refusal rolls back at once. Returns the rule applied and the credits
+/// held.
 async fn reserve(
     opened: Opened,
     (user, message_id): (&AuthUser, &ReservationId),
@@ -673,7 +728,7 @@ async fn reserve(
     input_tokens: i64,
     rate: &crate::config::RateLimits,
     meta: &EntryMeta<'_>,
-) -> Result<PricingRule, ApiError> {
+) -> Result<(PricingRule, i64), ApiError> {
     let Opened { mut tx, rule } = opened;
     let user_id = user.user_id();
     let reserved = async {
@@ -682,15 +737,16 @@ async fn reserve(
         let key = user.key.as_ref();
         let allowance = limits::check(&mut tx, &user_id, &account, rate, key).await?;
         let account = (&user_id, account.locked, allowance);
-        reservations::reserve_prediction(&mut tx, account, message_id, chatflow, amounts, meta)
-            .await?;
-        Ok::<_, ApiError>(())
+        let reservation =
+            reservations::reserve_prediction(&mut tx, account, message_id, chatflow, amounts, meta)
+                .await?;
+        Ok::<_, ApiError>(reservation.reserved_credits)
     }
     .await;
     match reserved {
-        Ok(()) => {
-            tx.commit().await?;
-            Ok(rule)
+        Ok(held) => {
+            crate::ledger::primitives::commit(tx).await?;
+            Ok((rule, held))
         }
         Err(refused) => refuse(tx, refused).await,
     }
@@ -710,69 +766,46 @@ pub struct Outcome {
     pub source_documents: Option<Value>,
     /// Tools, when Flowise gave them.
     pub used_tools: Option<Value>,
-    /// Why it failed, when it did.
+    /// Why it ended early, when it did.
     pub failure: Option<Failure>,
 }
 
 impl Outcome {
-    /// A full answer, priced by the rule on the reported tokens; a side
-    /// Flowise did not report is estimated.
-    pub fn answered(prepared: &Prepared, prediction: Prediction) -> Outcome {
-        let estimate = TokenUsage {
-            input: prepared.input_tokens,
-            output: estimate_tokens(&prediction.text),
-        };
-        let tokens = prediction.usage.unwrap_or_default().or_estimate(estimate);
-        Outcome {
-            charge: Charge::capped(prepared.rule.cost(tokens.input, tokens.output).credits),
-            text: prediction.text,
-            complete: true,
-            tokens,
-            source_documents: prediction.source_documents,
-            used_tools: prediction.used_tools,
-            failure: None,
-        }
-    }
-
-    /// A stream cut short after `text` was delivered: `perRequest` plus the
-    /// delivered output tokens, nothing when nothing was delivered.
-    pub fn cut_short(prepared: &Prepared, text: String, failure: Failure) -> Outcome {
-        let output = estimate_tokens(&text);
-        let charge = if text.is_empty() {
-            Charge::ZERO
-        } else {
-            Charge::capped(prepared.rule.cost(0, output).credits)
+    /// The answer `text` as `meter` priced it, ended by `failure` (none:
+    /// complete). What it pays:
+    /// - complete, or cut where the payer's means ended: `perRequest`, the
+    ///   input and the output delivered, each side the larger of Flowise's
+    ///   count and the estimate;
+    /// - stopped by its owner: the same, even when nothing was delivered
+    ///   yet (stopping is a choice, not a failure);
+    /// - cut short by a failure (an `error` event, a timeout, a client
+    ///   gone): the same once Flowise began to answer (the input was
+    ///   consumed), nothing before.
+    pub fn metered(meter: &Meter, text: String, failure: Option<Failure>) -> Outcome {
+        let pays = match failure {
+            None | Some(Failure::Stopped | Failure::CreditsExhausted) => true,
+            Some(_) => meter.started(),
         };
         Outcome {
-            text,
-            complete: false,
-            charge,
-            tokens: TokenUsage {
-                input: prepared.input_tokens,
-                output,
+            charge: if pays {
+                Charge::capped(meter.cost())
+            } else {
+                Charge::ZERO
             },
+            tokens: meter.tokens(),
+            complete: failure.is_none(),
+            text,
             source_documents: None,
             used_tools: None,
-            failure: Some(failure),
+            failure,
         }
     }
 
-    /// An answer its owner stopped after `text` was delivered: stopping is
-    /// the owner's choice, not a failure, so it pays `perRequest`, the
-    /// input (Flowise's count when it reported one, else the estimate) and
-    /// the delivered output, even when nothing was delivered yet.
-    pub fn stopped(prepared: &Prepared, text: String, reported: Option<ReportedUsage>) -> Outcome {
-        let output = estimate_tokens(&text);
-        let estimate = TokenUsage {
-            input: prepared.input_tokens,
-            output,
-        };
-        let input = reported.unwrap_or_default().or_estimate(estimate).input;
-        Outcome {
-            charge: Charge::capped(prepared.rule.cost(input, output).credits),
-            tokens: TokenUsage { input, output },
-            ..Outcome::cut_short(prepared, text, Failure::Stopped)
-        }
+    /// With the sources and tools Flowise gave.
+    pub fn with_extras(mut self, sources: Option<Value>, tools: Option<Value>) -> Outcome {
+        self.source_documents = sources;
+        self.used_tools = tools;
+        self
     }
 
     fn status(&self) -> &'static str {
@@ -804,11 +837,13 @@ impl Prepared {
                 input_tokens: outcome.tokens.input,
                 output_tokens: outcome.tokens.output,
             }),
+            reason: outcome.failure.map(|f| f.as_str().to_owned()),
+            truncated: outcome.failure == Some(Failure::CreditsExhausted),
         }
     }
 
     fn usage_metadata(&self, outcome: &Outcome, latency_ms: i64) -> Value {
-        let status = match (outcome.complete, outcome.text.is_empty()) {
+        let status = match (outcome.complete, outcome.charge == Charge::ZERO) {
             (true, _) => "complete",
             (false, true) => "failed",
             (false, false) => "incomplete",
@@ -862,7 +897,8 @@ pub async fn finish(
     settled
 }
 
-/// The settlement transaction of [`finish`].
+/// The settlement transaction of [`finish`]: the charge, then what goes
+/// with it ([`record_beside_charge`]), which can never undo it.
 async fn settle(
     state: &PredictState,
     prepared: &Prepared,
@@ -874,31 +910,108 @@ async fn settle(
     } else {
         Settlement::Abort
     };
-    let user = &prepared.user_id;
-    let hold = PredictionHold {
-        id: &prepared.message_id,
-        user,
-        chatflow: &prepared.chatflow_id,
-        api_key_id: prepared.api_key_id,
-    };
-    let mut tx = state.pg.begin().await?;
+    let hold = prepared.hold();
+    let mut tx = crate::ledger::primitives::begin(&state.pg, Durability::Flushed).await?;
     let settled = reservations::settle_prediction(&mut tx, &hold, how, outcome.charge).await?;
-    let metadata = prepared.usage_metadata(outcome, latency_ms);
     let charged = settled.charged_credits;
-    let flow = prepared.chatflow_id.as_str();
-    let key = prepared.api_key_id;
-    crate::usage::record_usage(&mut tx, user, "chat", flow, charged, metadata, key).await?;
     let answer = prepared.answer(outcome, charged, settled.balance_after);
-    if let Some(key) = &prepared.key {
-        if outcome.failure.is_some() && charged == 0 {
-            idempotency::release(&mut tx, user, key).await?;
+    let mut usage = prepared.usage_metadata(outcome, latency_ms);
+    if settled.uncovered_credits > 0 {
+        // Flowise's count priced the answer past what its payer could pay.
+        usage["uncovered_credits"] = json!(settled.uncovered_credits);
+    }
+    let beside = Beside {
+        prepared,
+        usage,
+        charged,
+        // A failure that charged nothing frees its key for a retry.
+        release_key: outcome.failure.is_some() && charged == 0,
+        answer: &answer,
+    };
+    record_beside_charge(&mut tx, &beside).await;
+    crate::ledger::primitives::commit(tx).await?;
+    Ok(answer)
+}
+
+/// What a settlement writes beside its charge: the usage record and the
+/// `Idempotency-Key`'s replay (or its release).
+struct Beside<'a> {
+    prepared: &'a Prepared,
+    usage: Value,
+    charged: i64,
+    release_key: bool,
+    answer: &'a PredictionAnswer,
+}
+
+impl Beside<'_> {
+    async fn usage(&self, tx: &mut crate::ledger::Tx<'_>) -> Result<(), ApiError> {
+        let p = self.prepared;
+        let (user, flow, key) = (&p.user_id, p.chatflow_id.as_str(), p.api_key_id);
+        let metadata = self.usage.clone();
+        crate::usage::record_usage(tx, user, "chat", flow, self.charged, metadata, key).await?;
+        Ok(())
+    }
+
+    async fn key(&self, tx: &mut crate::ledger::Tx<'_>) -> Result<(), ApiError> {
+        let (user, Some(key)) = (&self.prepared.user_id, &self.prepared.key) else {
+            return Ok(());
+        };
+        if self.release_key {
+            idempotency::release(tx, user, key).await?;
         } else {
-            let stored = (axum::http::StatusCode::OK, json!(answer));
-            idempotency::complete(&mut tx, user, key, &stored).await?;
+            let stored = (axum::http::StatusCode::OK, json!(self.answer));
+            idempotency::complete(tx, user, key, &stored).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `beside` in a savepoint of the settlement's transaction, so that
+/// nothing it does (an answer the store refuses, a record that breaks a
+/// constraint) can roll the charge back with it: the charge commits on its
+/// own footing. Should the savepoint fail, each write is tried once more
+/// in a savepoint of its own, and one that fails again is logged at error
+/// as degraded (the answer is paid for and returned all the same; a key
+/// left claimed answers 409 `idempotency_in_progress` until it is purged,
+/// never a second run).
+async fn record_beside_charge(tx: &mut crate::ledger::Tx<'_>, beside: &Beside<'_>) {
+    let both = in_savepoint(tx, |sp| {
+        Box::pin(async move {
+            beside.usage(sp).await?;
+            beside.key(sp).await
+        })
+    });
+    let Err(first) = both.await else { return };
+    tracing::warn!(error = %first, message_id = %beside.prepared.message_id, "a settlement's records failed beside its charge; retrying them one by one");
+    let usage = in_savepoint(tx, |sp| Box::pin(beside.usage(sp))).await;
+    if let Err(err) = usage {
+        tracing::error!(error = %err, message_id = %beside.prepared.message_id, degraded = "usage", "a paid answer's usage record could not be written");
+    }
+    let key = in_savepoint(tx, |sp| Box::pin(beside.key(sp))).await;
+    if let Err(err) = key {
+        tracing::error!(error = %err, message_id = %beside.prepared.message_id, degraded = "replay", "a paid answer's Idempotency-Key could not be completed");
+    }
+}
+
+/// Runs `write` in a savepoint of `tx`: released when it succeeds, rolled
+/// back to (leaving `tx` usable) when it fails.
+async fn in_savepoint<'t, F>(tx: &'t mut crate::ledger::Tx<'_>, write: F) -> Result<(), ApiError>
+where
+    F: for<'s> FnOnce(
+        &'s mut crate::ledger::Tx<'t>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send + 's>,
+    >,
+{
+    use sqlx::Acquire;
+    let mut savepoint = tx.begin().await?;
+    match write(&mut savepoint).await {
+        Ok(()) => Ok(savepoint.commit().await?),
+        Err(err) => {
+            savepoint.rollback().await?;
+            Err(err)
         }
     }
-    tx.commit().await?;
-    Ok(answer)
 }
 
 /// The history of a prediction: the session (when new), the files it
@@ -950,7 +1063,7 @@ fn answer_metadata(outcome: &Outcome, latency_ms: i64) -> bson::Document {
         ("usedTools", &outcome.used_tools),
     ] {
         if let Some(value) = value {
-            metadata.insert(key, bson::to_bson(value).unwrap_or(bson::Bson::Null));
+            metadata.insert(key, storable(value));
         }
     }
     if let Some(failure) = outcome.failure {
@@ -959,11 +1072,28 @@ fn answer_metadata(outcome: &Outcome, latency_ms: i64) -> bson::Document {
     metadata
 }
 
+/// `value` as MongoDB stores it. BSON keeps any text in a string, U+0000
+/// included, but a key is NUL-terminated: a NUL in a key (a source's
+/// metadata quoting a web page) becomes U+FFFD there, so the history is
+/// never refused for it.
+fn storable(value: &Value) -> bson::Bson {
+    match value {
+        Value::Object(map) => bson::Bson::Document(
+            map.iter()
+                .map(|(k, v)| (k.replace('\0', "\u{FFFD}"), storable(v)))
+                .collect(),
+        ),
+        Value::Array(items) => bson::Bson::Array(items.iter().map(storable).collect()),
+        other => bson::to_bson(other).unwrap_or(bson::Bson::Null),
+    }
+}
+
 /// Releases the whole reservation after Flowise failed before answering
 /// (the user pays nothing, the `Idempotency-Key` is freed) and records the
 /// failure; returns the error to answer with (502, or 504 for a timeout).
 pub async fn fail(state: &PredictState, prepared: &Prepared, error: FlowiseError) -> ApiError {
-    let outcome = Outcome::cut_short(prepared, String::new(), Failure::of(&error));
+    let failure = Some(Failure::of(&error));
+    let outcome = Outcome::metered(&prepared.meter(), String::new(), failure);
     if let Err(settle_error) = finish(state, prepared, &outcome).await {
         tracing::error!(error = %settle_error, "a failed prediction could not be settled; the expiry job will release it");
     }
@@ -980,9 +1110,49 @@ pub async fn answer_buffered(
 ) -> Result<PredictionAnswer, ApiError> {
     let flow = prepared.chatflow_id.as_str();
     match state.flowise.predict(flow, &prepared.request, budget).await {
-        Ok(answer) => finish(state, prepared, &Outcome::answered(prepared, answer)).await,
+        Ok(answer) => {
+            let outcome = buffered_outcome(state, prepared, answer).await;
+            finish(state, prepared, &outcome).await
+        }
         Err(e) => Err(fail(state, prepared, e).await),
     }
+}
+
+/// A whole answer, priced. When its price passes the hold, the hold is
+/// topped up as far as the payer's means go; an answer they still cannot
+/// pay for is cut to the part they can (`credits_exhausted`, `truncated`),
+/// and charged for that part.
+async fn buffered_outcome(
+    state: &PredictState,
+    prepared: &Prepared,
+    answer: Prediction,
+) -> Outcome {
+    let Prediction {
+        text,
+        source_documents,
+        used_tools,
+        usage,
+    } = answer;
+    let reported = usage.unwrap_or_default();
+    let mut meter = prepared.meter();
+    meter.start();
+    let mut whole = meter.clone();
+    whole.report(reported);
+    whole.deliver(&text);
+    if whole.cost() > whole.held() {
+        prepared
+            .top_up(state, &mut meter, whole.cost() - whole.held())
+            .await;
+        whole.topped_up(meter.held(), 0);
+    }
+    let outcome = if whole.cost() <= whole.held() {
+        Outcome::metered(&whole, text, None)
+    } else {
+        let (cut, part) = meter.fit_whole(&text, reported);
+        let delivered = text[..cut].to_owned();
+        Outcome::metered(&part, delivered, Some(Failure::CreditsExhausted))
+    };
+    outcome.with_extras(source_documents, used_tools)
 }
 
 #[cfg(test)]

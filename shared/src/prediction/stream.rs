@@ -5,8 +5,9 @@
 
 use serde_json::{json, Value};
 
-use super::{finish, Failure, Outcome, PredictState, PredictionAnswer, Prepared};
+use super::{finish, Failure, Meter, Outcome, PredictState, PredictionAnswer, Prepared};
 use crate::flowise::{FlowiseError, Prediction, ReportedUsage, StreamEvent};
+use crate::ledger::reservations;
 
 /// One outgoing SSE frame: `event: <name>\ndata: <json>\n\n`.
 pub fn sse_frame(event: &str, data: &Value) -> bytes::Bytes {
@@ -20,8 +21,16 @@ fn session_frame(session_id: &str, message_id: &str) -> bytes::Bytes {
     )
 }
 
+/// `end`: the status, why an incomplete answer ended (`reason`), whether
+/// it was cut to what its payer could pay (`truncated`), the credits.
 fn end_frame(answer: &PredictionAnswer, replayed: bool) -> bytes::Bytes {
     let mut data = json!({"status": answer.status, "credits": answer.credits});
+    if let Some(reason) = &answer.reason {
+        data["reason"] = json!(reason);
+    }
+    if answer.truncated {
+        data["truncated"] = json!(true);
+    }
     if replayed {
         data["replayed"] = json!(true);
     }
@@ -81,66 +90,24 @@ pub fn events_of_json(answer: Prediction) -> Vec<StreamEvent> {
 /// internals) are consumed here.
 const RELAYED: &[&str] = &["start", "token", "metadata", "sourceDocuments", "usedTools"];
 
-/// What a stream delivered so far.
-#[derive(Default)]
+/// What a stream delivered so far, and how it ended.
 struct Relayed {
+    meter: Meter,
     text: String,
-    usage: ReportedUsage,
-    reported: bool,
     sources: Option<Value>,
     tools: Option<Value>,
     failure: Option<Failure>,
-    client_gone: bool,
+    done: bool,
 }
 
 impl Relayed {
-    /// Takes one event in; returns whether the stream is over.
-    fn take(&mut self, event: &StreamEvent) -> bool {
-        match event.event.as_str() {
-            "end" => return true,
-            // One report per LLM call of the flow: every one counts.
-            "usageMetadata" => {
-                if let Some(report) = ReportedUsage::from_value(&event.data) {
-                    self.usage = self.usage.plus(report);
-                    self.reported = true;
-                }
-            }
-            // `start` carries the first token, which the first `token`
-            // repeats (Flowise's handleLLMNewToken sends both).
-            "token" => {
-                if let Some(piece) = event.data.as_str() {
-                    self.text.push_str(piece);
-                }
-            }
-            "sourceDocuments" => self.sources = Some(event.data.clone()),
-            "usedTools" => self.tools = Some(event.data.clone()),
-            "error" => {
-                tracing::warn!(error = %event.data, "Flowise reported an error inside the stream");
-                self.failure = Some(Failure::UpstreamError);
-            }
-            _ => {}
-        }
-        false
+    fn outcome(self) -> Outcome {
+        Outcome::metered(&self.meter, self.text, self.failure).with_extras(self.sources, self.tools)
     }
 
-    fn outcome(self, prepared: &Prepared) -> Outcome {
-        match (self.failure, self.client_gone) {
-            (None, false) => Outcome::answered(
-                prepared,
-                Prediction {
-                    text: self.text,
-                    source_documents: self.sources,
-                    used_tools: self.tools,
-                    usage: self.reported.then_some(self.usage),
-                },
-            ),
-            (Some(Failure::Stopped), _) => {
-                let reported = self.reported.then_some(self.usage);
-                Outcome::stopped(prepared, self.text, reported)
-            }
-            (Some(failure), _) => Outcome::cut_short(prepared, self.text, failure),
-            (None, true) => Outcome::cut_short(prepared, self.text, Failure::ClientDisconnected),
-        }
+    fn end(&mut self, failure: Option<Failure>) {
+        self.failure = self.failure.or(failure);
+        self.done = true;
     }
 }
 
@@ -155,17 +122,15 @@ pub fn public_stream_error(failure: Failure) -> &'static str {
 /// How a stream's frames are written: the gateway's own events
 /// ([`Frames`]) or another wire format (the OpenAI API's chunks). The
 /// relay, the pricing and the settlement are the same for all of them.
-pub trait Wire: Send + 'static {
+pub trait Wire: Send + Sync + 'static {
     /// The frames sent before Flowise's first event.
     fn opening(&mut self) -> Vec<bytes::Bytes>;
     /// The frame relaying one of Flowise's events, if it is relayed.
     fn event(&mut self, event: &StreamEvent) -> Option<bytes::Bytes>;
     /// The frame telling of a stream from Flowise that broke off.
     fn broke(&mut self, failure: Failure) -> Option<bytes::Bytes>;
-    /// The owner asked the answer to stop (it closes as settled).
-    fn stopped(&mut self) {}
-    /// The last frames: the settled answer, or the message of a settlement
-    /// that failed.
+    /// The last frames: the settled answer (its `reason` says why one that
+    /// is incomplete ended), or the message of a settlement that failed.
     fn closing(&mut self, settled: Result<&PredictionAnswer, &str>) -> Vec<bytes::Bytes>;
 }
 
@@ -217,11 +182,146 @@ impl Wire for Frames {
 /// How often a running stream reads whether its owner asked it to stop.
 pub const STOP_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// The least time between two records of a stream's progress
+/// ([`reservations::record_progress`]); the first is made at the first
+/// check after Flowise began to answer.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long the closing frames may wait for a slow client once the
+/// answer is settled.
+const CLOSING_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One stream's relay: where its frames go, by when, and what it has
+/// recorded of its progress.
+struct Relay<'a, W> {
+    state: &'a PredictState,
+    prepared: &'a Prepared,
+    wire: &'a mut W,
+    tx: &'a tokio::sync::mpsc::Sender<bytes::Bytes>,
+    /// `FLOWISE_TIMEOUT_SECONDS` after the prediction began: a client
+    /// that reads too slowly cannot hold the relay past it.
+    deadline: tokio::time::Instant,
+    /// The price last recorded as delivered, and when.
+    recorded: Option<(i64, tokio::time::Instant)>,
+}
+
+impl<W: Wire> Relay<'_, W> {
+    /// Sends a frame by the deadline; false when the client is gone or
+    /// did not read it in time.
+    async fn send(&self, frame: bytes::Bytes) -> bool {
+        matches!(
+            tokio::time::timeout_at(self.deadline, self.tx.send(frame)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Sends `frame` if there is one; a client gone ends the answer.
+    async fn relay(&self, relayed: &mut Relayed, frame: Option<bytes::Bytes>) {
+        if let Some(frame) = frame {
+            if !self.send(frame).await {
+                relayed.end(Some(Failure::ClientDisconnected));
+            }
+        }
+    }
+
+    /// Takes one of Flowise's events in: relays it, prices it, and ends
+    /// the answer on `end`, on `error` (nothing after it is delivered) and
+    /// where the payer's means end.
+    async fn take(&mut self, relayed: &mut Relayed, event: StreamEvent) {
+        match event.event.as_str() {
+            "end" => relayed.end(None),
+            "error" => {
+                tracing::warn!(error = %event.data, "Flowise reported an error inside the stream");
+                let frame = self.wire.event(&event);
+                self.relay(relayed, frame).await;
+                relayed.end(Some(Failure::UpstreamError));
+            }
+            // One report per LLM call of the flow: every one counts.
+            "usageMetadata" => {
+                if let Some(report) = ReportedUsage::from_value(&event.data) {
+                    relayed.meter.report(report);
+                }
+                relayed.meter.start();
+            }
+            // `start` carries the first token, which the first `token`
+            // repeats (Flowise's handleLLMNewToken sends both).
+            "token" => self.token(relayed, event).await,
+            name => {
+                relayed.meter.start();
+                match name {
+                    "sourceDocuments" => relayed.sources = Some(event.data.clone()),
+                    "usedTools" => relayed.tools = Some(event.data.clone()),
+                    _ => {}
+                }
+                let frame = self.wire.event(&event);
+                self.relay(relayed, frame).await;
+            }
+        }
+    }
+
+    /// A piece of the answer: topped up before the hold runs out, cut
+    /// where the payer's means end.
+    async fn token(&mut self, relayed: &mut Relayed, event: StreamEvent) {
+        let meter = &mut relayed.meter;
+        meter.start();
+        let piece = event.data.as_str().unwrap_or_default();
+        let chars = piece.chars().count() as i64;
+        if meter.wants_top_up() {
+            let asked = meter.top_up_wanted(chars);
+            self.prepared.top_up(self.state, meter, asked).await;
+        }
+        if meter.fitting(piece).len() < piece.len() {
+            // At the hold: one more look at the payer's means.
+            let asked = meter.top_up_wanted(chars);
+            self.prepared.top_up(self.state, meter, asked).await;
+        }
+        let fits = meter.fitting(piece);
+        let cut = fits.len() < piece.len();
+        meter.deliver(fits);
+        relayed.text.push_str(fits);
+        if !fits.is_empty() {
+            let delivered = StreamEvent {
+                event: event.event,
+                data: Value::String(fits.to_owned()),
+            };
+            let frame = self.wire.event(&delivered);
+            self.relay(relayed, frame).await;
+        }
+        if cut {
+            relayed.end(Some(Failure::CreditsExhausted));
+        }
+    }
+
+    /// The regular check: records the progress when it is due (at most
+    /// every [`PROGRESS_EVERY`], once Flowise began to answer) and reads
+    /// whether the owner asked the answer to stop, in one round trip.
+    async fn check(&mut self, relayed: &Relayed) -> bool {
+        let cost = relayed.meter.cost();
+        let now = tokio::time::Instant::now();
+        let due = relayed.meter.started()
+            && self
+                .recorded
+                .is_none_or(|(last, at)| last != cost && now >= at + PROGRESS_EVERY);
+        let (pg, id) = (&self.state.pg, &self.prepared.message_id);
+        let asked = if due {
+            self.recorded = Some((cost, now));
+            reservations::record_progress(pg, id, cost).await
+        } else {
+            reservations::stop_requested(pg, id).await
+        };
+        asked.unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "could not read whether a stream was asked to stop");
+            false
+        })
+    }
+}
+
 /// Step (4) streamed: relays Flowise's events into `tx` as they arrive,
-/// written by `wire`, until the stream ends, breaks, loses its client or
-/// its owner asks it to stop (read every [`STOP_CHECK_EVERY`], between
-/// events, so a stalled Flowise is stopped too). Returns what was
-/// delivered.
+/// written by `wire`, until the stream ends, breaks, loses its client
+/// (or its client stops reading past the deadline), reaches the end of its
+/// payer's means, or its owner asks it to stop (read every
+/// [`STOP_CHECK_EVERY`], between events, so a stalled Flowise is stopped
+/// too). Returns what was delivered.
 async fn relay_events<S, W>(
     state: &PredictState,
     prepared: &Prepared,
@@ -234,63 +334,58 @@ where
     W: Wire,
 {
     use futures_util::StreamExt;
-    let mut relayed = Relayed::default();
-    for frame in wire.opening() {
-        relayed.client_gone = relayed.client_gone || tx.send(frame).await.is_err();
+    let deadline = tokio::time::Instant::from_std(prepared.started) + state.flowise.timeout();
+    let mut relay = Relay {
+        state,
+        prepared,
+        wire,
+        tx,
+        deadline,
+        recorded: None,
+    };
+    let mut relayed = Relayed {
+        meter: prepared.meter(),
+        text: String::new(),
+        sources: None,
+        tools: None,
+        failure: None,
+        done: false,
+    };
+    for frame in relay.wire.opening() {
+        relay.relay(&mut relayed, Some(frame)).await;
     }
     let start = tokio::time::Instant::now() + STOP_CHECK_EVERY;
     let mut checks = tokio::time::interval_at(start, STOP_CHECK_EVERY);
     checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !relayed.client_gone {
+    while !relayed.done {
         let next = tokio::select! {
             next = events.next() => next,
             _ = checks.tick() => {
-                if stop_asked(state, prepared).await {
-                    wire.stopped();
-                    relayed.failure = Some(Failure::Stopped);
-                    break;
+                if relay.check(&relayed).await {
+                    relayed.end(Some(Failure::Stopped));
                 }
                 continue;
             }
         };
-        let event = match next {
-            None => break,
+        match next {
+            None => relayed.end(None),
             Some(Err(e)) => {
                 let failure = Failure::of(&e);
-                if let Some(frame) = wire.broke(failure) {
-                    let _ = tx.send(frame).await;
-                }
-                relayed.failure = Some(failure);
-                break;
+                let frame = relay.wire.broke(failure);
+                relay.relay(&mut relayed, frame).await;
+                relayed.end(Some(failure));
             }
-            Some(Ok(event)) => event,
-        };
-        if relayed.take(&event) {
-            break;
-        }
-        if let Some(frame) = wire.event(&event) {
-            relayed.client_gone = tx.send(frame).await.is_err();
+            Some(Ok(event)) => relay.take(&mut relayed, event).await,
         }
     }
     relayed
 }
 
-/// Whether the owner asked the prediction to stop (a failed read is
-/// logged and taken as no).
-async fn stop_asked(state: &PredictState, prepared: &Prepared) -> bool {
-    match crate::ledger::reservations::stop_requested(&state.pg, &prepared.message_id).await {
-        Ok(asked) => asked,
-        Err(err) => {
-            tracing::warn!(error = %err, "could not read whether a stream was asked to stop");
-            false
-        }
-    }
-}
-
 /// Steps (4) and (5) streamed: [`relay_events`], then the settlement: a
-/// stream cut short (it broke, its client went away, its owner stopped
-/// it) is aborted with the cost of what was delivered and stored as
-/// incomplete. The closing frames carry the credits charged.
+/// stream cut short (it broke, its client went away, its payer's means
+/// ended, its owner stopped it) is aborted with the cost of what was
+/// delivered and stored as incomplete. The closing frames carry the
+/// credits charged.
 pub async fn relay_stream<S, W>(
     state: PredictState,
     prepared: Prepared,
@@ -302,7 +397,7 @@ pub async fn relay_stream<S, W>(
     W: Wire,
 {
     let relayed = relay_events(&state, &prepared, events, &mut wire, &tx).await;
-    let outcome = relayed.outcome(&prepared);
+    let outcome = relayed.outcome();
     let settled = finish(&state, &prepared, &outcome).await;
     if let Err(err) = &settled {
         tracing::error!(error = %err, "a streamed prediction could not be settled; the expiry job will release it");
@@ -312,7 +407,10 @@ pub async fn relay_stream<S, W>(
         Err(err) => wire.closing(Err(&err.public_message())),
     };
     for frame in closing {
-        if tx.send(frame).await.is_err() {
+        if !matches!(
+            tokio::time::timeout(CLOSING_GRACE, tx.send(frame)).await,
+            Ok(Ok(()))
+        ) {
             break;
         }
     }

@@ -95,7 +95,8 @@ pub struct Choice {
     pub index: u32,
     /// The answer.
     pub message: AssistantMessage,
-    /// `stop`.
+    /// `stop`, or `length` when the answer was cut where its payer's
+    /// means ended.
     pub finish_reason: &'static str,
 }
 
@@ -146,7 +147,8 @@ impl Completion {
                     role: "assistant",
                     content: answer.text.clone(),
                 },
-                finish_reason: "stop",
+                // A buffered answer that failed is an error, never a completion.
+                finish_reason: finish_reason(answer).unwrap_or("stop"),
             }],
             usage: Usage::of(answer),
             credits: answer.credits.clone(),
@@ -162,7 +164,6 @@ pub struct Chunks {
     created: i64,
     include_usage: bool,
     timed_out: bool,
-    stopped: bool,
 }
 
 fn data(value: &serde_json::Value) -> bytes::Bytes {
@@ -182,7 +183,6 @@ impl Chunks {
             created: now(),
             include_usage,
             timed_out: false,
-            stopped: false,
         }
     }
 
@@ -202,6 +202,17 @@ impl Chunks {
         frames.push(data(&self.delta(json!({"content": answer.text}), None)));
         frames.extend(self.closing(Ok(answer)));
         frames
+    }
+}
+
+/// How a settled answer finishes as a completion: `stop` when complete or
+/// stopped by its owner, `length` when cut where its payer's means ended,
+/// `None` for an answer a failure cut short.
+pub fn finish_reason(answer: &PredictionAnswer) -> Option<&'static str> {
+    match (answer.status.as_str(), answer.reason.as_deref()) {
+        ("complete", _) | (_, Some("stopped")) => Some("stop"),
+        (_, Some("credits_exhausted")) => Some("length"),
+        _ => None,
     }
 }
 
@@ -228,19 +239,16 @@ impl Wire for Chunks {
         None
     }
 
-    fn stopped(&mut self) {
-        self.stopped = true;
-    }
-
-    /// A complete answer, or one its owner stopped: the finishing chunk
-    /// (with the credits), the usage chunk when asked for, `[DONE]`. An
-    /// answer cut short otherwise, or a settlement that failed: an error
-    /// chunk, then `[DONE]`.
+    /// A complete answer, one its owner stopped, or one cut where its
+    /// payer's means ended: the finishing chunk (`finish_reason` `stop`,
+    /// or `length` for the last, with the credits), the usage chunk when
+    /// asked for, `[DONE]`. An answer cut short otherwise, or a
+    /// settlement that failed: an error chunk, then `[DONE]`.
     fn closing(&mut self, settled: Result<&PredictionAnswer, &str>) -> Vec<bytes::Bytes> {
         let mut frames = Vec::new();
         match settled {
-            Ok(answer) if answer.status == "complete" || self.stopped => {
-                let mut last = self.delta(json!({}), Some("stop"));
+            Ok(answer) if finish_reason(answer).is_some() => {
+                let mut last = self.delta(json!({}), finish_reason(answer));
                 last["credits"] = json!(answer.credits);
                 last["session_id"] = json!(answer.session_id);
                 frames.push(data(&last));
