@@ -254,9 +254,106 @@ pub struct RemoteChatflow {
     pub category: Option<String>,
     /// Last change in Flowise.
     pub updated_date: Option<String>,
+    /// The flow's nodes and edges, a JSON *string*.
+    pub flow_data: Option<String>,
+    /// The flow's API settings, a JSON *string*: which node inputs a
+    /// request's `overrideConfig` may set.
+    pub api_config: Option<String>,
+}
+
+/// The node input each chat node reads its system prompt from, by the
+/// node's `data.name` (Flowise 3.1's components): chains and engines read
+/// `systemMessagePrompt`, agents `systemMessage`.
+pub const SYSTEM_PROMPT_INPUTS: &[(&str, &str)] = &[
+    ("conversationChain", "systemMessagePrompt"),
+    ("chatPromptTemplate", "systemMessagePrompt"),
+    ("simpleChatEngine", "systemMessagePrompt"),
+    ("contextChatEngine", "systemMessagePrompt"),
+    ("seqAgent", "systemMessagePrompt"),
+    ("seqLLMNode", "systemMessagePrompt"),
+    ("seqConditionAgent", "systemMessagePrompt"),
+    ("toolAgent", "systemMessage"),
+    ("conversationalAgent", "systemMessage"),
+    ("conversationalRetrievalToolAgent", "systemMessage"),
+    ("xmlAgent", "systemMessage"),
+    ("openAIToolAgentLlamaIndex", "systemMessage"),
+];
+
+/// What `flowData` holds of each node: its `data` object.
+fn flow_nodes(flow_data: Option<&str>) -> Vec<Value> {
+    let parsed: Option<Value> = flow_data.and_then(|d| serde_json::from_str(d).ok());
+    parsed
+        .and_then(|v| v.get("nodes").and_then(Value::as_array).cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|node| node.get("data").cloned())
+        .collect()
+}
+
+/// The node inputs `apiConfig` lets a request override, by node label
+/// (`{"overrideConfig": {"status": true, "nodes": {"<label>": [{"name",
+/// "enabled"}]}}}`); none while overrides are off.
+fn enabled_overrides(api_config: Option<&str>) -> Vec<(String, String)> {
+    let parsed: Option<Value> = api_config.and_then(|c| serde_json::from_str(c).ok());
+    let Some(config) = parsed.and_then(|v| v.get("overrideConfig").cloned()) else {
+        return Vec::new();
+    };
+    if config.get("status").and_then(Value::as_bool) != Some(true) {
+        return Vec::new();
+    }
+    let nodes = config.get("nodes").and_then(Value::as_object);
+    nodes
+        .into_iter()
+        .flatten()
+        .flat_map(|(label, params)| {
+            params
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p.get("enabled").and_then(Value::as_bool) == Some(true))
+                .filter_map(|p| p.get("name").and_then(Value::as_str))
+                .map(move |name| (label.clone(), name.to_owned()))
+        })
+        .collect()
 }
 
 impl RemoteChatflow {
+    /// Whether Flowise runs it through the prediction API: an agentflow
+    /// whose Start node takes a webhook or a schedule is refused there
+    /// (Flowise 3.1.3 and later; its `flowData` is the only place that
+    /// says so).
+    pub fn invocable(&self) -> bool {
+        if self.kind.as_deref() != Some("AGENTFLOW") {
+            return true;
+        }
+        !flow_nodes(self.flow_data.as_deref()).iter().any(|node| {
+            node.get("name").and_then(Value::as_str) == Some("startAgentflow")
+                && matches!(
+                    node.pointer("/inputs/startInputType")
+                        .and_then(Value::as_str),
+                    Some("webhookTrigger" | "scheduleInput")
+                )
+        })
+    }
+
+    /// The input a request may set the flow's system prompt through: the
+    /// one its chat node reads ([`SYSTEM_PROMPT_INPUTS`]), when the flow's
+    /// override settings enable it for that node; else `None`.
+    pub fn system_prompt_input(&self) -> Option<String> {
+        let enabled = enabled_overrides(self.api_config.as_deref());
+        flow_nodes(self.flow_data.as_deref())
+            .iter()
+            .find_map(|node| {
+                let name = node.get("name").and_then(Value::as_str)?;
+                let label = node.get("label").and_then(Value::as_str)?;
+                let (_, input) = SYSTEM_PROMPT_INPUTS.iter().find(|(n, _)| *n == name)?;
+                enabled
+                    .iter()
+                    .any(|(l, p)| l == label && p == input)
+                    .then(|| (*input).to_owned())
+            })
+    }
+
     /// A description, when the flow's `chatbotConfig` (a JSON string) has one.
     pub fn description(&self) -> Option<String> {
         let config: Value = serde_json::from_str(self.chatbot_config.as_deref()?).ok()?;
@@ -722,6 +819,62 @@ mod tests {
         assert_eq!(body["overrideConfig"]["vars"]["a"], 1);
         assert_eq!(body["streaming"], true);
         assert!(body.get("uploads").is_none());
+    }
+
+    #[test]
+    fn a_flow_started_by_a_webhook_or_a_schedule_is_not_invocable() {
+        let flow = |kind: &str, start: &str| -> RemoteChatflow {
+            let nodes = json!({"nodes": [{"id": "startAgentflow_0", "data": {
+                "name": "startAgentflow", "label": "Start",
+                "inputs": {"startInputType": start}}}], "edges": []});
+            serde_json::from_value(json!({"id": "f", "name": "n", "type": kind,
+                "flowData": nodes.to_string()}))
+            .unwrap()
+        };
+        assert!(!flow("AGENTFLOW", "webhookTrigger").invocable());
+        assert!(!flow("AGENTFLOW", "scheduleInput").invocable());
+        assert!(flow("AGENTFLOW", "chatInput").invocable());
+        assert!(flow("AGENTFLOW", "formInput").invocable());
+        // Only an agentflow runs its Start node.
+        assert!(flow("CHATFLOW", "webhookTrigger").invocable());
+    }
+
+    #[test]
+    fn the_system_prompt_input_is_the_nodes_own_and_only_when_enabled() {
+        let flow = |node: &str, api_config: Value| -> RemoteChatflow {
+            let nodes = json!({"nodes": [{"id": "n_0", "data": {
+                "name": node, "label": "The Node", "inputs": {}}}], "edges": []});
+            serde_json::from_value(json!({"id": "f", "name": "n", "type": "CHATFLOW",
+                "flowData": nodes.to_string(), "apiConfig": api_config.to_string()}))
+            .unwrap()
+        };
+        let enabled = |param: &str, status: bool| {
+            json!({"overrideConfig": {"status": status, "nodes": {"The Node": [
+                {"label": "System Message", "name": param, "type": "string", "enabled": true}]}}})
+        };
+        let chain = flow("conversationChain", enabled("systemMessagePrompt", true));
+        assert_eq!(
+            chain.system_prompt_input().as_deref(),
+            Some("systemMessagePrompt")
+        );
+        let agent = flow("toolAgent", enabled("systemMessage", true));
+        assert_eq!(
+            agent.system_prompt_input().as_deref(),
+            Some("systemMessage")
+        );
+        // A chain ignores systemMessage; overrides switched off take nothing.
+        assert_eq!(
+            flow("conversationChain", enabled("systemMessage", true)).system_prompt_input(),
+            None
+        );
+        assert_eq!(
+            flow("conversationChain", enabled("systemMessagePrompt", false)).system_prompt_input(),
+            None
+        );
+        assert_eq!(
+            flow("conversationChain", Value::Null).system_prompt_input(),
+            None
+        );
     }
 
     #[test]

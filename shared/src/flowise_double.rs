@@ -75,6 +75,148 @@ pub fn split_tokens(text: &str) -> Vec<String> {
     text.split_inclusive(' ').map(str::to_owned).collect()
 }
 
+/// What Flowise knows of a flow besides how it answers: its type, its
+/// nodes and its API settings. `GET /api/v1/chatflows` lists them (as the
+/// JSON strings `flowData` and `apiConfig`), and they decide, as in
+/// Flowise 3.1.4, which overrides a prediction applies and whether the
+/// prediction API runs the flow at all.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    /// `CHATFLOW` or `AGENTFLOW`.
+    pub kind: &'static str,
+    /// Each node's `data`: `{name, label, inputs}`.
+    pub nodes: Vec<Value>,
+    /// `apiConfig`, when the flow has one.
+    pub api_config: Option<Value>,
+}
+
+/// The operator's system prompt in the double's chains and agents.
+pub const OPERATOR_PROMPT: &str = "You are the operator's assistant.";
+
+impl Shape {
+    /// A conversation chain (reads `systemMessagePrompt`) whose API
+    /// settings let a request override `overridable` of its inputs (none:
+    /// overrides off).
+    pub fn chain(overridable: &[&str]) -> Shape {
+        Shape::one_node(
+            "conversationChain",
+            "Conversation Chain",
+            "systemMessagePrompt",
+            overridable,
+        )
+    }
+
+    /// A tool agent (reads `systemMessage`), like [`Shape::chain`].
+    pub fn agent(overridable: &[&str]) -> Shape {
+        Shape::one_node("toolAgent", "Tool Agent", "systemMessage", overridable)
+    }
+
+    fn one_node(name: &str, label: &str, system_input: &str, overridable: &[&str]) -> Shape {
+        let params: Vec<Value> = overridable
+            .iter()
+            .map(|p| json!({"label": p, "name": p, "type": "string", "enabled": true}))
+            .collect();
+        Shape {
+            kind: "CHATFLOW",
+            nodes: vec![json!({"name": name, "label": label,
+                "inputs": {system_input: OPERATOR_PROMPT}})],
+            api_config: (!overridable.is_empty())
+                .then(|| json!({"overrideConfig": {"status": true, "nodes": {label: params}}})),
+        }
+    }
+
+    /// An agentflow whose Start node takes `start_input_type`
+    /// (`webhookTrigger` and `scheduleInput` are not run by the prediction
+    /// API).
+    pub fn agentflow(start_input_type: &str) -> Shape {
+        Shape {
+            kind: "AGENTFLOW",
+            nodes: vec![json!({"name": "startAgentflow", "label": "Start",
+                "inputs": {"startInputType": start_input_type}})],
+            api_config: None,
+        }
+    }
+
+    /// Whether the prediction API refuses the flow (Flowise 3.1.3 and
+    /// later), with Flowise's message.
+    fn refusal(&self) -> Option<String> {
+        if self.kind != "AGENTFLOW" {
+            return None;
+        }
+        let start = self.nodes.iter().find(|n| n["name"] == "startAgentflow")?;
+        match start.pointer("/inputs/startInputType").and_then(Value::as_str) {
+            Some("webhookTrigger") => Some("This flow is configured as a Webhook Trigger. Call POST /api/v1/webhook/<id> instead of the prediction API.".into()),
+            Some("scheduleInput") => Some("This flow is configured as a Scheduled Trigger. It is fired by the scheduler and cannot be invoked via the API.".into()),
+            _ => None,
+        }
+    }
+
+    /// Whether the API settings let a request override `param` of the
+    /// node labelled `label`.
+    fn enabled(&self, label: &str, param: &str) -> bool {
+        let Some(config) = self.api_config.as_ref().map(|c| &c["overrideConfig"]) else {
+            return false;
+        };
+        config["status"] == true
+            && config["nodes"][label].as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p["name"] == param && p["enabled"] == true)
+            })
+    }
+
+    /// What the LLM receives, as Flowise 3.1.4 builds it: the chat node's
+    /// system prompt (its own input, replaced only by an override its API
+    /// settings enable for that node and input) and the question.
+    fn llm_input(&self, body: &Value) -> LlmInput {
+        let overrides = body.get("overrideConfig").cloned().unwrap_or(Value::Null);
+        let mut system = None;
+        let mut applied = Vec::new();
+        for node in &self.nodes {
+            let label = node["label"].as_str().unwrap_or_default();
+            let Some(inputs) = node["inputs"].as_object() else {
+                continue;
+            };
+            for key in overrides.as_object().into_iter().flat_map(|o| o.keys()) {
+                if key != "sessionId" && self.enabled(label, key) {
+                    applied.push(key.clone());
+                }
+            }
+            for input in ["systemMessagePrompt", "systemMessage"] {
+                if let Some(own) = inputs.get(input).and_then(Value::as_str) {
+                    let overridden = overrides.get(input).and_then(Value::as_str);
+                    system = Some(match overridden {
+                        Some(text) if self.enabled(label, input) => text.to_owned(),
+                        _ => own.to_owned(),
+                    });
+                }
+            }
+        }
+        LlmInput {
+            system,
+            question: body["question"].as_str().unwrap_or_default().to_owned(),
+            applied,
+        }
+    }
+}
+
+impl Default for Shape {
+    /// A chain with overrides off (what `add_flow` gives).
+    fn default() -> Shape {
+        Shape::chain(&[])
+    }
+}
+
+/// What the LLM of a flow received for one prediction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmInput {
+    /// The system prompt, when the flow's node has one.
+    pub system: Option<String>,
+    /// The question.
+    pub question: String,
+    /// The `overrideConfig` keys the flow applied.
+    pub applied: Vec<String>,
+}
+
 /// A prediction request the double received.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -84,11 +226,15 @@ pub struct Received {
     pub body: Value,
     /// The `Authorization` header.
     pub authorization: Option<String>,
+    /// What the flow's LLM received (none when the flow is unknown or
+    /// refused the request).
+    pub llm: Option<LlmInput>,
 }
 
 struct Flow {
     name: String,
     behaviour: Behaviour,
+    shape: Shape,
 }
 
 #[derive(Default)]
@@ -135,8 +281,17 @@ impl FlowiseDouble {
             Flow {
                 name: name.to_owned(),
                 behaviour,
+                shape: Shape::default(),
             },
         );
+    }
+
+    /// Changes what Flowise knows of a chatflow's type, nodes and API
+    /// settings.
+    pub fn set_shape(&self, id: &str, shape: Shape) {
+        if let Some(flow) = self.inner.lock().expect("double").flows.get_mut(id) {
+            flow.shape = shape;
+        }
     }
 
     /// Changes how a chatflow answers.
@@ -290,8 +445,21 @@ async fn prediction(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    let behaviour = {
+    let call = Call::of(&body);
+    let refused = refusal(&body);
+    let flow = {
         let mut inner = inner.lock().expect("double");
+        let flow = inner
+            .flows
+            .get(&id)
+            .map(|f| (f.behaviour.clone(), f.shape.clone()));
+        let refused = refused
+            .clone()
+            .or_else(|| flow.as_ref().and_then(|(_, s)| s.refusal()));
+        let llm = match (&flow, refused) {
+            (Some((_, shape)), None) => Some(shape.llm_input(&body)),
+            _ => None,
+        };
         inner.received.push(Received {
             chatflow_id: id.clone(),
             body: body.clone(),
@@ -299,17 +467,25 @@ async fn prediction(
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
+            llm,
         });
-        inner.flows.get(&id).map(|f| f.behaviour.clone())
+        flow
     };
-    let call = Call::of(&body);
-    let Some(behaviour) = behaviour else {
+    let Some((behaviour, shape)) = flow else {
         if call.streaming {
             // Captured: no response at all.
             std::future::pending::<()>().await;
         }
         return not_found(&id);
     };
+    // 3.1.4 refuses these inside buildChatflow, which answers 500 (and,
+    // streamed, an error event).
+    if let Some(message) = refused.or_else(|| shape.refusal()) {
+        return failure(
+            &call,
+            format!("Error: predictionsServices.buildChatflow - {message}"),
+        );
+    }
     match behaviour {
         Behaviour::Stall => std::future::pending::<Response>().await,
         Behaviour::JsonOnly(text) => call.json(text, None),
@@ -329,6 +505,19 @@ async fn prediction(
             heartbeat,
         } => call.stream(tokens, delay, usage, heartbeat),
     }
+}
+
+/// What 3.1.4 refuses in any flow's request: a `chatId` or an
+/// `overrideConfig.sessionId` that is not a string.
+fn refusal(body: &Value) -> Option<String> {
+    let not_string = |v: Option<&Value>| v.is_some_and(|v| !v.is_string());
+    if not_string(body.get("chatId")) {
+        return Some("Invalid chatId: must be a string".into());
+    }
+    if not_string(body.pointer("/overrideConfig/sessionId")) {
+        return Some("Invalid sessionId: must be a string".into());
+    }
+    None
 }
 
 /// An event-stream response with the captured headers, sending each frame
@@ -365,13 +554,21 @@ async fn chatflows(State(inner): State<Arc<Mutex<Inner>>>) -> Response {
         .iter()
         .filter_map(|id| inner.flows.get(id).map(|f| (id, f)))
         .map(|(id, f)| {
+            let nodes: Vec<Value> = f
+                .shape
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(n, data)| json!({"id": format!("{}_{n}", data["name"].as_str().unwrap_or("node")), "data": data}))
+                .collect();
+            let api_config = f.shape.api_config.as_ref().map(Value::to_string);
             json!({
                 "id": id, "name": f.name,
-                "flowData": "{\"nodes\": [], \"edges\": []}",
+                "flowData": json!({"nodes": nodes, "edges": []}).to_string(),
                 "deployed": false, "isPublic": null, "apikeyid": null,
                 "chatbotConfig": "{\"welcomeMessage\": \"Ask me anything\"}",
-                "apiConfig": null, "analytic": null, "speechToText": null, "textToSpeech": null,
-                "followUpPrompts": null, "category": null, "type": "CHATFLOW",
+                "apiConfig": api_config, "analytic": null, "speechToText": null, "textToSpeech": null,
+                "followUpPrompts": null, "category": null, "type": f.shape.kind,
                 "createdDate": "2026-11-28T22:12:21.000Z", "updatedDate": "2026-11-28T22:12:21.000Z",
                 "workspaceId": "428defdf-70cb-42c5-8d4f-2a32b0473a76"
             })

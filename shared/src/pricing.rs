@@ -29,9 +29,22 @@ pub struct PricingRule {
     pub per_input_token_micros: i64,
     /// Micro-credits per output token.
     pub per_output_token_micros: i64,
+    /// Input tokens an image counts as.
+    pub image_input_tokens: i64,
+    /// Input tokens each started MiB of a document the gateway cannot read
+    /// (PDF, Office) counts as.
+    pub document_input_tokens_per_mb: i64,
     /// Last change.
     pub updated_at: DateTime<Utc>,
 }
+
+/// Input tokens an image counts as unless a rule says otherwise.
+pub const DEFAULT_IMAGE_INPUT_TOKENS: i64 = 1_000;
+/// Input tokens each started MiB of a document counts as unless a rule
+/// says otherwise.
+pub const DEFAULT_DOCUMENT_INPUT_TOKENS_PER_MB: i64 = 20_000;
+/// The most input tokens a rule may count an image or a MiB as.
+pub const MAX_UPLOAD_TOKENS: i64 = 1_000_000;
 
 /// How a cost was computed.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -92,6 +105,17 @@ impl PricingRule {
         }
     }
 
+    /// The input tokens `images` images and documents of `document_bytes`
+    /// bytes (each) count as: a flat number an image, a number per
+    /// started MiB of each document.
+    pub fn upload_tokens(&self, images: usize, document_bytes: &[usize]) -> i64 {
+        const MIB: usize = 1024 * 1024;
+        let started: i64 = document_bytes.iter().map(|b| b.div_ceil(MIB) as i64).sum();
+        (images as i64)
+            .saturating_mul(self.image_input_tokens)
+            .saturating_add(started.saturating_mul(self.document_input_tokens_per_mb))
+    }
+
     /// The rule as the API shows it.
     pub fn view(&self) -> RuleView {
         RuleView {
@@ -99,6 +123,8 @@ impl PricingRule {
             per_request: self.per_request,
             per_input_token: micros_to_credits(self.per_input_token_micros),
             per_output_token: micros_to_credits(self.per_output_token_micros),
+            image_input_tokens: self.image_input_tokens,
+            document_input_tokens_per_mb: self.document_input_tokens_per_mb,
             updated_at: self.updated_at,
         }
     }
@@ -116,6 +142,10 @@ pub struct RuleView {
     pub per_input_token: f64,
     /// Credits per output token.
     pub per_output_token: f64,
+    /// Input tokens an image counts as.
+    pub image_input_tokens: i64,
+    /// Input tokens each started MiB of a document (PDF, Office) counts as.
+    pub document_input_tokens_per_mb: i64,
     /// Last change.
     pub updated_at: DateTime<Utc>,
 }
@@ -160,6 +190,15 @@ pub struct PriceInput {
     /// Credits per output token (at most six decimals).
     #[schema(minimum = 0, maximum = 1000000)]
     pub per_output_token: f64,
+    /// Input tokens an image counts as (1,000 unless set; absent keeps
+    /// the rule's).
+    #[schema(minimum = 0, maximum = 1000000)]
+    pub image_input_tokens: Option<i64>,
+    /// Input tokens each started MiB of a document the gateway cannot read
+    /// (PDF, Office) counts as (20,000 unless set; absent keeps the
+    /// rule's).
+    #[schema(minimum = 0, maximum = 1000000)]
+    pub document_input_tokens_per_mb: Option<i64>,
 }
 
 impl PriceInput {
@@ -181,7 +220,28 @@ impl PriceInput {
         field: &str,
     ) -> Result<PricingRule, ApiError> {
         let (input, output) = self.micros(field)?;
-        upsert_rule(conn, chatflow_id, self.per_request, input, output, actor_id).await
+        for (name, value) in [
+            ("imageInputTokens", self.image_input_tokens),
+            (
+                "documentInputTokensPerMb",
+                self.document_input_tokens_per_mb,
+            ),
+        ] {
+            if value.is_some_and(|v| !(0..=MAX_UPLOAD_TOKENS).contains(&v)) {
+                return Err(ApiError::invalid_field(
+                    &format!("{field}{name}"),
+                    format!("must be a whole number from 0 to {MAX_UPLOAD_TOKENS}"),
+                ));
+            }
+        }
+        let change = RuleChange {
+            per_request: self.per_request,
+            per_input_token_micros: input,
+            per_output_token_micros: output,
+            image_input_tokens: self.image_input_tokens,
+            document_input_tokens_per_mb: self.document_input_tokens_per_mb,
+        };
+        upsert_rule(conn, chatflow_id, &change, actor_id).await
     }
 }
 
@@ -192,7 +252,8 @@ pub async fn rule_for(
 ) -> Result<PricingRule, ApiError> {
     let rule = sqlx::query_as!(
         PricingRule,
-        "SELECT chatflow_id, per_request, per_input_token_micros, per_output_token_micros, updated_at
+        "SELECT chatflow_id, per_request, per_input_token_micros, per_output_token_micros,
+                image_input_tokens, document_input_tokens_per_mb, updated_at
            FROM pricing_rules WHERE chatflow_id = COALESCE($1, 'default') OR chatflow_id = 'default'
           ORDER BY (chatflow_id = 'default') LIMIT 1",
         chatflow_id
@@ -206,20 +267,35 @@ pub async fn rule_for(
 pub async fn list_rules(conn: &mut PgConnection) -> Result<Vec<PricingRule>, ApiError> {
     Ok(sqlx::query_as!(
         PricingRule,
-        "SELECT chatflow_id, per_request, per_input_token_micros, per_output_token_micros, updated_at
+        "SELECT chatflow_id, per_request, per_input_token_micros, per_output_token_micros,
+                image_input_tokens, document_input_tokens_per_mb, updated_at
            FROM pricing_rules ORDER BY (chatflow_id <> 'default'), chatflow_id"
     )
     .fetch_all(conn)
     .await?)
 }
 
+/// A rule as it is stored: prices in micro-credits, and the upload counts
+/// (`None` keeps what the rule had, or the default for a new rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleChange {
+    /// Credits per request.
+    pub per_request: i64,
+    /// Micro-credits per input token.
+    pub per_input_token_micros: i64,
+    /// Micro-credits per output token.
+    pub per_output_token_micros: i64,
+    /// Input tokens an image counts as.
+    pub image_input_tokens: Option<i64>,
+    /// Input tokens a started MiB of a document counts as.
+    pub document_input_tokens_per_mb: Option<i64>,
+}
+
 /// Creates or replaces the rule of `chatflow_id` (or `default`).
 pub async fn upsert_rule(
     conn: &mut PgConnection,
     chatflow_id: &str,
-    per_request: i64,
-    per_input_token_micros: i64,
-    per_output_token_micros: i64,
+    change: &RuleChange,
     actor_id: &str,
 ) -> Result<PricingRule, ApiError> {
     if chatflow_id.is_empty() || chatflow_id.len() > 128 {
@@ -228,7 +304,7 @@ pub async fn upsert_rule(
             "must be 1 to 128 characters",
         ));
     }
-    if !(0..=MAX_PRICE).contains(&per_request) {
+    if !(0..=MAX_PRICE).contains(&change.per_request) {
         return Err(ApiError::invalid_field(
             "perRequest",
             format!("must be a whole number from 0 to {MAX_PRICE}"),
@@ -237,19 +313,27 @@ pub async fn upsert_rule(
     Ok(sqlx::query_as!(
         PricingRule,
         "INSERT INTO pricing_rules
-            (chatflow_id, per_request, per_input_token_micros, per_output_token_micros, updated_by)
-         VALUES ($1, $2, $3, $4, $5)
+            (chatflow_id, per_request, per_input_token_micros, per_output_token_micros,
+             image_input_tokens, document_input_tokens_per_mb, updated_by)
+         VALUES ($1, $2, $3, $4, COALESCE($5::bigint, $8::bigint), COALESCE($6::bigint, $9::bigint), $7)
          ON CONFLICT (chatflow_id) DO UPDATE
             SET per_request = EXCLUDED.per_request,
                 per_input_token_micros = EXCLUDED.per_input_token_micros,
                 per_output_token_micros = EXCLUDED.per_output_token_micros,
+                image_input_tokens = COALESCE($5, pricing_rules.image_input_tokens),
+                document_input_tokens_per_mb = COALESCE($6, pricing_rules.document_input_tokens_per_mb),
                 updated_by = EXCLUDED.updated_by, updated_at = now()
-         RETURNING chatflow_id, per_request, per_input_token_micros, per_output_token_micros, updated_at",
+         RETURNING chatflow_id, per_request, per_input_token_micros, per_output_token_micros,
+                   image_input_tokens, document_input_tokens_per_mb, updated_at",
         chatflow_id,
-        per_request,
-        per_input_token_micros,
-        per_output_token_micros,
-        actor_id
+        change.per_request,
+        change.per_input_token_micros,
+        change.per_output_token_micros,
+        change.image_input_tokens,
+        change.document_input_tokens_per_mb,
+        actor_id,
+        DEFAULT_IMAGE_INPUT_TOKENS,
+        DEFAULT_DOCUMENT_INPUT_TOKENS_PER_MB,
     )
     .fetch_one(conn)
     .await?)
@@ -265,8 +349,20 @@ mod tests {
             per_request,
             per_input_token_micros: input,
             per_output_token_micros: output,
+            image_input_tokens: DEFAULT_IMAGE_INPUT_TOKENS,
+            document_input_tokens_per_mb: DEFAULT_DOCUMENT_INPUT_TOKENS_PER_MB,
             updated_at: Utc::now(),
         }
+    }
+
+    #[test]
+    fn an_image_counts_flat_and_a_document_by_each_started_mib() {
+        let rule = rule(0, 1_000_000, 0);
+        assert_eq!(rule.upload_tokens(0, &[]), 0);
+        assert_eq!(rule.upload_tokens(2, &[]), 2_000);
+        // 1 byte and 1 MiB are one MiB started; 1 MiB + 1 byte are two.
+        assert_eq!(rule.upload_tokens(0, &[1, 1024 * 1024]), 40_000);
+        assert_eq!(rule.upload_tokens(1, &[1024 * 1024 + 1]), 41_000);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! database is dropped when its guard goes out of scope.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -165,8 +166,38 @@ impl TestPostgres {
     }
 }
 
+/// The shortfall predictions recorded in the database at `url`: always 0
+/// (README, Decisions, "An answer stops where the payer's means end").
+async fn prediction_shortfall(url: &str) -> i64 {
+    let Ok(mut conn) = sqlx::PgConnection::connect(url).await else {
+        return 0;
+    };
+    sqlx::query_scalar(
+        "SELECT COALESCE(SUM(shortfall_credits), 0)::BIGINT FROM streaming_sessions
+          WHERE origin = 'gateway'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap_or(0)
+}
+
 impl Drop for TestPostgres {
+    /// Drops the database, after checking, for every test that used one
+    /// (the end-to-end suite's included), that no prediction recorded a
+    /// shortfall: a test that made one fails here.
     fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let (url, found) = (self.url.clone(), std::sync::Arc::new(AtomicI64::new(0)));
+            let seen = found.clone();
+            run_to_completion(async move {
+                seen.store(prediction_shortfall(&url).await, Ordering::SeqCst);
+            });
+            let shortfall = found.load(Ordering::SeqCst);
+            assert_eq!(
+                shortfall, 0,
+                "predictions recorded a shortfall of {shortfall} credits"
+            );
+        }
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
         let roles = std::mem::take(&mut self.roles);
         // The pool belongs to the test's runtime, which this blocks, so it

@@ -836,3 +836,124 @@ async fn a_lost_reservations_id_reserved_by_a_client_is_left_alone_and_the_answe
         assert_consistent(&db.pool, client).await;
     }
 }
+
+/// A prediction's reservation of `held` credits for `user`, committed.
+async fn hold_a_prediction(pool: &PgPool, user: &str, held: i64) -> ReservationId {
+    let (user, id) = (uid(user), ReservationId::random());
+    let flow = ChatflowId::parse("chatflowId", "flow").unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let locked = shared::ledger::primitives::lock_account(&mut tx, &user)
+        .await
+        .unwrap();
+    let amounts = (credits(1), credits(held));
+    let account = (&user, locked, None);
+    reservations::reserve_prediction(&mut tx, account, &id, &flow, amounts, &meta())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+/// What the reservation `id` was charged once settled.
+async fn charged(pool: &PgPool, id: &ReservationId) -> (String, Option<i64>) {
+    sqlx::query_as("SELECT status, charged_credits FROM streaming_sessions WHERE session_id = $1")
+        .bind(id.as_str())
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_sweep_charges_what_a_dead_relay_recorded_or_the_hold_and_a_client_nothing() {
+    let db = TestPostgres::new().await;
+    allocate(&db.pool, "u", 100, Some(30)).await;
+    // Progress recorded: 4 credits' worth delivered (the highest record
+    // counts; records arrive in any order).
+    let recorded = hold_a_prediction(&db.pool, "u", 10).await;
+    for delivered in [4, 2] {
+        reservations::record_progress(&db.pool, &recorded, delivered)
+            .await
+            .unwrap();
+    }
+    // Nothing recorded: Flowise was called, an answer may have gone out.
+    let silent = hold_a_prediction(&db.pool, "u", 10).await;
+    // A client's own reservation: its client never said what it used.
+    reserve(&db.pool, "u", "client-1", 10).await.unwrap();
+    assert_eq!(balance(&db.pool, "u").await, 70);
+    let report = run_expiry(&db.pool, Duration::ZERO, 10).await.unwrap();
+    assert_eq!(report.settled_reservations, 3);
+    assert_eq!(
+        charged(&db.pool, &recorded).await,
+        ("aborted".into(), Some(4))
+    );
+    assert_eq!(
+        charged(&db.pool, &silent).await,
+        ("aborted".into(), Some(10))
+    );
+    let client = ReservationId::parse("sessionId", "client-1").unwrap();
+    assert_eq!(
+        charged(&db.pool, &client).await,
+        ("aborted".into(), Some(0))
+    );
+    assert_eq!(balance(&db.pool, "u").await, 100 - 4 - 10);
+    assert_consistent(&db.pool, "u").await;
+    // Progress recorded after the settlement changes nothing.
+    reservations::record_progress(&db.pool, &recorded, 9)
+        .await
+        .unwrap();
+    assert_eq!(
+        charged(&db.pool, &recorded).await,
+        ("aborted".into(), Some(4))
+    );
+}
+
+#[tokio::test]
+async fn top_ups_take_what_the_balance_holds_and_the_settlement_refunds_from_all_of_them() {
+    let db = TestPostgres::new().await;
+    // Two allocations: the soonest-expiring is spent first, and refunds go
+    // back latest-expiring first.
+    allocate(&db.pool, "u", 10, Some(5)).await;
+    allocate(&db.pool, "u", 20, Some(50)).await;
+    let id = hold_a_prediction(&db.pool, "u", 6).await;
+    let (user, flow) = (uid("u"), ChatflowId::parse("chatflowId", "flow").unwrap());
+    let hold = reservations::PredictionHold {
+        id: &id,
+        user: &user,
+        chatflow: &flow,
+        api_key_id: None,
+    };
+    assert_eq!(reservations::top_up(&db.pool, &hold, 8).await.unwrap(), 14);
+    // Asked for more than is left: takes the rest of the balance, no more.
+    assert_eq!(reservations::top_up(&db.pool, &hold, 50).await.unwrap(), 30);
+    assert_eq!(reservations::top_up(&db.pool, &hold, 5).await.unwrap(), 30);
+    assert_eq!(balance(&db.pool, "u").await, 0);
+    assert_consistent(&db.pool, "u").await;
+    // Fifty top-ups at once never take more than the balance.
+    allocate(&db.pool, "u", 7, Some(50)).await;
+    let tops =
+        futures_util::future::join_all((0..50).map(|_| reservations::top_up(&db.pool, &hold, 1)))
+            .await;
+    assert!(tops.iter().all(Result::is_ok));
+    assert_eq!(balance(&db.pool, "u").await, 0);
+    // Settled at 12: 25 go back, first to the allocation that lasts longest.
+    let outcome = settle_prediction(&db.pool, "u", &id, Settlement::Abort, 12).await;
+    assert_eq!(
+        (outcome.charged_credits, outcome.refunded_credits),
+        (12, 25)
+    );
+    assert_eq!(balance(&db.pool, "u").await, 25);
+    let soonest: i64 = sqlx::query_scalar(
+        "SELECT remaining FROM credit_allocations WHERE user_id = 'u' ORDER BY expires_at LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        soonest, 0,
+        "the soonest-expiring allocation was spent, not refunded"
+    );
+    assert_consistent(&db.pool, "u").await;
+    // A settled reservation takes no more top-ups.
+    assert_eq!(reservations::top_up(&db.pool, &hold, 5).await.unwrap(), 37);
+    assert_eq!(balance(&db.pool, "u").await, 25);
+}

@@ -412,6 +412,14 @@ pub struct AdminChatflowBody {
     is_public: Option<bool>,
     /// User ids or emails.
     allowed_users: Option<Vec<String>>,
+    /// The `overrideConfig` keys a request may send (replaces the list;
+    /// at most 50; `sessionId` is the gateway's own).
+    #[schema(max_items = 50)]
+    allowed_overrides: Option<Vec<String>>,
+    /// What a system message does: `override` (only where the chatflow's
+    /// override settings in Flowise enable its system-prompt input),
+    /// `prepend` (the default) or `refuse`.
+    system_messages: Option<chatflows::SystemMessages>,
     pricing: Option<PriceInput>,
 }
 
@@ -425,8 +433,9 @@ pub struct AdminChatflowAnswer {
     pub pricing: Option<RuleView>,
 }
 
-/// The public flag, the access list (user ids or emails) and the price
-/// of a chatflow (admin).
+/// The public flag, the access list (user ids or emails), the overrides a
+/// request may send, what a system message does, and the price of a
+/// chatflow (admin).
 #[utoipa::path(put, path = "/api/v1/admin/chatflows/{id}", tag = "predict",
     params(("id" = String, Path, description = "The chatflow")),
     request_body = AdminChatflowBody,
@@ -443,11 +452,22 @@ pub async fn admin_update(
         .as_deref()
         .map(|u| chatflows::parse_users("allowedUsers", u))
         .transpose()?;
+    let overrides = body
+        .allowed_overrides
+        .as_deref()
+        .map(|k| chatflows::parse_overrides("allowedOverrides", k))
+        .transpose()?;
     // Checked before anything changes, so a bad price changes nothing.
     if let Some(prices) = &body.pricing {
         prices.micros("pricing.")?;
     }
-    let flow = chatflows::update_access(&state.mongo.chat, &id, body.is_public, allowed).await?;
+    let settings = chatflows::Settings {
+        is_public: body.is_public,
+        allowed_users: allowed,
+        allowed_overrides: overrides,
+        system_messages: body.system_messages,
+    };
+    let flow = chatflows::update_settings(&state.mongo.chat, &id, settings).await?;
     let pricing = match &body.pricing {
         Some(prices) => {
             let mut conn = state.pg.acquire().await?;

@@ -21,6 +21,12 @@ async fn a_buffered_prediction_is_priced_paid_stored_and_recorded() {
     let app = App::new().await;
     app.grant("u1", 100).await;
     let user = app.token("u1", Role::Enduser);
+    let admin = app.token("admin-1", Role::Admin);
+    let allow = json!({"allowedOverrides": ["vars"]});
+    let res = app
+        .send("PUT", "/api/v1/admin/chatflows/flow-a", &admin, Some(allow))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
     let res = app.predict(&user, json!({"chatflow_id": "flow-a", "question": "Hi there", "overrideConfig": {"vars": {"x": 1}}})).await;
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(res.body["text"], ANSWER);

@@ -179,3 +179,234 @@ async fn a_record_the_store_refuses_beside_the_charge_never_undoes_it() {
     app.assert_ledger_consistent().await;
     let _: Value = json!(null);
 }
+
+/// An answer far longer than anyone pays for: `words` pieces of "word "
+/// (5 characters each), streamed as fast as they come.
+fn endless(words: usize) -> Behaviour {
+    Behaviour::Answer {
+        tokens: vec!["word ".to_owned(); words],
+        delay: Duration::ZERO,
+        usage: None,
+        heartbeat: false,
+    }
+}
+
+/// The delivered text and the `end` frame of a stream read to its end.
+async fn read_stream(app: &App, token: &str, body: Value) -> (String, Value) {
+    let (status, stream) = app.open_stream(token, body).await;
+    assert_eq!(status, 200);
+    let frames = frames(stream).await;
+    let text = frames
+        .iter()
+        .filter(|(e, _, _)| e == "token")
+        .filter_map(|(_, d, _)| d.as_str())
+        .collect();
+    let end = frames
+        .iter()
+        .find(|(e, _, _)| e == "end")
+        .unwrap_or_else(|| panic!("no end frame: {frames:?}"))
+        .1
+        .clone();
+    (text, end)
+}
+
+/// Whole credits the text's output costs at 0.01 a token (ceil(chars / 4)
+/// tokens).
+fn price_of(text: &str) -> i64 {
+    let tokens = (text.chars().count() as i64 + 3) / 4;
+    (tokens + 99) / 100
+}
+
+#[tokio::test]
+async fn concurrent_streams_of_one_user_stop_where_the_balance_ends_and_pay_exactly_it() {
+    let app = App::new().await;
+    // 0.01 a token: 1 credit for 100 tokens (400 characters); a hold
+    // starts at 1,000 tokens' worth (10 credits) and is topped up as the
+    // answer grows.
+    app.add_flow("flow-long", endless(40_000), (0, 0.0, 0.01))
+        .await;
+    app.grant("u1", 50).await;
+    let user = app.token("u1", Role::Enduser);
+    let body = json!({"chatflow_id": "flow-long", "question": "Tell me everything"});
+    let ends =
+        futures_util::future::join_all((0..3).map(|_| read_stream(&app, &user, body.clone())))
+            .await;
+    let mut charged = 0;
+    for (text, end) in &ends {
+        assert_eq!(end["status"], "incomplete", "{end}");
+        assert_eq!(end["reason"], "credits_exhausted", "{end}");
+        assert_eq!(end["truncated"], true);
+        let paid = end["credits"]["charged"].as_i64().unwrap();
+        // What was delivered is exactly what was paid for.
+        assert_eq!(price_of(text), paid, "{end}");
+        charged += paid;
+    }
+    assert_eq!(charged, 50, "{ends:?}");
+    assert_eq!(app.balance("u1").await, 0);
+    assert_eq!(app.active_reservations().await, 0);
+    app.assert_ledger_consistent().await;
+    // The history keeps each answer as delivered, incomplete.
+    let incomplete: Vec<String> = sqlx::query_scalar(
+        "SELECT metadata->>'error' FROM usage_logs WHERE user_id = 'u1' ORDER BY created_at",
+    )
+    .fetch_all(&app.pg.pool)
+    .await
+    .unwrap();
+    assert_eq!(incomplete, ["credits_exhausted"; 3]);
+}
+
+#[tokio::test]
+async fn concurrent_completions_under_one_key_stop_at_its_monthly_limit() {
+    let app = App::new().await;
+    app.add_flow("flow-long", endless(40_000), (0, 0.0, 0.01))
+        .await;
+    app.grant("u1", 1_000).await;
+    let (key, _) = app
+        .make_key("u1", json!({"name": "bot", "monthlyCreditLimit": 25}))
+        .await;
+    let body = json!({"model": "flow-long", "stream": true,
+        "messages": [{"role": "user", "content": "Tell me everything"}]});
+    let runs = futures_util::future::join_all((0..4).map(|_| async {
+        let (status, stream) = app.open_completion(&key, body.clone()).await;
+        (status, frames_text(stream).await)
+    }))
+    .await;
+    let mut charged = 0;
+    for (status, text) in &runs {
+        if *status == 402 {
+            continue;
+        }
+        assert_eq!(*status, 200);
+        let chunks = common::completion_chunks(text);
+        let last = chunks
+            .iter()
+            .rev()
+            .find(|c| c.get("credits").is_some())
+            .unwrap_or_else(|| panic!("no finishing chunk: {text}"));
+        assert_eq!(last["choices"][0]["finish_reason"], "length", "{last}");
+        let paid = last["credits"]["charged"].as_i64().unwrap();
+        assert_eq!(price_of(&common::delivered(&chunks)), paid);
+        charged += paid;
+    }
+    assert_eq!(charged, 25, "the key's limit, exactly");
+    assert_eq!(app.balance("u1").await, 975);
+    app.assert_ledger_consistent().await;
+}
+
+/// A body read whole as text.
+async fn frames_text(mut body: axum::body::BodyDataStream) -> String {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
+async fn an_error_event_ends_the_relay_and_the_answer_still_pays_its_input() {
+    let app = App::new().await;
+    // 2 a request, 1 an input and 1 an output token; "Hi there" is 2
+    // input tokens, "partial " 2 output tokens.
+    let events = |first: &str| Behaviour::Events {
+        events: vec![
+            ("start".into(), json!("")),
+            (first.into(), json!("partial ")),
+            ("error".into(), json!("Error: the LLM fell over")),
+            ("token".into(), json!("never delivered")),
+        ],
+        delay: Duration::ZERO,
+    };
+    app.add_flow("flow-err", events("token"), (2, 1.0, 1.0))
+        .await;
+    app.grant("u1", 100).await;
+    let user = app.token("u1", Role::Enduser);
+    let body = json!({"chatflow_id": "flow-err", "question": "Hi there"});
+    let (text, end) = read_stream(&app, &user, body.clone()).await;
+    assert_eq!(text, "partial ");
+    assert_eq!(end["status"], "incomplete");
+    assert_eq!(end["reason"], "upstream_error");
+    assert_eq!(end["credits"]["charged"], 2 + 2 + 2);
+    assert_eq!(app.balance("u1").await, 94);
+    // Flowise began (its start event) but delivered nothing before the
+    // error: the request and the input are paid all the same.
+    app.flowise.set_behaviour("flow-err", events("metadata"));
+    let (text, end) = read_stream(&app, &user, body.clone()).await;
+    assert_eq!(text, "");
+    assert_eq!(end["credits"]["charged"], 2 + 2);
+    // An error before Flowise began is free.
+    app.flowise.set_behaviour(
+        "flow-err",
+        Behaviour::Events {
+            events: vec![("error".into(), json!("Error: down"))],
+            delay: Duration::ZERO,
+        },
+    );
+    let (_, end) = read_stream(&app, &user, body).await;
+    assert_eq!(end["credits"]["charged"], 0);
+    assert_eq!(app.balance("u1").await, 90);
+    app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn output_is_priced_at_the_larger_of_the_report_and_the_estimate_when_cut_short() {
+    let app = App::new().await;
+    // Flowise reports 50 output tokens for 8 characters, then fails.
+    let events = Behaviour::Events {
+        events: vec![
+            ("token".into(), json!("partial ")),
+            (
+                "usageMetadata".into(),
+                json!({"input_tokens": 1, "output_tokens": 50}),
+            ),
+            ("error".into(), json!("Error: boom")),
+        ],
+        delay: Duration::ZERO,
+    };
+    app.add_flow("flow-rep", events, (2, 1.0, 1.0)).await;
+    app.grant("u1", 100).await;
+    let user = app.token("u1", Role::Enduser);
+    let body = json!({"chatflow_id": "flow-rep", "question": "Hi there"});
+    let (_, end) = read_stream(&app, &user, body).await;
+    // 2 + max(1, 2) input + max(50, 2) output.
+    assert_eq!(end["credits"]["charged"], 2 + 2 + 50);
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_cannot_hold_the_relay_past_the_flowise_timeout() {
+    let app = App::new().await;
+    // Big pieces, fast: the relay's buffer fills once the client stops
+    // reading. FLOWISE_TIMEOUT_SECONDS is 3 in these tests.
+    let piece = "x".repeat(4_000);
+    let flood = Behaviour::Answer {
+        tokens: vec![piece; 2_000],
+        delay: Duration::ZERO,
+        usage: None,
+        heartbeat: false,
+    };
+    app.add_flow("flow-flood", flood, (1, 0.0, 0.0)).await;
+    app.grant("u1", 100).await;
+    let user = app.token("u1", Role::Enduser);
+    let started = std::time::Instant::now();
+    let (status, body) = app
+        .open_stream(
+            &user,
+            json!({"chatflow_id": "flow-flood", "question": "Hi"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // The client reads nothing.
+    let mut settled = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        if app.active_reservations().await == 0 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(settled, "the relay was held past its deadline");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    // Flowise began: the request is paid.
+    assert_eq!(app.balance("u1").await, 99);
+    drop(body);
+}

@@ -93,10 +93,11 @@ async fn models_are_the_chatflows_the_caller_may_use() {
         (res.status.as_u16(), res.body["id"].as_str()),
         (200, Some("flow-a"))
     );
+    // One the caller may not use is as unknown as one that does not exist.
     let res = v1(&app, "GET", "/v1/models/flow-b", None, &only_a).await;
-    assert_envelope(&res, 403, "permission_error", "key_chatflow_not_allowed");
+    assert_envelope(&res, 404, "invalid_request_error", "model_not_found");
     let res = v1(&app, "GET", "/v1/models/flow-secret", None, &all).await;
-    assert_envelope(&res, 403, "permission_error", "forbidden");
+    assert_envelope(&res, 404, "invalid_request_error", "model_not_found");
     let res = v1(&app, "GET", "/v1/models/nope", None, &all).await;
     assert_envelope(&res, 404, "invalid_request_error", "model_not_found");
     assert_eq!(res.body["error"]["param"], "model");
@@ -112,6 +113,12 @@ async fn a_buffered_completion_is_a_prediction_paid_for_and_stored_under_the_key
         heartbeat: false,
     };
     app.add_flow("flow-u", usage, (2, 0.0, 1.0)).await;
+    let admin = app.token("admin-1", Role::Admin);
+    let allow = json!({"allowedOverrides": ["temperature"]});
+    let res = app
+        .send("PUT", "/api/v1/admin/chatflows/flow-u", &admin, Some(allow))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
     app.grant("u1", 100).await;
     let (key, key_id) = app.make_key("u1", json!({"name": "bot"})).await;
 
@@ -201,7 +208,11 @@ async fn a_conversation_continues_the_session_whose_transcript_it_repeats() {
         sent["history"],
         json!([{"role": "userMessage", "content": "My name is Sarah"}, {"role": "apiMessage", "content": ANSWER}])
     );
-    assert_eq!(sent["overrideConfig"]["systemMessage"], "Be brief.");
+    // The system message is placed before the question (the default).
+    assert_eq!(
+        sent["question"],
+        "<system>\nBe brief.\n</system>\n\nWhat is my name?"
+    );
     let upstream: Vec<String> = app
         .flowise
         .received()

@@ -32,8 +32,44 @@ pub struct ChatflowDoc {
     pub deployed: Option<bool>,
     /// Flowise's type (`CHATFLOW`, `AGENTFLOW`, ...).
     pub kind: Option<String>,
+    /// Whether Flowise runs it through the prediction API (false for an
+    /// agentflow started by a webhook or a schedule: never offered).
+    #[serde(default = "invocable_by_default")]
+    pub invocable: bool,
+    /// The input a request may set its system prompt through, when its
+    /// override settings in Flowise enable one (from the last sync).
+    #[serde(default)]
+    pub system_prompt_input: Option<String>,
+    /// The `overrideConfig` keys a request may send (the admin's list;
+    /// none by default).
+    #[serde(default)]
+    pub allowed_overrides: Vec<String>,
+    /// What a system message does here (the admin's choice).
+    #[serde(default)]
+    pub system_messages: SystemMessages,
     /// Last sync that saw it.
     pub synced_at: BsonTime,
+}
+
+fn invocable_by_default() -> bool {
+    true
+}
+
+/// What a request's system message (an OpenAI client's `system` and
+/// `developer` messages, the native routes' `systemMessage`) does on a
+/// chatflow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SystemMessages {
+    /// Sent as the input the chatflow's node reads its system prompt from,
+    /// replacing the operator's prompt (only where its override settings
+    /// in Flowise allow it).
+    Override,
+    /// Placed before the question as a marked block, priced as input.
+    #[default]
+    Prepend,
+    /// Refused: 400 naming the field.
+    Refuse,
 }
 
 /// A chatflow as end users see it.
@@ -71,6 +107,17 @@ pub struct AdminChatflowView {
     /// Flowise's type.
     #[serde(rename = "type")]
     pub kind: Option<String>,
+    /// Whether Flowise runs it through the prediction API (false for an
+    /// agentflow started by a webhook or a schedule: never offered).
+    pub invocable: bool,
+    /// The input Flowise lets a request set its system prompt through
+    /// (`systemMessagePrompt`, `systemMessage`), if any: `systemMessages`
+    /// may be `override` only then.
+    pub system_prompt_input: Option<String>,
+    /// The `overrideConfig` keys a request may send.
+    pub allowed_overrides: Vec<String>,
+    /// What a system message does.
+    pub system_messages: SystemMessages,
     /// Last sync that saw it.
     pub synced_at: chrono::DateTime<chrono::Utc>,
 }
@@ -97,7 +144,23 @@ impl ChatflowDoc {
             removed: self.removed,
             deployed: self.deployed,
             kind: self.kind.clone(),
+            invocable: self.invocable,
+            system_prompt_input: self.system_prompt_input.clone(),
+            allowed_overrides: self.allowed_overrides.clone(),
+            system_messages: self.system_messages,
             synced_at: self.synced_at.to_chrono(),
+        }
+    }
+
+    /// The system-message setting that applies now: `override` falls back
+    /// to `prepend` when the last sync found its input no longer enabled
+    /// in Flowise (a system message never vanishes).
+    pub fn system_messages_now(&self) -> SystemMessages {
+        match self.system_messages {
+            SystemMessages::Override if self.system_prompt_input.is_none() => {
+                SystemMessages::Prepend
+            }
+            other => other,
         }
     }
 
@@ -184,6 +247,10 @@ async fn create_synced(
             removed: false,
             deployed: flow.deployed,
             kind: flow.kind.clone(),
+            invocable: flow.invocable(),
+            system_prompt_input: flow.system_prompt_input(),
+            allowed_overrides: Vec::new(),
+            system_messages: SystemMessages::default(),
             synced_at,
         })
         .await;
@@ -210,6 +277,8 @@ async fn update_synced(
             doc! {"$set": {
                 "name": &flow.name, "description": description,
                 "deployed": flow.deployed, "kind": flow.kind.clone(),
+                "invocable": flow.invocable(),
+                "system_prompt_input": flow.system_prompt_input(),
                 "removed": false, "synced_at": synced_at,
             }},
         )
@@ -225,7 +294,9 @@ pub async fn find(db: &Database, chatflow_id: &str) -> Result<Option<ChatflowDoc
 }
 
 /// The chatflow `user` is about to use: 404 when unknown or removed, 403
-/// when the user (or the API key they came with) may not use it.
+/// when the user (or the API key they came with) may not use it, 422
+/// `chatflow_not_invocable` when Flowise does not run it through the
+/// prediction API.
 pub async fn usable(
     db: &Database,
     chatflow_id: &str,
@@ -241,6 +312,13 @@ pub async fn usable(
             "you do not have access to this chatflow",
         ));
     }
+    if !flow.invocable {
+        return Err(ApiError::Unprocessable {
+            code: "chatflow_not_invocable",
+            message: "this flow is started by a webhook or a schedule in Flowise, not by a chat"
+                .into(),
+        });
+    }
     Ok(flow)
 }
 
@@ -248,9 +326,9 @@ pub async fn usable(
 /// they did), by name.
 pub async fn list_for(db: &Database, user: &AuthUser) -> Result<Vec<ChatflowDoc>, ApiError> {
     let mut filter = if user.role == Role::Admin {
-        doc! {"removed": false}
+        doc! {"removed": false, "invocable": {"$ne": false}}
     } else {
-        doc! {"removed": false, "$or": [
+        doc! {"removed": false, "invocable": {"$ne": false}, "$or": [
             {"is_public": true},
             {"allowed_users": {"$in": [&user.id, user.email.to_lowercase()]}},
         ]}
@@ -270,30 +348,93 @@ pub async fn list_all(db: &Database) -> Result<Vec<ChatflowDoc>, ApiError> {
         .map_err(Into::into)
 }
 
-/// Sets the public flag and/or replaces the access list; 404 when unknown.
-pub async fn update_access(
+/// What an admin sets on a chatflow (absent: unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// The public flag.
+    pub is_public: Option<bool>,
+    /// The access list (checked by [`parse_users`]).
+    pub allowed_users: Option<Vec<String>>,
+    /// The `overrideConfig` keys a request may send (checked by
+    /// [`parse_overrides`]).
+    pub allowed_overrides: Option<Vec<String>>,
+    /// What a system message does.
+    pub system_messages: Option<SystemMessages>,
+}
+
+/// Applies `settings`; 404 when unknown, 400 naming `systemMessages` for
+/// `override` on a chatflow whose override settings in Flowise enable no
+/// system-prompt input (nothing changes then).
+pub async fn update_settings(
     db: &Database,
     chatflow_id: &str,
-    is_public: Option<bool>,
-    allowed_users: Option<Vec<String>>,
+    settings: Settings,
 ) -> Result<ChatflowDoc, ApiError> {
+    let mut filter = doc! {"chatflow_id": chatflow_id};
     let mut set = doc! {};
-    if let Some(p) = is_public {
+    if let Some(p) = settings.is_public {
         set.insert("is_public", p);
     }
-    if let Some(users) = allowed_users {
+    if let Some(users) = settings.allowed_users {
         set.insert("allowed_users", users);
     }
-    if set.is_empty() {
-        return find(db, chatflow_id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("no such chatflow"));
+    if let Some(keys) = settings.allowed_overrides {
+        set.insert("allowed_overrides", keys);
     }
-    collection(db)
-        .find_one_and_update(doc! {"chatflow_id": chatflow_id}, doc! {"$set": set})
-        .return_document(mongodb::options::ReturnDocument::After)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such chatflow"))
+    if let Some(mode) = settings.system_messages {
+        set.insert("system_messages", bson::to_bson(&mode).unwrap_or_default());
+        if mode == SystemMessages::Override {
+            filter.insert("system_prompt_input", doc! {"$type": "string"});
+        }
+    }
+    let updated = if set.is_empty() {
+        find(db, chatflow_id).await?
+    } else {
+        collection(db)
+            .find_one_and_update(filter, doc! {"$set": set})
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await?
+    };
+    match updated {
+        Some(flow) => Ok(flow),
+        None if find(db, chatflow_id).await?.is_some() => Err(ApiError::invalid_field(
+            "systemMessages",
+            "override needs the chatflow's system prompt input (systemMessagePrompt for chains, \
+             systemMessage for agents) enabled in its API override settings in Flowise, then a sync",
+        )),
+        None => Err(ApiError::not_found("no such chatflow")),
+    }
+}
+
+/// Checks the `overrideConfig` keys an admin allows: at most 50 names of
+/// letters, digits and `_` (1 to 64 characters); `sessionId` is the
+/// gateway's own and cannot be allowed.
+pub fn parse_overrides(field: &str, keys: &[String]) -> Result<Vec<String>, ApiError> {
+    if keys.len() > 50 {
+        return Err(ApiError::invalid_field(field, "at most 50 keys"));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for key in keys {
+        let key = key.trim();
+        let valid = (1..=64).contains(&key.len())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(ApiError::invalid_field(
+                field,
+                "keys are 1 to 64 letters, digits or underscores",
+            ));
+        }
+        if key == "sessionId" {
+            return Err(ApiError::invalid_field(
+                field,
+                "sessionId is the gateway's own and cannot be allowed",
+            ));
+        }
+        if !out.iter().any(|k| k == key) {
+            out.push(key.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// Adds (`grant`) or removes users from the access list.

@@ -76,6 +76,7 @@ impl FileDoc {
                 "data": format!("data:{};base64,{b64}", self.mime),
             }),
             text: text_of(&self.mime, &self.data.bytes),
+            weight: Weight::of(&self.mime, self.data.bytes.len()),
         }
     }
 }
@@ -88,6 +89,33 @@ pub struct CheckedUpload {
     pub upload: Value,
     /// The text it carries, when it is text.
     pub text: Option<String>,
+    /// What it counts as when the input is priced.
+    pub weight: Weight,
+}
+
+/// What an upload counts as when a prediction's input is priced (README,
+/// the pricing rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weight {
+    /// Text: its characters, like the question.
+    Text,
+    /// An image (a file or an `https://` URL): a flat number of tokens.
+    Image,
+    /// A document the gateway cannot read (PDF, Office): a number of
+    /// tokens per started MiB of its bytes.
+    Document(usize),
+}
+
+impl Weight {
+    fn of(mime: &str, bytes: usize) -> Weight {
+        if mime.starts_with("text/") {
+            Weight::Text
+        } else if mime.starts_with("image/") {
+            Weight::Image
+        } else {
+            Weight::Document(bytes)
+        }
+    }
 }
 
 fn text_of(mime: &str, bytes: &[u8]) -> Option<String> {
@@ -139,6 +167,7 @@ pub fn check_inline(
             Ok(CheckedUpload {
                 upload: upload(mime, data.to_owned()),
                 text: None,
+                weight: Weight::Image,
             })
         }
         "file:full" => {
@@ -151,6 +180,7 @@ pub fn check_inline(
             Ok(CheckedUpload {
                 upload: upload(sniffed, data.to_owned()),
                 text: Some(data.to_owned()),
+                weight: Weight::Text,
             })
         }
         "file" | "file:rag" | "audio" => {
@@ -167,6 +197,7 @@ pub fn check_inline(
             Ok(CheckedUpload {
                 upload: upload(sniffed, format!("data:{sniffed};base64,{b64}")),
                 text: text_of(sniffed, &bytes),
+                weight: Weight::of(sniffed, bytes.len()),
             })
         }
         _ => Err(ApiError::invalid_field(

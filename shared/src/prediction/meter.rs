@@ -219,6 +219,8 @@ mod tests {
             per_request,
             per_input_token_micros: input_micros,
             per_output_token_micros: output_micros,
+            image_input_tokens: 0,
+            document_input_tokens_per_mb: 0,
             updated_at: chrono::Utc::now(),
         }
     }

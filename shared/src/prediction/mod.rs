@@ -23,8 +23,8 @@ use bson::doc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::chat::chatflows;
-use crate::chat::files::{self, CheckedUpload};
+use crate::chat::chatflows::{self, ChatflowDoc, SystemMessages};
+use crate::chat::files::{self, CheckedUpload, Weight};
 use crate::chat::sessions::{self, NewMessage, SessionDoc};
 use crate::error::{from_json_value, ApiError};
 use crate::flowise::{FlowiseError, Prediction, PredictionRequest, TokenUsage};
@@ -98,10 +98,19 @@ pub struct PredictBody {
     pub question: String,
     /// An existing session of this user (a new one when absent).
     pub session_id: Option<ChatSessionId>,
-    /// Passed to Flowise (its `sessionId` is always ours).
+    /// Passed to Flowise: only the keys the chatflow's admin allowed
+    /// (`allowedOverrides`; any other is 400 `override_not_allowed`); a
+    /// `sessionId` is ignored (the gateway's own is sent). Every string in
+    /// it is priced as input.
     #[serde(rename = "overrideConfig")]
     #[schema(value_type = Option<Object>)]
     pub override_config: Option<Value>,
+    /// A system message, placed as the chatflow's `systemMessages` setting
+    /// says (the input its node reads, a block before the question, or
+    /// refused with 400); priced as input.
+    #[serde(rename = "systemMessage")]
+    #[schema(max_length = 100000)]
+    pub system_message: Option<String>,
     /// Prior turns to prepend.
     #[schema(max_items = 100)]
     pub history: Option<Vec<HistoryItem>>,
@@ -131,6 +140,9 @@ pub struct WholeConversation {
     /// conversation's earlier turns, as read when it was found (its
     /// transcript is the one the turn moves on from).
     pub continues: Option<SessionDoc>,
+    /// Overrides sent where the chatflow allows them and ignored
+    /// elsewhere (an OpenAI client's `temperature`, `max_tokens`).
+    pub optional_overrides: serde_json::Map<String, Value>,
 }
 
 impl PredictRequest {
@@ -214,6 +226,8 @@ pub const FAILURES: [Failure; 5] = [
 
 /// Steps (1)–(3) done: what the call and the settlement need.
 pub struct Prepared {
+    /// The question as the user asked it (what the history keeps).
+    pub question: String,
     /// The caller, as the ledger knows them.
     pub user_id: UserId,
     /// The chatflow.
@@ -363,6 +377,13 @@ fn check_body(body: &PredictBody) -> Result<(), ApiError> {
             "must be an object",
         ));
     }
+    let system = body.system_message.as_deref().unwrap_or_default();
+    if system.chars().count() > MAX_QUESTION_CHARS {
+        return Err(ApiError::invalid_field(
+            "systemMessage",
+            format!("must be at most {MAX_QUESTION_CHARS} characters"),
+        ));
+    }
     check_history(body.history.as_deref().unwrap_or_default())?;
     if body.uploads.as_ref().is_some_and(|u| u.len() > MAX_UPLOADS) {
         return Err(ApiError::invalid_field(
@@ -394,12 +415,15 @@ fn check_history(history: &[HistoryItem]) -> Result<(), ApiError> {
 
 /// What the checks of steps (1) and (2) found.
 struct Checked {
+    shaped: Shaped,
     session: (SessionDoc, bool),
     uploads: (Vec<CheckedUpload>, Vec<String>),
 }
 
-/// Steps (1) and (2), concurrently: chatflow access (404/403), session
-/// ownership (403), uploads (403, 413, 415).
+/// Steps (1) and (2), concurrently: chatflow access (404/403, 422 for a
+/// flow Flowise does not run through the prediction API) and what it
+/// takes of the request ([`shape`]: 400), session ownership (403), uploads
+/// (403, 413, 415).
 async fn check(
     state: &PredictState,
     user: &AuthUser,
@@ -407,12 +431,91 @@ async fn check(
     conversation: Option<&WholeConversation>,
 ) -> Result<Checked, ApiError> {
     let db = &state.mongo.chat;
-    let (_, session, uploads) = tokio::try_join!(
-        chatflows::usable(db, &body.chatflow_id, user),
+    let shaped = async {
+        let flow = chatflows::usable(db, &body.chatflow_id, user).await?;
+        shape(&flow, body, conversation)
+    };
+    let (shaped, session, uploads) = tokio::try_join!(
+        shaped,
         session_for(state, user, body, conversation),
         checked_uploads(state, user, body),
     )?;
-    Ok(Checked { session, uploads })
+    Ok(Checked {
+        shaped,
+        session,
+        uploads,
+    })
+}
+
+/// The request's own text as it reaches Flowise: the question (after a
+/// prepended system message) and the overrides the chatflow takes.
+struct Shaped {
+    question: String,
+    override_config: Option<Value>,
+}
+
+/// How a system message is marked when it is placed before the question.
+const SYSTEM_BLOCK: (&str, &str) = ("<system>\n", "\n</system>\n\n");
+
+/// What the chatflow `flow` takes of `body`: each `overrideConfig` key its
+/// admin allowed (any other is 400 `override_not_allowed` naming it; a
+/// `sessionId` is dropped, the gateway's own is sent), the optional
+/// overrides of a whole conversation where allowed, and the system message
+/// placed as its setting says (400 naming the field where it refuses
+/// one).
+fn shape(
+    flow: &ChatflowDoc,
+    body: &PredictBody,
+    conversation: Option<&WholeConversation>,
+) -> Result<Shaped, ApiError> {
+    let allowed = |key: &str| flow.allowed_overrides.iter().any(|k| k == key);
+    let mut config = serde_json::Map::new();
+    if let Some(Value::Object(given)) = &body.override_config {
+        for (key, value) in given.iter().filter(|(k, _)| *k != "sessionId") {
+            if !allowed(key) {
+                return Err(ApiError::BadRequest {
+                    code: "override_not_allowed",
+                    message: format!(
+                        "overrideConfig.{key}: this chatflow does not let a request override {key}"
+                    ),
+                });
+            }
+            config.insert(key.clone(), value.clone());
+        }
+    }
+    for (key, value) in conversation.iter().flat_map(|c| &c.optional_overrides) {
+        if allowed(key) && !config.contains_key(key) {
+            config.insert(key.clone(), value.clone());
+        }
+    }
+    let mut question = body.question.clone();
+    if let Some(system) = body
+        .system_message
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
+        match (flow.system_messages_now(), &flow.system_prompt_input) {
+            (SystemMessages::Override, Some(input)) => {
+                config.insert(input.clone(), json!(system));
+            }
+            (SystemMessages::Refuse, _) => {
+                let field = if conversation.is_some() {
+                    "messages"
+                } else {
+                    "systemMessage"
+                };
+                return Err(ApiError::invalid_field(
+                    field,
+                    "this chatflow takes no system message",
+                ));
+            }
+            _ => question = format!("{}{system}{}{question}", SYSTEM_BLOCK.0, SYSTEM_BLOCK.1),
+        }
+    }
+    Ok(Shaped {
+        question,
+        override_config: (!config.is_empty()).then_some(Value::Object(config)),
+    })
 }
 
 /// Steps (1)–(3): the checks, then the price reserved in the ledger (402,
@@ -438,29 +541,24 @@ pub async fn prepare(
         conversation,
     } = request;
     let user_id = user.user_id();
+    // A key limited to chatflows gets nothing of another, replays included.
+    crate::keys::require_chatflow(user, body.chatflow_id.as_str())?;
     if let Some(answer) = stored_for(state, &user_id, key.as_ref()).await? {
         return Ok(Start::Replay(Box::new(answer)));
     }
     let message_id = ReservationId::random();
-    let open = open_reservation(
-        state,
-        &user_id,
-        &body.chatflow_id,
-        key.as_ref(),
-        &message_id,
-    );
+    let keyed = (key.as_ref(), &message_id);
     let (checked, opened) =
-        match tokio::join!(check(state, user, &body, conversation.as_ref()), open) {
-            (_, Ok(Opening::Replay(answer))) => return Ok(Start::Replay(answer)),
-            (Err(refused), Ok(Opening::Ready(opened))) => return refuse(opened.tx, refused).await,
-            (Err(refused), _) | (Ok(_), Err(refused)) => return Err(refused),
-            (Ok(checked), Ok(Opening::Ready(opened))) => (checked, opened),
+        match check_and_open(state, user, &body, conversation.as_ref(), keyed).await? {
+            Ok(ready) => ready,
+            Err(answer) => return Ok(Start::Replay(answer)),
         };
     let Checked {
+        shaped,
         session: (session, new_session),
         uploads: (uploads, file_ids),
     } = checked;
-    let input_tokens = input_tokens(&body, &uploads);
+    let input_tokens = input_tokens(&shaped, &body, &uploads, &opened.rule);
     let meta = reservation_meta(user, request_id, &session);
     let (chatflow, rate) = (&body.chatflow_id, &state.limits.rate);
     let (rule, held) = reserve(
@@ -472,8 +570,9 @@ pub async fn prepare(
         &meta,
     )
     .await?;
-    let request = flowise_request(&body, &session, conversation.is_some(), uploads);
+    let request = flowise_request(shaped, &body, &session, conversation.is_some(), uploads);
     Ok(Start::Fresh(Box::new(Prepared {
+        question: body.question,
         user_id,
         chatflow_id: body.chatflow_id,
         session,
@@ -489,6 +588,27 @@ pub async fn prepare(
         held,
         started,
     })))
+}
+
+/// Steps (1), (2) and (3a) at once: the checks, and the reservation's
+/// transaction opened beside them ([`open_reservation`]). Either the
+/// checks passed and the transaction is ready, or the key's stored answer
+/// (`Err`); a refusal rolls the transaction back at once.
+async fn check_and_open(
+    state: &PredictState,
+    user: &AuthUser,
+    body: &PredictBody,
+    conversation: Option<&WholeConversation>,
+    (key, message_id): (Option<&RequestKey>, &ReservationId),
+) -> Result<Result<(Checked, Opened), Box<PredictionAnswer>>, ApiError> {
+    let user_id = user.user_id();
+    let open = open_reservation(state, &user_id, &body.chatflow_id, key, message_id);
+    match tokio::join!(check(state, user, body, conversation), open) {
+        (_, Ok(Opening::Replay(answer))) => Ok(Err(answer)),
+        (Err(refused), Ok(Opening::Ready(opened))) => refuse(opened.tx, refused).await,
+        (Err(refused), _) | (Ok(_), Err(refused)) => Err(refused),
+        (Ok(checked), Ok(Opening::Ready(opened))) => Ok(Ok((checked, opened))),
+    }
 }
 
 /// What the reservation's entry records: the caller, the request, the
@@ -508,10 +628,11 @@ fn reservation_meta<'a>(
     }
 }
 
-/// What step (4) sends to Flowise: the question in `session` (or, when
-/// `fresh`, in a Flowise session of its own), with the caller's
-/// overrides, history and checked uploads.
+/// What step (4) sends to Flowise: the shaped question in `session` (or,
+/// when `fresh`, in a Flowise session of its own), with the overrides the
+/// chatflow takes, the history and the checked uploads.
 fn flowise_request(
+    shaped: Shaped,
     body: &PredictBody,
     session: &SessionDoc,
     fresh: bool,
@@ -523,9 +644,9 @@ fn flowise_request(
         session.session_id.clone()
     };
     PredictionRequest {
-        question: body.question.clone(),
+        question: shaped.question,
         session_id,
-        override_config: body.override_config.clone(),
+        override_config: shaped.override_config,
         history: body.history.as_ref().map(|h| json!(h)),
         uploads: uploads.into_iter().map(|u| u.upload).collect(),
     }
@@ -616,21 +737,57 @@ async fn checked_uploads(
     Ok((uploads, file_ids))
 }
 
-/// Input tokens as estimated before the answer: the question, the
-/// history, and every text that reaches the model inside an upload.
-fn input_tokens(body: &PredictBody, uploads: &[CheckedUpload]) -> i64 {
+/// Input tokens as estimated before the answer: the question (with a
+/// prepended system message), the history, every string of the
+/// overrides (a system message sent as one included), every text that
+/// reaches the model inside an upload, and the images and documents by
+/// the rule's flat counts.
+fn input_tokens(
+    shaped: &Shaped,
+    body: &PredictBody,
+    uploads: &[CheckedUpload],
+    rule: &PricingRule,
+) -> i64 {
+    fn strings(value: &Value, out: &mut String) {
+        match value {
+            Value::String(text) => out.push_str(text),
+            Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+            Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut overrides = String::new();
+    if let Some(config) = &shaped.override_config {
+        strings(config, &mut overrides);
+    }
     let history: String = body
         .history
         .iter()
         .flatten()
         .map(|h| h.content.as_str())
         .collect();
-    let uploaded: i64 = uploads
+    let text: i64 = uploads
         .iter()
         .filter_map(|u| u.text.as_deref())
         .map(estimate_tokens)
         .sum();
-    estimate_tokens(&body.question) + estimate_tokens(&history) + uploaded
+    let images = uploads.iter().filter(|u| u.weight == Weight::Image).count();
+    let documents: Vec<usize> = uploads
+        .iter()
+        .filter_map(|u| match u.weight {
+            Weight::Document(bytes) => Some(bytes),
+            _ => None,
+        })
+        .collect();
+    [
+        estimate_tokens(&shaped.question),
+        estimate_tokens(&history),
+        estimate_tokens(&overrides),
+        text,
+        rule.upload_tokens(images, &documents),
+    ]
+    .iter()
+    .fold(0i64, |sum, n| sum.saturating_add(*n))
 }
 
 /// What step (3) reserves: the known part of the price (the request and
@@ -1026,7 +1183,7 @@ async fn store_messages(
     let question = NewMessage {
         message_id: prepared.user_message_id.clone(),
         role: "user",
-        content: prepared.request.question.clone(),
+        content: prepared.question.clone(),
         status: "complete",
         file_ids: prepared.file_ids.clone(),
         metadata: doc! {},

@@ -81,6 +81,10 @@ impl V1Error {
                 code: "forbidden" | "key_chatflow_not_allowed",
                 ..
             } => (Some("model".to_owned()), None),
+            // A system message the chatflow refuses names the messages.
+            ApiError::BadRequest { message, .. } if message.starts_with("messages: ") => {
+                (Some("messages".to_owned()), None)
+            }
             ApiError::BadRequest { .. }
             | ApiError::PayloadTooLarge { .. }
             | ApiError::UnsupportedMediaType { .. } => (Some(question.to_owned()), None),

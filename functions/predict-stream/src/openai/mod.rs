@@ -19,7 +19,7 @@ use axum::{Extension, Json};
 use serde_json::Value;
 use shared::chat::chatflows;
 use shared::chat::sessions::{self, SessionDoc};
-use shared::error::{from_json_value, JsonBody, PathParams};
+use shared::error::{from_json_value, ApiError, JsonBody, PathParams};
 use shared::http::RequestId;
 use shared::keys::UserOrKey;
 use shared::openapi::IdempotencyKeyHeader;
@@ -88,9 +88,14 @@ pub async fn get_model(
     UserOrKey(user): UserOrKey,
     PathParams(id): PathParams<String>,
 ) -> Result<Json<Model>, V1Error> {
+    // A model the caller may not use is as unknown to them as one that
+    // does not exist: 404, never a 403 that confirms it.
     let flow = chatflows::usable(&state.mongo.chat, &id, &user)
         .await
-        .map_err(|e| V1Error::model(e, "model"))?;
+        .map_err(|e| match e {
+            ApiError::Forbidden { .. } | ApiError::Unprocessable { .. } => V1Error::no_model(&id),
+            other => V1Error::model(other, "model"),
+        })?;
     Ok(Json(Model::of(&flow)))
 }
 
@@ -115,13 +120,17 @@ pub async fn chat_completions(
     let request: CompletionRequest = from_json_value(raw).map_err(V1Error::parsing)?;
     let Mapped {
         body,
+        optional_overrides,
         transcript,
         stream,
         include_usage,
         question_param,
     } = request::map(request)?;
     let continues = continued(&state, &user, &body.chatflow_id, transcript).await?;
-    let conversation = Some(WholeConversation { continues });
+    let conversation = Some(WholeConversation {
+        continues,
+        optional_overrides,
+    });
     let request =
         PredictRequest::new(body, key, conversation).map_err(|e| V1Error::about(e, "messages"))?;
     let model = request.body.chatflow_id.to_string();

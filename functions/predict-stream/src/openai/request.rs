@@ -7,11 +7,15 @@
 //!   URL upload, both checked like any upload);
 //! - earlier `user` and `assistant` turns are Flowise's `history` (their
 //!   text; images of earlier turns are not sent again);
-//! - `system` and `developer` messages are joined and passed as the
-//!   `systemMessage` override, which Flowise applies only where the
-//!   chatflow's override configuration allows it (the operator's prompt
-//!   holds otherwise); `temperature` and `max_tokens` (or
-//!   `max_completion_tokens`) likewise, as `temperature` and `maxTokens`;
+//! - `system` and `developer` messages are joined and are the
+//!   prediction's system message, which the chatflow's `systemMessages`
+//!   setting places (the input its node reads, a block before the
+//!   question, or a refusal naming `messages`); at most
+//!   `MAX_QUESTION_CHARS` characters;
+//! - `temperature` and `max_tokens` (or `max_completion_tokens`) are sent
+//!   as the `temperature` and `maxTokens` overrides where the chatflow's
+//!   admin allowed those keys, and ignored elsewhere (OpenAI clients send
+//!   them unasked);
 //! - `n` other than 1, `tools` and `functions` are refused (400 with
 //!   `param`), as are `tool` messages and content parts other than text and
 //!   images; every other field real clients send is ignored.
@@ -24,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use shared::chat::sessions::transcript_after;
 use shared::ids::ChatflowId;
-use shared::prediction::{HistoryItem, PredictBody, UploadItem};
+use shared::prediction::{HistoryItem, PredictBody, UploadItem, MAX_QUESTION_CHARS};
 
 use super::envelope::V1Error;
 
@@ -122,6 +126,8 @@ pub struct ImageUrl {
 pub struct Mapped {
     /// The prediction (its `session_id` is set once the session is found).
     pub body: PredictBody,
+    /// `temperature` and `maxTokens`, sent where the chatflow allows them.
+    pub optional_overrides: Map<String, Value>,
     /// The digest of the earlier turns, when there are any.
     pub transcript: Option<String>,
     /// Whether to answer as a stream.
@@ -214,19 +220,30 @@ fn image_upload(number: usize, url: String) -> UploadItem {
     }
 }
 
-/// The overrides the request asks for, when it asks for any.
-fn overrides(request: &CompletionRequest, system: &[String]) -> Option<Value> {
+/// The overrides the request asks for (sent where the chatflow allows
+/// them, ignored elsewhere).
+fn optional_overrides(request: &CompletionRequest) -> Map<String, Value> {
     let mut config = Map::new();
-    if !system.is_empty() {
-        config.insert("systemMessage".into(), json!(system.join("\n\n")));
-    }
     if let Some(temperature) = request.temperature {
         config.insert("temperature".into(), json!(temperature));
     }
     if let Some(max) = request.max_completion_tokens.or(request.max_tokens) {
         config.insert("maxTokens".into(), json!(max));
     }
-    (!config.is_empty()).then_some(Value::Object(config))
+    config
+}
+
+/// The system and developer messages, joined (400 naming `messages` past
+/// `MAX_QUESTION_CHARS`).
+fn system_message(system: &[String]) -> Result<Option<String>, V1Error> {
+    let joined = system.join("\n\n");
+    if joined.chars().count() > MAX_QUESTION_CHARS {
+        return Err(V1Error::invalid(
+            "messages",
+            format!("the system messages must be at most {MAX_QUESTION_CHARS} characters in all"),
+        ));
+    }
+    Ok((!joined.trim().is_empty()).then_some(joined))
 }
 
 /// Refuses what a chatflow cannot do.
@@ -278,6 +295,22 @@ fn read_messages(messages: Vec<ChatMessage>) -> Result<(Vec<String>, Vec<Turn>),
     Ok((system, turns))
 }
 
+/// The earlier turns as Flowise's `history` (their text).
+fn history_of(turns: &[Turn]) -> Vec<HistoryItem> {
+    turns
+        .iter()
+        .map(|turn| HistoryItem {
+            role: if turn.role == "user" {
+                "userMessage"
+            } else {
+                "apiMessage"
+            }
+            .into(),
+            content: turn.said.text.clone(),
+        })
+        .collect()
+}
+
 /// Reads `request` into a prediction (400 naming the `param` on what a
 /// chatflow cannot do, 404 `model_not_found` on a model id that cannot be
 /// one).
@@ -302,18 +335,7 @@ pub fn map(mut request: CompletionRequest) -> Result<Mapped, V1Error> {
             "a question with images needs a text part too: a chatflow takes a question",
         ));
     }
-    let history: Vec<HistoryItem> = turns
-        .iter()
-        .map(|turn| HistoryItem {
-            role: if turn.role == "user" {
-                "userMessage"
-            } else {
-                "apiMessage"
-            }
-            .into(),
-            content: turn.said.text.clone(),
-        })
-        .collect();
+    let history = history_of(&turns);
     let transcript = (!turns.is_empty())
         .then(|| transcript_after("", turns.iter().map(|t| (t.role, t.said.text.as_str()))));
     let uploads: Vec<UploadItem> = question
@@ -327,12 +349,14 @@ pub fn map(mut request: CompletionRequest) -> Result<Mapped, V1Error> {
         chatflow_id,
         question: question.said.text,
         session_id: None,
-        override_config: overrides(&request, &system),
+        override_config: None,
+        system_message: system_message(&system)?,
         history: (!history.is_empty()).then_some(history),
         uploads: (!uploads.is_empty()).then_some(uploads),
     };
     Ok(Mapped {
         body,
+        optional_overrides: optional_overrides(&request),
         transcript,
         stream: request.stream.unwrap_or(false),
         include_usage: request
@@ -377,9 +401,14 @@ mod tests {
             ("userMessage", "apiMessage")
         );
         assert_eq!(
-            body.override_config.unwrap(),
-            json!({"systemMessage": "Be brief.\n\nNo emoji.", "temperature": 0.2, "maxTokens": 50})
+            body.system_message.as_deref(),
+            Some("Be brief.\n\nNo emoji.")
         );
+        assert_eq!(
+            Value::Object(mapped.optional_overrides),
+            json!({"temperature": 0.2, "maxTokens": 50})
+        );
+        assert!(body.override_config.is_none());
         match &body.uploads.unwrap()[0] {
             UploadItem::Inline { kind, mime, .. } => {
                 assert_eq!((kind.as_str(), mime.as_str()), ("url", "image/jpeg"));
@@ -403,6 +432,11 @@ mod tests {
                 "tools",
             ),
             (json!({"model": "f", "messages": []}), "messages"),
+            (
+                json!({"model": "f", "messages": [
+                    {"role": "system", "content": "x".repeat(MAX_QUESTION_CHARS + 1)}, user]}),
+                "messages",
+            ),
             (
                 json!({"model": "f", "messages": [{"role": "tool", "content": "x"}, user]}),
                 "messages[0].role",
