@@ -144,7 +144,9 @@ pub async fn stop(
     PathParams(message_id): PathParams<ReservationId>,
 ) -> Answer<StopBody> {
     let mut conn = state.pg.acquire().await?;
-    let requested_at = reservations::request_stop(&mut conn, &message_id, &user.user_id()).await?;
+    let scope = shared::keys::chatflow_scope(&user);
+    let requested_at =
+        reservations::request_stop(&mut conn, &message_id, &user.user_id(), scope).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(StopBody {
@@ -153,6 +155,28 @@ pub async fn stop(
             requested_at,
         }),
     ))
+}
+
+/// The file `id` as `user` may see it: theirs (403 for another's), and,
+/// for a key limited to chatflows, not attached to a session of another
+/// chatflow (404 for such a file, as if it did not exist).
+async fn visible_file(
+    state: &AppState,
+    id: &str,
+    user: &AuthUser,
+) -> Result<files::FileDoc, ApiError> {
+    let db = &state.mongo.chat;
+    let file = files::owned(db, id, &user.id).await?;
+    if let (Some(_), Some(session)) = (shared::keys::chatflow_scope(user), &file.session_id) {
+        let hidden = match sessions::find(db, session).await? {
+            Some(found) => !sessions::in_scope(user, &found.chatflow_id),
+            None => false,
+        };
+        if hidden {
+            return Err(ApiError::not_found(format!("no file {id}")));
+        }
+    }
+    Ok(file)
 }
 
 // ---------------------------------------------------------------- sessions
@@ -179,7 +203,7 @@ pub async fn list_sessions(
     QueryParams(page): QueryParams<PageParams>,
 ) -> Answer<SessionsBody> {
     let (page, limit) = page.resolve()?;
-    let (items, total) = sessions::list(&state.mongo.chat, &user.id, page, limit).await?;
+    let (items, total) = sessions::list(&state.mongo.chat, &user, page, limit).await?;
     let sessions = items.iter().map(sessions::SessionDoc::view).collect();
     ok(SessionsBody {
         sessions,
@@ -213,7 +237,7 @@ pub async fn list_messages(
     QueryParams(page): QueryParams<PageParams>,
 ) -> Answer<MessagesBody> {
     let (page, limit) = page.resolve()?;
-    sessions::owned(&state.mongo.chat, &id, &user.id).await?;
+    sessions::visible(&state.mongo.chat, &id, &user).await?;
     let (items, total) = sessions::messages_page(&state.mongo.chat, &id, page, limit).await?;
     let messages = items.iter().map(sessions::MessageDoc::view).collect();
     ok(MessagesBody {
@@ -233,7 +257,7 @@ pub async fn delete_session(
     UserOrKey(user): UserOrKey,
     PathParams(id): PathParams<ChatSessionId>,
 ) -> Result<StatusCode, ApiError> {
-    sessions::owned(&state.mongo.chat, &id, &user.id).await?;
+    sessions::visible(&state.mongo.chat, &id, &user).await?;
     sessions::delete(&state.mongo.chat, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -339,7 +363,7 @@ pub async fn get_file(
     UserOrKey(user): UserOrKey,
     PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    let file = files::owned(&state.mongo.chat, &id, &user.id).await?;
+    let file = visible_file(&state, &id, &user).await?;
     let disposition = format!(
         "inline; filename=\"{}\"",
         file.name.replace(['"', '\\'], "_")
@@ -367,7 +391,7 @@ pub async fn delete_file(
     UserOrKey(user): UserOrKey,
     PathParams(id): PathParams<String>,
 ) -> Result<StatusCode, ApiError> {
-    files::owned(&state.mongo.chat, &id, &user.id).await?;
+    visible_file(&state, &id, &user).await?;
     files::delete(&state.mongo.chat, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -410,3 +410,104 @@ async fn a_client_that_does_not_read_cannot_hold_the_relay_past_the_flowise_time
     assert_eq!(app.balance("u1").await, 99);
     drop(body);
 }
+
+#[tokio::test]
+async fn a_key_limited_to_chatflows_sees_nothing_of_the_others_history() {
+    let app = App::new().await;
+    app.add_flow(
+        "flow-b",
+        Behaviour::Answer {
+            tokens: shared::flowise_double::split_tokens("one two three four five six seven"),
+            delay: Duration::from_millis(200),
+            usage: None,
+            heartbeat: false,
+        },
+        (1, 0.0, 0.0),
+    )
+    .await;
+    app.grant("u1", 100).await;
+    let token = app.token("u1", Role::Enduser);
+    // With the token: a session on each chatflow, a file used on flow-b.
+    let on_a = app
+        .predict(&token, json!({"chatflow_id": "flow-a", "question": "On a"}))
+        .await;
+    assert_eq!(on_a.status, 200, "{}", on_a.body);
+    let pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+    let stored = app
+        .send(
+            "POST",
+            "/api/v1/chat/files",
+            &token,
+            Some(json!({"name": "p.png", "mime": "image/png", "data": pixel})),
+        )
+        .await;
+    assert_eq!(stored.status, 201, "{}", stored.body);
+    let file = stored.body["file_id"].as_str().unwrap().to_owned();
+    let keyed =
+        json!({"chatflow_id": "flow-b", "question": "On b", "uploads": [{"file_id": file}]});
+    let on_b = app
+        .predict_with(&token, keyed.clone(), &[("idempotency-key", "b-1")])
+        .await;
+    assert_eq!(on_b.status, 200, "{}", on_b.body);
+    let (session_a, session_b) = (
+        on_a.body["session_id"].as_str().unwrap(),
+        on_b.body["session_id"].as_str().unwrap(),
+    );
+    let (key, _) = app
+        .make_key("u1", json!({"name": "a only", "chatflows": ["flow-a"]}))
+        .await;
+    // The list shows flow-a's session only.
+    let list = app.send("GET", "/api/v1/chat/sessions", &key, None).await;
+    let ids: Vec<&str> = list.body["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [session_a], "{}", list.body);
+    assert_eq!(list.body["total"], 1);
+    // Anything of flow-b is 404, and stays as it was.
+    let messages = format!("/api/v1/chat/sessions/{session_b}/messages");
+    app.send("GET", &messages, &key, None)
+        .await
+        .assert_error(404, "not_found");
+    app.send(
+        "DELETE",
+        &format!("/api/v1/chat/sessions/{session_b}"),
+        &key,
+        None,
+    )
+    .await
+    .assert_error(404, "not_found");
+    let file_path = format!("/api/v1/chat/files/{file}");
+    app.send("GET", &file_path, &key, None)
+        .await
+        .assert_error(404, "not_found");
+    app.send("DELETE", &file_path, &key, None)
+        .await
+        .assert_error(404, "not_found");
+    assert_eq!(
+        app.send("GET", &messages, &token, None).await.body["total"],
+        2
+    );
+    assert_eq!(app.send("GET", &file_path, &token, None).await.status, 200);
+    // A replay of flow-b's answer under its Idempotency-Key is refused too.
+    app.predict_with(&key, keyed, &[("idempotency-key", "b-1")])
+        .await
+        .assert_error(403, "key_chatflow_not_allowed");
+    // Its running answers cannot be stopped through the key.
+    let (status, mut stream) = app
+        .open_stream(&token, json!({"chatflow_id": "flow-b", "question": "Long"}))
+        .await;
+    assert_eq!(status, 200);
+    let mut reader = shared::testing::SseFrames::default();
+    let first = common::read_until(&mut stream, &mut reader, "session").await;
+    let message_id = first[0].1["message_id"].as_str().unwrap().to_owned();
+    let stop = format!("/api/v1/chat/predict/{message_id}/stop");
+    app.send("POST", &stop, &key, None)
+        .await
+        .assert_error(404, "not_found");
+    let rest = common::frames(stream).await;
+    let end = &rest.iter().find(|(e, _, _)| e == "end").unwrap().1;
+    assert_eq!(end["status"], "complete", "{end}");
+}

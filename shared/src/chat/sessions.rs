@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::now;
 use crate::db::batch::{self, Write};
+use crate::token::AuthUser;
 use crate::ApiError;
 
 /// A chat session.
@@ -203,6 +204,34 @@ pub async fn owned(db: &Database, session_id: &str, user_id: &str) -> Result<Ses
     Ok(session)
 }
 
+/// The session `session_id`, whoever's it is.
+pub async fn find(db: &Database, session_id: &str) -> Result<Option<SessionDoc>, ApiError> {
+    Ok(sessions(db)
+        .find_one(doc! {"session_id": session_id})
+        .await?)
+}
+
+/// The session `session_id` as `user` may see it: theirs (403 for
+/// another's), and, for a key limited to chatflows, one of those
+/// chatflows' (404 for any other, as if it did not exist).
+pub async fn visible(
+    db: &Database,
+    session_id: &str,
+    user: &AuthUser,
+) -> Result<SessionDoc, ApiError> {
+    let session = owned(db, session_id, &user.id).await?;
+    if !in_scope(user, &session.chatflow_id) {
+        return Err(ApiError::not_found(format!("no session {session_id}")));
+    }
+    Ok(session)
+}
+
+/// Whether `user` (through a key limited to chatflows, if any) may see
+/// what belongs to `chatflow_id`.
+pub fn in_scope(user: &AuthUser, chatflow_id: &str) -> bool {
+    crate::keys::chatflow_scope(user).is_none_or(|scope| scope.iter().any(|c| c == chatflow_id))
+}
+
 /// A new session whose topic is the first 50 characters of `question`
 /// (not stored yet: see [`record`]).
 pub fn new_session(user_id: &str, chatflow_id: &str, question: &str) -> SessionDoc {
@@ -347,11 +376,14 @@ pub async fn mark_incomplete(db: &Database, message_id: &str) -> Result<(), ApiE
 /// A page of the user's sessions, latest activity first, and the total.
 pub async fn list(
     db: &Database,
-    user_id: &str,
+    user: &AuthUser,
     page: i64,
     limit: i64,
 ) -> Result<(Vec<SessionDoc>, u64), ApiError> {
-    let filter = doc! {"user_id": user_id};
+    let mut filter = doc! {"user_id": &user.id};
+    if let Some(scope) = crate::keys::chatflow_scope(user) {
+        filter.insert("chatflow_id", doc! {"$in": scope});
+    }
     let total = sessions(db).count_documents(filter.clone()).await?;
     let cursor = sessions(db)
         .find(filter)

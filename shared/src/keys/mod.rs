@@ -92,6 +92,12 @@ fn matches(key: &str, stored: &[u8]) -> bool {
     bool::from(hash(key).as_slice().ct_eq(stored))
 }
 
+/// The chatflows `user` is limited to, when they came with a key that
+/// has a list: the history they see is only these chatflows'.
+pub fn chatflow_scope(user: &AuthUser) -> Option<&[String]> {
+    user.key.as_ref().and_then(|k| k.chatflows.as_deref())
+}
+
 /// 403 unless `user` (when acting through a key) may use `chatflow`.
 pub fn require_chatflow(user: &AuthUser, chatflow: &str) -> Result<(), ApiError> {
     match &user.key {

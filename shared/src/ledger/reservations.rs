@@ -833,13 +833,15 @@ pub async fn active_sessions(
 
 /// Asks the prediction `id` of `user` to stop (its relay reads the flag
 /// between events): 404 for an id that is not one of this user's
-/// predictions (another user's included, so none is confirmed), 409
+/// predictions (another user's included, so none is confirmed, and one of
+/// a chatflow outside `scope`, a key's list), 409
 /// `already_finished` once it is settled (the row is left as it was).
 /// Asking twice keeps the first time.
 pub async fn request_stop(
     conn: &mut sqlx::PgConnection,
     id: &ReservationId,
     user: &UserId,
+    scope: Option<&[String]>,
 ) -> Result<DateTime<Utc>, LedgerError> {
     let row = sqlx::query!(
         r#"UPDATE streaming_sessions
@@ -847,9 +849,11 @@ pub async fn request_stop(
                                            THEN COALESCE(stop_requested_at, now())
                                            ELSE stop_requested_at END
             WHERE session_id = $1 AND user_id = $2 AND origin = 'gateway'
+              AND ($3::text[] IS NULL OR chatflow_id = ANY($3))
         RETURNING status, stop_requested_at"#,
         id.as_str(),
-        user.as_str()
+        user.as_str(),
+        scope
     )
     .fetch_optional(conn)
     .await?
