@@ -51,7 +51,8 @@ async fn openapi() -> impl IntoResponse {
 pub struct HealthBody {
     /// `ok`.
     status: String,
-    /// Each store: `ok`, `unreachable` (or, for the indexes, `missing`).
+    /// Each store: `ok`, `unreachable` (or, for the indexes, `missing`, or
+    /// which unique index duplicate values block).
     stores: std::collections::BTreeMap<String, String>,
 }
 
@@ -289,11 +290,16 @@ impl HealthChecks {
               (status = 503, description = "A store is unreachable (named)", body = crate::error::ErrorBody)))]
 async fn health(State(checks): State<HealthChecks>) -> Response {
     let results = checks.probe().await;
+    let why_missing = checks
+        .indexes
+        .as_ref()
+        .and_then(|g| g.failure())
+        .unwrap_or_else(|| "missing".to_owned());
     let stores: serde_json::Map<String, serde_json::Value> = results
         .iter()
         .map(|(name, ok)| {
             let failed = if *name == "mongodbIndexes" {
-                "missing"
+                why_missing.as_str()
             } else {
                 "unreachable"
             };
@@ -320,7 +326,7 @@ async fn health(State(checks): State<HealthChecks>) -> Response {
                 "message": failing
                     .iter()
                     .map(|n| if *n == "mongodbIndexes" {
-                        "the MongoDB indexes are missing".to_owned()
+                        format!("the MongoDB indexes are missing: {why_missing}")
                     } else {
                         format!("{n} is unreachable")
                     })

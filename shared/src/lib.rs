@@ -14,6 +14,7 @@ pub mod identity;
 pub mod ids;
 pub mod keys;
 pub mod ledger;
+pub mod mail;
 pub mod openapi;
 pub mod prediction;
 pub mod pricing;

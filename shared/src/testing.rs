@@ -374,6 +374,44 @@ pub async fn grant(pool: &PgPool, user: &str, credits: i64) {
     tx.commit().await.expect("commit");
 }
 
+/// A key of `user` (with `role` in its claims) made straight in the
+/// store, as the auth function makes one once the owner's password is
+/// checked. `body` takes the route's optional fields (`name`,
+/// `expiresInDays`, `chatflows`, `monthlyCreditLimit`).
+pub async fn make_key(
+    pool: &PgPool,
+    user: &str,
+    role: Role,
+    body: serde_json::Value,
+) -> crate::keys::store::CreatedKey {
+    use crate::keys::store::{self, KeySpec, DEFAULT_KEY_DAYS};
+    let claims = crate::token::AuthUser {
+        id: user.into(),
+        username: user.into(),
+        email: format!("{user}@example.com"),
+        role,
+        key: None,
+    };
+    let spec = KeySpec {
+        name: body["name"].as_str().unwrap_or("test key").to_owned(),
+        expires_in_days: body["expiresInDays"]
+            .as_i64()
+            .map_or(DEFAULT_KEY_DAYS, |d| d as i32),
+        chatflows: body["chatflows"].as_array().map(|c| {
+            c.iter()
+                .filter_map(|f| f.as_str().map(str::to_owned))
+                .collect()
+        }),
+        monthly_credit_limit: body["monthlyCreditLimit"].as_i64(),
+    };
+    let mut tx = pool.begin().await.expect("begin");
+    let made = store::create(&mut tx, &claims, spec)
+        .await
+        .expect("a key is made");
+    tx.commit().await.expect("commit");
+    made
+}
+
 /// `user`'s spendable credits, read from the ledger.
 pub async fn balance(pool: &PgPool, user: &str) -> i64 {
     let user = crate::ids::UserId::parse("userId", user).expect("a valid user id");

@@ -49,6 +49,51 @@ impl Stack {
             .await
     }
 
+    /// Signs `username` up with `{username}@example.com` and `password`
+    /// through the auth function, enters the mailed code and signs in:
+    /// (the user's id, an access token).
+    pub async fn signed_up(&self, username: &str, password: &str) -> (String, String) {
+        let email = format!("{username}@example.com");
+        let body = json!({"username": username, "email": email, "password": password});
+        let (status, made) = self.post_public("auth", "/api/auth/signup", body).await;
+        assert_eq!(status, 201, "{made}");
+        let mails = self
+            .smtp
+            .mails()
+            .iter()
+            .filter(|m| m.to.contains(&email))
+            .count();
+        let code = self
+            .smtp
+            .wait_for(&email, mails.saturating_sub(1))
+            .await
+            .code();
+        let code = code.expect("a code in the mail");
+        let proof = json!({"email": email, "code": code});
+        let (status, body) = self
+            .post_public("auth", "/api/auth/verify-email", proof)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let login = json!({"username": username, "password": password});
+        let (status, body) = self.post_public("auth", "/api/auth/login", login).await;
+        assert_eq!(status, 200, "{body}");
+        let token = body["accessToken"].as_str().unwrap_or_default().to_owned();
+        (
+            made["userId"].as_str().unwrap_or_default().to_owned(),
+            token,
+        )
+    }
+
+    /// Makes an API key through the auth function (which checks the
+    /// owner's `password`) with `body`'s fields: (the key, its id).
+    pub async fn make_key(&self, token: &str, password: &str, mut body: Value) -> (String, String) {
+        body["currentPassword"] = json!(password);
+        let (status, made) = self.post("auth", "/api/keys", token, body).await;
+        assert_eq!(status, 201, "{made}");
+        let field = |name: &str| made[name].as_str().unwrap_or_default().to_owned();
+        (field("key"), field("id"))
+    }
+
     /// The admin syncs the catalogue from Flowise; returns the report.
     pub async fn sync_chatflows(&self, admin: &str) -> Value {
         let (status, body) = self

@@ -475,9 +475,14 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // An API key: made, shown once, revoked; revoked means refused.
+    // An API key: made with the password (a wrong one makes nothing),
+    // shown once, revoked; revoked means refused.
     browser.open(&base, "keys").await;
     browser.fill("#key-name", "laptop").await;
+    browser.fill("#key-password", "not my password").await;
+    browser.click("#main form.card button[type=submit]").await;
+    browser.wait_text("#main", "password is wrong").await;
+    browser.fill("#key-password", "zoe's long password").await;
     browser.click("#main form.card button[type=submit]").await;
     let secret = browser
         .css("#new-key")

@@ -38,17 +38,6 @@ async fn sdk(stack: &Stack, mode: &str, env: &[(&str, &str)]) -> Value {
     serde_json::from_str(stdout.trim()).expect("one JSON line")
 }
 
-async fn make_key(stack: &Stack, token: &str, name: &str) -> (String, String) {
-    let (status, body) = stack
-        .post("credits", "/api/keys", token, json!({"name": name}))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    (
-        body["key"].as_str().unwrap().to_owned(),
-        body["id"].as_str().unwrap().to_owned(),
-    )
-}
-
 /// The key `id` as `GET /api/keys` lists it to its user.
 async fn listed_key(stack: &Stack, token: &str, id: &str) -> Value {
     let (status, keys) = stack.get("credits", "/api/keys", token).await;
@@ -73,7 +62,13 @@ async fn a_key_is_made_used_through_the_openai_sdk_watched_and_revoked() {
     };
     flowise.add_flow("flow-sdk", "Support bot", answer);
     let stack = Stack::start_with(StackOptions {
-        functions: Some(vec!["predict", "predict-stream", "credits", "usage"]),
+        functions: Some(vec![
+            "auth",
+            "predict",
+            "predict-stream",
+            "credits",
+            "usage",
+        ]),
         env: vec![("FLOWISE_API_URL".into(), flowise.url.clone())],
         ..Default::default()
     })
@@ -82,10 +77,16 @@ async fn a_key_is_made_used_through_the_openai_sdk_watched_and_revoked() {
     stack.sync_chatflows(&admin).await;
     let pricing = json!({"perRequest": 2, "perInputToken": 0, "perOutputToken": 1});
     stack.open_chatflow(&admin, "flow-sdk", Some(pricing)).await;
-    stack.allocate(&admin, "zoe", 500).await;
-    let zoe = stack.token("zoe", Role::Enduser);
-    let (key, key_id) = make_key(&stack, &zoe, "my script").await;
-    let (poor_key, _) = make_key(&stack, &stack.token("poor", Role::Enduser), "x").await;
+    // Zoe signs up, and makes a key with her password.
+    let (zoe_id, zoe) = stack.signed_up("zoe", "zoe-password").await;
+    stack.allocate(&admin, &zoe_id, 500).await;
+    let (key, key_id) = stack
+        .make_key(&zoe, "zoe-password", json!({"name": "my script"}))
+        .await;
+    let (_, poor) = stack.signed_up("poor", "poor-password").await;
+    let (poor_key, _) = stack
+        .make_key(&poor, "poor-password", json!({"name": "x"}))
+        .await;
 
     // The program: models, a buffered and a streamed completion, errors.
     let seen = sdk(

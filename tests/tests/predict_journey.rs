@@ -116,8 +116,8 @@ async fn journey(serve: bool) {
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["text"], ANSWER);
-    // Default rule: 1 + ceil(0.001 x 6 + 0.002 x 9) = 2.
-    assert_eq!(answer["credits"], json!({"charged": 2, "balance": 28}));
+    // Default rule: 1 + ceil(0.001 x (6 + 1,000 for the image) + 0.002 x 9) = 3.
+    assert_eq!(answer["credits"], json!({"charged": 3, "balance": 27}));
     let sent = flowise.received().pop().unwrap();
     assert!(sent.body["uploads"][0]["data"]
         .as_str()
@@ -142,7 +142,7 @@ async fn journey(serve: bool) {
         "the first token waited for the last"
     );
     assert!(first_token - started < Duration::from_secs(2));
-    assert_eq!(frames.last().unwrap().1["credits"]["balance"], 26);
+    assert_eq!(frames.last().unwrap().1["credits"]["balance"], 25);
 
     // The history holds all four messages.
     let (_, history) = stack
@@ -169,7 +169,7 @@ async fn journey(serve: bool) {
             "credits",
             "/api/credits/deduct",
             &user,
-            json!({"credits": 26}),
+            json!({"credits": 25}),
         )
         .await;
     assert_eq!(status, 200);

@@ -23,13 +23,14 @@ pub enum Change {
     Delete,
 }
 
-/// Records `user` as it is about to be (or has just been) stored.
+/// Records `user` as it is about to be (or has just been) stored;
+/// returns how many API keys it revoked.
 pub async fn record(
     state: &AppState,
     user: &UserDoc,
     change: Change,
     actor: &str,
-) -> Result<(), ApiError> {
+) -> Result<u64, ApiError> {
     let record = AccountRecord {
         user_id: &user.id,
         username: &user.username,
@@ -42,7 +43,7 @@ pub async fn record(
     if revoked > 0 {
         tracing::info!(user_id = %user.id, revoked, "API keys revoked");
     }
-    Ok(())
+    Ok(revoked)
 }
 
 /// [`record`] after a change MongoDB already holds (a new account, name

@@ -16,12 +16,12 @@ pub mod accounts;
 pub mod bootstrap;
 pub mod cookie;
 pub mod guard;
-pub mod mail;
+pub use shared::mail;
 pub mod password;
 pub mod routes;
 pub mod store;
 
-use routes::{account, admin, profile};
+use routes::{account, admin, keys, profile};
 
 /// What the function reads from its environment.
 #[derive(Debug, Clone)]
@@ -100,27 +100,37 @@ impl FromRef<AppState> for JwtKeys {
 }
 
 impl AppState {
-    /// Builds the client and the mailer (the `auth` indexes are checked on
-    /// the first request) and ensures the first admin (logging, not
-    /// failing, when MongoDB is down).
+    /// Builds the client and the mailer. The `auth` indexes are made on
+    /// the first request (or health probe), and the first admin once they
+    /// exist, by that same call (logged, not failed, when it cannot be).
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
         let stores = mongo::connect(&config.mongo).await?;
-        // Checked on first use (requests answer 503 until they exist).
-        let indexes = IndexGuard::new(stores.clone(), true, false);
+        let store = store::AuthStore::new(stores.auth.clone());
+        // Checked on first use (requests answer 503 until they exist). The
+        // first admin is made only once they exist: before, concurrent
+        // cold starts could each make one, and the unique index then could
+        // never be built.
+        let mut indexes = IndexGuard::new(stores.clone(), true, false);
+        if let Some(admin) = config.admin.clone() {
+            let store = store.clone();
+            indexes = indexes.on_ready(std::sync::Arc::new(move || {
+                let (store, admin) = (store.clone(), admin.clone());
+                Box::pin(async move {
+                    if let Err(err) = bootstrap::ensure_first_admin(&store, &admin).await {
+                        tracing::error!(error = %err, "the first admin could not be ensured");
+                    }
+                })
+            }));
+        }
         let state = AppState {
             jwt: JwtKeys::new(&config.jwt),
             indexes,
-            store: store::AuthStore::new(stores.auth.clone()),
+            store,
             mongo: stores,
             pg: shared::db::postgres::connect_lazy(&config.postgres)?,
             mailer: mail::Mailer::new(&config.smtp, &config.app_base_url)?,
             mail_floor: config.mail_floor,
         };
-        if let Some(admin) = &config.admin {
-            if let Err(err) = bootstrap::ensure_first_admin(&state.store, admin).await {
-                tracing::error!(error = %err, "the first admin could not be ensured");
-            }
-        }
         Ok(state)
     }
 }
@@ -139,6 +149,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(account::reset_password))
         .routes(routes!(profile::get_profile, profile::put_profile))
         .routes(routes!(profile::change_password))
+        .routes(routes!(keys::create_key))
         .routes(routes!(admin::list_users, admin::create_user))
         .routes(routes!(
             admin::get_user,

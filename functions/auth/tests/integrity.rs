@@ -602,8 +602,18 @@ async fn missing_indexes_keep_health_at_503_and_are_retried() {
     let app = App::on(mongo, Duration::from_millis(100)).await;
     let health = call(&app.router, "GET", "/health", None, None).await;
     health.assert_error(503, "store_unavailable");
-    assert_eq!(health.body["stores"]["mongodbIndexes"], "missing");
+    // It names the index the duplicates block; the values only go to the
+    // log (the probe is public).
+    assert_eq!(
+        health.body["stores"]["mongodbIndexes"],
+        "duplicate values block the unique index users.email_unique"
+    );
     assert!(health.body["message"].as_str().unwrap().contains("indexes"));
+    assert!(
+        !health.body.to_string().contains("twin@"),
+        "{}",
+        health.body
+    );
     app.signup("pat", "pat-password")
         .await
         .assert_error(503, "store_unavailable");
@@ -619,4 +629,100 @@ async fn missing_indexes_keep_health_at_503_and_are_retried() {
     };
     assert_eq!(signup("pat").await.status, 201);
     signup("pat2").await.assert_error(409, "email_taken");
+}
+
+#[tokio::test]
+async fn concurrent_cold_starts_on_empty_stores_make_one_admin_and_answer_healthy() {
+    use shared::config::PostgresConfig;
+    let (mongo, pg, smtp) = tokio::join!(
+        shared::testing::TestMongo::without_indexes(),
+        shared::testing::TestPostgres::new(),
+        shared::testing::TestSmtp::start()
+    );
+    let config = auth::Config {
+        jwt: shared::testing::jwt_config(),
+        mongo: mongo.config.clone(),
+        postgres: PostgresConfig {
+            url: Secret::new(pg.url.clone()),
+            password: None,
+            max_connections: 2,
+            migrate_on_start: false,
+        },
+        smtp: common::smtp_config(smtp.port),
+        app_base_url: "http://app.test".into(),
+        admin: Some(AdminBootstrap {
+            username: "admin".into(),
+            email: "admin@example.com".into(),
+            password: Secret::new("change-me-please"),
+        }),
+        mail_floor: Duration::from_millis(100),
+    };
+    // Eight instances start at once, each answering its first request.
+    let starts = (0..8).map(|_| async {
+        let state = auth::AppState::connect(&config).await.unwrap();
+        let router = auth::router(state);
+        shared::testing::call(&router, "GET", "/health", None, None).await
+    });
+    for health in futures_util::future::join_all(starts).await {
+        assert_eq!(health.status, 200, "{}", health.body);
+    }
+    let admins = mongo
+        .stores
+        .auth
+        .collection::<bson::Document>("users")
+        .count_documents(bson::doc! {"role": "admin"})
+        .await
+        .unwrap();
+    assert_eq!(admins, 1);
+}
+
+/// The comparisons counted against `key` (`email:<address>` or
+/// `user:<id>`) in the code window.
+async fn code_comparisons(app: &App, key: &str) -> usize {
+    app.state
+        .mongo
+        .auth
+        .collection::<bson::Document>("code_attempts")
+        .find_one(doc! {"_id": key})
+        .await
+        .unwrap()
+        .and_then(|d| d.get_array("failures").ok().map(Vec::len))
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_guess_compared_with_several_accounts_codes_counts_once_for_each() {
+    let app = App::new().await;
+    let wanted = "wanted@example.com";
+    // Three accounts asked to move to the address (a pending address
+    // reserves nothing): each has a live code for it.
+    for name in ["bob", "cat", "dan"] {
+        app.verified_user(name, &format!("{name}-password")).await;
+        let token = app.token_of(name, &format!("{name}-password")).await;
+        app.pass_mail_pause().await;
+        let body = json!({"email": wanted, "currentPassword": format!("{name}-password")});
+        let res = app.send("PUT", "/api/profile", &token, Some(body)).await;
+        assert_eq!(res.status, 200, "{}", res.body);
+    }
+    app.smtp.wait_for(wanted, 2).await;
+    let key = format!("email:{wanted}");
+    let guess = || verify(&app, wanted, "000000");
+    guess().await.assert_error(400, "invalid_code");
+    assert_eq!(code_comparisons(&app, &key).await, 3);
+    for _ in 0..4 {
+        guess().await.assert_error(400, "invalid_code");
+    }
+    assert_eq!(
+        code_comparisons(&app, &key).await,
+        15,
+        "5 guesses, 3 codes each"
+    );
+    // Fresh codes, across resends: the address's 20 a day still hold.
+    app.resend_code(wanted, 3).await;
+    for _ in 0..5 {
+        guess().await.assert_error(400, "invalid_code");
+    }
+    assert_eq!(code_comparisons(&app, &key).await, 20);
+    app.resend_code(wanted, 4).await;
+    guess().await.assert_error(429, "too_many_attempts");
 }

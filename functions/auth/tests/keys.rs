@@ -8,28 +8,13 @@ mod common;
 
 use common::App;
 use serde_json::json;
-use shared::keys::store::{self, KeySpec};
 use shared::token::{AuthUser, Role};
 
-/// A key made for `user_id` as the credits function makes it.
+/// A key made for `user_id` straight in the store.
 async fn key_for(app: &App, user_id: &str, role: Role) -> String {
-    let user = AuthUser {
-        id: user_id.into(),
-        username: "someone".into(),
-        email: "someone@example.com".into(),
-        role,
-        key: None,
-    };
-    let spec = KeySpec {
-        name: "script".into(),
-        expires_in_days: None,
-        chatflows: None,
-        monthly_credit_limit: None,
-    };
-    let mut tx = app.pg.pool.begin().await.unwrap();
-    let made = store::create(&mut tx, &user, spec).await.unwrap();
-    tx.commit().await.unwrap();
-    made.key
+    shared::testing::make_key(&app.pg.pool, user_id, role, json!({"name": "script"}))
+        .await
+        .key
 }
 
 async fn refusal(app: &App, key: &str) -> Option<&'static str> {
@@ -195,4 +180,227 @@ async fn when_postgresql_is_down_a_user_is_not_disabled_or_deleted_behind_their_
     // MongoDB is as it was: the user still signs in, the key still works.
     assert_eq!(app.login("kim", "kim-password").await.status, 200);
     assert_eq!(refusal(&app, &key).await, None);
+}
+
+/// `POST /api/keys` as `token`.
+async fn make(app: &App, token: &str, body: serde_json::Value) -> shared::testing::TestResponse {
+    app.send("POST", "/api/keys", token, Some(body)).await
+}
+
+async fn live_keys(app: &App, user_id: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL")
+        .bind(user_id)
+        .fetch_one(&app.pg.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn making_a_key_needs_the_current_password_and_the_owner_is_mailed_without_its_secret() {
+    let app = App::new().await;
+    let kim = app.verified_user("kim", "kim-password").await;
+    let token = app.token_of("kim", "kim-password").await;
+    // A stolen access token alone mints nothing.
+    let res = make(&app, &token, json!({"name": "job"})).await;
+    res.assert_error(400, "invalid_input");
+    assert!(
+        res.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("currentPassword"),
+        "{}",
+        res.body
+    );
+    make(
+        &app,
+        &token,
+        json!({"name": "job", "currentPassword": "guess-1234"}),
+    )
+    .await
+    .assert_error(401, "invalid_credentials");
+    assert_eq!(live_keys(&app, &kim).await, 0);
+    // With it: 90 days unless chosen, shown once, only a hash stored; an
+    // Idempotency-Key is ignored (a replay would show the secret again).
+    let body = json!({"name": "  nightly job ", "currentPassword": "kim-password",
+        "chatflows": ["flow-b", "flow-a", "flow-a"], "monthlyCreditLimit": 500});
+    let headers = [("idempotency-key", "k-1")];
+    let first = app
+        .send_with(
+            "POST",
+            "/api/keys",
+            Some(&token),
+            Some(body.clone()),
+            &headers,
+        )
+        .await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = app
+        .send_with("POST", "/api/keys", Some(&token), Some(body), &headers)
+        .await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    let key = first.body["key"].as_str().unwrap();
+    assert_ne!(key, again.body["key"].as_str().unwrap());
+    assert!(
+        key.starts_with("fgw_") && key.len() == 4 + 12 + 1 + 43,
+        "{key}"
+    );
+    assert_eq!(first.body["prefix"], key[..16]);
+    assert_eq!(first.body["name"], "nightly job");
+    assert_eq!(first.body["chatflows"], json!(["flow-a", "flow-b"]));
+    let expires: chrono::DateTime<chrono::Utc> =
+        first.body["expiresAt"].as_str().unwrap().parse().unwrap();
+    let days = (expires - chrono::Utc::now()).num_hours() as f64 / 24.0;
+    assert!((89.9..=90.1).contains(&days), "{days}");
+    let dump: String =
+        sqlx::query_scalar("SELECT string_agg(row_to_json(k)::text, '') FROM api_keys k")
+            .fetch_one(&app.pg.pool)
+            .await
+            .unwrap();
+    assert!(!dump.contains(&key[17..]), "the secret is stored");
+    // Each key made is mailed to its owner: name, prefix, chatflows,
+    // limit and expiry, never the secret.
+    let mail = app.smtp.wait_for("kim@example.com", 1).await;
+    assert!(mail.data.contains("nightly job"), "{}", mail.data);
+    assert!(mail.data.contains(&key[..16]));
+    assert!(mail.data.contains("flow-a, flow-b"));
+    assert!(mail.data.contains("500 credits a month"));
+    assert!(!mail.data.contains(&key[17..]), "the secret was mailed");
+    // A key never makes a key.
+    make(
+        &app,
+        key,
+        json!({"name": "child", "currentPassword": "kim-password"}),
+    )
+    .await
+    .assert_error(403, "key_not_allowed");
+    assert_eq!(live_keys(&app, &kim).await, 2);
+}
+
+#[tokio::test]
+async fn bad_key_bodies_are_400s_naming_the_field_and_make_nothing() {
+    let app = App::new().await;
+    let kim = app.verified_user("kim", "kim-password").await;
+    let token = app.token_of("kim", "kim-password").await;
+    let with = |extra: serde_json::Value| {
+        let mut body = json!({"name": "k", "currentPassword": "kim-password"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (body, field) in [
+        (with(json!({"name": ""})), "name"),
+        (with(json!({"name": "x".repeat(101)})), "name"),
+        (with(json!({"name": "a\u{7}b"})), "name"),
+        (with(json!({"expiresInDays": 0})), "expiresInDays"),
+        (with(json!({"expiresInDays": 366})), "expiresInDays"),
+        (with(json!({"chatflows": []})), "chatflows"),
+        (with(json!({"chatflows": [""]})), "chatflows"),
+        (with(json!({"monthlyCreditLimit": 0})), "monthlyCreditLimit"),
+        (
+            with(json!({"monthlyCreditLimit": -5})),
+            "monthlyCreditLimit",
+        ),
+        (
+            with(json!({"monthlyCreditLimit": 9_007_199_254_740_992_i64})),
+            "monthlyCreditLimit",
+        ),
+        (with(json!({"role": "admin"})), "role"),
+    ] {
+        let res = make(&app, &token, body.clone()).await;
+        assert_eq!(res.status, 400, "{body}: {}", res.body);
+        assert!(
+            res.body["message"].as_str().unwrap().contains(field),
+            "{body}: {}",
+            res.body
+        );
+    }
+    assert_eq!(live_keys(&app, &kim).await, 0);
+}
+
+#[tokio::test]
+async fn guessing_the_password_at_the_key_route_locks_the_account_like_a_sign_in() {
+    let app = App::new().await;
+    let kim = app.verified_user("kim", "kim-password").await;
+    let token = app.token_of("kim", "kim-password").await;
+    let guesses = futures_util::future::join_all((0..30).map(|n| {
+        make(
+            &app,
+            &token,
+            json!({"name": "k", "currentPassword": format!("guess-{n:04}")}),
+        )
+    }))
+    .await;
+    let wrong = guesses.iter().filter(|r| r.status == 401).count();
+    let locked = guesses.iter().filter(|r| r.status == 429).count();
+    assert_eq!((wrong, locked), (5, 25));
+    // Locked: even the right password waits.
+    make(
+        &app,
+        &token,
+        json!({"name": "k", "currentPassword": "kim-password"}),
+    )
+    .await
+    .assert_error(429, "account_locked");
+    assert_eq!(live_keys(&app, &kim).await, 0);
+}
+
+#[tokio::test]
+async fn a_reset_through_the_mailed_link_revokes_every_key_and_the_mail_says_so() {
+    let app = App::new().await;
+    let kim = app.verified_user("kim", "kim-password").await;
+    let first = key_for(&app, &kim, Role::Enduser).await;
+    let second = key_for(&app, &kim, Role::Enduser).await;
+    assert_eq!(refusal(&app, &first).await, None);
+    app.post_public(
+        "/api/auth/forgot-password",
+        json!({"email": "kim@example.com"}),
+    )
+    .await;
+    let link = app.smtp.wait_for("kim@example.com", 1).await;
+    let token = link.reset_token().expect("a reset link");
+    let res = app
+        .post_public(
+            "/api/auth/reset-password",
+            json!({"token": token, "newPassword": "a-new-password"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(refusal(&app, &first).await, Some("key_revoked"));
+    assert_eq!(refusal(&app, &second).await, Some("key_revoked"));
+    let notice = app.smtp.wait_for("kim@example.com", 2).await;
+    assert!(
+        notice.data.contains("Your 2 API keys were revoked"),
+        "{}",
+        notice.data
+    );
+}
+
+#[tokio::test]
+async fn signing_out_everywhere_revokes_the_keys_only_when_asked() {
+    let app = App::new().await;
+    let kim = app.verified_user("kim", "kim-password").await;
+    let key = key_for(&app, &kim, Role::Enduser).await;
+    let token = app.token_of("kim", "kim-password").await;
+    let res = app.send("POST", "/api/auth/logout-all", &token, None).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(refusal(&app, &key).await, None);
+    let res = app
+        .send(
+            "POST",
+            "/api/auth/logout-all",
+            &token,
+            Some(json!({"revokeKeys": true})),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(refusal(&app, &key).await, Some("key_revoked"));
+    app.send(
+        "POST",
+        "/api/auth/logout-all",
+        &token,
+        Some(json!({"revokeKeys": "yes"})),
+    )
+    .await
+    .assert_error(400, "invalid_input");
 }

@@ -3,14 +3,21 @@
 //! [`shared::ledger::sweep::run_expiry`]. When `FLOWISE_API_URL` and
 //! `MONGODB_URI` are set, each run also syncs the chatflow catalogue from
 //! Flowise (README §8: "on a schedule in the same job binary"); a Flowise
-//! outage is reported in the result and never fails the expiry.
+//! outage is reported in the result and never fails the expiry. When
+//! `SMTP_HOST` is set, each run also mails the owners of API keys that
+//! expire within 7 days, once per key.
 
 use serde_json::{json, Value};
 use shared::chat::chatflows::sync_chatflows;
-use shared::config::{ConfigError, Env, FlowiseConfig, Limits, MongoConfig, PostgresConfig};
+use shared::config::{
+    self, ConfigError, Env, FlowiseConfig, Limits, MongoConfig, PostgresConfig, SmtpConfig,
+};
 use shared::error::ApiError;
 use shared::flowise::FlowiseClient;
+use shared::identity::Email;
+use shared::keys::store;
 use shared::ledger::sweep::run_expiry;
+use shared::mail::{KeyMail, Mailer};
 
 /// What the job reads from its environment.
 #[derive(Debug, Clone)]
@@ -21,6 +28,9 @@ pub struct Config {
     pub limits: Limits,
     /// The chat database and Flowise, when the job also syncs chatflows.
     pub catalogue: Option<(MongoConfig, FlowiseConfig)>,
+    /// Outgoing mail and `APP_BASE_URL`, when the job warns of keys about
+    /// to expire.
+    pub mail: Option<(SmtpConfig, String)>,
 }
 
 impl Config {
@@ -32,10 +42,15 @@ impl Config {
             }
             _ => None,
         };
+        let mail = match env.optional("SMTP_HOST") {
+            Some(_) => Some((SmtpConfig::from_env(env)?, config::app_base_url(env)?)),
+            None => None,
+        };
         Ok(Config {
             postgres: PostgresConfig::from_env(env)?,
             limits: Limits::from_env(env)?,
             catalogue,
+            mail,
         })
     }
 }
@@ -49,6 +64,7 @@ pub struct Job {
     pool: sqlx::PgPool,
     limits: Limits,
     catalogue: Option<(mongodb::Database, FlowiseClient)>,
+    mailer: Option<Mailer>,
 }
 
 impl Job {
@@ -62,10 +78,15 @@ impl Job {
             }
             None => None,
         };
+        let mailer = match &config.mail {
+            Some((smtp, base)) => Some(Mailer::new(smtp, base)?),
+            None => None,
+        };
         Ok(Job {
             pool,
             limits: config.limits,
             catalogue,
+            mailer,
         })
     }
 
@@ -79,14 +100,25 @@ impl Job {
             pool,
             limits,
             catalogue,
+            mailer: None,
         }
     }
 
-    /// One run: `{expiredAllocations, expiredCredits, settledReservations}`,
-    /// plus `chatflowSync` when the job syncs the catalogue.
+    /// The same job, mailing the owners of keys about to expire.
+    pub fn with_mailer(mut self, mailer: Mailer) -> Job {
+        self.mailer = Some(mailer);
+        self
+    }
+
+    /// One run: `{expiredAllocations, expiredCredits, settledReservations,
+    /// purgedIdempotencyKeys}`, plus `keyExpiryWarnings` when the job mails
+    /// and `chatflowSync` when it syncs the catalogue.
     pub async fn run(&self) -> Result<Value, ApiError> {
         let report = run_expiry(&self.pool, self.limits.reservation_ttl, BATCH).await?;
         let mut out = serde_json::to_value(report).map_err(|e| ApiError::Internal(e.into()))?;
+        if let Some(mailer) = &self.mailer {
+            out["keyExpiryWarnings"] = json!(warn_expiring_keys(&self.pool, mailer).await?);
+        }
         if let Some((db, flowise)) = &self.catalogue {
             out["chatflowSync"] = match sync_chatflows(db, flowise).await {
                 Ok(sync) => json!(sync),
@@ -97,5 +129,39 @@ impl Job {
             };
         }
         Ok(out)
+    }
+}
+
+/// Mails the owner of every live key that expires within 7 days, once per
+/// key (each is marked before its mail goes out, so two runs never send
+/// it twice; a mail that fails is logged, not repeated). Returns how many
+/// went out.
+pub async fn warn_expiring_keys(pool: &sqlx::PgPool, mailer: &Mailer) -> Result<u64, ApiError> {
+    let mut sent = 0;
+    loop {
+        let mut conn = pool.acquire().await?;
+        let due = store::claim_expiry_warnings(&mut conn, BATCH).await?;
+        drop(conn);
+        for key in &due {
+            let to = key.email.as_deref().map(|e| Email::parse("email", e));
+            let Some(Ok(to)) = to else { continue };
+            let mail = KeyMail {
+                name: &key.name,
+                prefix: &key.prefix,
+                chatflows: key.chatflows.as_deref(),
+                monthly_credit_limit: key.monthly_credit_limit,
+                expires_at: key.expires_at,
+            };
+            let username = key.username.as_deref().unwrap_or("there");
+            match mailer.send_key_expiring(&to, username, &mail).await {
+                Ok(()) => sent += 1,
+                Err(err) => {
+                    tracing::error!(error = %err, key = %key.prefix, "a key's expiry warning was not sent")
+                }
+            }
+        }
+        if (due.len() as i64) < BATCH {
+            return Ok(sent);
+        }
     }
 }

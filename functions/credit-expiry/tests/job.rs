@@ -59,3 +59,61 @@ async fn each_run_also_syncs_the_chatflow_catalogue() {
         .expect("expiry runs even when Flowise is down");
     assert!(report["chatflowSync"]["error"].is_string());
 }
+
+#[tokio::test]
+async fn the_owner_of_a_key_about_to_expire_is_mailed_once_and_only_for_it() {
+    use shared::config::{SmtpConfig, SmtpTls};
+    use shared::testing::{make_key, TestSmtp};
+    use shared::token::Role;
+    let (pg, smtp) = tokio::join!(TestPostgres::new(), TestSmtp::start());
+    let soon = make_key(
+        &pg.pool,
+        "kim",
+        Role::Enduser,
+        serde_json::json!({"name": "soon", "expiresInDays": 5}),
+    )
+    .await;
+    make_key(
+        &pg.pool,
+        "kim",
+        Role::Enduser,
+        serde_json::json!({"name": "later", "expiresInDays": 30}),
+    )
+    .await;
+    let revoked = make_key(
+        &pg.pool,
+        "kim",
+        Role::Enduser,
+        serde_json::json!({"name": "gone", "expiresInDays": 2}),
+    )
+    .await;
+    sqlx::query("UPDATE api_keys SET revoked_at = now(), revoked_by = 'kim' WHERE id = $1")
+        .bind(revoked.id)
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    let smtp_config = SmtpConfig {
+        host: "127.0.0.1".into(),
+        port: smtp.port,
+        username: None,
+        password: None,
+        tls: SmtpTls::None,
+        from: "gateway@example.com".into(),
+    };
+    let mailer = shared::mail::Mailer::new(&smtp_config, "http://app.test").unwrap();
+    let job = Job::new(pg.pool.clone(), limits(), None).with_mailer(mailer);
+    // Two runs at once, then a third: one mail, for the key that expires
+    // within 7 days.
+    let (a, b) = tokio::join!(job.run(), job.run());
+    let c = job.run().await.unwrap();
+    let sent: Vec<i64> = [a.unwrap(), b.unwrap(), c]
+        .iter()
+        .map(|r| r["keyExpiryWarnings"].as_i64().unwrap())
+        .collect();
+    assert_eq!(sent.iter().sum::<i64>(), 1, "{sent:?}");
+    let mail = smtp.wait_for("kim@example.com", 0).await;
+    assert!(mail.data.contains("soon"), "{}", mail.data);
+    assert!(mail.data.contains(&soon.prefix));
+    assert!(!mail.data.contains(&soon.key[17..]));
+    assert_eq!(smtp.mails().len(), 1);
+}

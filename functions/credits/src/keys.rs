@@ -1,14 +1,14 @@
-//! API keys and per-user rate limits (README §11). Keys are made with an
-//! access token only (a key never makes, lists or revokes keys), and this
-//! route ignores `Idempotency-Key`: a replay would show the secret again.
+//! API keys and per-user rate limits (README §11): listing and revoking
+//! keys with an access token (a key never lists or revokes keys). Keys are
+//! made by the auth function, which checks the owner's password.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use shared::error::{ApiError, JsonBody, PathParams, QueryParams};
-use shared::ids::{ChatflowId, UserId};
-use shared::keys::store::{self, CreatedKey, KeySpec, KeyView};
+use shared::ids::UserId;
+use shared::keys::store::{self, KeyView};
 use shared::ledger::limits;
 use shared::openapi::{ApiErrors, PageQuery};
 use shared::query::PageParams;
@@ -18,96 +18,6 @@ use uuid::Uuid;
 use crate::AppState;
 
 type Answer<T> = Result<(StatusCode, Json<T>), ApiError>;
-
-/// `POST /api/keys`.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CreateKeyBody {
-    /// 1 to 100 characters.
-    #[schema(min_length = 1, max_length = 100)]
-    name: String,
-    /// 1 to 365 (absent or `null`: the key never expires).
-    #[schema(minimum = 1, maximum = 365, nullable = true)]
-    expires_in_days: Option<i32>,
-    /// The chatflows the key may use, 1 to 100 (absent or `null`: every
-    /// one its user may use).
-    #[schema(value_type = Option<Vec<String>>, max_items = 100, nullable = true)]
-    chatflows: Option<Vec<ChatflowId>>,
-    /// Credits the key may spend a calendar month, UTC (absent or `null`:
-    /// no limit).
-    #[schema(minimum = 1, maximum = 9007199254740991_i64, nullable = true)]
-    monthly_credit_limit: Option<i64>,
-}
-
-impl CreateKeyBody {
-    fn check(self) -> Result<KeySpec, ApiError> {
-        let name = self.name.trim().to_owned();
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-            return Err(ApiError::invalid_field(
-                "name",
-                "must be 1 to 100 characters, without control characters",
-            ));
-        }
-        if self
-            .expires_in_days
-            .is_some_and(|d| !(1..=365).contains(&d))
-        {
-            return Err(ApiError::invalid_field(
-                "expiresInDays",
-                "must be from 1 to 365, or absent for a key that never expires",
-            ));
-        }
-        let chatflows = match self.chatflows {
-            None => None,
-            Some(list) if list.is_empty() || list.len() > 100 => {
-                return Err(ApiError::invalid_field(
-                    "chatflows",
-                    "must list 1 to 100 chatflow ids, or be absent for all",
-                ))
-            }
-            Some(list) => {
-                let mut ids: Vec<String> =
-                    list.into_iter().map(|c| c.as_str().to_owned()).collect();
-                ids.sort();
-                ids.dedup();
-                Some(ids)
-            }
-        };
-        if self
-            .monthly_credit_limit
-            .is_some_and(|l| !(1..=shared::ledger::MAX_CREDITS).contains(&l))
-        {
-            return Err(ApiError::invalid_field(
-                "monthlyCreditLimit",
-                format!("must be from 1 to {}", shared::ledger::MAX_CREDITS),
-            ));
-        }
-        Ok(KeySpec {
-            name,
-            expires_in_days: self.expires_in_days,
-            chatflows,
-            monthly_credit_limit: self.monthly_credit_limit,
-        })
-    }
-}
-
-/// Makes an API key for the caller (at most 20 live ones). The secret is
-/// in this answer only.
-#[utoipa::path(post, path = "/api/keys", tag = "keys",
-    request_body = CreateKeyBody,
-    responses((status = 201, description = "The key, with its secret (shown this once)", body = CreatedKey), ApiErrors))]
-pub async fn create_key(
-    State(state): State<AppState>,
-    user: AuthUser,
-    JsonBody(body): JsonBody<CreateKeyBody>,
-) -> Answer<CreatedKey> {
-    let spec = body.check()?;
-    let mut tx = state.pg.begin().await?;
-    let created = store::create(&mut tx, &user, spec).await?;
-    tx.commit().await?;
-    tracing::info!(key = %created.id, "API key made");
-    Ok((StatusCode::CREATED, Json(created)))
-}
 
 /// A page of keys.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

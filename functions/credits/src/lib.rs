@@ -33,7 +33,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::finalize))
         .routes(routes!(routes::abort))
         .routes(routes!(routes::active))
-        .routes(routes!(keys::create_key, keys::list_keys))
+        .routes(routes!(keys::list_keys))
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::admin_list_keys))
         .routes(routes!(keys::admin_revoke_key))

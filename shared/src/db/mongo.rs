@@ -223,13 +223,33 @@ pub async fn ensure_chat_indexes(db: &Database) -> anyhow::Result<()> {
 /// The indexes a function needs, checked on its first request and, while any is
 /// missing, retried before every request and health probe: uniqueness
 /// (usernames, emails, sessions) is never silently missing. Until they
-/// exist, requests answer 503 naming them and `/health` is 503.
-#[derive(Clone, Debug)]
+/// exist, requests answer 503 naming them and `/health` is 503, saying
+/// which unique index duplicate values block, when that is why.
+#[derive(Clone)]
 pub struct IndexGuard {
     stores: MongoStores,
     auth: bool,
     chat: bool,
     ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Why the last attempt failed, for `/health`.
+    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Run once, by the call that first sees every index made.
+    on_ready: Option<OnReady>,
+}
+
+/// Work that needs the indexes (the first admin: see the auth function).
+pub type OnReady = std::sync::Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
+>;
+
+impl std::fmt::Debug for IndexGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexGuard")
+            .field("auth", &self.auth)
+            .field("chat", &self.chat)
+            .field("ready", &self.is_ready())
+            .finish_non_exhaustive()
+    }
 }
 
 impl IndexGuard {
@@ -240,7 +260,16 @@ impl IndexGuard {
             auth,
             chat,
             ready: Default::default(),
+            failure: Default::default(),
+            on_ready: None,
         }
+    }
+
+    /// The same guard, running `work` once, by the call that first sees
+    /// every index made (before it answers), and never before.
+    pub fn on_ready(mut self, work: OnReady) -> Self {
+        self.on_ready = Some(work);
+        self
     }
 
     /// Whether every index was seen created.
@@ -248,34 +277,96 @@ impl IndexGuard {
         self.ready.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Why the indexes are missing, as `/health` says it: `missing`, or
+    /// which unique index duplicate values block.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
     /// Creates the indexes unless they were seen created; `Err` names the
-    /// database whose indexes are missing (the cause is logged).
+    /// database whose indexes are missing (the cause is logged, with the
+    /// duplicate values when they are the cause).
     pub async fn ensure(&self) -> Result<(), String> {
         if self.is_ready() {
             return Ok(());
         }
         let mut missing = Vec::new();
-        if self.auth {
-            if let Err(err) = ensure_auth_indexes(&self.stores.auth).await {
-                tracing::error!(error = ?err, "MongoDB auth indexes are missing");
-                missing.push(self.stores.auth.name().to_owned());
+        let mut blocked = Vec::new();
+        let wanted = [
+            (self.auth, &self.stores.auth, "auth"),
+            (self.chat, &self.stores.chat, "chat"),
+        ];
+        for (wanted, db, kind) in wanted {
+            if !wanted {
+                continue;
             }
-        }
-        if self.chat {
-            if let Err(err) = ensure_chat_indexes(&self.stores.chat).await {
-                tracing::error!(error = ?err, "MongoDB chat indexes are missing");
-                missing.push(self.stores.chat.name().to_owned());
+            let made = if kind == "auth" {
+                ensure_auth_indexes(db).await
+            } else {
+                ensure_chat_indexes(db).await
+            };
+            if let Err(err) = made {
+                tracing::error!(error = ?err, database = %db.name(), "MongoDB indexes are missing");
+                missing.push(db.name().to_owned());
+                blocked.extend(duplicate_of(&err));
             }
         }
         if missing.is_empty() {
-            self.ready.store(true, std::sync::atomic::Ordering::Release);
+            if !self.ready.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                if let Some(work) = &self.on_ready {
+                    work().await;
+                }
+            }
             return Ok(());
         }
+        let why = if blocked.is_empty() {
+            "missing".to_owned()
+        } else {
+            format!(
+                "duplicate values block the unique index {}",
+                blocked.join(", ")
+            )
+        };
+        if let Ok(mut failure) = self.failure.lock() {
+            *failure = Some(why.clone());
+        }
         Err(format!(
-            "the MongoDB indexes of {} could not be created",
+            "the MongoDB indexes of {} could not be created ({why})",
             missing.join(" and ")
         ))
     }
+}
+
+/// The unique index an index build failed on because of duplicate values
+/// (`collection.index`), when that is why it failed. The duplicate value
+/// itself is only logged: `/health` is public.
+fn duplicate_of(err: &anyhow::Error) -> Option<String> {
+    let mongo = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<mongodb::error::Error>())?;
+    let text = mongo.to_string();
+    if !is_duplicate_key(mongo) && !text.contains("E11000") && !text.contains("duplicate key") {
+        return None;
+    }
+    let after = |marker: &str| {
+        text.split_once(marker)
+            .map(|(_, rest)| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .trim_matches(|c| c == ':' || c == ',')
+                    .to_owned()
+            })
+            .filter(|s| !s.is_empty())
+    };
+    let collection = after("collection:").map(|c| c.rsplit('.').next().unwrap_or(&c).to_owned());
+    let index = after("index:");
+    Some(match (collection, index) {
+        (Some(c), Some(i)) => format!("{c}.{i}"),
+        (Some(c), None) => c,
+        (None, Some(i)) => i,
+        (None, None) => "of a collection (see the log)".to_owned(),
+    })
 }
 
 /// Reads every document a cursor yields.

@@ -16,6 +16,12 @@ use crate::token::AuthUser;
 /// The most live (neither revoked nor expired) keys a user holds.
 pub const MAX_LIVE_KEYS: i64 = 20;
 
+/// Days a key lives unless its owner chose 1 to 365: no key lives forever.
+pub const DEFAULT_KEY_DAYS: i32 = 90;
+
+/// How long before a key expires its owner is mailed.
+pub const EXPIRY_WARNING_DAYS: i32 = 7;
+
 /// A key's row as a request made with it reads it, with its user's state.
 pub(super) struct Found {
     pub id: Uuid,
@@ -85,8 +91,8 @@ pub(super) async fn touch(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx:
 pub struct KeySpec {
     /// 1 to 100 characters.
     pub name: String,
-    /// 1 to 365 (`None`: never expires).
-    pub expires_in_days: Option<i32>,
+    /// 1 to 365.
+    pub expires_in_days: i32,
     /// 1 to 100 chatflow ids, without repeats (`None`: all).
     pub chatflows: Option<Vec<String>>,
     /// Above 0 (`None`: no limit).
@@ -114,7 +120,8 @@ pub struct KeyView {
     pub monthly_credit_limit: Option<i64>,
     /// Credits its predictions were charged this calendar month (UTC).
     pub credits_this_month: i64,
-    /// When it stops working (`null`: never).
+    /// When it stops working (`null` only for a key made before every key
+    /// expired, until the scheduled job gives it 90 days).
     pub expires_at: Option<DateTime<Utc>>,
     /// When it was last used, to the minute.
     pub last_used_at: Option<DateTime<Utc>>,
@@ -136,8 +143,8 @@ pub struct CreatedKey {
     pub prefix: String,
     /// Its name.
     pub name: String,
-    /// When it stops working (`null`: never).
-    pub expires_at: Option<DateTime<Utc>>,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
     /// The chatflows it may use (`null`: all).
     pub chatflows: Option<Vec<String>>,
     /// Credits it may spend a calendar month (`null`: no limit).
@@ -178,10 +185,10 @@ pub async fn create(
     }
     let (id, new) = (Uuid::now_v7(), NewKey::generate());
     let row = sqlx::query!(
-        "INSERT INTO api_keys (id, user_id, public_id, secret_hash, name, chatflows,
-                               monthly_credit_limit, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(days => $8))
-         RETURNING expires_at, created_at",
+        r#"INSERT INTO api_keys (id, user_id, public_id, secret_hash, name, chatflows,
+                                 monthly_credit_limit, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(days => $8))
+           RETURNING expires_at AS "expires_at!", created_at"#,
         id,
         user.id,
         new.public_id,
@@ -282,6 +289,62 @@ pub async fn revoke_all(tx: &mut Tx<'_>, user: &str, actor: &str) -> Result<u64,
     .execute(&mut **tx)
     .await?
     .rows_affected())
+}
+
+/// A key about to expire, as its owner's warning names it.
+#[derive(Debug, Clone)]
+pub struct Expiring {
+    /// Its name.
+    pub name: String,
+    /// `fgw_` and its public id.
+    pub prefix: String,
+    /// The chatflows it may use.
+    pub chatflows: Option<Vec<String>>,
+    /// Credits it may spend a month.
+    pub monthly_credit_limit: Option<i64>,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
+    /// Its owner's name and address, as the ledger last heard them.
+    pub username: Option<String>,
+    /// The owner's proven address.
+    pub email: Option<String>,
+}
+
+/// Claims the warnings due: live keys that expire within
+/// [`EXPIRY_WARNING_DAYS`] and whose owner was not warned yet, `batch` at
+/// most, each marked warned in the same statement (so a warning goes out
+/// once, even from two runs at once; one whose mail then fails is logged,
+/// not repeated). A key made without an expiry by an older deploy is given
+/// [`DEFAULT_KEY_DAYS`] first.
+pub async fn claim_expiry_warnings(
+    conn: &mut PgConnection,
+    batch: i64,
+) -> Result<Vec<Expiring>, sqlx::Error> {
+    sqlx::query!(
+        "UPDATE api_keys SET expires_at = GREATEST(now(), created_at) + make_interval(days => $1)
+          WHERE expires_at IS NULL",
+        DEFAULT_KEY_DAYS
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_as!(
+        Expiring,
+        r#"WITH due AS (
+               SELECT id FROM api_keys
+                WHERE revoked_at IS NULL AND expiry_warned_at IS NULL AND expires_at > now()
+                  AND expires_at <= now() + make_interval(days => $1)
+                ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
+           )
+           UPDATE api_keys k SET expiry_warned_at = now()
+             FROM due, user_accounts a
+            WHERE k.id = due.id AND a.user_id = k.user_id
+        RETURNING k.name, 'fgw_' || k.public_id AS "prefix!", k.chatflows,
+                  k.monthly_credit_limit, k.expires_at AS "expires_at!", a.username, a.email"#,
+        EXPIRY_WARNING_DAYS,
+        batch
+    )
+    .fetch_all(conn)
+    .await
 }
 
 /// A user as the auth function knows them, for [`sync_account`].

@@ -13,6 +13,7 @@ use shared::openapi::ApiErrors;
 use shared::token::{AuthUser, Role};
 
 use super::{done, Answer, MessageBody, SignedIn, TokenPair};
+use crate::accounts::Change;
 use crate::guard::{self, answer_after_floor, lock_key, mail_deadline, send_by};
 use crate::password::hash_password;
 use crate::store::{code_matches, Attempts, CodeDoc, CodePurpose, UserDoc};
@@ -202,8 +203,10 @@ async fn under_daily_limit(state: &AppState, key: &str) -> Result<bool, ApiError
 
 /// The live code for `email` that `code` matches, used once. A code's
 /// attempt is taken before it is compared (a guess that gets none is not
-/// compared at all); each compared guess counts against the address and
-/// the code's account for the day (429 once either is past its limit).
+/// compared at all); each comparison counts against the address and the
+/// code's account for the day (429 once either is past its limit): a
+/// guess at an address several accounts want is compared with each of
+/// their codes, and counts once for each.
 async fn take_code(state: &AppState, email: &str, code: &str) -> Result<CodeDoc, ApiError> {
     let candidates = state
         .store
@@ -212,12 +215,15 @@ async fn take_code(state: &AppState, email: &str, code: &str) -> Result<CodeDoc,
     if candidates.is_empty() {
         return Err(invalid_code());
     }
-    if !under_daily_limit(state, &format!("email:{email}")).await? {
-        return Err(too_many_codes());
-    }
     let mut limited = false;
+    let address_key = format!("email:{email}");
     for candidate in candidates {
-        if !under_daily_limit(state, &format!("user:{}", candidate.user_id)).await? {
+        let account_key = format!("user:{}", candidate.user_id);
+        let (address, account) = tokio::try_join!(
+            under_daily_limit(state, &address_key),
+            under_daily_limit(state, &account_key),
+        )?;
+        if !(address && account) {
             limited = true;
             continue;
         }
@@ -486,12 +492,45 @@ pub async fn logout(
     done("logged out")
 }
 
-/// Ends every session of the caller.
+/// `POST /api/auth/logout-all` (the body is optional).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogoutAllBody {
+    /// Revoke every API key of the account too (false when absent).
+    #[serde(default)]
+    revoke_keys: bool,
+}
+
+/// Ends every session of the caller, and with `revokeKeys: true` every
+/// API key of theirs (the keys go first: should PostgreSQL fail, the
+/// sessions are left as they were and the answer is 503).
 #[utoipa::path(post, path = "/api/auth/logout-all", tag = "auth",
-    responses((status = 200, description = "Every refresh token revoked", body = MessageBody), ApiErrors))]
-pub async fn logout_all(State(state): State<AppState>, user: AuthUser) -> Answer<MessageBody> {
+    request_body(content = Option<LogoutAllBody>, description = "Optional: `{revokeKeys: true}` revokes every API key too"),
+    responses((status = 200, description = "Every refresh token revoked (and every API key, when asked)", body = MessageBody), ApiErrors))]
+pub async fn logout_all(
+    State(state): State<AppState>,
+    user: AuthUser,
+    body: axum::body::Bytes,
+) -> Answer<MessageBody> {
+    let body: LogoutAllBody = if body.iter().all(u8::is_ascii_whitespace) {
+        LogoutAllBody::default()
+    } else {
+        shared::error::parse_json(&body)?
+    };
+    if body.revoke_keys {
+        let doc = state
+            .store
+            .user_by_id(&user.id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("this account no longer exists"))?;
+        crate::accounts::record(&state, &doc, Change::RevokeKeys, &user.id).await?;
+    }
     state.store.revoke_user_tokens(&user.id, None).await?;
-    done("every session is logged out")
+    if body.revoke_keys {
+        done("every session is logged out and every API key revoked")
+    } else {
+        done("every session is logged out")
+    }
 }
 
 /// `POST /api/auth/forgot-password`: always 200, after the same time;
@@ -572,6 +611,9 @@ pub async fn reset_password(
         .await?
         .filter(|u| !u.disabled && u.email == used.email)
         .ok_or_else(invalid_reset_token)?;
+    // Whoever held the account may have made keys: none outlives the
+    // recovery (revoked first; should PostgreSQL fail, nothing changes).
+    let revoked = crate::accounts::record(&state, &user, Change::RevokeKeys, "system").await?;
     let hash = hash_password(&password).await?;
     let user = state
         .store
@@ -583,6 +625,10 @@ pub async fn reset_password(
     state.store.revoke_user_tokens(&user.id, None).await?;
     let key = lock_key(Some(&user), "");
     state.store.clear_attempts(Attempts::Login, &key).await?;
+    if let Ok(to) = Email::parse("email", &user.email) {
+        let mail = state.mailer.send_reset_notice(&to, &user.username, revoked);
+        send_by(mail_deadline(&state), mail, "reset notice").await;
+    }
     let mut answer = SignedIn::new(&user, issue_pair(&state, &user, None).await?);
     answer.message = Some("password changed; you are signed in".into());
     Ok((StatusCode::OK, Json(answer)))

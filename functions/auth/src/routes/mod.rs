@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod keys;
 pub mod profile;
 
 use axum::http::StatusCode;

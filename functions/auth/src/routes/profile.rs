@@ -16,7 +16,7 @@ use crate::password::hash_password;
 use crate::store::UserDoc;
 use crate::AppState;
 
-async fn current(state: &AppState, user: &AuthUser) -> Result<UserDoc, ApiError> {
+pub(super) async fn current(state: &AppState, user: &AuthUser) -> Result<UserDoc, ApiError> {
     state
         .store
         .user_by_id(&user.id)
@@ -43,7 +43,7 @@ pub struct ProfileBody {
 /// The current password, checked against the lock-out like a sign-in (a
 /// stolen access token cannot be used to guess it): 400 when missing, 401
 /// when wrong, 429 when locked.
-async fn require_password(
+pub(super) async fn require_password(
     state: &AppState,
     user: &UserDoc,
     given: Option<&str>,

@@ -159,9 +159,9 @@ export async function restore() {
   }
 }
 
-export async function signOut(everywhere = false) {
+export async function signOut(everywhere = false, revokeKeys = false) {
   try {
-    if (everywhere) await call("auth", "POST", "/api/auth/logout-all", undefined, { console: true });
+    if (everywhere) await call("auth", "POST", "/api/auth/logout-all", revokeKeys ? { revokeKeys: true } : undefined, { console: true });
     else await call("auth", "POST", "/api/auth/logout", undefined, { auth: false, console: true });
   } finally {
     setSession(null);

@@ -143,23 +143,10 @@ impl App {
         admin
     }
 
-    /// A key of `user` made through the credits function with `body`:
-    /// (the secret, its id).
+    /// A key of `user` with `body`'s fields: (the secret, its id).
     pub async fn make_key(&self, user: &str, body: Value) -> (String, String) {
-        let token = self.token(user, Role::Enduser);
-        let res = testing::call(
-            &self.credits(),
-            "POST",
-            "/api/keys",
-            Some(body),
-            Some(&token),
-        )
-        .await;
-        assert_eq!(res.status, 201, "{}", res.body);
-        (
-            res.body["key"].as_str().unwrap().to_owned(),
-            res.body["id"].as_str().unwrap().to_owned(),
-        )
+        let made = testing::make_key(&self.pg.pool, user, Role::Enduser, body).await;
+        (made.key, made.id.to_string())
     }
 
     pub async fn grant(&self, user: &str, credits: i64) {

@@ -62,7 +62,8 @@ async function keys(main) {
   const list = h("div", { id: "key-list" });
   const name = field(t("keys.name"), { id: "key-name", required: true, maxlength: 100 });
   const limit = field(t("keys.monthlyLimit"), { id: "key-limit", type: "number", min: 1, inputmode: "numeric" });
-  const days = field(t("keys.expiresInDays"), { id: "key-days", type: "number", min: 1, max: 365, inputmode: "numeric" });
+  const days = field(t("keys.expiresInDays"), { id: "key-days", type: "number", min: 1, max: 365, inputmode: "numeric", placeholder: "90" });
+  const password = field(t("keys.password"), { id: "key-password", type: "password", required: true, autocomplete: "current-password" });
 
   async function draw() {
     const page = await api.call("credits", "GET", "/api/keys?limit=100");
@@ -71,11 +72,12 @@ async function keys(main) {
       page.keys.length === 0
         ? h("p", { class: "meta" }, t("keys.none"))
         : table(
-            [t("keys.name"), t("keys.prefix"), t("keys.status"), t("keys.spent"), t("keys.lastUsed"), ""],
+            [t("keys.name"), t("keys.prefix"), t("keys.status"), t("keys.expires"), t("keys.spent"), t("keys.lastUsed"), ""],
             page.keys.map((k) => [
               k.name,
               h("code", {}, k.prefix),
               t(`keys.statuses.${k.status}`),
+              k.expiresAt ? when(k.expiresAt) : "",
               k.monthlyCreditLimit ? t("keys.spentOf", { spent: number(k.creditsThisMonth), limit: number(k.monthlyCreditLimit) }) : number(k.creditsThisMonth),
               k.lastUsedAt ? when(k.lastUsedAt) : t("keys.neverUsed"),
               k.status === "active"
@@ -103,11 +105,13 @@ async function keys(main) {
       class: "card",
       onsubmit: async (e) => {
         e.preventDefault();
-        const body = { name: name.input.value.trim() };
+        const body = { name: name.input.value.trim(), currentPassword: password.input.value };
         if (limit.input.value) body.monthlyCreditLimit = Number(limit.input.value);
         if (days.input.value) body.expiresInDays = Number(days.input.value);
         try {
-          const made = await api.call("credits", "POST", "/api/keys", body);
+          // Made by the auth function: a key needs the owner's password.
+          const made = await api.call("auth", "POST", "/api/keys", body);
+          password.input.value = "";
           const secret = h("input", { id: "new-key", readonly: true, value: made.key, "aria-label": t("keys.secret") });
           replace(
             status,
@@ -126,7 +130,7 @@ async function keys(main) {
       },
     },
     h("h2", {}, t("keys.create")),
-    name.el, limit.el, days.el,
+    name.el, limit.el, days.el, password.el,
     h("button", { type: "submit" }, t("keys.createButton")),
   );
   const copied = h("span", { "aria-live": "polite" });
@@ -142,6 +146,7 @@ async function profile(main, { go }) {
   const current = field(t("profile.currentPassword"), { type: "password", autocomplete: "current-password" });
   const oldPassword = field(t("profile.currentPassword"), { type: "password", autocomplete: "current-password" });
   const newPassword = field(t("auth.newPassword"), { type: "password", autocomplete: "new-password", minlength: 8 });
+  const revokeKeys = h("input", { type: "checkbox", id: "revoke-keys" });
   const done = (key) => replace(status, h("p", { class: "notice", role: "status" }, t(key)));
   const guard = (f) => async (e) => {
     e.preventDefault();
@@ -182,7 +187,8 @@ async function profile(main, { go }) {
       }),
     }, h("h2", {}, t("profile.password")), oldPassword.el, newPassword.el, h("button", { type: "submit" }, t("profile.changePassword"))),
     h("div", { class: "card" }, h("h2", {}, t("profile.sessions")), h("p", {}, t("profile.everywhereHint")),
-      h("button", { type: "button", id: "signout-all", class: "secondary", onclick: () => api.signOut(true).then(() => go("signin")) }, t("profile.signOutEverywhere"))),
+      h("label", { class: "check" }, revokeKeys, " ", t("profile.revokeKeys")),
+      h("button", { type: "button", id: "signout-all", class: "secondary", onclick: () => api.signOut(true, revokeKeys.checked).then(() => go("signin")) }, t("profile.signOutEverywhere"))),
   );
 }
 

@@ -157,14 +157,33 @@ async function chatflows(main) {
       const perRequest = field(t("admin.perRequest"), { type: "number", min: 0, value: rule.perRequest });
       const perInput = field(t("admin.perInput"), { type: "number", min: 0, step: "any", value: rule.perInputToken });
       const perOutput = field(t("admin.perOutput"), { type: "number", min: 0, step: "any", value: rule.perOutputToken });
+      const images = field(t("admin.imageTokens"), { type: "number", min: 0, value: rule.imageInputTokens ?? 1000 });
+      const documents = field(t("admin.documentTokens"), { type: "number", min: 0, value: rule.documentInputTokensPerMb ?? 20000 });
       const emails = field(t("admin.emails"), { multiline: true, rows: 2 });
+      const overrides = field(t("admin.overrides"), { id: `overrides-${f.id}`, value: f.allowedOverrides.join(", ") });
+      const systemId = `system-${f.id}`;
+      const system = h("select", { id: systemId },
+        ["prepend", "override", "refuse"].map((mode) => h("option", {
+          value: mode,
+          selected: f.systemMessages === mode,
+          // Only where Flowise lets a request set the prompt's input.
+          disabled: mode === "override" && !f.systemPromptInput,
+        }, t(`admin.systemModes.${mode}`))));
       return h("form", {
         class: "card flow",
         "aria-label": f.name,
         onsubmit: guarded(status, async () => {
           const body = {
             isPublic: pub.checked,
-            pricing: { perRequest: Number(perRequest.input.value), perInputToken: Number(perInput.input.value), perOutputToken: Number(perOutput.input.value) },
+            allowedOverrides: overrides.input.value.split(/[\s,;]+/).filter(Boolean),
+            systemMessages: system.value,
+            pricing: {
+              perRequest: Number(perRequest.input.value),
+              perInputToken: Number(perInput.input.value),
+              perOutputToken: Number(perOutput.input.value),
+              imageInputTokens: Number(images.input.value),
+              documentInputTokensPerMb: Number(documents.input.value),
+            },
           };
           await api.call("predict", "PUT", `/api/v1/admin/chatflows/${enc(f.id)}`, body);
           const added = emails.input.value.split(/[\s,;]+/).filter(Boolean);
@@ -176,8 +195,14 @@ async function chatflows(main) {
       h("h2", {}, f.name),
       h("p", { class: "meta" }, f.id),
       h("div", { class: "check" }, pub, h("label", { for: `public-${f.id}` }, t("admin.public"))),
+      f.invocable ? null : h("p", { class: "notice" }, t("admin.notInvocable")),
       h("p", { class: "meta" }, t("admin.allowed", { count: f.allowedUsers.length }), " ", f.allowedUsers.join(", ")),
-      emails.el, perRequest.el, perInput.el, perOutput.el,
+      emails.el, perRequest.el, perInput.el, perOutput.el, images.el, documents.el,
+      overrides.el,
+      h("div", { class: "field" }, h("label", { for: systemId }, t("admin.systemMessages")), system,
+        h("p", { class: "meta" }, f.systemPromptInput
+          ? t("admin.systemInput", { input: f.systemPromptInput })
+          : t("admin.systemNoInput"))),
       h("button", { type: "submit" }, t("admin.saveFlow")));
     }));
   }

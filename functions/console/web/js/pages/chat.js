@@ -9,12 +9,23 @@ import * as api from "../api.js";
 import { errorBox } from "../main.js";
 import { renderAnswer } from "../render.js";
 
-function bubble(role, content, status) {
+/** The sentence under an answer its payer's credits ended, with the way to more. */
+function creditsEnded(charged) {
+  return h("p", { class: "meta cost" },
+    t("chat.creditsEnded", { charged: number(charged) }), " ",
+    h("a", { href: "#/credits" }, t("chat.seeCredits")));
+}
+
+function bubble(role, content, status, reason) {
   const body = h("div", { class: "content" });
   if (role === "assistant") body.append(renderAnswer(content));
   else body.textContent = content;
   const el = h("article", { class: `message ${role}`, "aria-label": t(role === "user" ? "chat.you" : "chat.assistant") }, body);
-  if (status === "incomplete") el.append(h("p", { class: "meta" }, t("chat.incomplete")));
+  if (status === "incomplete") {
+    el.append(reason === "credits_exhausted"
+      ? h("p", { class: "meta" }, t("chat.incompleteCredits"), " ", h("a", { href: "#/credits" }, t("chat.seeCredits")))
+      : h("p", { class: "meta" }, t(reason === "stopped" ? "chat.incompleteStopped" : "chat.incomplete")));
+  }
   return { el, body };
 }
 
@@ -78,7 +89,7 @@ export async function chatPage(main) {
     state.chatflow = s.chatflow_id;
     select.value = s.chatflow_id;
     const page = await api.call("predict", "GET", `/api/v1/chat/sessions/${encodeURIComponent(s.session_id)}/messages?limit=100`);
-    replace(list, page.messages.map((m) => bubble(m.role, m.content, m.status).el));
+    replace(list, page.messages.map((m) => bubble(m.role, m.content, m.status, m.metadata?.error).el));
     drawSessions(sessions.sessions);
   }
 
@@ -152,8 +163,12 @@ export async function chatPage(main) {
         } else if (event === "end") {
           draw();
           answer.el.classList.remove("streaming");
-          const key = data.status === "complete" ? "chat.cost" : "chat.costIncomplete";
-          answer.el.append(h("p", { class: "meta cost" }, t(key, { charged: number(data.credits.charged) })));
+          if (data.reason === "credits_exhausted") {
+            answer.el.append(creditsEnded(data.credits.charged));
+          } else {
+            const key = data.status === "complete" ? "chat.cost" : "chat.costIncomplete";
+            answer.el.append(h("p", { class: "meta cost" }, t(key, { charged: number(data.credits.charged) })));
+          }
           if (data.credits.balance !== null && data.credits.balance !== undefined) {
             balanceEl.textContent = t("chat.balance", { credits: number(data.credits.balance) });
           }

@@ -1,17 +1,18 @@
 //! Outgoing mail over SMTP (README §5): a mail catcher locally, Amazon SES's
-//! SMTP interface in AWS. Mails are plain ASCII text, so the code and the
+//! SMTP interface in AWS. The auth function mails about accounts and keys,
+//! the scheduled job about keys about to expire. Mails are plain ASCII text, so the code and the
 //! link read the same in every client (and to the tests, which read the
 //! raw mail).
 
 use std::time::Duration;
 
+use crate::config::{SmtpConfig, SmtpTls};
+use crate::identity::Email;
 use anyhow::Context;
 use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::message::{Body, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use shared::config::{SmtpConfig, SmtpTls};
-use shared::identity::Email;
 
 /// Sends the product's mails. Built once per cold start.
 #[derive(Clone)]
@@ -132,6 +133,62 @@ impl Mailer {
             .await
     }
 
+    /// Tells the owner an API key was made on their account (never its
+    /// secret): if it was not them, someone signed in as them.
+    pub async fn send_key_made(
+        &self,
+        to: &Email,
+        username: &str,
+        key: &KeyMail<'_>,
+    ) -> anyhow::Result<()> {
+        let text = format!(
+            "Hello {username},\r\n\r\nAn API key was made on your account:\r\n\r\n{}\r\n\
+             If you did not make it, revoke it in the console, change your password and \
+             sign out everywhere.\r\n",
+            key.lines()
+        );
+        self.send(to, "An API key was made on your account", text)
+            .await
+    }
+
+    /// Tells the owner that an API key of theirs stops working soon.
+    pub async fn send_key_expiring(
+        &self,
+        to: &Email,
+        username: &str,
+        key: &KeyMail<'_>,
+    ) -> anyhow::Result<()> {
+        let text = format!(
+            "Hello {username},\r\n\r\nOne of your API keys stops working soon:\r\n\r\n{}\r\n\
+             Programs that use it need a new key before then: make one in the console.\r\n",
+            key.lines()
+        );
+        self.send(to, "An API key of yours expires soon", text)
+            .await
+    }
+
+    /// Tells the owner their password was reset through the mailed link,
+    /// and that their API keys were revoked with it.
+    pub async fn send_reset_notice(
+        &self,
+        to: &Email,
+        username: &str,
+        keys_revoked: u64,
+    ) -> anyhow::Result<()> {
+        let keys = match keys_revoked {
+            0 => String::new(),
+            1 => " Your API key was revoked too: make a new one for the programs that used it.".into(),
+            n => format!(" Your {n} API keys were revoked too: make new ones for the programs that used them."),
+        };
+        let text = format!(
+            "Hello {username},\r\n\r\nThe password of your account was reset with the link \
+             mailed to this address, and every session was signed out.{keys}\r\n\r\n\
+             If you did not do this, reset your password again now: {}\r\n",
+            self.app_base_url
+        );
+        self.send(to, "Your password was reset", text).await
+    }
+
     /// Tells the current address that a change to `new_address` was asked
     /// for (it takes effect only once the code mailed there is entered).
     pub async fn send_email_change_notice(
@@ -149,5 +206,41 @@ impl Mailer {
         );
         self.send(to, "A change of your email address was asked for", text)
             .await
+    }
+}
+
+/// An API key as a mail describes it: never its secret.
+#[derive(Debug, Clone)]
+pub struct KeyMail<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// `fgw_` and its public id.
+    pub prefix: &'a str,
+    /// The chatflows it may use (`None`: every one its owner may use).
+    pub chatflows: Option<&'a [String]>,
+    /// Credits it may spend a month.
+    pub monthly_credit_limit: Option<i64>,
+    /// When it stops working.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl KeyMail<'_> {
+    /// Its lines in a mail.
+    fn lines(&self) -> String {
+        let chatflows = self
+            .chatflows
+            .map_or("every chatflow you may use".to_owned(), |c| c.join(", "));
+        let limit = self
+            .monthly_credit_limit
+            .map_or("no monthly limit".to_owned(), |l| {
+                format!("{l} credits a month")
+            });
+        format!(
+            "  Name: {}\r\n  Key: {}... (the rest is never shown again)\r\n  Chatflows: {chatflows}\r\n\
+             \x20 Spending: {limit}\r\n  Expires: {} UTC\r\n",
+            self.name,
+            self.prefix,
+            self.expires_at.format("%Y-%m-%d %H:%M")
+        )
     }
 }
