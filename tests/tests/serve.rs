@@ -73,3 +73,31 @@ async fn a_burst_of_two_hundred_connections_is_served() {
     let ok = statuses.iter().filter(|s| matches!(s, Ok(200))).count();
     assert_eq!(ok, 200, "{statuses:?}");
 }
+
+/// Under `/v1`, every error is in OpenAI's envelope here too, as the
+/// streaming function answers it.
+#[tokio::test]
+async fn v1_errors_are_in_openais_envelope_as_the_function_answers_them() {
+    let stack = served().await;
+    let (status, body) = stack.get_public("predict-stream", "/v1/models").await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["type"], "authentication_error", "{body}");
+    let user = stack.token("u1", Role::Enduser);
+    let (status, body) = stack
+        .post(
+            "predict-stream",
+            "/v1/chat/completions",
+            &user,
+            json!({"model": "x", "messages": [], "n": 2}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert_eq!(body["error"]["param"], "n");
+    let (status, body) = stack.get("predict-stream", "/v1/nowhere", &user).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    // Elsewhere, the gateway's own shape.
+    let (status, body) = stack.get("credits", "/api/nowhere", &user).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+}

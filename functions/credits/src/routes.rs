@@ -15,9 +15,12 @@ use shared::ids::{ChatflowId, ReservationId, UserId};
 use shared::keys::UserOrKey;
 use shared::ledger::accounts::ensure_account;
 use shared::ledger::idempotency::{self, Begun, RequestKey};
+use shared::ledger::primitives::{begin, commit};
 use shared::ledger::queries::{self, Balance, EntryFilter, EntryRecord};
 use shared::ledger::reservations::{self, ActiveSession, Reservation, SessionOutcome, Settlement};
-use shared::ledger::{changes, Adjustment, Allocation, Charge, Credits, EntryKind, EntryMeta, Tx};
+use shared::ledger::{
+    changes, Adjustment, Allocation, Charge, Credits, Durability, EntryKind, EntryMeta, Tx,
+};
 use shared::openapi::{ApiErrors, IdempotencyKeyHeader};
 use shared::pricing::{self, estimate_tokens, Cost, PriceInput, RuleView};
 use shared::query::{parse_instant, PageParams};
@@ -83,7 +86,7 @@ async fn finish<T: Serialize>(
         serde_json::to_value(&body).map_err(|e| ApiError::Internal(e.into()))?,
     );
     idempotency::save(&mut tx, &user.user_id(), key.as_ref(), &stored).await?;
-    tx.commit().await?;
+    commit(tx).await?;
     Ok((status, Json(body)))
 }
 
@@ -630,9 +633,9 @@ async fn settle(
     how: Settlement,
     charge: Charge,
 ) -> Answer<SessionOutcome> {
-    let mut tx = state.pg.begin().await?;
+    let mut tx = begin(&state.pg, Durability::Flushed).await?;
     let outcome = reservations::settle(&mut tx, id, &user.user_id(), how, charge).await?;
-    tx.commit().await?;
+    commit(tx).await?;
     Ok((StatusCode::OK, Json(outcome)))
 }
 

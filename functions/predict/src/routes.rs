@@ -357,7 +357,17 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 /// The bytes of a file, with their type (owner).
 #[utoipa::path(get, path = "/api/v1/chat/files/{id}", tag = "predict",
     params(("id" = String, Path, description = "The file")),
-    responses((status = 200, description = "The bytes, with their content type", content_type = "application/octet-stream", body = shared::openapi::Binary), ApiErrors))]
+    responses((status = 200, description = "The bytes, with the type sniffed from them when they were stored (one of the allowed types)",
+        content(
+            (shared::openapi::Binary = "image/png"), (shared::openapi::Binary = "image/jpeg"),
+            (shared::openapi::Binary = "image/gif"), (shared::openapi::Binary = "image/webp"),
+            (shared::openapi::Binary = "application/pdf"), (shared::openapi::Binary = "text/plain"),
+            (shared::openapi::Binary = "text/csv"),
+            (shared::openapi::Binary = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+            (shared::openapi::Binary = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+            (shared::openapi::Binary = "application/vnd.openxmlformats-officedocument.presentationml.presentation"),
+            (shared::openapi::Binary = "application/msword"), (shared::openapi::Binary = "application/vnd.ms-excel"),
+            (shared::openapi::Binary = "application/vnd.ms-powerpoint"))), ApiErrors))]
 pub async fn get_file(
     State(state): State<AppState>,
     UserOrKey(user): UserOrKey,

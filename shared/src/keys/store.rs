@@ -375,8 +375,9 @@ pub async fn sync_account(
     record: AccountRecord<'_>,
     revoke_keys: bool,
     actor: &str,
-) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+) -> Result<u64, crate::ledger::LedgerError> {
+    use crate::ledger::primitives::{begin, commit};
+    let mut tx = begin(pool, crate::ledger::Durability::Flushed).await?;
     sqlx::query!(
         "INSERT INTO user_accounts AS a (user_id, username, email, role, disabled, deleted_at, synced_at)
          VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END, now())
@@ -399,6 +400,6 @@ pub async fn sync_account(
     } else {
         0
     };
-    tx.commit().await?;
+    commit(tx).await?;
     Ok(revoked)
 }

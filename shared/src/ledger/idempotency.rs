@@ -151,7 +151,7 @@ pub async fn begin(
     key: Option<&RequestKey>,
     endpoint: &str,
 ) -> Result<Begun<'static>, ApiError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = super::primitives::begin(pool, super::Durability::Flushed).await?;
     let Some(key) = key else {
         return Ok(Begun::Fresh(tx));
     };

@@ -75,12 +75,12 @@ async fn expire_due_users(
         };
         for user in users {
             let user = UserId::stored(user);
-            let mut tx = pool.begin().await?;
+            let mut tx = begin(pool, Durability::Flushed).await?;
             let Some(locked) = try_lock_account(&mut tx, &user).await? else {
                 continue;
             };
             let (count, credits) = expire_due(&mut tx, &user, locked).await?;
-            tx.commit().await?;
+            commit(tx).await?;
             report.expired_allocations += count;
             report.expired_credits += credits;
         }

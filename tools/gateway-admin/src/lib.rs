@@ -83,7 +83,11 @@ pub async fn app(env: &Env) -> Result<Router, shared::BoxError> {
         .merge(health(predict.health_checks(), "predict"))
         .merge(health(predict.health_checks(), "predict-stream"))
         .merge(health(HealthChecks::default(), "console"));
-    Ok(finish(api))
+    // As the streaming function answers: every error under /v1 in
+    // OpenAI's envelope.
+    Ok(finish(api).layer(axum::middleware::from_fn(
+        predict_stream::openai::envelope::layer,
+    )))
 }
 
 /// Serves [`app`] on `port` (127.0.0.1 unless `SERVE_ADDRESS` says

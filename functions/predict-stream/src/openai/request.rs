@@ -38,7 +38,9 @@ use super::envelope::V1Error;
 pub struct CompletionRequest {
     /// A chatflow id (`GET /v1/models`).
     pub model: String,
-    /// The conversation; the last message is the user's question.
+    /// The conversation, at least one message; the last is the user's
+    /// question.
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessage>,
     /// Server-sent `chat.completion.chunk` events when true.
     #[serde(default)]
@@ -57,6 +59,7 @@ pub struct CompletionRequest {
     pub max_completion_tokens: Option<u32>,
     /// Only 1.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<i64>,
     /// Refused: a chatflow has its own tools.
     #[serde(default)]
