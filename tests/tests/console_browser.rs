@@ -679,3 +679,38 @@ async fn a_forgotten_password_is_reset_from_the_mailed_link_and_every_session_en
     browser.css("input[name=username]").await;
     sign_in(&browser, &base, ADMIN.0, "a brand new passphrase").await;
 }
+
+#[tokio::test]
+async fn an_answer_stopped_where_the_credits_end_says_so_and_links_to_the_credits() {
+    let flowise = FlowiseDouble::start().await;
+    let long = Behaviour::Answer {
+        tokens: vec!["word ".to_owned(); 5_000],
+        delay: Duration::ZERO,
+        usage: None,
+        heartbeat: false,
+    };
+    flowise.add_flow("flow-long", "Storyteller", long);
+    let (stack, base) = console_stack(&flowise).await;
+    let admin = stack.token("admin-x", shared::token::Role::Admin);
+    stack.sync_chatflows(&admin).await;
+    stack.open_chatflow(&admin, "flow-long", None).await;
+    let browser = Browser::start(1280, 900).await;
+    sign_in(&browser, &base, ADMIN.0, ADMIN.2).await;
+    let (_, users) = stack
+        .get("auth", "/api/admin/users?search=root", &admin)
+        .await;
+    let root_id = users["users"][0]["id"].as_str().unwrap().to_owned();
+    stack.allocate(&admin, &root_id, 3).await;
+    browser.open(&base, "chat").await;
+    browser.fill("#question", "Tell me everything").await;
+    browser.click("#send").await;
+    let said = browser.wait_text("#messages", "credits ran out").await;
+    assert!(said.contains("you paid 3 credits"), "{said}");
+    let link = browser
+        .script("return document.querySelector('#messages .cost a')?.getAttribute('href')")
+        .await;
+    assert_eq!(link, "#/credits");
+    browser.assert_accessible("chat, credits ran out").await;
+    browser.click("#messages .cost a").await;
+    browser.wait_text("#main h1", "Your credits").await;
+}

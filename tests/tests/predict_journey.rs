@@ -69,13 +69,23 @@ async fn journey(serve: bool) {
             heartbeat: true,
         },
     );
+    flowise.add_flow(
+        "flow-long",
+        "Storyteller",
+        Behaviour::Answer {
+            tokens: vec!["word ".to_owned(); 5_000],
+            delay: Duration::ZERO,
+            usage: None,
+            heartbeat: false,
+        },
+    );
     let stack = stack_with(&flowise, serve).await;
     let admin = stack.token("admin-1", Role::Admin);
     let user = stack.token("zoe", Role::Enduser);
 
     // The admin syncs the catalogue, grants zoe access and credits.
     let body = stack.sync_chatflows(&admin).await;
-    assert_eq!(body["created"].as_u64(), Some(1), "{body}");
+    assert_eq!(body["created"].as_u64(), Some(2), "{body}");
     let (status, _) = stack
         .get("predict", "/api/v1/chatflows/flow-e2e", &user)
         .await;
@@ -163,16 +173,42 @@ async fn journey(serve: bool) {
         ["What is in the picture?", ANSWER, "And now?", ANSWER]
     );
 
-    // Spend the rest, then 402 with nothing sent to Flowise.
+    // Spend all but 3, then ask a chatflow whose answer is far longer than
+    // that: the stream stops where the credits end, charged exactly them.
     let (status, _) = stack
         .post(
             "credits",
             "/api/credits/deduct",
             &user,
-            json!({"credits": 25}),
+            json!({"credits": 22}),
         )
         .await;
     assert_eq!(status, 200);
+    let (status, _) = stack
+        .post(
+            "predict",
+            "/api/v1/admin/chatflows/flow-long/users",
+            &admin,
+            json!({"userIds": ["zoe"]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let long = json!({"chatflow_id": "flow-long", "question": "Tell me everything"});
+    let frames = read_frames(stack.open_stream(&user, &long, &[]).await).await;
+    let end = &frames.last().unwrap().1;
+    assert_eq!(end["status"], "incomplete", "{end}");
+    assert_eq!(end["reason"], "credits_exhausted");
+    assert_eq!(end["credits"], json!({"charged": 3, "balance": 0}));
+    let delivered: String = frames
+        .iter()
+        .filter(|f| f.0 == "token")
+        .filter_map(|f| f.1.as_str())
+        .collect();
+    // 1 + ceil(0.001 x 5 + 0.002 x output) = 3: at most 997 output tokens.
+    let tokens = delivered.chars().count().div_ceil(4);
+    assert!((900..=997).contains(&tokens), "{tokens} tokens delivered");
+
+    // Out of credits: 402, with nothing sent to Flowise.
     let before = flowise.received().len();
     let hi = json!({"chatflow_id": "flow-e2e", "question": "Hi"});
     let (status, body) = stack.predict(&user, hi.clone()).await;

@@ -98,6 +98,8 @@ async fn the_owner_stops_a_stream_midway_and_pays_for_what_was_delivered() {
         (answer["content"].as_str(), answer["status"].as_str()),
         (Some(delivered.as_str()), Some("incomplete"))
     );
+    // Shown as stopped, not as the chat service failing.
+    assert_eq!(answer["metadata"]["error"], "stopped", "{}", stored.body);
     let why: Value =
         sqlx::query_scalar("SELECT metadata FROM usage_logs WHERE metadata->>'message_id' = $1")
             .bind(&message_id)

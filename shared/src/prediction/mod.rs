@@ -1326,4 +1326,14 @@ mod tests {
         assert_eq!(hold_durability(Some(&key)), Durability::Flushed);
         assert_eq!(hold_durability(None), Durability::Relaxed);
     }
+
+    #[test]
+    fn every_failure_shows_as_itself_in_the_history() {
+        for failure in FAILURES {
+            assert!(
+                sessions::FAILURE_CODES.contains(&failure.as_str()),
+                "{failure:?} would show as upstream_error"
+            );
+        }
+    }
 }
