@@ -405,7 +405,7 @@ pub async fn make_key(
         monthly_credit_limit: body["monthlyCreditLimit"].as_i64(),
     };
     let mut tx = pool.begin().await.expect("begin");
-    let made = store::create(&mut tx, &claims, spec)
+    let made = store::create(&mut tx, &claims, spec, None)
         .await
         .expect("a key is made");
     tx.commit().await.expect("commit");

@@ -116,8 +116,12 @@ impl AppState {
             indexes = indexes.on_ready(std::sync::Arc::new(move || {
                 let (store, admin) = (store.clone(), admin.clone());
                 Box::pin(async move {
-                    if let Err(err) = bootstrap::ensure_first_admin(&store, &admin).await {
-                        tracing::error!(error = %err, "the first admin could not be ensured");
+                    match bootstrap::ensure_first_admin(&store, &admin).await {
+                        Ok(_) => true,
+                        Err(err) => {
+                            tracing::error!(error = %err, "the first admin could not be ensured");
+                            false
+                        }
                     }
                 })
             }));

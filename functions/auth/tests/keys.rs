@@ -404,3 +404,50 @@ async fn signing_out_everywhere_revokes_the_keys_only_when_asked() {
     .await
     .assert_error(400, "invalid_input");
 }
+
+#[tokio::test]
+async fn a_key_whose_password_check_began_before_a_revocation_is_never_made() {
+    let app = App::new().await;
+    let kim = app.verified_user("kim", "kim-password").await;
+    let claims = AuthUser {
+        id: kim.clone(),
+        username: "kim".into(),
+        email: "kim@example.com".into(),
+        role: Role::Enduser,
+        key: None,
+    };
+    let spec = || shared::keys::store::KeySpec {
+        name: "racer".into(),
+        expires_in_days: 90,
+        chatflows: None,
+        monthly_credit_limit: None,
+    };
+    // A request read the old password, then the owner's reset revoked the
+    // keys: the key it goes on to make is refused.
+    let since = shared::keys::store::database_now(&app.pg.pool)
+        .await
+        .unwrap();
+    let user = app.state.store.user_by_id(&kim).await.unwrap().unwrap();
+    auth::accounts::record(
+        &app.state,
+        &user,
+        auth::accounts::Change::RevokeKeys,
+        "system",
+    )
+    .await
+    .unwrap();
+    let mut tx = app.pg.pool.begin().await.unwrap();
+    let refused = shared::keys::store::create(&mut tx, &claims, spec(), Some(since)).await;
+    assert_eq!(refused.unwrap_err().code(), "credentials_changed");
+    drop(tx);
+    // A check that began after it makes one.
+    let since = shared::keys::store::database_now(&app.pg.pool)
+        .await
+        .unwrap();
+    let mut tx = app.pg.pool.begin().await.unwrap();
+    shared::keys::store::create(&mut tx, &claims, spec(), Some(since))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(live_keys(&app, &kim).await, 1);
+}

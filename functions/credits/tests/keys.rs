@@ -117,7 +117,7 @@ async fn fifty_concurrent_makings_give_twenty_live_keys_at_most() {
                     monthly_credit_limit: None,
                 };
                 let mut tx = pool.begin().await.unwrap();
-                let made = shared::keys::store::create(&mut tx, &claims, spec).await;
+                let made = shared::keys::store::create(&mut tx, &claims, spec, None).await;
                 tx.commit().await.unwrap();
                 made.map(|k| k.id)
             })

@@ -157,28 +157,6 @@ pub async fn stop(
     ))
 }
 
-/// The file `id` as `user` may see it: theirs (403 for another's), and,
-/// for a key limited to chatflows, not attached to a session of another
-/// chatflow (404 for such a file, as if it did not exist).
-async fn visible_file(
-    state: &AppState,
-    id: &str,
-    user: &AuthUser,
-) -> Result<files::FileDoc, ApiError> {
-    let db = &state.mongo.chat;
-    let file = files::owned(db, id, &user.id).await?;
-    if let (Some(_), Some(session)) = (shared::keys::chatflow_scope(user), &file.session_id) {
-        let hidden = match sessions::find(db, session).await? {
-            Some(found) => !sessions::in_scope(user, &found.chatflow_id),
-            None => false,
-        };
-        if hidden {
-            return Err(ApiError::not_found(format!("no file {id}")));
-        }
-    }
-    Ok(file)
-}
-
 // ---------------------------------------------------------------- sessions
 
 /// A page of sessions.
@@ -373,7 +351,7 @@ pub async fn get_file(
     UserOrKey(user): UserOrKey,
     PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    let file = visible_file(&state, &id, &user).await?;
+    let file = sessions::visible_file(&state.mongo.chat, &id, &user).await?;
     let disposition = format!(
         "inline; filename=\"{}\"",
         file.name.replace(['"', '\\'], "_")
@@ -401,7 +379,7 @@ pub async fn delete_file(
     UserOrKey(user): UserOrKey,
     PathParams(id): PathParams<String>,
 ) -> Result<StatusCode, ApiError> {
-    visible_file(&state, &id, &user).await?;
+    sessions::visible_file(&state.mongo.chat, &id, &user).await?;
     files::delete(&state.mongo.chat, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -495,6 +495,14 @@ async fn a_key_limited_to_chatflows_sees_nothing_of_the_others_history() {
     app.predict_with(&key, keyed, &[("idempotency-key", "b-1")])
         .await
         .assert_error(403, "key_chatflow_not_allowed");
+    // Nor can the key send flow-b's file to a chatflow it may use.
+    let reuse =
+        json!({"chatflow_id": "flow-a", "question": "Read it", "uploads": [{"file_id": file}]});
+    let sent = app.flowise.received().len();
+    app.predict(&key, reuse)
+        .await
+        .assert_error(404, "not_found");
+    assert_eq!(app.flowise.received().len(), sent);
     // Its running answers cannot be stopped through the key.
     let (status, mut stream) = app
         .open_stream(&token, json!({"chatflow_id": "flow-b", "question": "Long"}))
@@ -510,4 +518,54 @@ async fn a_key_limited_to_chatflows_sees_nothing_of_the_others_history() {
     let rest = common::frames(stream).await;
     let end = &rest.iter().find(|(e, _, _)| e == "end").unwrap().1;
     assert_eq!(end["status"], "complete", "{end}");
+}
+
+#[tokio::test]
+async fn a_usage_report_past_the_hold_is_held_at_once_so_a_second_stream_cannot_spend_it() {
+    let app = App::new().await;
+    // 0.01 a token: a hold starts at 1,000 tokens' worth, 10 credits.
+    // Flowise reports 5,000 output tokens (50 credits) early, then pauses.
+    let reported = Behaviour::Events {
+        events: vec![
+            ("start".into(), json!("")),
+            ("usageMetadata".into(), json!({"output_tokens": 5_000})),
+            ("token".into(), json!("x")),
+        ],
+        delay: Duration::from_millis(300),
+    };
+    app.add_flow("flow-report", reported, (0, 0.0, 0.01)).await;
+    app.add_flow("flow-long", endless(40_000), (0, 0.0, 0.01))
+        .await;
+    app.grant("u1", 100).await;
+    let user = app.token("u1", Role::Enduser);
+    let first = read_stream(
+        &app,
+        &user,
+        json!({"chatflow_id": "flow-report", "question": "Hi"}),
+    );
+    let second = async {
+        // Starts once the report is in: what it may spend is what is left.
+        tokio::time::sleep(Duration::from_millis(750)).await;
+        read_stream(
+            &app,
+            &user,
+            json!({"chatflow_id": "flow-long", "question": "Go on"}),
+        )
+        .await
+    };
+    let ((_, reported_end), (_, long_end)) = tokio::join!(first, second);
+    assert_eq!(reported_end["credits"]["charged"], 50, "{reported_end}");
+    assert_eq!(reported_end["status"], "complete");
+    assert_eq!(long_end["reason"], "credits_exhausted", "{long_end}");
+    assert_eq!(long_end["credits"]["charged"], 50, "{long_end}");
+    assert_eq!(app.balance("u1").await, 0);
+    let uncovered: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM usage_logs WHERE metadata ? 'uncovered_credits'")
+            .fetch_one(&app.pg.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        uncovered, 0,
+        "the report's price was held before it could be spent"
+    );
 }

@@ -251,6 +251,24 @@ async fn a_system_message_reaches_the_llm_as_the_chatflow_is_set_and_never_vanis
     assert_eq!(res.status, 400, "{}", res.body);
     assert_eq!(res.body["error"]["param"], "messages");
     assert_eq!(app.flowise.received().len(), sent);
+    // Nor through the overrides, even were the input an allowed one.
+    app.flowise
+        .set_shape("flow-agent", Shape::agent(&["systemMessage"]));
+    sync(&app).await;
+    set(
+        &app,
+        "flow-agent",
+        json!({"allowedOverrides": ["systemMessage"]}),
+    )
+    .await;
+    let res = app
+        .predict(
+            &user,
+            json!({"chatflow_id": "flow-agent", "question": "Hi", "overrideConfig": {"systemMessage": "Be curt."}}),
+        )
+        .await;
+    res.assert_error(400, "override_not_allowed");
+    assert_eq!(app.flowise.received().len(), sent);
     // The native routes take it the same way, as `systemMessage`.
     let res = app
         .predict(
@@ -384,6 +402,21 @@ async fn a_model_the_caller_may_not_use_is_404() {
     )
     .await;
     assert_eq!(res.status, 200, "{}", res.body);
+    // Asking it for a completion looks the same as asking an unknown one.
+    let ask =
+        |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "Hi"}]});
+    for model in ["flow-secret", "flow-nowhere"] {
+        let res = call(
+            &app.stream,
+            "POST",
+            "/v1/chat/completions",
+            Some(ask(model)),
+            Some(&user),
+        )
+        .await;
+        assert_eq!(res.status, 404, "{}", res.body);
+        assert_eq!(res.body["error"]["code"], "model_not_found");
+    }
 }
 
 /// A one-pixel PNG, as a data URL.

@@ -226,6 +226,28 @@ pub async fn visible(
     Ok(session)
 }
 
+/// The stored file `file_id` as `user` may see or use it: theirs (403 for
+/// another's), and, for a key limited to chatflows, not attached to a
+/// session of another chatflow (404 for such a file, as if it did not
+/// exist: neither its bytes nor a prediction reach it).
+pub async fn visible_file(
+    db: &Database,
+    file_id: &str,
+    user: &AuthUser,
+) -> Result<super::files::FileDoc, ApiError> {
+    let file = super::files::owned(db, file_id, &user.id).await?;
+    if let (Some(_), Some(session)) = (crate::keys::chatflow_scope(user), &file.session_id) {
+        let hidden = match find(db, session).await? {
+            Some(found) => !in_scope(user, &found.chatflow_id),
+            None => false,
+        };
+        if hidden {
+            return Err(ApiError::not_found(format!("no file {file_id}")));
+        }
+    }
+    Ok(file)
+}
+
 /// Whether `user` (through a key limited to chatflows, if any) may see
 /// what belongs to `chatflow_id`.
 pub fn in_scope(user: &AuthUser, chatflow_id: &str) -> bool {

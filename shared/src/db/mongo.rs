@@ -233,13 +233,15 @@ pub struct IndexGuard {
     ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Why the last attempt failed, for `/health`.
     failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
-    /// Run once, by the call that first sees every index made.
+    /// Run once every index is made, until it succeeds; requests wait for
+    /// it (503) as they do for the indexes.
     on_ready: Option<OnReady>,
 }
 
-/// Work that needs the indexes (the first admin: see the auth function).
+/// Work that needs the indexes and that requests need done (the first
+/// admin: see the auth function); answers whether it is done.
 pub type OnReady = std::sync::Arc<
-    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync,
 >;
 
 impl std::fmt::Debug for IndexGuard {
@@ -265,8 +267,10 @@ impl IndexGuard {
         }
     }
 
-    /// The same guard, running `work` once, by the call that first sees
-    /// every index made (before it answers), and never before.
+    /// The same guard, running `work` once every index is made and until
+    /// it succeeds; until then the guard is not ready, so requests answer
+    /// 503 as they do while an index is missing (a public route never runs
+    /// before the work is done).
     pub fn on_ready(mut self, work: OnReady) -> Self {
         self.on_ready = Some(work);
         self
@@ -311,15 +315,17 @@ impl IndexGuard {
                 blocked.extend(duplicate_of(&err));
             }
         }
-        if missing.is_empty() {
-            if !self.ready.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                if let Some(work) = &self.on_ready {
-                    work().await;
-                }
-            }
+        let done = match (&self.on_ready, missing.is_empty()) {
+            (Some(work), true) => work().await,
+            (_, ready) => ready,
+        };
+        if done {
+            self.ready.store(true, std::sync::atomic::Ordering::Release);
             return Ok(());
         }
-        let why = if blocked.is_empty() {
+        let why = if missing.is_empty() {
+            "the work that waits for them failed (see the log)".to_owned()
+        } else if blocked.is_empty() {
             "missing".to_owned()
         } else {
             format!(
@@ -330,10 +336,14 @@ impl IndexGuard {
         if let Ok(mut failure) = self.failure.lock() {
             *failure = Some(why.clone());
         }
-        Err(format!(
-            "the MongoDB indexes of {} could not be created ({why})",
-            missing.join(" and ")
-        ))
+        Err(if missing.is_empty() {
+            format!("the MongoDB indexes are made, but {why}")
+        } else {
+            format!(
+                "the MongoDB indexes of {} could not be created ({why})",
+                missing.join(" and ")
+            )
+        })
     }
 }
 

@@ -153,13 +153,48 @@ pub struct CreatedKey {
     pub created_at: DateTime<Utc>,
 }
 
-/// Makes a key for `user` (who signed in with a token). Under the account
-/// lock: 403 when the account is disabled, 409 `too_many_keys` at
-/// [`MAX_LIVE_KEYS`] live keys, so concurrent requests cannot pass it.
+/// The user's live keys, counted under the account lock: 409
+/// `credentials_changed` when their keys were revoked at or after
+/// `checked_since` (see [`create`]).
+async fn live_keys_unless_revoked(
+    tx: &mut Tx<'_>,
+    user: &AuthUser,
+    checked_since: Option<DateTime<Utc>>,
+) -> Result<i64, ApiError> {
+    let found = sqlx::query!(
+        r#"SELECT (SELECT count(*) FROM api_keys
+                    WHERE user_id = $1 AND revoked_at IS NULL
+                      AND (expires_at IS NULL OR expires_at > now())) AS "live!",
+                  (SELECT keys_revoked_at >= $2 FROM user_accounts WHERE user_id = $1)
+                    AS "revoked_since""#,
+        user.id,
+        checked_since,
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    if found.revoked_since == Some(true) {
+        return Err(ApiError::Conflict {
+            code: "credentials_changed",
+            message: "your keys were revoked (a password reset, or signing out everywhere) \
+                      while this one was being made; sign in again to make one"
+                .into(),
+        });
+    }
+    Ok(found.live)
+}
+
+/// Makes a key for `user` (who signed in with a token, and proved their
+/// password from `checked_since` on, the database's time before the
+/// password was read). Under the account lock: 403 when the account is
+/// disabled, 409 `credentials_changed` when the user's keys were revoked
+/// since (a reset racing the request: the key would outlive it), 409
+/// `too_many_keys` at [`MAX_LIVE_KEYS`] live keys, so concurrent requests
+/// cannot pass it.
 pub async fn create(
     tx: &mut Tx<'_>,
     user: &AuthUser,
     spec: KeySpec,
+    checked_since: Option<DateTime<Utc>>,
 ) -> Result<CreatedKey, ApiError> {
     let account = lock_from_claims(tx, user).await?;
     if account.disabled {
@@ -168,13 +203,7 @@ pub async fn create(
             message: "a disabled account cannot make API keys".into(),
         });
     }
-    let live = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM api_keys
-            WHERE user_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"#,
-        user.id
-    )
-    .fetch_one(&mut **tx)
-    .await?;
+    let live = live_keys_unless_revoked(tx, user, checked_since).await?;
     if live >= MAX_LIVE_KEYS {
         return Err(ApiError::Conflict {
             code: "too_many_keys",
@@ -277,9 +306,16 @@ pub async fn revoke(
     Ok(())
 }
 
-/// Revokes every live key of `user` (in the caller's transaction); returns
-/// how many.
+/// Revokes every live key of `user` (in the caller's transaction), and
+/// keeps the time on the user's record, so that a key whose password check
+/// began before it is never made ([`create`]); returns how many.
 pub async fn revoke_all(tx: &mut Tx<'_>, user: &str, actor: &str) -> Result<u64, sqlx::Error> {
+    sqlx::query!(
+        "UPDATE user_accounts SET keys_revoked_at = now() WHERE user_id = $1",
+        user
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(sqlx::query!(
         "UPDATE api_keys SET revoked_at = now(), revoked_by = $2
           WHERE user_id = $1 AND revoked_at IS NULL",
@@ -289,6 +325,14 @@ pub async fn revoke_all(tx: &mut Tx<'_>, user: &str, actor: &str) -> Result<u64,
     .execute(&mut **tx)
     .await?
     .rows_affected())
+}
+
+/// The database's time now: what a key's password check is measured from
+/// (the functions' clocks and the database's may differ).
+pub async fn database_now(pool: &sqlx::PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT clock_timestamp() AS "now!""#)
+        .fetch_one(pool)
+        .await
 }
 
 /// A key about to expire, as its owner's warning names it.

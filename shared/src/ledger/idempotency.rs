@@ -175,7 +175,7 @@ pub async fn save(
     answer: &Answer,
 ) -> Result<(), ApiError> {
     if let Some(key) = key {
-        complete(tx, user, key, answer).await?;
+        complete(tx, user, key, None, answer).await?;
     }
     Ok(())
 }
@@ -251,27 +251,40 @@ pub async fn complete(
     tx: &mut Tx<'_>,
     user: &UserId,
     key: &RequestKey,
+    reservation: Option<&ReservationId>,
     (status, body): &Answer,
 ) -> Result<(), LedgerError> {
+    // A prediction completes only its own claim: should the sweep have
+    // settled it and a retry claimed the key anew, the retry's is not ours.
     sqlx::query!(
         "UPDATE idempotency_keys SET state = 'done', status_code = $3, response = $4::text::json
-          WHERE user_id = $1 AND key = $2",
+          WHERE user_id = $1 AND key = $2 AND ($5::text IS NULL OR reservation_id = $5)",
         user.as_str(),
         key.key,
         status.as_u16() as i16,
-        json_text(body)
+        json_text(body),
+        reservation.map(ReservationId::as_str),
     )
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-/// Frees a claimed key whose request charged nothing, so a retry runs anew.
-pub async fn release(tx: &mut Tx<'_>, user: &UserId, key: &RequestKey) -> Result<(), LedgerError> {
+/// Frees the key the prediction `reservation` claimed, when its request
+/// charged nothing, so a retry runs anew (another claim of the key is left
+/// alone).
+pub async fn release(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    key: &RequestKey,
+    reservation: &ReservationId,
+) -> Result<(), LedgerError> {
     sqlx::query!(
-        "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND state = 'in_progress'",
+        "DELETE FROM idempotency_keys
+          WHERE user_id = $1 AND key = $2 AND state = 'in_progress' AND reservation_id = $3",
         user.as_str(),
-        key.key
+        key.key,
+        reservation.as_str()
     )
     .execute(&mut **tx)
     .await?;

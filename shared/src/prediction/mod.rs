@@ -283,9 +283,9 @@ impl Prepared {
         }
         match reservations::top_up(&state.pg, &self.hold(), asked).await {
             Ok(held) => meter.topped_up(held, asked),
+            // The hold stays as it was; the next piece asks again.
             Err(err) => {
                 tracing::warn!(error = %err, message_id = %self.message_id, "a prediction's hold could not be topped up");
-                meter.topped_up(meter.held(), asked);
             }
         }
     }
@@ -472,7 +472,13 @@ fn shape(
     let mut config = serde_json::Map::new();
     if let Some(Value::Object(given)) = &body.override_config {
         for (key, value) in given.iter().filter(|(k, _)| *k != "sessionId") {
-            if !allowed(key) {
+            // A system prompt set through the overrides is a system
+            // message: where they are refused, so is it.
+            let system_input = crate::flowise::SYSTEM_PROMPT_INPUTS
+                .iter()
+                .any(|(_, input)| input == key);
+            let refused = system_input && flow.system_messages_now() == SystemMessages::Refuse;
+            if !allowed(key) || refused {
                 return Err(ApiError::BadRequest {
                     code: "override_not_allowed",
                     message: format!(
@@ -716,7 +722,7 @@ async fn checked_uploads(
     for item in body.uploads.iter().flatten() {
         match item {
             UploadItem::Stored { file_id } => {
-                let file = files::owned(&state.mongo.chat, file_id, &user.id).await?;
+                let file = sessions::visible_file(&state.mongo.chat, file_id, user).await?;
                 uploads.push(file.to_upload());
                 file_ids.push(file_id.clone());
             }
@@ -1114,10 +1120,11 @@ impl Beside<'_> {
             return Ok(());
         };
         if self.release_key {
-            idempotency::release(tx, user, key).await?;
+            idempotency::release(tx, user, key, &self.prepared.message_id).await?;
         } else {
             let stored = (axum::http::StatusCode::OK, json!(self.answer));
-            idempotency::complete(tx, user, key, &stored).await?;
+            let claim = Some(&self.prepared.message_id);
+            idempotency::complete(tx, user, key, claim, &stored).await?;
         }
         Ok(())
     }

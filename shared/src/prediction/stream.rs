@@ -65,21 +65,21 @@ pub fn events_of_json(answer: Prediction) -> Vec<StreamEvent> {
         event: name.to_owned(),
         data,
     };
-    let mut events = vec![
-        event("start", json!("")),
-        event("token", json!(answer.text)),
-    ];
-    if let Some(sources) = answer.source_documents {
-        events.push(event("sourceDocuments", sources));
-    }
-    if let Some(tools) = answer.used_tools {
-        events.push(event("usedTools", tools));
-    }
+    // The counts first: the relay then cuts the answer on them, not on
+    // its estimate, should they pass the hold.
+    let mut events = vec![event("start", json!(""))];
     if let Some(usage) = answer.usage {
         events.push(event(
             "usageMetadata",
             json!({"input_tokens": usage.input, "output_tokens": usage.output}),
         ));
+    }
+    events.push(event("token", json!(answer.text)));
+    if let Some(sources) = answer.source_documents {
+        events.push(event("sourceDocuments", sources));
+    }
+    if let Some(tools) = answer.used_tools {
+        events.push(event("usedTools", tools));
     }
     events.push(event("end", json!("[DONE]")));
     events
@@ -236,23 +236,43 @@ impl<W: Wire> Relay<'_, W> {
                 self.relay(relayed, frame).await;
                 relayed.end(Some(Failure::UpstreamError));
             }
-            // One report per LLM call of the flow: every one counts.
+            // One report per LLM call of the flow: every one counts, and a
+            // price it takes past the hold is held at once, while the
+            // payer's means still cover it.
             "usageMetadata" => {
+                let meter = &mut relayed.meter;
                 if let Some(report) = ReportedUsage::from_value(&event.data) {
-                    relayed.meter.report(report);
+                    meter.report(report);
                 }
-                relayed.meter.start();
+                meter.start();
+                if meter.cost() > meter.held() {
+                    let asked = meter.top_up_wanted(0);
+                    self.prepared.top_up(self.state, meter, asked).await;
+                }
             }
             // `start` carries the first token, which the first `token`
             // repeats (Flowise's handleLLMNewToken sends both).
             "token" => self.token(relayed, event).await,
             name => {
                 relayed.meter.start();
-                match name {
-                    "sourceDocuments" => relayed.sources = Some(event.data.clone()),
-                    "usedTools" => relayed.tools = Some(event.data.clone()),
-                    _ => {}
-                }
+                let event = match name {
+                    "sourceDocuments" => {
+                        relayed.sources = Some(event.data.clone());
+                        event
+                    }
+                    "usedTools" => {
+                        relayed.tools = Some(event.data.clone());
+                        event
+                    }
+                    // `start` carries the LLM's first output, which the
+                    // first `token` repeats: only tokens are content (and
+                    // metered), so `start` goes out empty.
+                    "start" => StreamEvent {
+                        event: event.event,
+                        data: json!(""),
+                    },
+                    _ => event,
+                };
                 let frame = self.wire.event(&event);
                 self.relay(relayed, frame).await;
             }
@@ -304,8 +324,11 @@ impl<W: Wire> Relay<'_, W> {
                 .is_none_or(|(last, at)| last != cost && now >= at + PROGRESS_EVERY);
         let (pg, id) = (&self.state.pg, &self.prepared.message_id);
         let asked = if due {
-            self.recorded = Some((cost, now));
-            reservations::record_progress(pg, id, cost).await
+            let recorded = reservations::record_progress(pg, id, cost).await;
+            if recorded.is_ok() {
+                self.recorded = Some((cost, now));
+            }
+            recorded
         } else {
             reservations::stop_requested(pg, id).await
         };

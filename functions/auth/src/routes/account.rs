@@ -612,7 +612,10 @@ pub async fn reset_password(
         .filter(|u| !u.disabled && u.email == used.email)
         .ok_or_else(invalid_reset_token)?;
     // Whoever held the account may have made keys: none outlives the
-    // recovery (revoked first; should PostgreSQL fail, nothing changes).
+    // recovery. Revoked before the password changes (should PostgreSQL
+    // fail, the password stays as it was; the link is used, and another
+    // is asked for), and again after it, so that a key whose password
+    // check read the old password meanwhile is refused (`store::create`).
     let revoked = crate::accounts::record(&state, &user, Change::RevokeKeys, "system").await?;
     let hash = hash_password(&password).await?;
     let user = state
@@ -623,6 +626,10 @@ pub async fn reset_password(
         )
         .await?;
     state.store.revoke_user_tokens(&user.id, None).await?;
+    let again = crate::accounts::record(&state, &user, Change::RevokeKeys, "system").await;
+    if let Err(err) = again {
+        tracing::error!(error = %err, user_id = %user.id, "the keys were not revoked a second time after a reset");
+    }
     let key = lock_key(Some(&user), "");
     state.store.clear_attempts(Attempts::Login, &key).await?;
     if let Ok(to) = Email::parse("email", &user.email) {

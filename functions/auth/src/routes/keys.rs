@@ -106,12 +106,16 @@ pub async fn create_key(
     JsonBody(body): JsonBody<CreateKeyBody>,
 ) -> Answer<CreatedKey> {
     let spec = body.check()?;
+    // Taken before the password is read: a reset that revokes the keys
+    // after this point refuses the key (the old password may have been
+    // read), see `store::create`.
+    let checked_since = store::database_now(&state.pg).await?;
     let owner = current(&state, &user).await?;
     let given = Some(body.current_password.as_str());
     require_password(&state, &owner, given, "currentPassword").await?;
     let mut tx =
         shared::ledger::primitives::begin(&state.pg, shared::ledger::Durability::Flushed).await?;
-    let created = store::create(&mut tx, &user, spec).await?;
+    let created = store::create(&mut tx, &user, spec, Some(checked_since)).await?;
     shared::ledger::primitives::commit(tx).await?;
     tracing::info!(key = %created.id, "API key made");
     if let Ok(to) = Email::parse("email", &owner.email) {

@@ -134,9 +134,18 @@ pub async fn chat_completions(
     let request =
         PredictRequest::new(body, key, conversation).map_err(|e| V1Error::about(e, "messages"))?;
     let model = request.body.chatflow_id.to_string();
+    // A model the caller may not use is as unknown to them as one that
+    // does not exist (as for GET /v1/models/{id}): 404, never a 403 that
+    // confirms it.
     let started = prediction::prepare(&state, &user, request, &request_id)
         .await
-        .map_err(|e| V1Error::model(e, &question_param))?;
+        .map_err(|e| match e {
+            ApiError::Forbidden {
+                code: "forbidden" | "key_chatflow_not_allowed",
+                ..
+            } => V1Error::no_model(&model),
+            other => V1Error::model(other, &question_param),
+        })?;
     let prepared = match (started, stream) {
         (Start::Fresh(prepared), _) => *prepared,
         (Start::Replay(answer), false) => {
