@@ -141,14 +141,12 @@ impl Mailer {
         username: &str,
         key: &KeyMail<'_>,
     ) -> anyhow::Result<()> {
-        let text = format!(
-            "Hello {username},\r\n\r\nAn API key was made on your account:\r\n\r\n{}\r\n\
-             If you did not make it, revoke it in the console, change your password and \
-             sign out everywhere.\r\n",
-            key.lines()
+        let notice = (
+            "An API key was made on your account",
+            "If you did not make it, revoke it in the console, change your password and \
+             sign out everywhere.",
         );
-        self.send(to, "An API key was made on your account", text)
-            .await
+        self.send_key_notice(to, username, key, notice).await
     }
 
     /// Tells the owner that an API key of theirs stops working soon.
@@ -158,13 +156,27 @@ impl Mailer {
         username: &str,
         key: &KeyMail<'_>,
     ) -> anyhow::Result<()> {
+        let notice = (
+            "One of your API keys stops working soon",
+            "Programs that use it need a new key before then: make one in the console.",
+        );
+        self.send_key_notice(to, username, key, notice).await
+    }
+
+    /// A mail about one key: what happened (also the subject), the key's
+    /// lines, and what to do.
+    async fn send_key_notice(
+        &self,
+        to: &Email,
+        username: &str,
+        key: &KeyMail<'_>,
+        (what, advice): (&str, &str),
+    ) -> anyhow::Result<()> {
         let text = format!(
-            "Hello {username},\r\n\r\nOne of your API keys stops working soon:\r\n\r\n{}\r\n\
-             Programs that use it need a new key before then: make one in the console.\r\n",
+            "Hello {username},\r\n\r\n{what}:\r\n\r\n{}\r\n{advice}\r\n",
             key.lines()
         );
-        self.send(to, "An API key of yours expires soon", text)
-            .await
+        self.send(to, what, text).await
     }
 
     /// Tells the owner their password was reset through the mailed link,

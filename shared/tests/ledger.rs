@@ -662,23 +662,38 @@ async fn an_account_is_created_once_under_concurrent_first_requests() {
     assert_eq!(rows, 1);
 }
 
-/// A prediction's reservation of `held` credits for `user` whose commit
-/// was lost: made, then rolled back, as a database crash undoes a commit
+/// A prediction's reservation for `user` of `(minimum, wanted)` credits,
+/// committed or (`lost`) rolled back, as a database crash undoes a commit
 /// that never reached the disk. Returns its id.
-async fn lose_a_reservation(pool: &PgPool, user: &str, held: i64) -> ReservationId {
+async fn reserve_for(
+    pool: &PgPool,
+    user: &str,
+    (minimum, wanted): (i64, i64),
+    lost: bool,
+) -> ReservationId {
     let (user, id) = (uid(user), ReservationId::random());
     let flow = ChatflowId::parse("chatflowId", "flow").unwrap();
     let mut tx = pool.begin().await.unwrap();
     let locked = shared::ledger::primitives::lock_account(&mut tx, &user)
         .await
         .unwrap();
-    let amounts = (credits(held), credits(held));
+    let amounts = (credits(minimum), credits(wanted));
     let account = (&user, locked, None);
     reservations::reserve_prediction(&mut tx, account, &id, &flow, amounts, &meta())
         .await
         .unwrap();
-    tx.rollback().await.unwrap();
+    if lost {
+        tx.rollback().await.unwrap();
+    } else {
+        tx.commit().await.unwrap();
+    }
     id
+}
+
+/// A prediction's reservation of `held` credits for `user` whose commit
+/// was lost. Returns its id.
+async fn lose_a_reservation(pool: &PgPool, user: &str, held: i64) -> ReservationId {
+    reserve_for(pool, user, (held, held), true).await
 }
 
 /// The settlement of `user`'s prediction `id`, charging `charge`.
@@ -837,21 +852,9 @@ async fn a_lost_reservations_id_reserved_by_a_client_is_left_alone_and_the_answe
     }
 }
 
-/// A prediction's reservation of `held` credits for `user`, committed.
+/// A prediction's reservation of up to `held` credits for `user`, committed.
 async fn hold_a_prediction(pool: &PgPool, user: &str, held: i64) -> ReservationId {
-    let (user, id) = (uid(user), ReservationId::random());
-    let flow = ChatflowId::parse("chatflowId", "flow").unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    let locked = shared::ledger::primitives::lock_account(&mut tx, &user)
-        .await
-        .unwrap();
-    let amounts = (credits(1), credits(held));
-    let account = (&user, locked, None);
-    reservations::reserve_prediction(&mut tx, account, &id, &flow, amounts, &meta())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    id
+    reserve_for(pool, user, (1, held), false).await
 }
 
 /// What the reservation `id` was charged once settled.

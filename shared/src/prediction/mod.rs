@@ -1061,13 +1061,45 @@ pub async fn finish(
 }
 
 /// The settlement transaction of [`finish`]: the charge, then what goes
-/// with it ([`record_beside_charge`]), which can never undo it.
+/// with it, which can never undo it. The records are written in the
+/// charge's transaction; should the store refuse them (a constraint, a
+/// value it cannot keep), that transaction is rolled back and the charge
+/// settled again with the records apart ([`record_beside_charge`]), so the
+/// usual settlement pays no round trip for the guarantee.
 async fn settle(
     state: &PredictState,
     prepared: &Prepared,
     outcome: &Outcome,
     latency_ms: i64,
 ) -> Result<PredictionAnswer, ApiError> {
+    let together = (outcome, latency_ms, Records::Together);
+    if let Some(answer) = settle_with(state, prepared, together).await? {
+        return Ok(answer);
+    }
+    let apart = (outcome, latency_ms, Records::Apart);
+    settle_with(state, prepared, apart).await?.ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "a settlement with its records apart did not settle"
+        ))
+    })
+}
+
+/// Where a settlement's records go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Records {
+    /// In the charge's transaction (`None` back when they fail: nothing
+    /// was committed).
+    Together,
+    /// In savepoints of it, each retried once, degraded when it fails.
+    Apart,
+}
+
+/// One settlement transaction, its records placed as `records` says.
+async fn settle_with(
+    state: &PredictState,
+    prepared: &Prepared,
+    (outcome, latency_ms, records): (&Outcome, i64, Records),
+) -> Result<Option<PredictionAnswer>, ApiError> {
     let how = if outcome.complete {
         Settlement::Finalize
     } else {
@@ -1091,9 +1123,18 @@ async fn settle(
         release_key: outcome.failure.is_some() && charged == 0,
         answer: &answer,
     };
-    record_beside_charge(&mut tx, &beside).await;
+    match records {
+        Records::Together => {
+            if let Err(err) = beside.write(&mut tx).await {
+                tracing::warn!(error = %err, message_id = %prepared.message_id, "a settlement's records failed beside its charge; settling the charge with them apart");
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
+        Records::Apart => record_beside_charge(&mut tx, &beside).await,
+    }
     crate::ledger::primitives::commit(tx).await?;
-    Ok(answer)
+    Ok(Some(answer))
 }
 
 /// What a settlement writes beside its charge: the usage record and the
@@ -1107,6 +1148,12 @@ struct Beside<'a> {
 }
 
 impl Beside<'_> {
+    /// Both records.
+    async fn write(&self, tx: &mut crate::ledger::Tx<'_>) -> Result<(), ApiError> {
+        self.usage(tx).await?;
+        self.key(tx).await
+    }
+
     async fn usage(&self, tx: &mut crate::ledger::Tx<'_>) -> Result<(), ApiError> {
         let p = self.prepared;
         let (user, flow, key) = (&p.user_id, p.chatflow_id.as_str(), p.api_key_id);
@@ -1130,23 +1177,13 @@ impl Beside<'_> {
     }
 }
 
-/// Writes `beside` in a savepoint of the settlement's transaction, so that
-/// nothing it does (an answer the store refuses, a record that breaks a
-/// constraint) can roll the charge back with it: the charge commits on its
-/// own footing. Should the savepoint fail, each write is tried once more
-/// in a savepoint of its own, and one that fails again is logged at error
-/// as degraded (the answer is paid for and returned all the same; a key
-/// left claimed answers 409 `idempotency_in_progress` until it is purged,
-/// never a second run).
+/// Writes `beside` apart from the charge: each record in a savepoint of
+/// the settlement's transaction, so that nothing it does (an answer the
+/// store refuses, a record that breaks a constraint) can roll the charge
+/// back with it. One that fails is logged at error as degraded (the answer
+/// is paid for and returned all the same; a key left claimed answers 409
+/// `idempotency_in_progress` until it is purged, never a second run).
 async fn record_beside_charge(tx: &mut crate::ledger::Tx<'_>, beside: &Beside<'_>) {
-    let both = in_savepoint(tx, |sp| {
-        Box::pin(async move {
-            beside.usage(sp).await?;
-            beside.key(sp).await
-        })
-    });
-    let Err(first) = both.await else { return };
-    tracing::warn!(error = %first, message_id = %beside.prepared.message_id, "a settlement's records failed beside its charge; retrying them one by one");
     let usage = in_savepoint(tx, |sp| Box::pin(beside.usage(sp))).await;
     if let Err(err) = usage {
         tracing::error!(error = %err, message_id = %beside.prepared.message_id, degraded = "usage", "a paid answer's usage record could not be written");
