@@ -412,6 +412,21 @@ pub async fn make_key(
     made
 }
 
+/// Accounts whose cached total disagrees with their unexpired
+/// allocations or with their entries (0 when the ledger is consistent).
+pub async fn inconsistent_accounts(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM user_accounts u
+          WHERE u.total_credits <> (SELECT COALESCE(SUM(remaining), 0) FROM credit_allocations a
+                                     WHERE a.user_id = u.user_id AND a.expired_at IS NULL)
+             OR u.total_credits <> (SELECT COALESCE(SUM(amount), 0) FROM credit_transactions t
+                                     WHERE t.user_id = u.user_id)",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("the ledger is read")
+}
+
 /// `user`'s spendable credits, read from the ledger.
 pub async fn balance(pool: &PgPool, user: &str) -> i64 {
     let user = crate::ids::UserId::parse("userId", user).expect("a valid user id");

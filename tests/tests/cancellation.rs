@@ -97,20 +97,6 @@ async fn idle_in_transaction(stack: &Stack) -> i64 {
     .unwrap()
 }
 
-/// Accounts whose cached total disagrees with their allocations or entries.
-async fn inconsistent_accounts(stack: &Stack) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM user_accounts u
-          WHERE u.total_credits <> (SELECT COALESCE(SUM(remaining), 0) FROM credit_allocations a
-                                     WHERE a.user_id = u.user_id AND a.expired_at IS NULL)
-             OR u.total_credits <> (SELECT COALESCE(SUM(amount), 0) FROM credit_transactions t
-                                     WHERE t.user_id = u.user_id)",
-    )
-    .fetch_one(&stack.pg.pool)
-    .await
-    .unwrap()
-}
-
 async fn hang_ups_leave_nothing_half_done(serve: bool) {
     let flowise = FlowiseDouble::start().await;
     let answer = Behaviour::Answer {
@@ -139,7 +125,10 @@ async fn hang_ups_leave_nothing_half_done(serve: bool) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(inconsistent_accounts(&stack).await, 0);
+    assert_eq!(
+        shared::testing::inconsistent_accounts(&stack.pg.pool).await,
+        0
+    );
     // The server still answers, from every pooled connection.
     for n in 0..8 {
         let token = stack.token(&format!("cut-{n}"), Role::Enduser);

@@ -206,16 +206,7 @@ impl App {
     /// Whether the ledger's totals agree: every cached total equals the
     /// sum of its unexpired allocations and of its entries.
     pub async fn assert_ledger_consistent(&self) {
-        let bad: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM user_accounts u
-              WHERE u.total_credits <> (SELECT COALESCE(SUM(remaining), 0) FROM credit_allocations a
-                                         WHERE a.user_id = u.user_id AND a.expired_at IS NULL)
-                 OR u.total_credits <> (SELECT COALESCE(SUM(amount), 0) FROM credit_transactions t
-                                         WHERE t.user_id = u.user_id)",
-        )
-        .fetch_one(&self.pg.pool)
-        .await
-        .unwrap();
+        let bad = testing::inconsistent_accounts(&self.pg.pool).await;
         assert_eq!(bad, 0, "an account's total disagrees with its ledger");
     }
 
