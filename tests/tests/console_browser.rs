@@ -693,7 +693,12 @@ async fn an_answer_stopped_where_the_credits_end_says_so_and_links_to_the_credit
     let (stack, base) = console_stack(&flowise).await;
     let admin = stack.token("admin-x", shared::token::Role::Admin);
     stack.sync_chatflows(&admin).await;
-    stack.open_chatflow(&admin, "flow-long", None).await;
+    // 1 a request and 0.1 an output token: the 3 credits pay for 20
+    // tokens, a few lines.
+    let pricing = json!({"perRequest": 1, "perInputToken": 0, "perOutputToken": 0.1});
+    stack
+        .open_chatflow(&admin, "flow-long", Some(pricing))
+        .await;
     let browser = Browser::start(1280, 900).await;
     sign_in(&browser, &base, ADMIN.0, ADMIN.2).await;
     let (_, users) = stack
