@@ -7,8 +7,11 @@
 # Without Docker: the PostgreSQL on 127.0.0.1:5432, a MongoDB wire-protocol
 # server (data kept in $FGW_CACHE/mongo-data), a mail catcher that writes
 # every mail to $FGW_CACHE/mail.log, and whatever Flowise FLOWISE_API_URL
-# names. Values come from local/.env (else local/.env.example); variables
-# already set in the environment win.
+# names; when none answers there, the project's Flowise double as a
+# labelled stand-in (`gateway-admin stand-in`, STAND_IN_PORT, 3999).
+# Then `gateway-admin seed-demo`: the first admin, a demo user with
+# credits, the chatflows synced. Values come from local/.env (else
+# local/.env.example); variables already set in the environment win.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$FGW_ROOT"
@@ -62,8 +65,25 @@ fi
 
 log "building the functions"
 cargo build --workspace --bins
+ADMIN_BIN="${CARGO_TARGET_DIR:-target}/debug/gateway-admin"
 log "applying migrations and indexes"
-"${CARGO_TARGET_DIR:-target}/debug/gateway-admin" migrate
+"$ADMIN_BIN" migrate
+
+# No Flowise answering and no Docker to start one: the project's Flowise
+# double stands in, with one demo chatflow, and everything says so.
+STAND_IN=0
+if ! have_docker && ! curl -fsS -m 3 "$FLOWISE_API_URL/api/v1/ping" >/dev/null 2>&1; then
+  STAND_IN_PORT="${STAND_IN_PORT:-3999}"
+  log "no Flowise answers at $FLOWISE_API_URL: starting the local stand-in on 127.0.0.1:$STAND_IN_PORT"
+  "$ADMIN_BIN" stand-in --port "$STAND_IN_PORT" &
+  PIDS+=($!)
+  wait_port 127.0.0.1 "$STAND_IN_PORT" 20 || { echo "the stand-in did not start" >&2; exit 1; }
+  export FLOWISE_API_URL="http://127.0.0.1:$STAND_IN_PORT"
+  export CONSOLE_STAND_IN=true
+  STAND_IN=1
+fi
+log "seeding the first admin, a demo user and the chatflows (local runs only)"
+SEEDED="$("$ADMIN_BIN" seed-demo)"
 
 PORT="${PORT:-9000}"
 # The console finds each function at its /lambda-url/<name> prefix.
@@ -81,9 +101,21 @@ setsid "${SANDBOX[@]}" cargo lambda watch -A 127.0.0.1 -P "$PORT" </dev/null &
 WATCH_PGID=$!
 wait_port 127.0.0.1 "$PORT" 120 || { echo "cargo lambda watch did not start" >&2; exit 1; }
 
-if curl -fsS -m 3 "$FLOWISE_API_URL/api/v1/ping" >/dev/null 2>&1; then flowise_state="answering"; else flowise_state="NOT answering"; fi
+loud=""
+if [ "$STAND_IN" = 1 ]; then
+  flowise_state="a local stand-in"
+  loud="
+  !! FLOWISE IS A LOCAL STAND-IN: its one demo chatflow gives canned answers,
+  !! not a model's. Point FLOWISE_API_URL at a Flowise server (README,
+  !! \"A real Flowise\") to chat with real chatflows.
+"
+elif curl -fsS -m 3 "$FLOWISE_API_URL/api/v1/ping" >/dev/null 2>&1; then
+  flowise_state="answering"
+else
+  flowise_state="NOT answering"
+fi
 cat <<INFO
-
+$loud
   Console:  http://127.0.0.1:$PORT/lambda-url/console/
 
   Functions (cargo lambda watch, reloading on change):
@@ -95,6 +127,7 @@ cat <<INFO
     credit-expiry   cargo lambda invoke -A 127.0.0.1 -P $PORT credit-expiry --data-ascii '{}'
   Try:    curl http://127.0.0.1:$PORT/lambda-url/credits/health
   Flowise: $FLOWISE_API_URL ($flowise_state)
+$SEEDED
   Mail:    $mail_where
   PostgreSQL: $(redact_url "$DATABASE_URL")
   MongoDB:    $(redact_url "$MONGODB_URI")

@@ -27,7 +27,9 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+    // Read when the script runs, not when it was compiled.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest_dir).join("web");
     println!("cargo:rerun-if-changed=web");
     let mut all = Vec::new();
     files(&root, &mut all);
@@ -46,10 +48,13 @@ fn main() {
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(&bytes);
         if name != "index.html" {
+            // The lib's own manifest directory, resolved when it compiles:
+            // two checkouts sharing a target directory never embed each
+            // other's files.
             writeln!(
                 table,
-                "    ({name:?}, include_bytes!({:?})),",
-                path.display().to_string()
+                "    ({name:?}, include_bytes!(concat!(env!(\"CARGO_MANIFEST_DIR\"), {:?}))),",
+                format!("/web/{name}")
             )
             .unwrap();
         }
@@ -58,11 +63,10 @@ fn main() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let index = root.join("index.html").display().to_string();
     let code = format!(
         "/// The hash in every asset's path.\npub const BUILD_HASH: &str = {hash:?};\n\
          /// `index.html`, with `{{{{assets}}}}` where the assets' folder goes.\n\
-         pub const INDEX_HTML: &str = include_str!({index:?});\n\
+         pub const INDEX_HTML: &str = include_str!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/web/index.html\"));\n\
          /// Every other file of `web/`, by its path there.\n\
          pub static ASSETS: &[(&str, &[u8])] = &[\n{table}];\n"
     );

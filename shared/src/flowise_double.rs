@@ -1,6 +1,9 @@
-//! A Flowise test double (feature `test-util`): a real HTTP server that
-//! speaks what `FLOWISE_API.md` records, byte for byte, and can be told
-//! to fail, stall, or answer JSON instead of a stream.
+//! A Flowise test double (feature `stand-in`, part of `test-util`): a real
+//! HTTP server that speaks what `FLOWISE_API.md` records, byte for byte,
+//! and can be told to fail, stall, or answer JSON instead of a stream.
+//! `gateway-admin stand-in` runs it with a demo chatflow ([`Behaviour::Demo`])
+//! for `make run` when no Flowise answers: a labelled stand-in, never a
+//! deployed one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,6 +59,31 @@ pub enum Behaviour {
         /// How long it takes.
         pause: Duration,
     },
+    /// The stand-in's demo ([`demo_answer`]): a Markdown answer with a
+    /// little maths that echoes the question, a word every `delay`, with
+    /// its token counts reported.
+    Demo {
+        /// Pause before each streamed word.
+        delay: Duration,
+    },
+}
+
+/// The stand-in's one chatflow.
+pub const DEMO_CHATFLOW_ID: &str = "demo-stand-in";
+/// Its name, which says what it is wherever the console lists it.
+pub const DEMO_CHATFLOW_NAME: &str = "Demo (local stand-in, not Flowise)";
+
+/// What the demo chatflow answers `question`: Markdown, a little maths,
+/// the question echoed, and a word on where the answer comes from.
+pub fn demo_answer(question: &str) -> String {
+    format!(
+        "You asked: *{question}*\n\n\
+         This answer comes from the gateway's **local stand-in**, not from Flowise: \
+         point `FLOWISE_API_URL` at a Flowise server to talk to a real chatflow.\n\n\
+         It still shows what the console does with an answer: Markdown, \
+         `code`, and maths such as $e^{{i\\pi}} + 1 = 0$ or\n\n\
+         $$\\sum_{{k=1}}^{{n}} k = \\frac{{n(n+1)}}{{2}}$$\n"
+    )
 }
 
 impl Behaviour {
@@ -68,6 +96,11 @@ impl Behaviour {
             heartbeat: false,
         }
     }
+}
+
+/// Tokens as the gateway estimates them: ceil(characters / 4).
+fn estimate(text: &str) -> i64 {
+    (text.chars().count() as i64 + 3) / 4
 }
 
 /// Splits text into word tokens that keep their trailing space.
@@ -88,6 +121,8 @@ pub struct Shape {
     pub nodes: Vec<Value>,
     /// `apiConfig`, when the flow has one.
     pub api_config: Option<Value>,
+    /// `isPublic` (nullable in Flowise; the gateway's flag starts from it).
+    pub is_public: Option<bool>,
 }
 
 /// The operator's system prompt in the double's chains and agents.
@@ -122,6 +157,7 @@ impl Shape {
                 "inputs": {system_input: OPERATOR_PROMPT}})],
             api_config: (!overridable.is_empty())
                 .then(|| json!({"overrideConfig": {"status": true, "nodes": {label: params}}})),
+            is_public: None,
         }
     }
 
@@ -134,6 +170,7 @@ impl Shape {
             nodes: vec![json!({"name": "startAgentflow", "label": "Start",
                 "inputs": {"startInputType": start_input_type}})],
             api_config: None,
+            is_public: None,
         }
     }
 
@@ -242,6 +279,8 @@ struct Inner {
     flows: HashMap<String, Flow>,
     order: Vec<String>,
     received: Vec<Received>,
+    /// The stand-in keeps no record of what it answered.
+    forgetful: bool,
 }
 
 /// The running double.
@@ -255,10 +294,36 @@ pub struct FlowiseDouble {
 impl FlowiseDouble {
     /// Starts the double on a free port.
     pub async fn start() -> FlowiseDouble {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        FlowiseDouble::start_on(0)
             .await
-            .expect("bind the Flowise double");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
+            .expect("bind the Flowise double")
+    }
+
+    /// The stand-in `make run` starts (through `gateway-admin stand-in`)
+    /// when no Flowise answers: on `port` of 127.0.0.1, one chatflow
+    /// ([`DEMO_CHATFLOW_ID`]) that Flowise lists as public, answering
+    /// [`demo_answer`] a word every 30 ms, and no record of requests kept.
+    pub async fn stand_in(port: u16) -> std::io::Result<FlowiseDouble> {
+        let double = FlowiseDouble::start_on(port).await?;
+        double.inner.lock().expect("double").forgetful = true;
+        let delay = Duration::from_millis(30);
+        double.add_flow(
+            DEMO_CHATFLOW_ID,
+            DEMO_CHATFLOW_NAME,
+            Behaviour::Demo { delay },
+        );
+        let shape = Shape {
+            is_public: Some(true),
+            ..Shape::default()
+        };
+        double.set_shape(DEMO_CHATFLOW_ID, shape);
+        Ok(double)
+    }
+
+    /// Starts the double on `port` of 127.0.0.1 (0: a free one).
+    async fn start_on(port: u16) -> std::io::Result<FlowiseDouble> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let url = format!("http://{}", listener.local_addr()?);
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new()
             .route("/api/v1/prediction/{id}", post(prediction))
@@ -267,7 +332,7 @@ impl FlowiseDouble {
             .route("/api/v1/ping", get(|| async { "pong" }))
             .with_state(inner.clone());
         tokio::spawn(crate::http::serve(listener, app));
-        FlowiseDouble { url, inner }
+        Ok(FlowiseDouble { url, inner })
     }
 
     /// Adds (or replaces) a chatflow.
@@ -439,6 +504,39 @@ fn failure(call: &Call, message: String) -> Response {
     ])
 }
 
+/// The flow `id` (how it answers, its shape), the request recorded on
+/// the way unless the double is forgetful.
+fn look_up(
+    inner: &Mutex<Inner>,
+    id: &str,
+    body: &Value,
+    headers: &HeaderMap,
+    refused: Option<String>,
+) -> Option<(Behaviour, Shape)> {
+    let mut inner = inner.lock().expect("double");
+    let flow = inner
+        .flows
+        .get(id)
+        .map(|f| (f.behaviour.clone(), f.shape.clone()));
+    let refused = refused.or_else(|| flow.as_ref().and_then(|(_, s)| s.refusal()));
+    let llm = match (&flow, refused) {
+        (Some((_, shape)), None) => Some(shape.llm_input(body)),
+        _ => None,
+    };
+    if !inner.forgetful {
+        inner.received.push(Received {
+            chatflow_id: id.to_owned(),
+            body: body.clone(),
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            llm,
+        });
+    }
+    flow
+}
+
 async fn prediction(
     State(inner): State<Arc<Mutex<Inner>>>,
     Path(id): Path<String>,
@@ -447,30 +545,7 @@ async fn prediction(
 ) -> Response {
     let call = Call::of(&body);
     let refused = refusal(&body);
-    let flow = {
-        let mut inner = inner.lock().expect("double");
-        let flow = inner
-            .flows
-            .get(&id)
-            .map(|f| (f.behaviour.clone(), f.shape.clone()));
-        let refused = refused
-            .clone()
-            .or_else(|| flow.as_ref().and_then(|(_, s)| s.refusal()));
-        let llm = match (&flow, refused) {
-            (Some((_, shape)), None) => Some(shape.llm_input(&body)),
-            _ => None,
-        };
-        inner.received.push(Received {
-            chatflow_id: id.clone(),
-            body: body.clone(),
-            authorization: headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            llm,
-        });
-        flow
-    };
+    let flow = look_up(&inner, &id, &body, &headers, refused.clone());
     let Some((behaviour, shape)) = flow else {
         if call.streaming {
             // Captured: no response at all.
@@ -495,6 +570,15 @@ async fn prediction(
         }
         Behaviour::Events { events, delay } => events_answer(&call, events, delay),
         Behaviour::Fail(message) => failure(&call, message),
+        Behaviour::Demo { delay } => {
+            let answer = demo_answer(&call.question);
+            let usage = Some((estimate(&call.question), estimate(&answer)));
+            if call.streaming {
+                call.stream(split_tokens(&answer), delay, usage, false)
+            } else {
+                call.json(answer, usage)
+            }
+        }
         Behaviour::Answer { tokens, usage, .. } if !call.streaming => {
             call.json(tokens.concat(), usage)
         }
@@ -565,7 +649,7 @@ async fn chatflows(State(inner): State<Arc<Mutex<Inner>>>) -> Response {
             json!({
                 "id": id, "name": f.name,
                 "flowData": json!({"nodes": nodes, "edges": []}).to_string(),
-                "deployed": false, "isPublic": null, "apikeyid": null,
+                "deployed": false, "isPublic": f.shape.is_public, "apikeyid": null,
                 "chatbotConfig": "{\"welcomeMessage\": \"Ask me anything\"}",
                 "apiConfig": api_config, "analytic": null, "speechToText": null, "textToSpeech": null,
                 "followUpPrompts": null, "category": null, "type": f.shape.kind,

@@ -25,7 +25,7 @@ pub mod telemetry;
 pub mod token;
 pub mod usage;
 
-#[cfg(feature = "test-util")]
+#[cfg(feature = "stand-in")]
 pub mod flowise_double;
 #[cfg(feature = "test-util")]
 pub mod testing;

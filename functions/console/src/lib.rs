@@ -53,6 +53,9 @@ pub enum Layout {
 pub struct Config {
     /// Where the families answer.
     pub layout: Layout,
+    /// `CONSOLE_STAND_IN` (false): `make run` sets it when Flowise is the
+    /// local stand-in, and every page then says so in a banner.
+    pub stand_in: bool,
 }
 
 impl Config {
@@ -79,7 +82,8 @@ impl Config {
                 })
             }
         };
-        Ok(Config { layout })
+        let stand_in = env.parse_or("CONSOLE_STAND_IN", false)?;
+        Ok(Config { layout, stand_in })
     }
 
     /// `/config.json`: each family's base, and the stream's.
@@ -100,6 +104,9 @@ impl Config {
             Layout::LambdaUrl { stream: None } => "/lambda-url/predict-stream".into(),
         };
         bases.insert("stream".into(), json!(stream));
+        if self.stand_in {
+            bases.insert("standIn".into(), json!(true));
+        }
         Value::Object(bases)
     }
 
@@ -240,6 +247,7 @@ mod tests {
             layout: Layout::Gateway {
                 stream: "https://abc.lambda-url.eu-west-1.on.aws/".into(),
             },
+            stand_in: false,
         };
         let csp = config.content_security_policy();
         assert!(csp.contains("connect-src 'self' https://abc.lambda-url.eu-west-1.on.aws;"));
@@ -250,13 +258,17 @@ mod tests {
             "https://abc.lambda-url.eu-west-1.on.aws/"
         );
         assert_eq!(config.page_config()["auth"], "");
+        assert!(config.page_config().get("standIn").is_none());
     }
 
     #[test]
     fn under_cargo_lambda_watch_each_family_has_its_prefix() {
-        let config = Config {
-            layout: Layout::LambdaUrl { stream: None },
-        };
+        let config = Config::from_env(&Env::from_pairs([
+            ("CONSOLE_LAYOUT", "lambda-url"),
+            ("CONSOLE_STAND_IN", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(config.page_config()["standIn"], true);
         assert_eq!(config.page_config()["credits"], "/lambda-url/credits");
         assert_eq!(config.page_config()["stream"], "/lambda-url/predict-stream");
         assert!(config

@@ -11,7 +11,10 @@ use console::{Config, Console, Layout, ASSETS, BUILD_HASH};
 use shared::testing::call;
 
 fn router(layout: Layout) -> axum::Router {
-    console::router(Console::new(Config { layout }))
+    console::router(Console::new(Config {
+        layout,
+        stand_in: false,
+    }))
 }
 
 const STREAM: &str = "https://abc123.lambda-url.eu-west-1.on.aws";

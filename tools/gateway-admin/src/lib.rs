@@ -1,9 +1,11 @@
 //! What `gateway-admin` does, as a library its tests drive.
 
+pub mod demo;
+
 use std::time::Duration;
 
 use axum::Router;
-use shared::config::{Env, MongoConfig, PostgresConfig};
+use shared::config::{AdminBootstrap, Env, FlowiseConfig, MongoConfig, PostgresConfig};
 use shared::db::{mongo, postgres};
 use shared::http::{finish, HealthChecks};
 
@@ -76,6 +78,7 @@ pub async fn app(env: &Env) -> Result<Router, shared::BoxError> {
             layout: console::Layout::Gateway {
                 stream: String::new(),
             },
+            stand_in: env.parse_or("CONSOLE_STAND_IN", false)?,
         })))
         .merge(health(auth.health_checks(), "auth"))
         .merge(health(ledger.health_checks(), "credits"))
@@ -116,5 +119,47 @@ pub async fn serve(port: u16) -> Result<(), shared::BoxError> {
     let listener = tokio::net::TcpListener::bind((address.as_str(), port)).await?;
     tracing::info!(address = %listener.local_addr()?, "serving every function");
     shared::http::serve(listener, app).await?;
+    Ok(())
+}
+
+/// Runs the Flowise stand-in on `port` until stopped (`make run` starts
+/// it when no Flowise answers; see [`shared::flowise_double::FlowiseDouble::stand_in`]).
+pub async fn stand_in(port: u16) -> Result<(), shared::BoxError> {
+    let double = shared::flowise_double::FlowiseDouble::stand_in(port).await?;
+    tracing::warn!(
+        url = %double.url,
+        "a local stand-in answers as Flowise: its answers are canned, not a model's"
+    );
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Seeds empty stores for a local run ([`demo::seed`]) and says what it
+/// did, on standard output.
+pub async fn seed_demo() -> Result<(), shared::BoxError> {
+    let env = Env::load().await?;
+    let stores = mongo::connect(&MongoConfig::from_env(&env)?).await?;
+    mongo::ensure_auth_indexes(&stores.auth).await?;
+    mongo::ensure_chat_indexes(&stores.chat).await?;
+    let pool = postgres::connect_lazy(&PostgresConfig::from_env(&env)?)?;
+    let flowise = shared::flowise::FlowiseClient::new(&FlowiseConfig::from_env(&env)?)?;
+    let admin = AdminBootstrap::from_env(&env)?;
+    let user = demo::DemoUser::from_env(&env);
+    let seeded = demo::seed(&stores, &pool, &flowise, admin.as_ref(), &user).await?;
+    if let Some(admin) = &admin {
+        println!("  First admin: {} (ADMIN_PASSWORD)", admin.email);
+    }
+    match &seeded.demo_user {
+        Some(_) => println!(
+            "  Demo user:   {} / {} ({} credits granted now)",
+            user.email,
+            user.password_hint(),
+            seeded.granted
+        ),
+        None => println!("  Demo user:   none (another account holds DEMO_USERNAME or DEMO_EMAIL)"),
+    }
+    if let Some(why) = &seeded.sync_failed {
+        println!("  Chatflows:   not synced ({why})");
+    }
     Ok(())
 }

@@ -31,9 +31,15 @@ async fn main() -> Result<(), shared::BoxError> {
             let port = value("--port").map(|p| p.parse()).transpose()?;
             serve(port.unwrap_or(8080)).await
         }
+        Some("stand-in") => {
+            let port = value("--port").map(|p| p.parse()).transpose()?;
+            gateway_admin::stand_in(port.unwrap_or(3999)).await
+        }
+        Some("seed-demo") => gateway_admin::seed_demo().await,
         _ => {
             eprintln!(
-                "usage: gateway-admin migrate | openapi [--check] [--out FILE] | serve [--port N]"
+                "usage: gateway-admin migrate | openapi [--check] [--out FILE] | serve [--port N] \
+                 | stand-in [--port N] | seed-demo"
             );
             std::process::exit(2);
         }

@@ -27,6 +27,11 @@ export async function loadConfig() {
   bases = await res.json();
 }
 
+/** Whether Flowise is the local stand-in `make run` starts (config.json's `standIn`). */
+export function standIn() {
+  return bases?.standIn === true;
+}
+
 function url(family, path) {
   const base = (bases?.[family] ?? "").replace(/\/$/, "");
   return `${base}${path}`;

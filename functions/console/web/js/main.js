@@ -112,6 +112,12 @@ function header(user) {
   );
 }
 
+/** On every page while Flowise is the local stand-in: its answers are canned. */
+function standInBanner() {
+  if (!api.standIn()) return null;
+  return h("p", { class: "banner", id: "stand-in", role: "note" }, t("app.standIn"));
+}
+
 function current() {
   return (location.hash.replace(/^#\/?/, "").split("?")[0] || "").replace(/\/$/, "");
 }
@@ -133,7 +139,7 @@ async function render() {
   if (!user && !PUBLIC.has(route)) route = "signin";
   if (user && (VISITORS_ONLY.has(route) || !routes[route])) route = "chat";
   const main = h("main", { id: "main", tabindex: "-1" });
-  replace(app, header(user), main);
+  replace(app, header(user), standInBanner(), main);
   try {
     await routes[route](main, { user, go, query });
   } catch (err) {
