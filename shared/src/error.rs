@@ -36,6 +36,11 @@ pub struct ErrorBody {
         skip_serializing_if = "Option::is_none"
     )]
     pub retry_after_seconds: Option<u64>,
+    /// 403 `email_not_verified` at sign-in, once the password was right:
+    /// the account's address, where its code goes (so a person who signed
+    /// in with their username can confirm on the spot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 /// Every way a request can fail. Each variant documents its status.
@@ -79,6 +84,13 @@ pub enum ApiError {
         code: &'static str,
         /// Message.
         message: String,
+    },
+    /// 403 `email_not_verified`: the account's address is not proven;
+    /// `email` is that address when the caller proved the password.
+    #[error("verify your email first (POST /api/auth/verify-email)")]
+    NotVerified {
+        /// The account's address, for a caller who gave the password.
+        email: Option<String>,
     },
     /// 404: no such resource or route.
     #[error("{message}")]
@@ -199,7 +211,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
-            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Forbidden { .. } | ApiError::NotVerified { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } | ApiError::Busy { .. } => StatusCode::CONFLICT,
@@ -226,6 +238,7 @@ impl ApiError {
             | ApiError::Busy { code, .. }
             | ApiError::Unprocessable { code, .. }
             | ApiError::TooManyRequests { code, .. } => code,
+            ApiError::NotVerified { .. } => "email_not_verified",
             ApiError::NotFound { .. } => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
@@ -274,6 +287,10 @@ impl ApiError {
             needed,
             available,
             retry_after_seconds: self.retry_after(),
+            email: match self {
+                ApiError::NotVerified { email } => email.clone(),
+                _ => None,
+            },
         }
     }
 }

@@ -24,10 +24,15 @@ async fn signup_verify_login_and_profile() {
         .await;
     assert_eq!(res.status, 201, "{}", res.body);
     assert!(res.body["userId"].is_string() && res.body["message"].is_string());
-    // Not verified yet: the right password gets 403, not a token.
-    app.login("ann", "correct horse")
-        .await
-        .assert_error(403, "email_not_verified");
+    // Not verified yet: the right password gets 403, not a token, with the
+    // address the code went to (the console offers the code field there);
+    // a wrong one learns nothing of the account.
+    let refused = app.login("ann", "correct horse").await;
+    refused.assert_error(403, "email_not_verified");
+    assert_eq!(refused.body["email"], "ann@example.com");
+    let wrong = app.login("ann", "wrong horse").await;
+    wrong.assert_error(401, "invalid_credentials");
+    assert!(wrong.body.get("email").is_none(), "{}", wrong.body);
     let mail = app.smtp.wait_for("ann@example.com", 0).await;
     let code = mail.code().expect("the code stands on a line of its own");
     let res = app

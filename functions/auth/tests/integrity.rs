@@ -188,12 +188,14 @@ async fn an_admin_verification_never_promotes_a_pending_address_and_tokens_carry
         Some(json!({"isVerified": false})),
     )
     .await;
-    app.post_public(
-        "/api/auth/refresh",
-        json!({"refreshToken": session.body["refreshToken"]}),
-    )
-    .await
-    .assert_error(403, "email_not_verified");
+    let refused = app
+        .post_public(
+            "/api/auth/refresh",
+            json!({"refreshToken": session.body["refreshToken"]}),
+        )
+        .await;
+    refused.assert_error(403, "email_not_verified");
+    assert!(refused.body.get("email").is_none(), "{}", refused.body);
 }
 
 #[tokio::test]

@@ -388,18 +388,14 @@ pub async fn login(
         });
     }
     if !user.is_verified {
-        return Err(not_verified());
+        // The password was right: the person may learn where the code went.
+        return Err(ApiError::NotVerified {
+            email: Some(user.email),
+        });
     }
     let pair = issue_pair(&state, &user, None).await?;
     tracing::info!(user_id = %user.id, "logged in");
     Ok((StatusCode::OK, Json(SignedIn::new(&user, pair))))
-}
-
-fn not_verified() -> ApiError {
-    ApiError::Forbidden {
-        code: "email_not_verified",
-        message: "verify your email first (POST /api/auth/verify-email)".into(),
-    }
 }
 
 /// `{refreshToken}`.
@@ -457,7 +453,7 @@ pub async fn refresh(
     // A token never carries an address that is not proven.
     if !user.is_verified {
         state.store.revoke_family(&record.family_id).await?;
-        return Err(not_verified());
+        return Err(ApiError::NotVerified { email: None });
     }
     let (access_token, refresh_token) = issue_pair(&state, &user, Some(record.family_id)).await?;
     let pair = TokenPair {

@@ -26,6 +26,7 @@ export function sentence(err) {
   const code = err instanceof api.ApiError ? err.code : "network";
   const vars = { ...(err?.body || {}) };
   if (vars.retryAfterSeconds === undefined) vars.retryAfterSeconds = "?";
+  else vars.minutes = Math.max(1, Math.ceil(vars.retryAfterSeconds / 60));
   const key = `errors.${code}`;
   return has(key) ? t(key, vars) : t("errors.unknown", { status: err?.status ?? 0 });
 }

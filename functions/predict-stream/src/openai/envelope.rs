@@ -189,6 +189,7 @@ pub async fn layer(req: Request, next: Next) -> Response {
         needed: None,
         available: None,
         retry_after_seconds: None,
+        email: None,
     });
     let details = parts.extensions.remove::<Details>();
     let (param, code) = details.map_or((None, None), |d| (d.param, d.code));

@@ -41,15 +41,42 @@ function notice(text) {
   return h("p", { class: "notice", role: "status" }, text);
 }
 
+// What was typed at sign-up or at a sign-in refused for an unconfirmed
+// address, held in memory (never stored) until the code is entered, so
+// confirming signs the person in without a second sign-in.
+let held = null;
+
+const VISITOR_ROUTES = new Set(["signin", "signup", "verify", "forgot", "reset"]);
+
+/** Where to go once signed in: the page a link opened, else the chat. */
+function nextRoute() {
+  const here = location.hash.replace(/^#\/?/, "");
+  const route = here.split("?")[0].replace(/\/$/, "");
+  return route && !VISITOR_ROUTES.has(route) ? here : "chat";
+}
+
 async function signin(main, { go, query }) {
   const verified = query().get("verified") ? notice(t("auth.verified")) : null;
+  const next = nextRoute();
   const who = field(t("auth.identifier"), { name: "username", autocomplete: "username", required: true });
   const password = field(t("auth.password"), { name: "password", type: "password", autocomplete: "current-password", required: true });
   replace(
     main,
-    form(t("auth.signInTitle"), [who, password], t("auth.signIn"), async () => {
-      await api.signIn(who.input.value.trim(), password.input.value);
-      go("chat");
+    form(t("auth.signInTitle"), [who, password], t("auth.signIn"), async (status) => {
+      const identifier = who.input.value.trim();
+      try {
+        await api.signIn(identifier, password.input.value);
+      } catch (err) {
+        if (err.code === "email_not_verified" && err.body.email) {
+          // The password was right: confirm here, then in.
+          held = { identifier, password: password.input.value };
+          return confirmEmail(main, { go, email: err.body.email, next, intro: t("auth.notVerified", { email: err.body.email }) });
+        }
+        if (err.code !== "account_locked") throw err;
+        // Locked: how long, and the way out that needs no password.
+        return replace(status, errorBox(err), h("p", {}, h("a", { href: "#/forgot" }, t("auth.lockedReset"))));
+      }
+      go(next);
     }, [
       verified,
       h("p", {}, h("a", { href: "#/signup" }, t("auth.noAccount"))),
@@ -71,6 +98,7 @@ async function signup(main, { go }) {
         email: email.input.value.trim(),
         password: password.input.value,
       }, { auth: false });
+      held = { identifier: username.input.value.trim(), password: password.input.value };
       go(`verify?email=${encodeURIComponent(email.input.value.trim())}`);
     }, [h("p", {}, h("a", { href: "#/signin" }, t("auth.haveAccount")))]),
   );
@@ -78,8 +106,18 @@ async function signup(main, { go }) {
 }
 
 async function verify(main, { go, query }) {
-  const email = field(t("auth.email"), { type: "email", autocomplete: "email", value: query().get("email") || "" });
+  confirmEmail(main, { go, email: query().get("email") || "", next: "chat", intro: t("auth.codeHint") });
+}
+
+/**
+ * The code form: the address (filled in when known), the code, "send a new
+ * code". Once confirmed, a held sign-in goes on to `next`; a person signed
+ * in already (a new address) goes to the chat; anyone else signs in.
+ */
+function confirmEmail(main, { go, email: address, next, intro }) {
+  const email = field(t("auth.email"), { type: "email", autocomplete: "email", value: address });
   const code = field(t("auth.code"), { inputmode: "numeric", autocomplete: "one-time-code", maxlength: 6, required: true });
+  const status = h("div", { "aria-live": "polite" });
   const resend = h("button", {
     type: "button",
     class: "secondary",
@@ -92,7 +130,6 @@ async function verify(main, { go, query }) {
       }
     },
   }, t("auth.resend"));
-  const status = h("div", { "aria-live": "polite" });
   replace(
     main,
     form(t("auth.verifyTitle"), [email, code], t("auth.verify"), async () => {
@@ -101,8 +138,11 @@ async function verify(main, { go, query }) {
         code: code.input.value.trim(),
       }, { auth: false, console: true });
       api.adopt(answer);
-      go(api.currentUser() ? "chat" : "signin?verified=1");
-    }, [h("p", {}, t("auth.codeHint")), resend, status]),
+      const pending = held;
+      held = null;
+      if (!api.currentUser() && pending) await api.signIn(pending.identifier, pending.password);
+      go(api.currentUser() ? next : "signin?verified=1");
+    }, [h("p", {}, intro), resend, status]),
   );
   (email.input.value ? code.input : email.input).focus();
 }
