@@ -41,6 +41,11 @@ pub struct ErrorBody {
     /// in with their username can confirm on the spot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// 400 `invalid_input`: the field the message names (`username`,
+    /// `pricing.perRequest`, `messages[2].role`), so a client can show the
+    /// problem next to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// Every way a request can fail. Each variant documents its status.
@@ -273,6 +278,26 @@ impl ApiError {
         }
     }
 
+    /// The request field a 400 `invalid_input` names: the text before the
+    /// first `": "` of its message ([`ApiError::invalid_field`] writes
+    /// `field: problem`), when that is a field path.
+    pub fn field(&self) -> Option<&str> {
+        let ApiError::BadRequest {
+            code: "invalid_input",
+            message,
+        } = self
+        else {
+            return None;
+        };
+        let (field, _) = message.split_once(": ")?;
+        let path = field.len() <= 100
+            && field.starts_with(|c: char| c.is_ascii_alphabetic())
+            && field
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.[]-".contains(c));
+        path.then_some(field)
+    }
+
     /// The JSON body of this error.
     pub fn body(&self) -> ErrorBody {
         let (needed, available) = match self {
@@ -291,6 +316,7 @@ impl ApiError {
                 ApiError::NotVerified { email } => email.clone(),
                 _ => None,
             },
+            field: self.field().map(str::to_owned),
         }
     }
 }
@@ -551,6 +577,36 @@ mod tests {
         assert_eq!(code, "invalid_input");
         assert!(message.starts_with("age:"), "{message}");
         assert!(!message.contains("line"), "{message}");
+    }
+
+    #[test]
+    fn a_400_names_its_field_in_the_body() {
+        let err = parse_json::<Signup>(br#"{"username":"ann","age":"x"}"#).unwrap_err();
+        assert_eq!(err.body().field.as_deref(), Some("age"));
+        let nested =
+            ApiError::invalid_field("pricing.perInputToken", "must have at most six decimals");
+        assert_eq!(
+            nested.body().field.as_deref(),
+            Some("pricing.perInputToken")
+        );
+        let indexed = ApiError::invalid_field("messages[2].role", "unknown variant");
+        assert_eq!(indexed.body().field.as_deref(), Some("messages[2].role"));
+        // No field: a sentence that merely holds a colon, another code.
+        for err in [
+            ApiError::BadRequest {
+                code: "invalid_input",
+                message: "a text value contains a NUL character: it cannot be stored".into(),
+            },
+            ApiError::BadRequest {
+                code: "invalid_code",
+                message: "code: wrong".into(),
+            },
+            ApiError::forbidden("role: admin only"),
+        ] {
+            assert_eq!(err.body().field, None, "{err}");
+        }
+        let body = serde_json::to_value(ApiError::forbidden("no").body()).unwrap();
+        assert!(body.get("field").is_none(), "absent, not null: {body}");
     }
 
     #[test]

@@ -960,3 +960,51 @@ async fn top_ups_take_what_the_balance_holds_and_the_settlement_refunds_from_all
     assert_eq!(reservations::top_up(&db.pool, &hold, 5).await.unwrap(), 37);
     assert_eq!(balance(&db.pool, "u").await, 25);
 }
+
+#[tokio::test]
+async fn a_summary_counts_this_months_spending_and_nothing_else() {
+    let db = TestPostgres::new().await;
+    allocate(&db.pool, "ann", 100, Some(30)).await;
+    let old = allocate(&db.pool, "ann", 40, Some(30)).await;
+    backdate(&db.pool, old).await; // Expired by time: not spendable.
+    deduct(&db.pool, "ann", 7).await.unwrap();
+    // An answer held 20 and cost 12; one still running holds 5; one that
+    // went past its hold paid 10 + 3.
+    reserve(&db.pool, "ann", "s1", 20).await.unwrap();
+    settle(&db.pool, "ann", "s1", Settlement::Finalize, 12)
+        .await
+        .unwrap();
+    reserve(&db.pool, "ann", "s2", 5).await.unwrap();
+    reserve(&db.pool, "ann", "s3", 10).await.unwrap();
+    settle(&db.pool, "ann", "s3", Settlement::Abort, 13)
+        .await
+        .unwrap();
+    // An admin's corrections and grants are not spending.
+    let mut tx = db.pool.begin().await.unwrap();
+    adjust(&mut tx, "ann", -4, "typo").await.unwrap();
+    adjust(&mut tx, "ann", 2, "sorry").await.unwrap();
+    tx.commit().await.unwrap();
+    allocate(&db.pool, "bob", 9, None).await;
+
+    let mut conn = db.pool.acquire().await.unwrap();
+    let users = ["ann", "bob", "nobody"].map(str::to_owned);
+    let got = queries::summaries(&mut conn, &users).await.unwrap();
+    let ann = got["ann"];
+    assert_eq!(ann.spent_this_month, 7 + 12 + 5 + 13);
+    assert_eq!(ann.balance, 100 - 7 - 12 - 5 - 13 - 4 + 2);
+    assert_eq!(ann.balance, balance(&db.pool, "ann").await);
+    assert_eq!((got["bob"].balance, got["bob"].spent_this_month), (9, 0));
+    assert_eq!(got["nobody"], queries::CreditSummary::default());
+    // Last month's spending is not this month's.
+    sqlx::query(
+        "UPDATE credit_transactions
+            SET created_at = (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+                             - interval '1 hour'
+          WHERE user_id = 'ann' AND type = 'deduction' AND streaming_session_id IS NULL",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let got = queries::summaries(&mut conn, &users[..1]).await.unwrap();
+    assert_eq!(got["ann"].spent_this_month, 12 + 5 + 13);
+}

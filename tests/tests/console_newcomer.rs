@@ -117,3 +117,260 @@ async fn sign_in_has_no_dead_ends() {
     browser.select("#locale", "en").await;
     sign_in(&browser, &base, ADMIN.0, ADMIN.2).await;
 }
+
+/// The sentence shown at the input that fills the request field `name`,
+/// once it shows. The input is marked invalid, described by the sentence
+/// and focused; nothing on the page is the server's own text.
+async fn field_error(browser: &Browser, name: &str) -> String {
+    let selector = format!("#main [data-field='{name}'][aria-invalid=true] + .field-error");
+    let note = browser.css(&selector).await.text().await.unwrap();
+    let state = browser
+        .script(&format!(
+            "const i = document.querySelector(\"#main [data-field='{name}']\");
+             return [i.getAttribute('aria-describedby') === i.nextElementSibling.id,
+                     document.activeElement === i,
+                     i.form.querySelectorAll('.field-error').length,
+                     document.querySelector('#main').innerText]"
+        ))
+        .await;
+    assert_eq!(state[0], json!(true), "{name}: described by its sentence");
+    assert_eq!(state[1], json!(true), "{name}: focused");
+    assert_eq!(state[2], json!(1), "{name}: one field of its form marked");
+    let page = state[3].as_str().unwrap();
+    for raw in ["must be", "must have", "must not", "invalid type"] {
+        assert!(!page.contains(raw), "the server's text shows: {page}");
+    }
+    note
+}
+
+/// Puts `value` in the input that fills `name` (a script: date inputs
+/// take keys in the browser's own order).
+async fn set_field(browser: &Browser, name: &str, value: &str) {
+    browser
+        .script(&format!(
+            "const i = document.querySelector(\"#main [data-field='{name}']\"); i.value = '{value}';"
+        ))
+        .await;
+}
+
+#[tokio::test]
+async fn errors_show_at_their_field() {
+    let flowise = FlowiseDouble::start().await;
+    flowise.add_flow("flow-a", "Support bot", Behaviour::answer("Hello."));
+    let (_stack, base) = console_stack(&flowise).await;
+    let browser = Browser::start(1280, 900).await;
+
+    // Sign-up, in each language: the field's own sentence, at the field.
+    for (locale, sentence) in [
+        ("zh-CN", "用户名为 3 到 32 个字符"),
+        ("zh-TW", "使用者名稱為 3 到 32 個字元"),
+        ("en", "A username has 3 to 32 characters"),
+    ] {
+        browser.open(&base, "signup").await;
+        browser.select("#locale", locale).await;
+        browser.fill("#main [data-field=username]", "a").await;
+        browser
+            .fill("#main [data-field=email]", "ann@example.com")
+            .await;
+        browser
+            .fill("#main [data-field=password]", "a long enough password")
+            .await;
+        browser.click("#main button[type=submit]").await;
+        let note = field_error(&browser, "username").await;
+        assert!(note.contains(sentence), "{locale}: {note}");
+    }
+    browser.assert_accessible("sign-up, a field refused").await;
+    // Put right, the mark goes with the next try.
+    browser.fill("#main [data-field=password]", "short").await;
+    browser.fill("#main [data-field=username]", "ann").await;
+    browser.click("#main button[type=submit]").await;
+    let note = field_error(&browser, "password").await;
+    assert!(note.contains("8 to 128 characters"), "{note}");
+
+    // An admin's forms.
+    sign_in(&browser, &base, ADMIN.0, ADMIN.2).await;
+    browser.open(&base, "admin/users").await;
+    browser.fill("#new-username", "bo b").await;
+    browser.fill("#new-email", "bob@example.com").await;
+    browser.fill("#new-password", "bob's long password").await;
+    browser
+        .click("form:has(#new-username) button[type=submit]")
+        .await;
+    let note = field_error(&browser, "username").await;
+    assert!(note.contains("letters, digits"), "{note}");
+
+    browser.click("#user-list button.link").await;
+    browser.fill("#grant-credits", "0").await;
+    browser
+        .click("form:has(#grant-credits) button[type=submit]")
+        .await;
+    let note = field_error(&browser, "credits").await;
+    assert!(note.contains("1 or more"), "{note}");
+    browser.fill("#grant-credits", "5").await;
+    browser.fill("#grant-days", "5000").await;
+    browser
+        .click("form:has(#grant-credits) button[type=submit]")
+        .await;
+    let note = field_error(&browser, "expiryDays").await;
+    assert!(note.contains("1 to 3650 days"), "{note}");
+    browser.assert_accessible("grant, a field refused").await;
+    browser.fill("#grant-days", "30").await;
+    browser
+        .click("form:has(#grant-credits) button[type=submit]")
+        .await;
+    browser
+        .wait_text("#main", "Granted 5 credits to root")
+        .await;
+    let marks = browser
+        .script("return document.querySelector('#grant-credits').form.querySelectorAll('.field-error, [aria-invalid]').length")
+        .await;
+    assert_eq!(marks, json!(0), "a granted form keeps no mark");
+    browser
+        .fill("[data-field=rateLimitPerMinute]", "20000")
+        .await;
+    browser
+        .click("form:has([data-field=rateLimitPerMinute]) button[type=submit]")
+        .await;
+    let note = field_error(&browser, "rateLimitPerMinute").await;
+    assert!(note.contains("10,000"), "{note}");
+
+    // A price with too many decimals.
+    browser.open(&base, "admin/chatflows").await;
+    browser.click("#sync").await;
+    browser.css("form.flow").await;
+    browser
+        .fill("[data-field='pricing.perInputToken']", "0.0000001")
+        .await;
+    browser.click("form.flow button[type=submit]").await;
+    let note = field_error(&browser, "pricing.perInputToken").await;
+    assert!(note.contains("six decimals"), "{note}");
+    browser.assert_accessible("pricing, a field refused").await;
+
+    // A key that would live too long.
+    browser.open(&base, "keys").await;
+    browser.fill("#key-name", "laptop").await;
+    browser.fill("#key-days", "400").await;
+    browser.fill("#key-password", ADMIN.2).await;
+    browser
+        .click("form:has(#key-name) button[type=submit]")
+        .await;
+    let note = field_error(&browser, "expiresInDays").await;
+    assert!(note.contains("1 to 365 days"), "{note}");
+
+    // A range that ends before it starts, in Chinese.
+    browser.open(&base, "admin/usage").await;
+    browser.select("#locale", "zh-TW").await;
+    browser.css("#range-from").await;
+    set_field(&browser, "from", "2026-12-10").await;
+    set_field(&browser, "to", "2026-12-01").await;
+    browser.click("form.row button[type=submit]").await;
+    let note = field_error(&browser, "from").await;
+    assert!(note.contains("開始日期不能晚於結束日期"), "{note}");
+    browser
+        .assert_accessible("date range, a field refused")
+        .await;
+}
+
+#[tokio::test]
+async fn an_admin_sees_whose_credits_they_are() {
+    let flowise = FlowiseDouble::start().await;
+    flowise.add_flow("flow-a", "Support bot", Behaviour::answer("Hello."));
+    let (stack, base) = console_stack(&flowise).await;
+    let admin = stack.token("admin-x", shared::token::Role::Admin);
+    stack.sync_chatflows(&admin).await;
+    stack.open_chatflow(&admin, "flow-a", None).await;
+    let (ann, ann_token) = stack.signed_up("ann", "ann's long password").await;
+    stack.signed_up("bob", "bob's long password").await;
+    stack.allocate(&admin, &ann, 50).await;
+    let (status, answer) = stack
+        .predict(
+            &ann_token,
+            json!({"chatflow_id": "flow-a", "question": "Hi"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let spent = 50 - stack.balance(&ann_token).await;
+    assert!(spent > 0, "the answer cost something");
+
+    let browser = Browser::start(1280, 900).await;
+    sign_in(&browser, &base, ADMIN.0, ADMIN.2).await;
+    browser.open(&base, "admin/users").await;
+    // The list: a header row, and each user's balance and month's spend.
+    let row = browser
+        .script(
+            "const rows = [...document.querySelectorAll('#user-list tbody tr')];
+             const ann = rows.find(r => r.innerText.includes('ann@example.com'));
+             return {
+               heads: [...document.querySelectorAll('#user-list thead th')].map(th => th.innerText),
+               ann: [...ann.querySelectorAll('td')].map(td => td.innerText),
+             }",
+        )
+        .await;
+    assert_eq!(
+        row["heads"],
+        json!(["User", "Role and state", "Balance", "Spent this month"])
+    );
+    assert_eq!(row["ann"][2], json!((50 - spent).to_string()), "{row}");
+    assert_eq!(row["ann"][3], json!(spent.to_string()), "{row}");
+    browser.assert_accessible("the user list").await;
+
+    // Ann's panel names her; her grant shows when it expires.
+    browser
+        .client
+        .find(Locator::XPath("//table//button[.='ann']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let balance = browser.wait_text("#user-balance", "ann has").await;
+    assert_eq!(balance, format!("ann has {} credits to spend.", 50 - spent));
+    let detail = browser.css("#user-detail").await.text().await.unwrap();
+    assert!(!detail.contains("You have"), "{detail}");
+    assert!(
+        detail.contains("ann's grants and when they expire"),
+        "{detail}"
+    );
+    let grant = browser
+        .script(
+            "const t = [...document.querySelectorAll('#user-detail table')][0];
+             return [[...t.querySelectorAll('thead th')].map(th => th.innerText),
+                     [...t.querySelectorAll('tbody td')].map(td => td.innerText)]",
+        )
+        .await;
+    assert_eq!(
+        grant[0],
+        json!(["Granted", "Left", "Granted on", "Expires"])
+    );
+    assert_eq!(grant[1][0], json!("50"));
+    assert_ne!(grant[1][3], json!("Never"), "a 30-day grant expires");
+    assert!(detail.contains("ann's transactions"), "{detail}");
+    browser.assert_accessible("an admin's view of ann").await;
+
+    // Bob has nothing yet: sentences, not empty tables.
+    browser
+        .client
+        .find(Locator::XPath("//table//button[.='bob']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_text("#user-balance", "bob has 0 credits")
+        .await;
+    browser
+        .wait_text("#user-detail", "bob has no grant with credits left.")
+        .await;
+    browser
+        .wait_text("#user-detail", "bob has no transactions yet.")
+        .await;
+    browser.fill("#user-search", "nobody-like-this").await;
+    browser
+        .wait_text("#user-list", "No user matches “nobody-like-this”.")
+        .await;
+    browser.assert_accessible("an empty search").await;
+    // The same in Chinese.
+    browser.select("#locale", "zh-CN").await;
+    browser.wait_text("#user-list thead", "本月已用").await;
+}

@@ -177,6 +177,21 @@ fn every_string_the_scripts_show_is_in_every_locale() {
         }
     }
     assert!(used.len() > 120, "the scripts show {} strings", used.len());
+    // Every input that names its request field has that field's sentence
+    // (shown when a 400 names it), keyed by the path's last name.
+    let mut fields = 0;
+    for (_, bytes) in ASSETS.iter().filter(|(n, _)| n.starts_with("js/")) {
+        let text = std::str::from_utf8(bytes).unwrap();
+        for marker in ["api: \"", "field: \""] {
+            for (at, _) in text.match_indices(marker) {
+                let path = text[at + marker.len()..].split('"').next().unwrap();
+                let key = format!("fields.{}", path.rsplit('.').next().unwrap());
+                assert!(english.contains(&key), "{path} has no sentence {key}");
+                fields += 1;
+            }
+        }
+    }
+    assert!(fields >= 25, "{fields} inputs name their request field");
     // Every error code the gateway answers with has its sentence.
     for code in [
         "insufficient_credits",

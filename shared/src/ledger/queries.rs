@@ -53,6 +53,52 @@ pub async fn balance(conn: &mut PgConnection, user: &UserId) -> Result<Balance, 
     })
 }
 
+/// What an admin's user list shows of each user's credits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreditSummary {
+    /// Spendable now (as [`balance`]).
+    pub balance: i64,
+    /// Spent this calendar month (UTC): what the ledger took this month for
+    /// answers (holds net of their refunds; an unfinished answer counts
+    /// what it holds) and by deduction. Grants, expiries and an admin's
+    /// adjustments are not spending.
+    pub spent_this_month: i64,
+}
+
+/// [`CreditSummary`] of each of `users`, in one statement (zero for a user
+/// the ledger has not seen).
+pub async fn summaries(
+    conn: &mut PgConnection,
+    users: &[String],
+) -> Result<std::collections::HashMap<String, CreditSummary>, LedgerError> {
+    let rows = sqlx::query!(
+        r#"WITH month AS (SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS start)
+           SELECT u.id AS "user_id!",
+                  (SELECT COALESCE(SUM(remaining), 0) FROM credit_allocations a
+                    WHERE a.user_id = u.id AND remaining > 0 AND expired_at IS NULL
+                      AND (expires_at IS NULL OR expires_at > now()))::bigint AS "balance!",
+                  (SELECT COALESCE(-SUM(amount), 0) FROM credit_transactions t, month
+                    WHERE t.user_id = u.id AND t.created_at >= month.start
+                      AND t.type IN ('reservation', 'settlement', 'refund', 'deduction'))::bigint
+                    AS "spent!"
+             FROM unnest($1::text[]) AS u(id)"#,
+        users
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let summary = CreditSummary {
+                balance: r.balance,
+                spent_this_month: r.spent,
+            };
+            (r.user_id, summary)
+        })
+        .collect())
+}
+
 /// One entry of a user's history (the API calls them transactions).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

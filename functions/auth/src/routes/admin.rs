@@ -37,11 +37,22 @@ pub struct ListQuery {
     search: Option<String>,
 }
 
+/// An account as the admin's list shows it: with its credits.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedUser {
+    /// The account.
+    #[serde(flatten)]
+    pub user: UserView,
+    /// Its balance and what it spent this month.
+    pub credits: shared::ledger::queries::CreditSummary,
+}
+
 /// A page of accounts.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsersPage {
-    /// Newest first.
-    pub users: Vec<UserView>,
+    /// Newest first, each with its balance and this month's spend.
+    pub users: Vec<ListedUser>,
     /// Page.
     pub page: i64,
     /// Page size.
@@ -62,6 +73,41 @@ fn escape_regex(text: &str) -> String {
         .collect()
 }
 
+impl ListQuery {
+    /// The store filter of `?role&search`.
+    fn filter(&self) -> Result<bson::Document, ApiError> {
+        let mut filter = doc! {};
+        if let Some(role) = self.role.as_deref().filter(|r| !r.is_empty()) {
+            let role: Role = role
+                .parse()
+                .map_err(|e: String| ApiError::invalid_field("role", e))?;
+            filter.insert("role", role.as_str());
+        }
+        if let Some(search) = self
+            .search
+            .as_deref()
+            .map(|s| s.trim().to_lowercase())
+            .filter(|s| !s.is_empty())
+        {
+            if search.chars().count() > 100 {
+                return Err(ApiError::invalid_field(
+                    "search",
+                    "must be at most 100 characters",
+                ));
+            }
+            let pattern = escape_regex(&search);
+            filter.insert(
+                "$or",
+                vec![
+                    doc! {"username_key": {"$regex": &pattern}},
+                    doc! {"email": {"$regex": &pattern}},
+                ],
+            );
+        }
+        Ok(filter)
+    }
+}
+
 /// `GET /api/admin/users` (admin, supervisor): `?page&limit&role&search`,
 /// `search` matching part of the username or the email.
 #[utoipa::path(get, path = "/api/admin/users", tag = "auth", params(ListQuery),
@@ -77,33 +123,7 @@ pub async fn list_users(
         limit: q.limit,
     }
     .resolve()?;
-    let mut filter = doc! {};
-    if let Some(role) = q.role.filter(|r| !r.is_empty()) {
-        let role: Role = role
-            .parse()
-            .map_err(|e: String| ApiError::invalid_field("role", e))?;
-        filter.insert("role", role.as_str());
-    }
-    if let Some(search) = q
-        .search
-        .map(|s| s.trim().to_lowercase())
-        .filter(|s| !s.is_empty())
-    {
-        if search.chars().count() > 100 {
-            return Err(ApiError::invalid_field(
-                "search",
-                "must be at most 100 characters",
-            ));
-        }
-        let pattern = escape_regex(&search);
-        filter.insert(
-            "$or",
-            vec![
-                doc! {"username_key": {"$regex": &pattern}},
-                doc! {"email": {"$regex": &pattern}},
-            ],
-        );
-    }
+    let filter = q.filter()?;
     let users = state.store.users();
     let total = users.count_documents(filter.clone()).await?;
     let cursor = users
@@ -112,10 +132,20 @@ pub async fn list_users(
         .skip(((page - 1) * limit) as u64)
         .limit(limit)
         .await?;
-    let users = shared::db::mongo::collect_all::<UserDoc>(cursor)
+    let users: Vec<UserView> = shared::db::mongo::collect_all::<UserDoc>(cursor)
         .await?
         .iter()
         .map(UserView::from)
+        .collect();
+    let ids: Vec<String> = users.iter().map(|u| u.id.clone()).collect();
+    let mut conn = state.pg.acquire().await?;
+    let mut credits = shared::ledger::queries::summaries(&mut conn, &ids).await?;
+    let users = users
+        .into_iter()
+        .map(|user| ListedUser {
+            credits: credits.remove(&user.id).unwrap_or_default(),
+            user,
+        })
         .collect();
     let body = UsersPage {
         users,

@@ -38,11 +38,16 @@ export function replace(el, ...children) {
   return append(el, children);
 }
 
-/** A labelled input: <label>text <input></label> with an id. */
+/**
+ * A labelled input: <label>text <input></label> with an id. `api` names
+ * the request field it fills (`pricing.perRequest`), so a refusal naming
+ * that field is shown next to it (main.js `showError`).
+ */
 let ids = 0;
 export function field(label, attrs = {}) {
   const id = attrs.id || `f${++ids}`;
-  const input = h(attrs.multiline ? "textarea" : "input", { ...attrs, multiline: undefined, id });
+  const { multiline, api, ...rest } = attrs;
+  const input = h(multiline ? "textarea" : "input", { ...rest, id, dataset: api ? { field: api } : undefined });
   return { input, el: h("div", { class: "field" }, h("label", { for: id }, label), input) };
 }
 

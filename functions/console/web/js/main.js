@@ -38,6 +38,60 @@ export function errorBox(err, retry) {
   return box;
 }
 
+/** Takes away the field sentences an earlier refusal left in `form`. */
+function clearFieldErrors(form) {
+  if (!form) return;
+  for (const p of form.querySelectorAll(".field-error")) p.remove();
+  for (const input of form.querySelectorAll("[aria-invalid]")) {
+    input.removeAttribute("aria-invalid");
+    input.removeAttribute("aria-describedby");
+  }
+}
+
+/** The input of `form` that fills the request field `name` (`pricing.perRequest`). */
+function fieldInput(form, name) {
+  const inputs = [...form.querySelectorAll("[data-field]")];
+  const bare = name.replace(/\[\d+\]/g, "");
+  return inputs.find((el) => el.dataset.field === name) || inputs.find((el) => el.dataset.field === bare);
+}
+
+/**
+ * Shows a refusal: its sentence in `status` and, when it is a 400 naming a
+ * field of `form`, that field's own sentence next to it (localised, never
+ * the server's text), the field marked invalid and focused.
+ */
+export function showError(status, err, form) {
+  clearFieldErrors(form);
+  replace(status, errorBox(err));
+  const name = err?.code === "invalid_input" ? err.body?.field : null;
+  const input = name && form ? fieldInput(form, name) : null;
+  if (!input) return;
+  const key = `fields.${input.dataset.field.split(".").pop()}`;
+  const note = h("p", { class: "field-error", id: `${input.id}-error` }, has(key) ? t(key) : t("errors.invalid_input"));
+  input.after(note);
+  input.setAttribute("aria-invalid", "true");
+  input.setAttribute("aria-describedby", note.id);
+  input.focus();
+}
+
+/**
+ * A submit (or click) handler for a form: runs `f`, and shows a refusal
+ * in `status` and at the field it names.
+ */
+export function submitting(status, f) {
+  return async (e) => {
+    e?.preventDefault?.();
+    const target = e?.currentTarget;
+    const form = target instanceof HTMLFormElement ? target : target?.form || null;
+    clearFieldErrors(form);
+    try {
+      await f();
+    } catch (err) {
+      showError(status, err, form);
+    }
+  };
+}
+
 const routes = {
   ...authPages,
   "chat": chatPage,

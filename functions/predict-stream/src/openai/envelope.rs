@@ -190,6 +190,7 @@ pub async fn layer(req: Request, next: Next) -> Response {
         available: None,
         retry_after_seconds: None,
         email: None,
+        field: None,
     });
     let details = parts.extensions.remove::<Details>();
     let (param, code) = details.map_or((None, None), |d| (d.param, d.code));

@@ -5,10 +5,12 @@
 import { h, replace, field, number, when } from "../dom.js";
 import { t } from "../i18n.js";
 import * as api from "../api.js";
-import { errorBox } from "../main.js";
+import { errorBox, submitting } from "../main.js";
 import { bars } from "../chart.js";
 
-function table(heads, rows) {
+/** A table with a header row; `empty`, a sentence shown instead when there are no rows. */
+export function table(heads, rows, empty) {
+  if (empty && rows.length === 0) return h("p", { class: "meta empty" }, empty);
   return h(
     "table",
     {},
@@ -27,12 +29,7 @@ async function credits(main) {
     h("h1", {}, t("titles.credits")),
     h("p", { class: "big", id: "total-credits" }, t("credits.total", { credits: number(balance.totalCredits) })),
     h("h2", {}, t("credits.allocations")),
-    balance.allocations.length === 0
-      ? h("p", { class: "meta" }, t("credits.noAllocations"))
-      : table(
-          [t("credits.granted"), t("credits.remaining"), t("credits.grantedAt"), t("credits.expiresAt")],
-          balance.allocations.map((a) => [number(a.credits), number(a.remaining), when(a.allocatedAt), a.expiresAt ? when(a.expiresAt) : t("credits.never")]),
-        ),
+    grants(balance.allocations, t("credits.noAllocations")),
     h("h2", {}, t("credits.transactions")),
     entries.transactions.length === 0
       ? h("p", { class: "meta" }, t("credits.noTransactions"))
@@ -40,6 +37,15 @@ async function credits(main) {
           [t("credits.when"), t("credits.type"), t("credits.amount"), t("credits.balanceAfter")],
           entries.transactions.map((e) => [when(e.createdAt), t(`entryTypes.${e.type}`), number(e.amount), number(e.balanceAfter)]),
         ),
+  );
+}
+
+/** Grants with what is left of each and when it expires. */
+export function grants(allocations, empty) {
+  return table(
+    [t("credits.granted"), t("credits.remaining"), t("credits.grantedAt"), t("credits.expiresAt")],
+    allocations.map((a) => [number(a.credits), number(a.remaining), when(a.allocatedAt), a.expiresAt ? when(a.expiresAt) : t("credits.never")]),
+    empty,
   );
 }
 
@@ -60,10 +66,10 @@ async function usage(main) {
 async function keys(main) {
   const status = h("div", { "aria-live": "polite" });
   const list = h("div", { id: "key-list" });
-  const name = field(t("keys.name"), { id: "key-name", required: true, maxlength: 100 });
-  const limit = field(t("keys.monthlyLimit"), { id: "key-limit", type: "number", min: 1, inputmode: "numeric" });
-  const days = field(t("keys.expiresInDays"), { id: "key-days", type: "number", min: 1, max: 365, inputmode: "numeric", placeholder: "90" });
-  const password = field(t("keys.password"), { id: "key-password", type: "password", required: true, autocomplete: "current-password" });
+  const name = field(t("keys.name"), { id: "key-name", api: "name", required: true, maxlength: 100 });
+  const limit = field(t("keys.monthlyLimit"), { id: "key-limit", api: "monthlyCreditLimit", type: "number", min: 1, inputmode: "numeric" });
+  const days = field(t("keys.expiresInDays"), { id: "key-days", api: "expiresInDays", type: "number", min: 1, max: 365, inputmode: "numeric", placeholder: "90" });
+  const password = field(t("keys.password"), { id: "key-password", api: "currentPassword", type: "password", required: true, autocomplete: "current-password" });
 
   async function draw() {
     const page = await api.call("credits", "GET", "/api/keys?limit=100");
@@ -103,31 +109,27 @@ async function keys(main) {
     "form",
     {
       class: "card",
-      onsubmit: async (e) => {
-        e.preventDefault();
+      novalidate: true,
+      onsubmit: submitting(status, async () => {
         const body = { name: name.input.value.trim(), currentPassword: password.input.value };
         if (limit.input.value) body.monthlyCreditLimit = Number(limit.input.value);
         if (days.input.value) body.expiresInDays = Number(days.input.value);
-        try {
-          // Made by the auth function: a key needs the owner's password.
-          const made = await api.call("auth", "POST", "/api/keys", body);
-          password.input.value = "";
-          const secret = h("input", { id: "new-key", readonly: true, value: made.key, "aria-label": t("keys.secret") });
-          replace(
-            status,
-            h("div", { class: "notice", role: "status" },
-              h("p", {}, t("keys.shownOnce")),
-              secret,
-              h("button", { type: "button", onclick: () => navigator.clipboard?.writeText(made.key).then(() => replace(copied, t("keys.copied"))) }, t("keys.copy")),
-              copied),
-          );
-          name.input.value = "";
-          await draw();
-          secret.select();
-        } catch (err) {
-          replace(status, errorBox(err));
-        }
-      },
+        // Made by the auth function: a key needs the owner's password.
+        const made = await api.call("auth", "POST", "/api/keys", body);
+        password.input.value = "";
+        const secret = h("input", { id: "new-key", readonly: true, value: made.key, "aria-label": t("keys.secret") });
+        replace(
+          status,
+          h("div", { class: "notice", role: "status" },
+            h("p", {}, t("keys.shownOnce")),
+            secret,
+            h("button", { type: "button", onclick: () => navigator.clipboard?.writeText(made.key).then(() => replace(copied, t("keys.copied"))) }, t("keys.copy")),
+            copied),
+        );
+        name.input.value = "";
+        await draw();
+        secret.select();
+      }),
     },
     h("h2", {}, t("keys.create")),
     name.el, limit.el, days.el, password.el,
@@ -141,27 +143,21 @@ async function keys(main) {
 async function profile(main, { go }) {
   const me = (await api.call("auth", "GET", "/api/profile")).user;
   const status = h("div", { "aria-live": "polite" });
-  const username = field(t("auth.username"), { value: me.username, autocomplete: "username" });
-  const email = field(t("auth.email"), { type: "email", value: me.email, autocomplete: "email" });
-  const current = field(t("profile.currentPassword"), { type: "password", autocomplete: "current-password" });
-  const oldPassword = field(t("profile.currentPassword"), { type: "password", autocomplete: "current-password" });
-  const newPassword = field(t("auth.newPassword"), { type: "password", autocomplete: "new-password", minlength: 8 });
+  const username = field(t("auth.username"), { api: "username", value: me.username, autocomplete: "username" });
+  const email = field(t("auth.email"), { api: "email", type: "email", value: me.email, autocomplete: "email" });
+  const current = field(t("profile.currentPassword"), { api: "currentPassword", type: "password", autocomplete: "current-password" });
+  const oldPassword = field(t("profile.currentPassword"), { api: "currentPassword", type: "password", autocomplete: "current-password" });
+  const newPassword = field(t("auth.newPassword"), { api: "newPassword", type: "password", autocomplete: "new-password", minlength: 8 });
   const revokeKeys = h("input", { type: "checkbox", id: "revoke-keys" });
   const done = (key) => replace(status, h("p", { class: "notice", role: "status" }, t(key)));
-  const guard = (f) => async (e) => {
-    e.preventDefault();
-    try {
-      await f();
-    } catch (err) {
-      replace(status, errorBox(err));
-    }
-  };
+  const guard = (f) => submitting(status, f);
   replace(
     main,
     h("h1", {}, t("titles.profile")),
     status,
     me.pendingEmail ? h("p", { class: "notice" }, t("profile.pending", { email: me.pendingEmail })) : null,
     h("form", {
+      novalidate: true,
       class: "card",
       onsubmit: guard(async () => {
         const body = {};
@@ -176,6 +172,7 @@ async function profile(main, { go }) {
       }),
     }, h("h2", {}, t("profile.details")), username.el, email.el, current.el, h("button", { type: "submit" }, t("profile.save"))),
     h("form", {
+      novalidate: true,
       class: "card",
       onsubmit: guard(async () => {
         const answer = await api.call("auth", "POST", "/api/profile/change-password", {

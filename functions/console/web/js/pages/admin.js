@@ -5,22 +5,11 @@
 import { h, replace, field, number, when } from "../dom.js";
 import { t } from "../i18n.js";
 import * as api from "../api.js";
-import { errorBox } from "../main.js";
-import { usageCharts } from "./account.js";
+import { errorBox, submitting as guarded } from "../main.js";
+import { usageCharts, table, grants } from "./account.js";
 import { bars } from "../chart.js";
 
 const enc = encodeURIComponent;
-
-function guarded(status, f) {
-  return async (e) => {
-    e?.preventDefault?.();
-    try {
-      await f();
-    } catch (err) {
-      replace(status, errorBox(err));
-    }
-  };
-}
 
 function said(status, key, vars) {
   replace(status, h("p", { class: "notice", role: "status" }, t(key, vars)));
@@ -36,10 +25,19 @@ async function users(main, { user: me }) {
   async function draw() {
     const q = search.input.value.trim();
     const page = await api.call("auth", "GET", `/api/admin/users?limit=50${q ? `&search=${enc(q)}` : ""}`);
-    replace(list, h("ul", { class: "plain" }, page.users.map((u) => h("li", {},
-      h("button", { type: "button", class: "link", onclick: guarded(status, () => open(u)) }, `${u.username} · ${u.email}`),
-      h("span", { class: "meta" }, ` ${t(`roles.${u.role}`)}${u.disabled ? ` · ${t("admin.disabled")}` : ""}${u.isVerified ? "" : ` · ${t("admin.unverified")}`}`),
-    ))));
+    const state = (u) => [t(`roles.${u.role}`), u.disabled ? t("admin.disabled") : null, u.isVerified ? null : t("admin.unverified")];
+    replace(list, table(
+      [t("admin.user"), t("admin.state"), t("admin.balance"), t("admin.spentThisMonth")],
+      page.users.map((u) => [
+        h("span", {},
+          h("button", { type: "button", class: "link", onclick: guarded(status, () => open(u)) }, u.username),
+          h("br"), h("span", { class: "meta" }, u.email)),
+        state(u).filter(Boolean).join(" · "),
+        number(u.credits.balance),
+        number(u.credits.spentThisMonth),
+      ]),
+      t(q ? "admin.noMatch" : "admin.noUsers", { search: q }),
+    ));
   }
 
   async function open(u) {
@@ -53,9 +51,10 @@ async function users(main, { user: me }) {
       perMinute: shown(limits.rateLimitPerMinute),
       concurrent: shown(limits.maxConcurrentStreams),
     }));
-    const credits = field(t("admin.credits"), { id: "grant-credits", type: "number", min: 1, inputmode: "numeric", required: true });
-    const days = field(t("admin.expiryDays"), { id: "grant-days", type: "number", min: 1, value: 30, inputmode: "numeric" });
+    const credits = field(t("admin.credits"), { id: "grant-credits", api: "credits", type: "number", min: 1, inputmode: "numeric", required: true });
+    const days = field(t("admin.expiryDays"), { id: "grant-days", api: "expiryDays", type: "number", min: 1, value: 30, inputmode: "numeric" });
     const grant = h("form", {
+      novalidate: true,
       class: "card",
       onsubmit: guarded(status, async () => {
         const body = { userId: u.id, credits: Number(credits.input.value), expiryDays: Number(days.input.value) || null };
@@ -74,8 +73,8 @@ async function users(main, { user: me }) {
         await draw();
         await open(answer.user);
       });
-      const perMinute = field(t("admin.perMinute"), { type: "number", min: 1, max: 10000, value: limits.rateLimitPerMinute ?? undefined });
-      const concurrent = field(t("admin.concurrent"), { type: "number", min: 1, max: 100, value: limits.maxConcurrentStreams ?? undefined });
+      const perMinute = field(t("admin.perMinute"), { api: "rateLimitPerMinute", type: "number", min: 1, max: 10000, value: limits.rateLimitPerMinute ?? undefined });
+      const concurrent = field(t("admin.concurrent"), { api: "maxConcurrentStreams", type: "number", min: 1, max: 100, value: limits.maxConcurrentStreams ?? undefined });
       actions.push(
         h("div", { class: "row" }, role, h("button", { type: "button", onclick: () => patch({ role: role.value }, "admin.roleChanged")() }, t("admin.setRole"))),
         h("div", { class: "row" },
@@ -93,6 +92,7 @@ async function users(main, { user: me }) {
             }),
           }, t("admin.delete"))),
         h("form", {
+          novalidate: true,
           class: "card",
           onsubmit: guarded(status, async () => {
             const body = {
@@ -109,22 +109,28 @@ async function users(main, { user: me }) {
     replace(
       detail,
       h("h2", {}, u.username),
-      h("p", { class: "big", id: "user-balance" }, t("credits.total", { credits: number(balance.totalCredits) })),
+      h("p", { class: "big", id: "user-balance" }, t("admin.balanceOf", { user: u.username, credits: number(balance.totalCredits) })),
       currentLimits,
       grant,
       actions,
-      h("h3", {}, t("credits.transactions")),
-      h("table", {}, h("tbody", {}, entries.transactions.map((e) => h("tr", {},
-        h("td", {}, when(e.createdAt)), h("td", {}, t(`entryTypes.${e.type}`)), h("td", {}, number(e.amount)))))),
+      h("h3", {}, t("admin.grantsOf", { user: u.username })),
+      grants(balance.allocations, t("admin.noGrants", { user: u.username })),
+      h("h3", {}, t("admin.transactionsOf", { user: u.username })),
+      table(
+        [t("credits.when"), t("credits.type"), t("credits.amount"), t("credits.balanceAfter")],
+        entries.transactions.map((e) => [when(e.createdAt), t(`entryTypes.${e.type}`), number(e.amount), number(e.balanceAfter)]),
+        t("admin.noTransactions", { user: u.username }),
+      ),
     );
   }
 
   const createForm = () => {
-    const username = field(t("auth.username"));
-    const email = field(t("auth.email"), { type: "email" });
-    const password = field(t("auth.newPassword"), { type: "password", autocomplete: "new-password" });
-    const role = h("select", { "aria-label": t("admin.role") }, ["enduser", "supervisor", "admin"].map((r) => h("option", { value: r }, t(`roles.${r}`))));
+    const username = field(t("auth.username"), { api: "username", id: "new-username" });
+    const email = field(t("auth.email"), { api: "email", id: "new-email", type: "email" });
+    const password = field(t("auth.newPassword"), { api: "password", id: "new-password", type: "password", autocomplete: "new-password" });
+    const role = h("select", { id: "new-role", dataset: { field: "role" }, "aria-label": t("admin.role") }, ["enduser", "supervisor", "admin"].map((r) => h("option", { value: r }, t(`roles.${r}`))));
     return h("form", {
+      novalidate: true,
       class: "card",
       onsubmit: guarded(status, async () => {
         await api.call("auth", "POST", "/api/admin/users", {
@@ -154,15 +160,15 @@ async function chatflows(main) {
     replace(list, flows.chatflows.filter((f) => !f.removed).map((f) => {
       const rule = rules[f.id] || rules.default || { perRequest: 0, perInputToken: 0, perOutputToken: 0 };
       const pub = h("input", { type: "checkbox", id: `public-${f.id}`, checked: f.isPublic });
-      const perRequest = field(t("admin.perRequest"), { type: "number", min: 0, value: rule.perRequest });
-      const perInput = field(t("admin.perInput"), { type: "number", min: 0, step: "any", value: rule.perInputToken });
-      const perOutput = field(t("admin.perOutput"), { type: "number", min: 0, step: "any", value: rule.perOutputToken });
-      const images = field(t("admin.imageTokens"), { type: "number", min: 0, value: rule.imageInputTokens ?? 1000 });
-      const documents = field(t("admin.documentTokens"), { type: "number", min: 0, value: rule.documentInputTokensPerMb ?? 20000 });
-      const emails = field(t("admin.emails"), { multiline: true, rows: 2 });
-      const overrides = field(t("admin.overrides"), { id: `overrides-${f.id}`, value: f.allowedOverrides.join(", ") });
+      const perRequest = field(t("admin.perRequest"), { api: "pricing.perRequest", type: "number", min: 0, value: rule.perRequest });
+      const perInput = field(t("admin.perInput"), { api: "pricing.perInputToken", type: "number", min: 0, step: "any", value: rule.perInputToken });
+      const perOutput = field(t("admin.perOutput"), { api: "pricing.perOutputToken", type: "number", min: 0, step: "any", value: rule.perOutputToken });
+      const images = field(t("admin.imageTokens"), { api: "pricing.imageInputTokens", type: "number", min: 0, value: rule.imageInputTokens ?? 1000 });
+      const documents = field(t("admin.documentTokens"), { api: "pricing.documentInputTokensPerMb", type: "number", min: 0, value: rule.documentInputTokensPerMb ?? 20000 });
+      const emails = field(t("admin.emails"), { api: "emails", multiline: true, rows: 2 });
+      const overrides = field(t("admin.overrides"), { api: "allowedOverrides", id: `overrides-${f.id}`, value: f.allowedOverrides.join(", ") });
       const systemId = `system-${f.id}`;
-      const system = h("select", { id: systemId },
+      const system = h("select", { id: systemId, dataset: { field: "systemMessages" } },
         ["prepend", "override", "refuse"].map((mode) => h("option", {
           value: mode,
           selected: f.systemMessages === mode,
@@ -170,6 +176,7 @@ async function chatflows(main) {
           disabled: mode === "override" && !f.systemPromptInput,
         }, t(`admin.systemModes.${mode}`))));
       return h("form", {
+        novalidate: true,
         class: "card flow",
         "aria-label": f.name,
         onsubmit: guarded(status, async () => {
@@ -227,8 +234,8 @@ async function chatflows(main) {
 
 async function dashboard(main) {
   const status = h("div", { "aria-live": "polite" });
-  const from = field(t("admin.from"), { type: "date", id: "range-from" });
-  const to = field(t("admin.to"), { type: "date", id: "range-to" });
+  const from = field(t("admin.from"), { api: "from", type: "date", id: "range-from" });
+  const to = field(t("admin.to"), { api: "to", type: "date", id: "range-to" });
   const report = h("div", { id: "report" });
   const range = () => {
     const q = new URLSearchParams();
@@ -260,7 +267,7 @@ async function dashboard(main) {
     }),
   }, t("admin.export"));
   replace(main, h("h1", {}, t("titles.admin_usage")),
-    h("form", { class: "row", onsubmit: guarded(status, draw) }, from.el, to.el, h("button", { type: "submit" }, t("admin.show")), exportButton),
+    h("form", { class: "row", novalidate: true, onsubmit: guarded(status, draw) }, from.el, to.el, h("button", { type: "submit" }, t("admin.show")), exportButton),
     status, report);
   await draw();
 }

@@ -4,7 +4,7 @@
 import { h, replace, field } from "../dom.js";
 import { t } from "../i18n.js";
 import * as api from "../api.js";
-import { errorBox, takeResetToken } from "../main.js";
+import { errorBox, showError, takeResetToken } from "../main.js";
 
 /** A form: its fields, a submit button, and the error or notice area. */
 function form(title, fields, submitLabel, onSubmit, extra = []) {
@@ -22,7 +22,7 @@ function form(title, fields, submitLabel, onSubmit, extra = []) {
         try {
           await onSubmit(status);
         } catch (err) {
-          replace(status, errorBox(err));
+          showError(status, err, el);
         } finally {
           button.disabled = false;
         }
@@ -87,9 +87,9 @@ async function signin(main, { go, query }) {
 }
 
 async function signup(main, { go }) {
-  const username = field(t("auth.username"), { autocomplete: "username", required: true, minlength: 3, maxlength: 32 });
-  const email = field(t("auth.email"), { type: "email", autocomplete: "email", required: true });
-  const password = field(t("auth.newPassword"), { type: "password", autocomplete: "new-password", required: true, minlength: 8 });
+  const username = field(t("auth.username"), { api: "username", autocomplete: "username", required: true, minlength: 3, maxlength: 32 });
+  const email = field(t("auth.email"), { api: "email", type: "email", autocomplete: "email", required: true });
+  const password = field(t("auth.newPassword"), { api: "password", type: "password", autocomplete: "new-password", required: true, minlength: 8 });
   replace(
     main,
     form(t("auth.signUpTitle"), [username, email, password], t("auth.signUp"), async () => {
@@ -115,8 +115,8 @@ async function verify(main, { go, query }) {
  * in already (a new address) goes to the chat; anyone else signs in.
  */
 function confirmEmail(main, { go, email: address, next, intro }) {
-  const email = field(t("auth.email"), { type: "email", autocomplete: "email", value: address });
-  const code = field(t("auth.code"), { inputmode: "numeric", autocomplete: "one-time-code", maxlength: 6, required: true });
+  const email = field(t("auth.email"), { api: "email", type: "email", autocomplete: "email", value: address });
+  const code = field(t("auth.code"), { api: "code", inputmode: "numeric", autocomplete: "one-time-code", maxlength: 6, required: true });
   const status = h("div", { "aria-live": "polite" });
   const resend = h("button", {
     type: "button",
@@ -126,7 +126,7 @@ function confirmEmail(main, { go, email: address, next, intro }) {
         await api.call("auth", "POST", "/api/auth/resend-verification", { email: email.input.value.trim() }, { auth: false });
         replace(status, notice(t("auth.codeSent")));
       } catch (err) {
-        replace(status, errorBox(err));
+        showError(status, err, email.input.form);
       }
     },
   }, t("auth.resend"));
@@ -148,7 +148,7 @@ function confirmEmail(main, { go, email: address, next, intro }) {
 }
 
 async function forgot(main) {
-  const email = field(t("auth.email"), { type: "email", autocomplete: "email", required: true });
+  const email = field(t("auth.email"), { api: "email", type: "email", autocomplete: "email", required: true });
   replace(
     main,
     form(t("auth.forgotTitle"), [email], t("auth.sendLink"), async (status) => {
@@ -161,7 +161,7 @@ async function forgot(main) {
 
 async function reset(main, { go }) {
   const token = takeResetToken();
-  const password = field(t("auth.newPassword"), { type: "password", autocomplete: "new-password", required: true, minlength: 8 });
+  const password = field(t("auth.newPassword"), { api: "newPassword", type: "password", autocomplete: "new-password", required: true, minlength: 8 });
   replace(
     main,
     form(t("auth.resetTitle"), [password], t("auth.setPassword"), async () => {
