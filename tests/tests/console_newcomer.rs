@@ -295,6 +295,7 @@ async fn an_admin_sees_whose_credits_they_are() {
     let browser = Browser::start(1280, 900).await;
     sign_in(&browser, &base, ADMIN.0, ADMIN.2).await;
     browser.open(&base, "admin/users").await;
+    browser.wait_text("#user-list", "ann@example.com").await;
     // The list: a header row, and each user's balance and month's spend.
     let row = browser
         .script(
@@ -340,10 +341,10 @@ async fn an_admin_sees_whose_credits_they_are() {
         .await;
     assert_eq!(
         grant[0],
-        json!(["Granted", "Left", "Granted on", "Expires"])
+        json!(["Granted", "Left", "Granted on", "Granted by", "Expires"])
     );
     assert_eq!(grant[1][0], json!("50"));
-    assert_ne!(grant[1][3], json!("Never"), "a 30-day grant expires");
+    assert_ne!(grant[1][4], json!("Never"), "a 30-day grant expires");
     assert!(detail.contains("ann's transactions"), "{detail}");
     browser.assert_accessible("an admin's view of ann").await;
 
@@ -373,4 +374,198 @@ async fn an_admin_sees_whose_credits_they_are() {
     // The same in Chinese.
     browser.select("#locale", "zh-CN").await;
     browser.wait_text("#user-list thead", "本月已用").await;
+}
+
+#[tokio::test]
+async fn money_reads_as_people_think_of_it() {
+    let flowise = FlowiseDouble::start().await;
+    flowise.add_flow("flow-a", "Support bot", Behaviour::answer("Hello there."));
+    let (stack, base) = console_stack(&flowise).await;
+    let admin = stack.token("admin-x", shared::token::Role::Admin);
+    stack.sync_chatflows(&admin).await;
+    let price = json!({"perRequest": 2, "perInputToken": 0.001, "perOutputToken": 0.002});
+    stack.open_chatflow(&admin, "flow-a", Some(price)).await;
+    let (ann, _) = stack.signed_up("ann", "ann's long password").await;
+    stack.signed_up("zed", "zed's long password").await;
+    // Root grants, so the grant says who gave it.
+    let login = json!({"username": ADMIN.0, "password": ADMIN.2});
+    let (_, root) = stack.post_public("auth", "/api/auth/login", login).await;
+    let root = root["accessToken"].as_str().unwrap().to_owned();
+    stack.allocate(&root, &ann, 30).await;
+
+    let browser = Browser::start(1280, 900).await;
+    sign_in(&browser, &base, "ann", "ann's long password").await;
+    // Before asking: the price and whose balance.
+    browser
+        .wait_text(
+            "#price",
+            "A question costs 2 credits, plus 1 per 1,000 tokens you send and 2 per 1,000 tokens of the answer.",
+        )
+        .await;
+    browser.wait_text("#balance", "You have 30 credits.").await;
+    let none = browser
+        .script("return [document.querySelector('#no-credits').innerText, document.querySelector('#send').disabled]")
+        .await;
+    assert_eq!(none, json!(["", false]));
+    browser.fill("#question", "Hi").await;
+    browser.click("#send").await;
+    browser.wait_text("#messages", "This answer cost").await;
+    let left: i64 = browser
+        .css("#balance")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap();
+    let cost = 30 - left;
+    assert!(cost >= 2, "{cost}");
+
+    // The statement: one line for the answer, its net cost; the hold and
+    // the refund inside it.
+    browser.open(&base, "credits").await;
+    browser.css("#main tbody summary").await;
+    let line = browser
+        .script(
+            "const tables = document.querySelectorAll('#main table');
+             const grants = tables[0], lines = tables[1];
+             const first = lines.querySelector('tbody tr');
+             return {
+               grant: [...grants.querySelectorAll('tbody td')].map(td => td.innerText),
+               heads: [...grants.querySelectorAll('thead th')].map(th => th.innerText),
+               what: first.querySelector('summary').innerText,
+               amount: first.querySelectorAll('td')[2].innerText,
+               rows: lines.querySelectorAll('tbody tr').length,
+             }",
+        )
+        .await;
+    assert_eq!(line["what"], "An answer from Support bot", "{line}");
+    assert_eq!(line["amount"], format!("-{cost}"), "{line}");
+    assert_eq!(line["rows"], 2, "the answer and the grant: {line}");
+    assert_eq!(
+        line["heads"],
+        json!(["Granted", "Left", "Granted on", "Granted by", "Expires"])
+    );
+    assert_eq!(line["grant"][3], "root", "{line}");
+    browser.click("#main tbody summary").await;
+    let parts = browser
+        .wait_text("#main tbody details", "Held for an answer")
+        .await;
+    assert!(
+        parts.contains("Refunded") || parts.contains("Answer settled"),
+        "{parts}"
+    );
+    browser
+        .assert_accessible("the statement, an answer opened")
+        .await;
+    // Its conversation opens from there.
+    browser.click("#main tbody details a").await;
+    browser.wait_text("#messages", "Hello there.").await;
+    browser.wait_text("#messages", "Hi").await;
+
+    // At 0 credits: a banner that says whom to ask, and no Send.
+    browser.click("#signout").await;
+    sign_in(&browser, &base, "zed", "zed's long password").await;
+    browser
+        .wait_text("#no-credits", "Ask an administrator of this gateway")
+        .await;
+    let send = browser
+        .script("return document.querySelector('#send').disabled")
+        .await;
+    assert_eq!(send, json!(true));
+    browser.assert_accessible("chat at 0 credits").await;
+    browser.select("#locale", "zh-CN").await;
+    browser
+        .wait_text("#no-credits", "请联系本网关的管理员")
+        .await;
+}
+
+#[tokio::test]
+async fn a_new_key_comes_with_what_it_takes_to_use_it() {
+    let flowise = FlowiseDouble::start().await;
+    flowise.add_flow(
+        "flow-a",
+        "Support bot",
+        Behaviour::answer("Hello from a key."),
+    );
+    let (stack, base) = console_stack(&flowise).await;
+    let admin = stack.token("admin-x", shared::token::Role::Admin);
+    stack.sync_chatflows(&admin).await;
+    stack.open_chatflow(&admin, "flow-a", None).await;
+    let (ann, _) = stack.signed_up("ann", "ann's long password").await;
+    stack.allocate(&admin, &ann, 40).await;
+
+    let browser = Browser::start(1280, 900).await;
+    sign_in(&browser, &base, "ann", "ann's long password").await;
+    browser.open(&base, "keys").await;
+    browser.fill("#key-name", "laptop").await;
+    browser.fill("#key-password", "ann's long password").await;
+    browser
+        .click("form:has(#key-name) button[type=submit]")
+        .await;
+    browser.css("#key-examples").await;
+    let shown = browser
+        .script(
+            "return {
+               key: document.querySelector('#new-key').value,
+               base: document.querySelector('#key-base').innerText,
+               curl: document.querySelector('#example-curl').innerText,
+               python: document.querySelector('#example-python').innerText,
+               javascript: document.querySelector('#example-javascript').innerText,
+             }",
+        )
+        .await;
+    let key = shown["key"].as_str().unwrap();
+    let api = shown["base"].as_str().unwrap();
+    assert!(api.ends_with("/lambda-url/predict-stream/v1"), "{api}");
+    let curl = shown["curl"].as_str().unwrap();
+    assert!(
+        curl.starts_with(&format!("curl {api}/chat/completions")),
+        "{curl}"
+    );
+    assert!(
+        curl.contains(&format!("Bearer {key}")) && curl.contains("\"flow-a\""),
+        "{curl}"
+    );
+    let python = shown["python"].as_str().unwrap();
+    assert!(
+        python.contains(&format!("OpenAI(base_url=\"{api}\", api_key=\"{key}\")")),
+        "{python}"
+    );
+    let javascript = shown["javascript"].as_str().unwrap();
+    assert!(
+        javascript.contains(&format!("baseURL: \"{api}\", apiKey: \"{key}\"")),
+        "{javascript}"
+    );
+    browser
+        .assert_accessible("a new key with its examples")
+        .await;
+
+    // What the example says works as it stands.
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{api}/chat/completions"))
+        .bearer_auth(key)
+        .json(&json!({"model": "flow-a", "messages": [{"role": "user", "content": "Hello"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"], "Hello from a key.",
+        "{answer}"
+    );
+    // In Chinese too.
+    browser.select("#locale", "zh-TW").await;
+    browser.open(&base, "keys").await;
+    browser.fill("#key-name", "phone").await;
+    browser.fill("#key-password", "ann's long password").await;
+    browser
+        .click("form:has(#key-name) button[type=submit]")
+        .await;
+    browser.wait_text("#key-examples", "立即使用").await;
 }

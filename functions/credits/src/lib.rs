@@ -27,6 +27,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::adjust))
         .routes(routes!(routes::calculate))
         .routes(routes!(routes::transactions))
+        .routes(routes!(routes::statement))
         .routes(routes!(routes::list_pricing))
         .routes(routes!(routes::put_pricing))
         .routes(routes!(routes::initialize))

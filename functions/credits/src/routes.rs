@@ -16,7 +16,7 @@ use shared::keys::UserOrKey;
 use shared::ledger::accounts::ensure_account;
 use shared::ledger::idempotency::{self, Begun, RequestKey};
 use shared::ledger::primitives::{begin, commit};
-use shared::ledger::queries::{self, Balance, EntryFilter, EntryRecord};
+use shared::ledger::queries::{self, Balance, EntryFilter, EntryRecord, StatementLine};
 use shared::ledger::reservations::{self, ActiveSession, Reservation, SessionOutcome, Settlement};
 use shared::ledger::{
     changes, Adjustment, Allocation, Charge, Credits, Durability, EntryKind, EntryMeta, Tx,
@@ -531,18 +531,80 @@ pub async fn transactions(
         limit: q.limit,
     }
     .resolve()?;
-    let target = match q.user_id.as_deref() {
-        Some(id) if id != user.id => {
-            user.require_role(&[Role::Admin, Role::Supervisor])?;
-            UserId::parse("userId", id)?
-        }
-        _ => user.user_id(),
-    };
+    let target = history_of(&user, q.user_id.as_deref())?;
     let filter = q.filter()?;
     let mut conn = state.pg.acquire().await?;
     let (transactions, total) = queries::entries(&mut conn, &target, &filter, page, limit).await?;
     let body = TransactionsBody {
         transactions,
+        page,
+        limit,
+        total,
+    };
+    Ok((StatusCode::OK, Json(body)))
+}
+
+/// Whose history a request reads: the caller's, or (admin, supervisor)
+/// the user `user_id` names.
+fn history_of(user: &AuthUser, user_id: Option<&str>) -> Result<UserId, ApiError> {
+    match user_id {
+        Some(id) if id != user.id => {
+            user.require_role(&[Role::Admin, Role::Supervisor])?;
+            Ok(UserId::parse("userId", id)?)
+        }
+        _ => Ok(user.user_id()),
+    }
+}
+
+/// `?page&limit&userId`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct StatementQuery {
+    /// 1-based page (1).
+    #[param(minimum = 1, default = 1)]
+    page: Option<i64>,
+    /// Lines per page (20).
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    limit: Option<i64>,
+    /// Another user's (admin, supervisor).
+    user_id: Option<String>,
+}
+
+/// A page of a statement.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StatementBody {
+    /// Newest first.
+    pub lines: Vec<StatementLine>,
+    /// Page.
+    pub page: i64,
+    /// Page size.
+    pub limit: i64,
+    /// All lines.
+    pub total: i64,
+}
+
+/// The caller's history as people read it (admin and supervisor may name
+/// `userId`): one line per answer with its net cost, chatflow and
+/// conversation, its hold, top-ups, settlement and refund folded in.
+#[utoipa::path(get, path = "/api/credits/statement", tag = "credits",
+    params(StatementQuery),
+    responses((status = 200, description = "A page of the statement, newest first", body = StatementBody), ApiErrors))]
+pub async fn statement(
+    State(state): State<AppState>,
+    UserOrKey(user): UserOrKey,
+    QueryParams(q): QueryParams<StatementQuery>,
+) -> Answer<StatementBody> {
+    let (page, limit) = PageParams {
+        page: q.page,
+        limit: q.limit,
+    }
+    .resolve()?;
+    let target = history_of(&user, q.user_id.as_deref())?;
+    let mut conn = state.pg.acquire().await?;
+    let (lines, total) = queries::statement(&mut conn, &target, page, limit).await?;
+    let body = StatementBody {
+        lines,
         page,
         limit,
         total,

@@ -41,12 +41,15 @@ async fn an_admin_allocates_and_the_user_sees_the_balance() {
     assert_eq!(res.body["allocation"]["credits"], 100);
     assert_eq!(res.body["allocation"]["remaining"], 100);
     assert!(res.body["allocation"]["expiresAt"].is_string());
+    // Who granted it, by name.
+    assert_eq!(res.body["allocation"]["grantedBy"], "user_admin-1");
     let user = app.token("u1", Role::Enduser);
     let balance = app.get("/api/credits/balance", &user).await;
     assert_eq!(balance.status, 200);
     assert_eq!(balance.body["userId"], "u1");
     assert_eq!(balance.body["totalCredits"], 100);
     assert_eq!(balance.body["allocations"].as_array().unwrap().len(), 1);
+    assert_eq!(balance.body["allocations"][0]["grantedBy"], "user_admin-1");
     let total = app.get("/api/credits/total-balance", &user).await;
     assert_eq!(total.body, json!({"totalCredits": 100}));
 }
@@ -656,4 +659,94 @@ async fn a_balance_that_would_pass_two_to_the_53rd_is_422_balance_limit() {
         .await;
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(res.body["newBalance"], MAX_SAFE);
+}
+
+#[tokio::test]
+async fn the_statement_folds_each_answer_into_one_line_and_reads_only_ones_own() {
+    let app = App::new().await;
+    app.grant("u1", 50).await;
+    let user = app.token("u1", Role::Enduser);
+    for (session, estimate, actual) in [("s1", 20, 12), ("s2", 5, 9)] {
+        let held = app
+            .post(
+                "/api/streaming-sessions/initialize",
+                &user,
+                json!({"sessionId": session, "chatflowId": "flow-a", "estimatedCredits": estimate}),
+            )
+            .await;
+        assert_eq!(held.status, 201, "{}", held.body);
+        let done = app
+            .post(
+                "/api/streaming-sessions/finalize",
+                &user,
+                json!({"sessionId": session, "actualCredits": actual}),
+            )
+            .await;
+        assert_eq!(done.status, 200, "{}", done.body);
+    }
+    app.post("/api/credits/deduct", &user, json!({"credits": 3}))
+        .await;
+    let res = app.get("/api/credits/statement?limit=10", &user).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let lines = res.body["lines"].as_array().unwrap();
+    let shape: Vec<(&str, i64, i64)> = lines
+        .iter()
+        .map(|l| {
+            let kind = l["kind"].as_str().unwrap();
+            (
+                kind,
+                l["amount"].as_i64().unwrap(),
+                l["balanceAfter"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    // Newest first: the deduction, the answer that went past its hold,
+    // the answer refunded part of its hold, the grant.
+    assert_eq!(
+        shape,
+        [
+            ("deduction", -3, 26),
+            ("answer", -9, 29),
+            ("answer", -12, 38),
+            ("allocation", 50, 50)
+        ]
+    );
+    assert_eq!(res.body["total"], 4);
+    let first = &lines[2];
+    assert_eq!(first["chatflowId"], "flow-a");
+    assert_eq!(first["status"], "completed");
+    let parts: Vec<&str> = first["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(parts[0], "reservation", "{parts:?}");
+    let sum: i64 = first["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["amount"].as_i64().unwrap())
+        .sum();
+    assert_eq!(sum, -12, "the line is the sum of its entries");
+    // A page never splits an answer: one line a page, all of its entries.
+    let page = app
+        .get("/api/credits/statement?limit=1&page=3", &user)
+        .await;
+    assert_eq!(page.body["lines"][0]["amount"], -12);
+    assert_eq!(page.body["lines"][0]["entries"], first["entries"]);
+
+    // Someone else's statement: an admin or supervisor only.
+    let other = app.token("u2", Role::Enduser);
+    app.get("/api/credits/statement?userId=u1", &other)
+        .await
+        .assert_error(403, "forbidden");
+    let supervisor = app.token("sup", Role::Supervisor);
+    let read = app
+        .get("/api/credits/statement?userId=u1", &supervisor)
+        .await;
+    assert_eq!(read.body["total"], 4);
+    app.get("/api/credits/statement?limit=0", &user)
+        .await
+        .assert_error(400, "invalid_input");
 }

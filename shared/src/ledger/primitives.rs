@@ -211,7 +211,9 @@ pub async fn insert_allocation(
         Allocation,
         r#"INSERT INTO credit_allocations (id, user_id, credits, remaining, expires_at, allocated_by, notes)
            VALUES ($1, $2, $3, $3, now() + make_interval(days => $4), $5, $6)
-           RETURNING id, credits, remaining, expires_at, allocated_at"#,
+           RETURNING id, credits, remaining, expires_at, allocated_at,
+                     COALESCE((SELECT username FROM user_accounts g WHERE g.user_id = $5), $5)
+                       AS "granted_by!""#,
         Uuid::now_v7(),
         user.as_str(),
         credits.get(),

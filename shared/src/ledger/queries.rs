@@ -38,10 +38,12 @@ pub async fn total_balance(conn: &mut PgConnection, user: &UserId) -> Result<i64
 pub async fn balance(conn: &mut PgConnection, user: &UserId) -> Result<Balance, LedgerError> {
     let allocations = sqlx::query_as!(
         Allocation,
-        "SELECT id, credits, remaining, expires_at, allocated_at FROM credit_allocations
-          WHERE user_id = $1 AND remaining > 0 AND expired_at IS NULL
-            AND (expires_at IS NULL OR expires_at > now())
-          ORDER BY expires_at ASC NULLS LAST, allocated_at, id",
+        r#"SELECT a.id, a.credits, a.remaining, a.expires_at, a.allocated_at,
+                  COALESCE(g.username, a.allocated_by) AS "granted_by!"
+             FROM credit_allocations a LEFT JOIN user_accounts g ON g.user_id = a.allocated_by
+            WHERE a.user_id = $1 AND a.remaining > 0 AND a.expired_at IS NULL
+              AND (a.expires_at IS NULL OR a.expires_at > now())
+            ORDER BY a.expires_at ASC NULLS LAST, a.allocated_at, a.id"#,
         user.as_str()
     )
     .fetch_all(conn)
@@ -172,4 +174,125 @@ pub async fn entries(
     .fetch_all(&mut *conn)
     .await?;
     Ok((rows, total))
+}
+
+/// One line of a statement: an answer with its hold, top-ups, settlement
+/// and refund folded into one net amount, or one other entry.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatementLine {
+    /// `answer` for the entries of one answer (or of a client's
+    /// reservation); otherwise the one entry's type.
+    pub kind: String,
+    /// The net amount: what the answer cost, as a negative number.
+    pub amount: i64,
+    /// The balance after the line's last entry.
+    pub balance_after: i64,
+    /// When the line began.
+    pub created_at: DateTime<Utc>,
+    /// The chatflow an answer was for.
+    pub chatflow_id: Option<String>,
+    /// The conversation (chat session) an answer belongs to, when the
+    /// gateway made it.
+    pub conversation_id: Option<String>,
+    /// An answer's state: `active` (still held), `completed`, `aborted`.
+    pub status: Option<String>,
+    /// The entries folded into the line, oldest first.
+    pub entries: Vec<EntryRecord>,
+}
+
+/// Adds `entry` to the last line when it belongs to it (`key`), else
+/// begins a line; `answer` holds the chatflow and state of the answer an
+/// entry belongs to.
+fn fold(
+    lines: &mut Vec<(String, StatementLine)>,
+    key: String,
+    entry: EntryRecord,
+    answer: Option<(Option<String>, Option<String>)>,
+) {
+    let hold = entry.kind == EntryKind::Reservation.as_str();
+    match lines.last_mut() {
+        Some((last, line)) if *last == key => {
+            line.amount += entry.amount;
+            line.balance_after = entry.balance_after;
+            if hold && entry.reference.is_some() {
+                line.conversation_id.clone_from(&entry.reference);
+            }
+            line.entries.push(entry);
+        }
+        _ => {
+            let is_answer = answer.is_some();
+            let (chatflow_id, status) = answer.unwrap_or_default();
+            let line = StatementLine {
+                kind: if is_answer {
+                    "answer".into()
+                } else {
+                    entry.kind.clone()
+                },
+                amount: entry.amount,
+                balance_after: entry.balance_after,
+                created_at: entry.created_at,
+                chatflow_id,
+                conversation_id: (is_answer && hold)
+                    .then(|| entry.reference.clone())
+                    .flatten(),
+                status,
+                entries: vec![entry],
+            };
+            lines.push((key, line));
+        }
+    }
+}
+
+/// A page of `user`'s statement, newest line first, and how many lines
+/// there are. Lines are grouped in the database, so a page never splits
+/// an answer.
+pub async fn statement(
+    conn: &mut PgConnection,
+    user: &UserId,
+    page: i64,
+    limit: i64,
+) -> Result<(Vec<StatementLine>, i64), LedgerError> {
+    let total = sqlx::query_scalar!(
+        r#"SELECT COUNT(DISTINCT COALESCE(streaming_session_id, id::text)) AS "count!"
+             FROM credit_transactions WHERE user_id = $1"#,
+        user.as_str()
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let rows = sqlx::query!(
+        r#"WITH lines AS (
+               SELECT COALESCE(streaming_session_id, id::text) AS line, MAX(seq) AS last_seq
+                 FROM credit_transactions WHERE user_id = $1
+                GROUP BY 1 ORDER BY last_seq DESC LIMIT $2 OFFSET $3)
+           SELECT l.line AS "line!", t.id, t.type AS kind, t.amount, t.balance_after,
+                  t.description, t.reference, t.created_at,
+                  t.streaming_session_id AS "reservation?",
+                  s.chatflow_id AS "chatflow_id?", s.status AS "status?"
+             FROM lines l
+             JOIN credit_transactions t
+               ON t.user_id = $1 AND COALESCE(t.streaming_session_id, t.id::text) = l.line
+             LEFT JOIN streaming_sessions s ON s.session_id = t.streaming_session_id
+            ORDER BY l.last_seq DESC, t.seq"#,
+        user.as_str(),
+        limit,
+        (page - 1) * limit
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut lines: Vec<(String, StatementLine)> = Vec::new();
+    for r in rows {
+        let entry = EntryRecord {
+            id: r.id,
+            kind: r.kind,
+            amount: r.amount,
+            balance_after: r.balance_after,
+            description: r.description,
+            reference: r.reference,
+            created_at: r.created_at,
+        };
+        let answer = r.reservation.is_some().then_some((r.chatflow_id, r.status));
+        fold(&mut lines, r.line, entry, answer);
+    }
+    Ok((lines.into_iter().map(|(_, l)| l).collect(), total))
 }

@@ -221,6 +221,10 @@ pub struct Allocation {
     pub expires_at: Option<DateTime<Utc>>,
     /// When it was granted.
     pub allocated_at: DateTime<Utc>,
+    /// Who granted it: their username when the ledger knows it, else
+    /// their id (`system` for the gateway itself).
+    #[serde(default)]
+    pub granted_by: String,
 }
 
 /// Who changed the ledger, and why: stored on the entry.

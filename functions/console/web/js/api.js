@@ -32,6 +32,11 @@ export function standIn() {
   return bases?.standIn === true;
 }
 
+/** The base URL of the OpenAI-compatible API (the stream's function URL + /v1), absolute. */
+export function openaiBase() {
+  return new URL(url("stream", "/v1"), location.href).href;
+}
+
 function url(family, path) {
   const base = (bases?.[family] ?? "").replace(/\/$/, "");
   return `${base}${path}`;

@@ -19,10 +19,44 @@ export function table(heads, rows, empty) {
   );
 }
 
+/** The chatflows' names by id, as far as the caller may see them. */
+export async function chatflowNames() {
+  const flows = await api.call("predict", "GET", "/api/v1/chatflows");
+  return Object.fromEntries(flows.chatflows.map((f) => [f.id, f.name]));
+}
+
+/** A signed amount: "+50", "−12". */
+function signed(n) {
+  return n > 0 ? `+${number(n)}` : number(n);
+}
+
+/** What a statement line was: an entry's kind, or an answer with its parts (expandable). */
+function lineWhat(line, names, own) {
+  if (line.kind !== "answer") return t(`entryTypes.${line.kind}`);
+  const chatflow = names[line.chatflowId] || line.chatflowId || "?";
+  const parts = h("ul", { class: "plain" }, line.entries.map((e) => h("li", {}, `${t(`entryTypes.${e.type}`)}: ${signed(e.amount)}`)));
+  const conversation = own && line.conversationId
+    ? h("p", {}, h("a", { href: `#/chat?session=${encodeURIComponent(line.conversationId)}` }, t("credits.openConversation")))
+    : null;
+  return h("details", {},
+    h("summary", {}, t(line.status === "active" ? "credits.answerRunning" : "credits.answer", { chatflow })),
+    parts, conversation);
+}
+
+/** A statement: one line per answer (its hold and refund folded in) or other change. */
+export function statement(lines, names, empty, own = false) {
+  return table(
+    [t("credits.when"), t("credits.type"), t("credits.amount"), t("credits.balanceAfter")],
+    lines.map((l) => [when(l.createdAt), lineWhat(l, names, own), signed(l.amount), number(l.balanceAfter)]),
+    empty,
+  );
+}
+
 async function credits(main) {
-  const [balance, entries] = await Promise.all([
+  const [balance, page, names] = await Promise.all([
     api.call("credits", "GET", "/api/credits/balance"),
-    api.call("credits", "GET", "/api/credits/transactions?limit=50"),
+    api.call("credits", "GET", "/api/credits/statement?limit=50"),
+    chatflowNames(),
   ]);
   replace(
     main,
@@ -31,20 +65,21 @@ async function credits(main) {
     h("h2", {}, t("credits.allocations")),
     grants(balance.allocations, t("credits.noAllocations")),
     h("h2", {}, t("credits.transactions")),
-    entries.transactions.length === 0
-      ? h("p", { class: "meta" }, t("credits.noTransactions"))
-      : table(
-          [t("credits.when"), t("credits.type"), t("credits.amount"), t("credits.balanceAfter")],
-          entries.transactions.map((e) => [when(e.createdAt), t(`entryTypes.${e.type}`), number(e.amount), number(e.balanceAfter)]),
-        ),
+    statement(page.lines, names, t("credits.noTransactions"), true),
   );
 }
 
 /** Grants with what is left of each and when it expires. */
 export function grants(allocations, empty) {
   return table(
-    [t("credits.granted"), t("credits.remaining"), t("credits.grantedAt"), t("credits.expiresAt")],
-    allocations.map((a) => [number(a.credits), number(a.remaining), when(a.allocatedAt), a.expiresAt ? when(a.expiresAt) : t("credits.never")]),
+    [t("credits.granted"), t("credits.remaining"), t("credits.grantedAt"), t("credits.grantedBy"), t("credits.expiresAt")],
+    allocations.map((a) => [
+      number(a.credits),
+      number(a.remaining),
+      when(a.allocatedAt),
+      a.grantedBy === "system" ? t("credits.byGateway") : a.grantedBy,
+      a.expiresAt ? when(a.expiresAt) : t("credits.never"),
+    ]),
     empty,
   );
 }
@@ -61,6 +96,34 @@ export function usageCharts(stats, chatflowNames = {}) {
 async function usage(main) {
   const stats = await api.call("usage", "GET", "/api/usage/stats");
   replace(main, h("h1", {}, t("titles.usage")), usageCharts(stats));
+}
+
+/** A button that copies `text` and says so in the live region `copied`. */
+let copied = null;
+function copyButton(text, label) {
+  return h("button", { type: "button", class: "secondary", onclick: () => navigator.clipboard?.writeText(text).then(() => replace(copied, t("keys.copied"))) }, t(label));
+}
+
+/** How to use a new key at once: the base URL, and a request in curl, Python and JavaScript. */
+async function keyExamples(key) {
+  const base = api.openaiBase();
+  const flows = await api.call("predict", "GET", "/api/v1/chatflows");
+  const model = flows.chatflows[0]?.id || "CHATFLOW-ID";
+  const question = JSON.stringify([{ role: "user", content: "Hello" }]);
+  const examples = [
+    ["curl", t("keys.exampleCurl"), `curl ${base}/chat/completions \\\n  -H "Authorization: Bearer ${key}" \\\n  -H "Content-Type: application/json" \\\n  -d '{"model": "${model}", "messages": ${question}}'`],
+    ["python", t("keys.examplePython"), `from openai import OpenAI\n\nclient = OpenAI(base_url="${base}", api_key="${key}")\nanswer = client.chat.completions.create(\n    model="${model}",\n    messages=[{"role": "user", "content": "Hello"}],\n)\nprint(answer.choices[0].message.content)`],
+    ["javascript", t("keys.exampleJavascript"), `import OpenAI from "openai";\n\nconst client = new OpenAI({ baseURL: "${base}", apiKey: "${key}" });\nconst answer = await client.chat.completions.create({\n  model: "${model}",\n  messages: [{ role: "user", content: "Hello" }],\n});\nconsole.log(answer.choices[0].message.content);`],
+  ];
+  return h("section", { class: "card", id: "key-examples", "aria-labelledby": "key-examples-title" },
+    h("h2", { id: "key-examples-title" }, t("keys.useItTitle")),
+    h("p", {}, t("keys.useIt")),
+    h("p", {}, t("keys.baseUrl"), " ", h("code", { id: "key-base" }, base), " ", copyButton(base, "keys.copyBase")),
+    examples.map(([name, title, code]) => h("div", { class: "example" },
+      h("h3", {}, title),
+      h("pre", { id: `example-${name}`, tabindex: "0" }, h("code", {}, code)),
+      copyButton(code, "keys.copyExample"))),
+  );
 }
 
 async function keys(main) {
@@ -123,8 +186,9 @@ async function keys(main) {
           h("div", { class: "notice", role: "status" },
             h("p", {}, t("keys.shownOnce")),
             secret,
-            h("button", { type: "button", onclick: () => navigator.clipboard?.writeText(made.key).then(() => replace(copied, t("keys.copied"))) }, t("keys.copy")),
+            copyButton(made.key, "keys.copy"),
             copied),
+          await keyExamples(made.key),
         );
         name.input.value = "";
         await draw();
@@ -135,7 +199,7 @@ async function keys(main) {
     name.el, limit.el, days.el, password.el,
     h("button", { type: "submit" }, t("keys.createButton")),
   );
-  const copied = h("span", { "aria-live": "polite" });
+  copied = h("span", { "aria-live": "polite" });
   replace(main, h("h1", {}, t("titles.keys")), h("p", {}, t("keys.intro")), create, status, list);
   await draw();
 }

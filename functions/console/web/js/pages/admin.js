@@ -2,11 +2,11 @@
 // granting credits): users with their balance, transactions and limits;
 // chatflows with access and prices; the usage dashboard with CSV export.
 
-import { h, replace, field, number, when } from "../dom.js";
+import { h, replace, field, number } from "../dom.js";
 import { t } from "../i18n.js";
 import * as api from "../api.js";
 import { errorBox, submitting as guarded } from "../main.js";
-import { usageCharts, table, grants } from "./account.js";
+import { usageCharts, table, grants, statement, chatflowNames } from "./account.js";
 import { bars } from "../chart.js";
 
 const enc = encodeURIComponent;
@@ -41,10 +41,11 @@ async function users(main, { user: me }) {
   }
 
   async function open(u) {
-    const [balance, entries, limits] = await Promise.all([
+    const [balance, history, limits, names] = await Promise.all([
       api.call("credits", "GET", `/api/credits/balance/${enc(u.id)}`),
-      api.call("credits", "GET", `/api/credits/transactions?limit=20&userId=${enc(u.id)}`),
+      api.call("credits", "GET", `/api/credits/statement?limit=20&userId=${enc(u.id)}`),
       api.call("credits", "GET", `/api/admin/users/${enc(u.id)}/limits`),
+      chatflowNames(),
     ]);
     const shown = (v) => (v === null || v === undefined ? t("admin.default") : number(v));
     const currentLimits = h("p", { class: "meta", id: "user-limits" }, t("admin.currentLimits", {
@@ -116,11 +117,7 @@ async function users(main, { user: me }) {
       h("h3", {}, t("admin.grantsOf", { user: u.username })),
       grants(balance.allocations, t("admin.noGrants", { user: u.username })),
       h("h3", {}, t("admin.transactionsOf", { user: u.username })),
-      table(
-        [t("credits.when"), t("credits.type"), t("credits.amount"), t("credits.balanceAfter")],
-        entries.transactions.map((e) => [when(e.createdAt), t(`entryTypes.${e.type}`), number(e.amount), number(e.balanceAfter)]),
-        t("admin.noTransactions", { user: u.username }),
-      ),
+      statement(history.lines, names, t("admin.noTransactions", { user: u.username })),
     );
   }
 

@@ -29,24 +29,48 @@ function bubble(role, content, status, reason) {
   return { el, body };
 }
 
-export async function chatPage(main) {
-  const [flows, sessions, balance] = await Promise.all([
+/** What a question to `chatflow` costs, by its rule or the default one. */
+function priceSentence(rules, chatflow) {
+  const rule = rules.find((r) => r.chatflowId === chatflow) || rules.find((r) => r.chatflowId === "default");
+  if (!rule) return "";
+  return t("chat.price", {
+    perRequest: number(rule.perRequest),
+    input: number(rule.perInputToken * 1000),
+    output: number(rule.perOutputToken * 1000),
+  });
+}
+
+export async function chatPage(main, { query }) {
+  const [flows, sessions, balance, pricing] = await Promise.all([
     api.call("predict", "GET", "/api/v1/chatflows"),
     api.call("predict", "GET", "/api/v1/chat/sessions?limit=50"),
     api.call("credits", "GET", "/api/credits/total-balance"),
+    api.call("credits", "GET", "/api/credits/pricing"),
   ]);
-  const state = { session: null, chatflow: flows.chatflows[0]?.id || null, messageId: null, running: false };
-  const balanceEl = h("p", { class: "balance", id: "balance" }, t("chat.balance", { credits: number(balance.totalCredits) }));
+  const state = { session: null, chatflow: flows.chatflows[0]?.id || null, messageId: null, running: false, credits: balance.totalCredits };
+  const balanceEl = h("p", { class: "balance", id: "balance" });
+  const price = h("p", { class: "meta", id: "price" });
+  const empty = h("div", { id: "no-credits", role: "status" });
+  const send = h("button", { type: "submit", id: "send" }, t("chat.send"));
+  /** The balance, the price of the chosen chatflow, and at 0 the banner with Send off. */
+  function drawMeans() {
+    balanceEl.textContent = t("chat.balance", { credits: number(state.credits) });
+    price.textContent = state.chatflow ? priceSentence(pricing.rules, state.chatflow) : "";
+    const none = state.credits <= 0 && flows.chatflows.length > 0;
+    replace(empty, none
+      ? h("p", { class: "banner warning" }, t("chat.noCredits"), " ", h("a", { href: "#/credits" }, t("chat.seeCredits")))
+      : null);
+    send.disabled = none || state.running;
+  }
   const list = h("div", { class: "messages", id: "messages", "aria-live": "polite" });
   const status = h("div", { class: "status", "aria-live": "assertive" });
   const select = h(
     "select",
-    { id: "chatflow", "aria-label": t("chat.chatflow"), onchange: (e) => { state.chatflow = e.target.value; newChat(); } },
+    { id: "chatflow", "aria-label": t("chat.chatflow"), onchange: (e) => { state.chatflow = e.target.value; drawMeans(); newChat(); } },
     flows.chatflows.map((f) => h("option", { value: f.id }, f.name)),
   );
   const question = h("textarea", { id: "question", rows: 3, "aria-label": t("chat.question"), placeholder: t("chat.placeholder") });
   const files = h("input", { id: "files", type: "file", multiple: true, "aria-label": t("chat.attach") });
-  const send = h("button", { type: "submit", id: "send" }, t("chat.send"));
   const stop = h("button", { type: "button", id: "stop", class: "secondary", hidden: true, onclick: stopAnswer }, t("chat.stop"));
   const sidebar = h("aside", { class: "sessions", "aria-label": t("chat.sessions") });
 
@@ -88,6 +112,7 @@ export async function chatPage(main) {
     state.session = s.session_id;
     state.chatflow = s.chatflow_id;
     select.value = s.chatflow_id;
+    drawMeans();
     const page = await api.call("predict", "GET", `/api/v1/chat/sessions/${encodeURIComponent(s.session_id)}/messages?limit=100`);
     replace(list, page.messages.map((m) => bubble(m.role, m.content, m.status, m.metadata?.error).el));
     drawSessions(sessions.sessions);
@@ -170,7 +195,7 @@ export async function chatPage(main) {
             answer.el.append(h("p", { class: "meta cost" }, t(key, { charged: number(data.credits.charged) })));
           }
           if (data.credits.balance !== null && data.credits.balance !== undefined) {
-            balanceEl.textContent = t("chat.balance", { credits: number(data.credits.balance) });
+            state.credits = data.credits.balance;
           }
         }
       }, key);
@@ -184,8 +209,8 @@ export async function chatPage(main) {
     } finally {
       state.running = false;
       state.messageId = null;
-      send.disabled = false;
       stop.hidden = true;
+      drawMeans();
     }
   }
 
@@ -217,7 +242,11 @@ export async function chatPage(main) {
     main,
     h("div", { class: "chat" }, sidebar, h("section", { class: "conversation", "aria-label": t("chat.conversation") },
       h("div", { class: "bar" }, h("h1", {}, t("titles.chat")), select, balanceEl),
-      noFlows, list, status, composer)),
+      price, empty, noFlows, list, status, composer)),
   );
+  drawMeans();
   question.focus();
+  // A conversation a link names (the credits page links each answer's).
+  const wanted = sessions.sessions.find((s) => s.session_id === query().get("session"));
+  if (wanted) await openSession(wanted);
 }
