@@ -66,6 +66,7 @@ pub fn mint_token(keys: &JwtKeys, user_id: &str, role: Role) -> String {
             username: &username,
             email: &email,
             role,
+            session_version: 0,
         },
         chrono::Utc::now().timestamp(),
     )
@@ -391,6 +392,7 @@ pub async fn make_key(
         email: format!("{user}@example.com"),
         role,
         key: None,
+        session_version: 0,
     };
     let spec = KeySpec {
         name: body["name"].as_str().unwrap_or("test key").to_owned(),

@@ -86,6 +86,11 @@ pub struct AccessClaims {
     pub exp: i64,
     /// Token id.
     pub jti: String,
+    /// The account's session version when issued: signing out everywhere
+    /// raises it, and a prediction made with an older token is refused.
+    /// (0 in tokens issued before it existed.)
+    #[serde(default)]
+    pub sv: i64,
 }
 
 /// The claims of a refresh token. `fam` is the rotation family (README §5).
@@ -117,6 +122,8 @@ pub struct TokenSubject<'a> {
     pub email: &'a str,
     /// Role.
     pub role: Role,
+    /// The account's session version ([`AccessClaims::sv`]).
+    pub session_version: i64,
 }
 
 struct Keys {
@@ -189,6 +196,7 @@ impl JwtKeys {
             iat: now,
             exp: now + self.0.access_ttl.as_secs() as i64,
             jti: uuid::Uuid::new_v4().to_string(),
+            sv: subject.session_version,
         };
         self.sign(&claims, &self.0.access_encoding)
     }
@@ -280,6 +288,9 @@ pub struct AuthUser {
     pub role: Role,
     /// The API key the request came with (`None`: an access token).
     pub key: Option<KeyGrant>,
+    /// The access token's session version (`sv`; 0 for a key's caller,
+    /// whose keys signing out everywhere revokes on its own).
+    pub session_version: i64,
 }
 
 impl AuthUser {
@@ -331,6 +342,7 @@ impl From<AccessClaims> for AuthUser {
             email: c.email,
             role: c.role,
             key: None,
+            session_version: c.sv,
         }
     }
 }
@@ -440,6 +452,7 @@ mod tests {
             username: "ann",
             email: "ann@example.com",
             role: Role::Enduser,
+            session_version: 0,
         }
     }
 
@@ -592,6 +605,7 @@ mod tests {
             email: "a@x.io".into(),
             role: Role::Supervisor,
             key: None,
+            session_version: 0,
         };
         assert!(user.require_role(&[Role::Admin, Role::Supervisor]).is_ok());
         let err = user.require_admin().unwrap_err();

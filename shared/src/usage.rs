@@ -147,6 +147,9 @@ pub struct ByChatflow {
 pub struct ByUser {
     /// The user.
     pub user_id: String,
+    /// Their username, when the ledger knows it (charts show people by
+    /// name).
+    pub username: Option<String>,
     /// Records.
     pub records: i64,
     /// Credits (saturating at 2^53 − 1).
@@ -358,10 +361,13 @@ async fn by_key(
 
 async fn by_user(conn: &mut PgConnection, range: &DateRange) -> Result<Vec<ByUser>, ApiError> {
     Ok(sqlx::query!(
-        r#"SELECT user_id, COUNT(*) AS records,
-                  LEAST(SUM(credits), 9007199254740991)::bigint AS credits
-             FROM usage_logs WHERE created_at >= $1 AND created_at < $2
-            GROUP BY user_id ORDER BY credits DESC, user_id LIMIT 20"#,
+        r#"SELECT t.user_id AS "user_id!", t.records, t.credits, a.username
+             FROM (SELECT user_id, COUNT(*) AS records,
+                          LEAST(SUM(credits), 9007199254740991)::bigint AS credits
+                     FROM usage_logs WHERE created_at >= $1 AND created_at < $2
+                    GROUP BY user_id ORDER BY credits DESC, user_id LIMIT 20) t
+             LEFT JOIN user_accounts a ON a.user_id = t.user_id
+            ORDER BY t.credits DESC, t.user_id"#,
         range.from,
         range.to
     )
@@ -370,6 +376,7 @@ async fn by_user(conn: &mut PgConnection, range: &DateRange) -> Result<Vec<ByUse
     .into_iter()
     .map(|r| ByUser {
         user_id: r.user_id,
+        username: r.username,
         records: r.records.unwrap_or(0),
         credits: r.credits.unwrap_or(0),
     })

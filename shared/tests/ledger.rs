@@ -326,6 +326,7 @@ async fn an_insufficient_balance_changes_nothing() {
             email: "n@x.io".into(),
             role: Role::Enduser,
             key: None,
+            session_version: 0,
         },
     )
     .await
@@ -646,6 +647,7 @@ async fn an_account_is_created_once_under_concurrent_first_requests() {
                     email: "new@example.com".into(),
                     role: Role::Enduser,
                     key: None,
+                    session_version: 0,
                 };
                 ensure_account(&mut conn, &user).await
             })

@@ -245,7 +245,7 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
         .unwrap()
         .len();
     browser.click("#main .sessions li button.icon").await;
-    browser.client.accept_alert().await.unwrap();
+    browser.click("#confirm-yes").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while browser
         .client
@@ -284,7 +284,7 @@ async fn a_person_signs_up_is_granted_credits_chats_stops_and_everything_reads_w
     };
     assert_eq!(models().await, 200, "the new key works");
     browser.click("#key-list button.secondary").await;
-    browser.client.accept_alert().await.unwrap();
+    browser.click("#confirm-yes").await;
     browser.wait_text("#key-list", "Revoked").await;
     assert_eq!(models().await, 401, "revoked at once");
     browser.open(&base, "chat").await;
@@ -355,19 +355,22 @@ async fn an_answer_with_markup_is_rendered_harmless() {
     stack.open_chatflow(&admin, "flow-x", None).await;
     let browser = Browser::start(1280, 900).await;
     sign_in(&browser, &base, ADMIN.0, ADMIN.2).await;
-    // The admin has no credits yet: the refusal is a sentence with numbers.
-    browser.fill("#question", "Hi").await;
-    browser.click("#send").await;
-    let refusal = browser.wait_text("#main [role=alert]", "credits").await;
-    assert!(
-        refusal.contains("You need") && refusal.contains("have 0"),
-        "{refusal}"
-    );
+    // The admin has no credits yet: a banner says so, and Send is off
+    // until the balance, read again, says otherwise.
+    browser
+        .wait_text("#no-credits", "You have no credits left")
+        .await;
+    let off = browser
+        .script("return document.querySelector('#send').disabled")
+        .await;
+    assert_eq!(off, json!(true));
     let (_, users) = stack
         .get("auth", "/api/admin/users?search=root", &admin)
         .await;
     let root_id = users["users"][0]["id"].as_str().unwrap().to_owned();
     stack.allocate(&admin, &root_id, 100).await;
+    browser.click("#check-balance").await;
+    browser.wait_text("#balance", "You have 100 credits.").await;
 
     browser.fill("#question", "Hi").await;
     browser.click("#send").await;
@@ -458,6 +461,7 @@ async fn a_forgotten_password_is_reset_from_the_mailed_link_and_every_session_en
     browser.assert_accessible("usage dashboard").await;
     browser.open(&base, "profile").await;
     browser.click("#signout-all").await;
+    browser.click("#confirm-yes").await;
     browser.css("input[name=username]").await;
     browser.client.refresh().await.unwrap();
     browser.css("input[name=username]").await;
@@ -490,7 +494,9 @@ async fn an_answer_stopped_where_the_credits_end_says_so_and_links_to_the_credit
         .await;
     let root_id = users["users"][0]["id"].as_str().unwrap().to_owned();
     stack.allocate(&admin, &root_id, 3).await;
+    browser.open(&base, "credits").await;
     browser.open(&base, "chat").await;
+    browser.wait_text("#balance", "You have 3 credits.").await;
     browser.fill("#question", "Tell me everything").await;
     browser.click("#send").await;
     let said = browser.wait_text("#messages", "credits ran out").await;

@@ -5,10 +5,12 @@
 
 mod browser;
 
-use browser::{console_stack, sign_in, Browser, ADMIN};
+use std::time::Duration;
+
+use browser::{console_stack, sign_in, Browser, ADMIN, ANSWER};
 use fantoccini::Locator;
 use serde_json::json;
-use shared::flowise_double::{Behaviour, FlowiseDouble};
+use shared::flowise_double::{split_tokens, Behaviour, FlowiseDouble};
 
 /// The text of the sign-in form's error sentence once it shows.
 async fn sign_in_refusal(browser: &Browser, base: &str, who: &str, password: &str) -> String {
@@ -17,6 +19,51 @@ async fn sign_in_refusal(browser: &Browser, base: &str, who: &str, password: &st
     browser.fill("input[name=password]", password).await;
     browser.click("form button[type=submit]").await;
     browser.css("#main .error").await.text().await.unwrap()
+}
+
+/// Ann's password in these journeys.
+const ANN: &str = "ann's long password";
+
+/// A stack whose Flowise double has the chatflows `flows` (id, name,
+/// answer, price), each synced and open to everyone, and ann signed up
+/// with `credits` (none when 0).
+struct World {
+    stack: e2e::Stack,
+    base: String,
+    /// An admin's token.
+    admin: String,
+    /// Ann's id and access token.
+    ann: (String, String),
+    _flowise: FlowiseDouble,
+}
+
+async fn world(
+    flows: Vec<(&str, &str, Behaviour, Option<serde_json::Value>)>,
+    credits: i64,
+) -> World {
+    let flowise = FlowiseDouble::start().await;
+    let mut prices = Vec::new();
+    for (id, name, behaviour, price) in flows {
+        flowise.add_flow(id, name, behaviour);
+        prices.push((id, price));
+    }
+    let (stack, base) = console_stack(&flowise).await;
+    let admin = stack.token("admin-x", shared::token::Role::Admin);
+    stack.sync_chatflows(&admin).await;
+    for (id, price) in prices {
+        stack.open_chatflow(&admin, id, price).await;
+    }
+    let ann = stack.signed_up("ann", ANN).await;
+    if credits > 0 {
+        stack.allocate(&admin, &ann.0, credits).await;
+    }
+    World {
+        stack,
+        base,
+        admin,
+        ann,
+        _flowise: flowise,
+    }
 }
 
 #[tokio::test]
@@ -273,15 +320,15 @@ async fn errors_show_at_their_field() {
 
 #[tokio::test]
 async fn an_admin_sees_whose_credits_they_are() {
-    let flowise = FlowiseDouble::start().await;
-    flowise.add_flow("flow-a", "Support bot", Behaviour::answer("Hello."));
-    let (stack, base) = console_stack(&flowise).await;
-    let admin = stack.token("admin-x", shared::token::Role::Admin);
-    stack.sync_chatflows(&admin).await;
-    stack.open_chatflow(&admin, "flow-a", None).await;
-    let (ann, ann_token) = stack.signed_up("ann", "ann's long password").await;
+    let flows = vec![("flow-a", "Support bot", Behaviour::answer("Hello."), None)];
+    let World {
+        stack,
+        base,
+        ann: (_, ann_token),
+        admin: _admin,
+        _flowise,
+    } = world(flows, 50).await;
     stack.signed_up("bob", "bob's long password").await;
-    stack.allocate(&admin, &ann, 50).await;
     let (status, answer) = stack
         .predict(
             &ann_token,
@@ -378,14 +425,20 @@ async fn an_admin_sees_whose_credits_they_are() {
 
 #[tokio::test]
 async fn money_reads_as_people_think_of_it() {
-    let flowise = FlowiseDouble::start().await;
-    flowise.add_flow("flow-a", "Support bot", Behaviour::answer("Hello there."));
-    let (stack, base) = console_stack(&flowise).await;
-    let admin = stack.token("admin-x", shared::token::Role::Admin);
-    stack.sync_chatflows(&admin).await;
     let price = json!({"perRequest": 2, "perInputToken": 0.001, "perOutputToken": 0.002});
-    stack.open_chatflow(&admin, "flow-a", Some(price)).await;
-    let (ann, _) = stack.signed_up("ann", "ann's long password").await;
+    let flows = vec![(
+        "flow-a",
+        "Support bot",
+        Behaviour::answer("Hello there."),
+        Some(price),
+    )];
+    let World {
+        stack,
+        base,
+        ann: (ann, _),
+        admin: _admin,
+        _flowise,
+    } = world(flows, 0).await;
     stack.signed_up("zed", "zed's long password").await;
     // Root grants, so the grant says who gave it.
     let login = json!({"username": ADMIN.0, "password": ADMIN.2});
@@ -394,7 +447,7 @@ async fn money_reads_as_people_think_of_it() {
     stack.allocate(&root, &ann, 30).await;
 
     let browser = Browser::start(1280, 900).await;
-    sign_in(&browser, &base, "ann", "ann's long password").await;
+    sign_in(&browser, &base, "ann", ANN).await;
     // Before asking: the price and whose balance.
     browser
         .wait_text(
@@ -485,24 +538,25 @@ async fn money_reads_as_people_think_of_it() {
 
 #[tokio::test]
 async fn a_new_key_comes_with_what_it_takes_to_use_it() {
-    let flowise = FlowiseDouble::start().await;
-    flowise.add_flow(
+    let flows = vec![(
         "flow-a",
         "Support bot",
         Behaviour::answer("Hello from a key."),
-    );
-    let (stack, base) = console_stack(&flowise).await;
-    let admin = stack.token("admin-x", shared::token::Role::Admin);
-    stack.sync_chatflows(&admin).await;
-    stack.open_chatflow(&admin, "flow-a", None).await;
-    let (ann, _) = stack.signed_up("ann", "ann's long password").await;
-    stack.allocate(&admin, &ann, 40).await;
+        None,
+    )];
+    let World {
+        base,
+        stack: _stack,
+        admin: _admin,
+        ann: _ann,
+        _flowise,
+    } = world(flows, 40).await;
 
     let browser = Browser::start(1280, 900).await;
-    sign_in(&browser, &base, "ann", "ann's long password").await;
+    sign_in(&browser, &base, "ann", ANN).await;
     browser.open(&base, "keys").await;
     browser.fill("#key-name", "laptop").await;
-    browser.fill("#key-password", "ann's long password").await;
+    browser.fill("#key-password", ANN).await;
     browser
         .click("form:has(#key-name) button[type=submit]")
         .await;
@@ -563,9 +617,526 @@ async fn a_new_key_comes_with_what_it_takes_to_use_it() {
     browser.select("#locale", "zh-TW").await;
     browser.open(&base, "keys").await;
     browser.fill("#key-name", "phone").await;
-    browser.fill("#key-password", "ann's long password").await;
+    browser.fill("#key-password", ANN).await;
     browser
         .click("form:has(#key-name) button[type=submit]")
         .await;
     browser.wait_text("#key-examples", "立即使用").await;
+}
+
+#[tokio::test]
+async fn signing_out_everywhere_ends_every_token_already_out() {
+    let flows = vec![("flow-a", "Support bot", Behaviour::answer("Hello."), None)];
+    let World {
+        stack,
+        ann: (_, first),
+        base: _base,
+        admin: _admin,
+        _flowise,
+    } = world(flows, 30).await;
+    let login = json!({"username": "ann", "password": ANN});
+    let (_, second) = stack
+        .post_public("auth", "/api/auth/login", login.clone())
+        .await;
+    let second = second["accessToken"].as_str().unwrap().to_owned();
+    let (key, _) = stack.make_key(&first, ANN, json!({"name": "k"})).await;
+    let question = json!({"chatflow_id": "flow-a", "question": "Hi"});
+    assert_eq!(stack.predict(&second, question.clone()).await.0, 200);
+    let balance = stack.balance(&first).await;
+    let statement = |token: String| {
+        let stack = &stack;
+        async move {
+            let (_, body) = stack.get("credits", "/api/credits/statement", &token).await;
+            body["total"].as_i64().unwrap()
+        }
+    };
+    let lines = statement(first.clone()).await;
+
+    // Signed out everywhere from the first session: the second one's
+    // token, fifteen minutes from expiring, makes no more answers.
+    let (status, _) = stack
+        .post("auth", "/api/auth/logout-all", &first, json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = stack.predict(&second, question.clone()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("session_ended")),
+        "{body}"
+    );
+    let streamed = stack.open_stream(&second, &question, &[]).await;
+    assert_eq!(streamed.status(), 401);
+    let (status, _) = stack
+        .post(
+            "auth",
+            "/api/keys",
+            &second,
+            json!({"name": "late", "currentPassword": ANN}),
+        )
+        .await;
+    assert_eq!(status, 401, "no key made with an ended session");
+    // Nothing held, charged or written.
+    let (_, fresh) = stack.post_public("auth", "/api/auth/login", login).await;
+    let fresh = fresh["accessToken"].as_str().unwrap().to_owned();
+    assert_eq!(stack.balance(&fresh).await, balance);
+    assert_eq!(statement(fresh.clone()).await, lines);
+    // A new sign-in works; a key (not revoked: revokeKeys was not asked)
+    // still does.
+    assert_eq!(stack.predict(&fresh, question.clone()).await.0, 200);
+    assert_eq!(stack.predict(&key, question).await.0, 200);
+}
+
+#[tokio::test]
+async fn what_cannot_be_undone_is_asked_first() {
+    let flows = vec![("flow-a", "Support bot", Behaviour::answer("Hello."), None)];
+    let World {
+        stack,
+        base,
+        admin,
+        ann: (ann, _),
+        _flowise,
+    } = world(flows, 30).await;
+    let browser = Browser::start(1280, 900).await;
+    sign_in(&browser, &base, ADMIN.0, ADMIN.2).await;
+    browser.open(&base, "admin/users").await;
+    let open_user = |name: &'static str| {
+        let browser = &browser;
+        async move {
+            browser.wait_text("#user-list", name).await;
+            browser
+                .client
+                .find(Locator::XPath(&format!("//table//button[.='{name}']")))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            browser.wait_text("#user-balance", name).await;
+        }
+    };
+    // Their own account: no role, disable or delete.
+    open_user("root").await;
+    browser
+        .wait_text("#own-account", "another administrator")
+        .await;
+    let own = browser
+        .script("return [!!document.querySelector('#delete-user'), !!document.querySelector('#toggle-disabled'), !!document.querySelector('#set-role')]")
+        .await;
+    assert_eq!(own, json!([false, false, false]));
+
+    // Ann's: deleting asks, and Cancel (or Escape) leaves her be.
+    open_user("ann").await;
+    browser.click("#delete-user").await;
+    browser
+        .wait_text("#confirm", "Delete ann's account? This cannot be undone.")
+        .await;
+    let focused = browser.script("return document.activeElement.id").await;
+    assert_eq!(focused, "confirm-no", "the safe choice has the focus");
+    browser.assert_accessible("a confirmation").await;
+    browser.click("#confirm-no").await;
+    browser.click("#delete-user").await;
+    browser
+        .css("#confirm")
+        .await
+        .send_keys("\u{e00c}")
+        .await
+        .unwrap(); // Escape
+    let (status, _) = stack
+        .get("auth", &format!("/api/admin/users/{ann}"), &admin)
+        .await;
+    assert_eq!(status, 200, "ann is still there");
+    // Making her an admin says what that means; cancelled, nothing changes.
+    browser.select("#user-role", "admin").await;
+    browser.click("#set-role").await;
+    browser
+        .wait_text(
+            "#confirm",
+            "Make ann an administrator? They will be able to change every account",
+        )
+        .await;
+    browser.click("#confirm-no").await;
+    let (_, user) = stack
+        .get("auth", &format!("/api/admin/users/{ann}"), &admin)
+        .await;
+    assert_eq!(user["user"]["role"], "enduser");
+    // Disabling asks too; confirmed, it is done.
+    browser.click("#toggle-disabled").await;
+    browser.wait_text("#confirm", "Disable ann?").await;
+    browser.click("#confirm-yes").await;
+    browser.wait_text("#main", "ann is disabled").await;
+
+    // Adjusting her balance, with a note; 0 is refused at the field.
+    browser.fill("#adjust-amount", "0").await;
+    browser.fill("#adjust-note", "typo in the grant").await;
+    browser
+        .click("form:has(#adjust-amount) button[type=submit]")
+        .await;
+    let note = field_error(&browser, "amount").await;
+    assert!(note.contains("other than 0"), "{note}");
+    browser.fill("#adjust-amount", "-5").await;
+    browser
+        .click("form:has(#adjust-amount) button[type=submit]")
+        .await;
+    browser
+        .wait_text("#main", "ann's balance is adjusted by -5; it is now 25.")
+        .await;
+    browser
+        .wait_text("#user-balance", "ann has 25 credits")
+        .await;
+
+    // Access: an address with no account is pointed out; removing asks.
+    browser.open(&base, "admin/chatflows").await;
+    browser.css("form.flow").await;
+    browser
+        .fill("[data-field=emails]", "ann@example.com\nghost@example.com")
+        .await;
+    browser.click("form.flow button[type=submit]").await;
+    let warning = browser.wait_text("#no-account", "ghost@example.com").await;
+    assert!(!warning.contains("ann@"), "{warning}");
+    browser
+        .assert_accessible("access given, an address without account")
+        .await;
+    browser
+        .click("button[aria-label='Remove the access of ann@example.com']")
+        .await;
+    browser
+        .wait_text(
+            "#confirm",
+            "Remove ann@example.com's access to Support bot?",
+        )
+        .await;
+    browser.click("#confirm-yes").await;
+    browser
+        .wait_text("#main", "ann@example.com can no longer use Support bot.")
+        .await;
+    let (_, flows) = stack
+        .get("predict", "/api/v1/admin/chatflows", &admin)
+        .await;
+    assert_eq!(
+        flows["chatflows"][0]["allowedUsers"],
+        json!(["ghost@example.com"])
+    );
+
+    // Signing out everywhere asks, and ends the other tab at once.
+    let first = browser.client.window().await.unwrap();
+    let other = browser.client.new_window(true).await.unwrap();
+    browser
+        .client
+        .switch_to_window(other.handle.clone())
+        .await
+        .unwrap();
+    browser.open(&base, "credits").await;
+    browser.css("#total-credits").await;
+    browser.client.switch_to_window(first).await.unwrap();
+    browser.open(&base, "profile").await;
+    browser.click("#signout-all").await;
+    browser
+        .wait_text(
+            "#confirm",
+            "Sign out on every device and browser, this one included?",
+        )
+        .await;
+    browser.click("#confirm-yes").await;
+    browser.css("input[name=username]").await;
+    browser.client.switch_to_window(other.handle).await.unwrap();
+    browser
+        .wait_text(
+            "#main",
+            "You were signed out because this account signed out everywhere.",
+        )
+        .await;
+    browser.css("input[name=username]").await;
+}
+
+#[tokio::test]
+async fn a_chat_stays_true_and_fits_a_phone() {
+    let slow = Behaviour::Answer {
+        tokens: split_tokens(ANSWER),
+        delay: Duration::from_millis(250),
+        usage: None,
+        heartbeat: false,
+    };
+    let dear = json!({"perRequest": 1000, "perInputToken": 0, "perOutputToken": 0});
+    let flows = vec![
+        ("flow-a", "Support bot", slow, None),
+        (
+            "flow-dear",
+            "Pricey bot",
+            Behaviour::answer("Dear."),
+            Some(dear),
+        ),
+    ];
+    let World {
+        base,
+        stack: _stack,
+        admin: _admin,
+        ann: _ann,
+        _flowise,
+    } = world(flows, 100).await;
+    let browser = Browser::start(1280, 900).await;
+    sign_in(&browser, &base, "ann", ANN).await;
+
+    // "Stopping…" goes when the answer ends.
+    browser.select("#chatflow", "flow-a").await;
+    browser.fill("#question", "Tell me a story").await;
+    browser.click("#send").await;
+    browser
+        .wait_text("#messages article.assistant:last-of-type", "Hello")
+        .await;
+    browser.click("#stop").await;
+    browser.wait_text("#stopping", "Stopping").await;
+    browser.wait_text("#messages", "you paid").await;
+    let left = browser
+        .script("return [!!document.querySelector('#stopping'), document.querySelector('#main .status').innerText]")
+        .await;
+    assert_eq!(left[0], json!(false), "{left}");
+    assert!(!left[1].as_str().unwrap().contains("Stopping"), "{left}");
+
+    // A refused question stays in the box, with a retry.
+    browser.select("#chatflow", "flow-dear").await;
+    browser.fill("#question", "What does this cost?").await;
+    browser.click("#send").await;
+    browser
+        .wait_text("#main [role=alert]", "You need 1000 credits")
+        .await;
+    let kept = browser
+        .script(
+            "return [document.querySelector('#question').value,
+                     document.querySelectorAll('#messages article.user').length,
+                     !!document.querySelector('#main [role=alert] button')]",
+        )
+        .await;
+    assert_eq!(kept, json!(["What does this cost?", 0, true]));
+    browser.assert_accessible("a refused question").await;
+    browser.shot("a refused question kept").await;
+
+    // A file: its name in the console's words, on the question, priced.
+    browser.select("#chatflow", "flow-a").await;
+    browser.wait_text("#file-names", "No file chosen").await;
+    let file = std::env::temp_dir().join(format!("notes-{}.txt", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &file,
+        "meeting notes: bring the budget and the plan for next year",
+    )
+    .unwrap();
+    let name = file.file_name().unwrap().to_str().unwrap().to_owned();
+    browser
+        .css("#files")
+        .await
+        .send_keys(file.to_str().unwrap())
+        .await
+        .unwrap();
+    browser.wait_text("#file-names", &name).await;
+    browser.fill("#question", "Summarise the file").await;
+    browser.click("#send").await;
+    browser
+        .wait_text("#messages article.user .attachments", &name)
+        .await;
+    browser
+        .wait_text("#messages article.user .attachments", "counted as")
+        .await;
+    browser.click("#new-chat").await;
+    browser
+        .client
+        .find(Locator::XPath("//aside//button[.='Summarise the file']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let reopened = browser
+        .wait_text("#messages article.user .attachments", "counted as")
+        .await;
+    assert!(reopened.contains(&name), "{reopened}");
+    browser.select("#locale", "zh-CN").await;
+    browser.wait_text("#attach", "添加文件").await;
+    browser.wait_text("#file-names", "未选择文件").await;
+    browser.select("#locale", "en").await;
+    let _ = std::fs::remove_file(&file);
+
+    // At 375 px: a one-row header with a menu, the conversations in a
+    // drawer, the message box at the bottom.
+    browser.client.set_window_size(375, 800).await.unwrap();
+    browser.open(&base, "chat").await;
+    browser.css("#question").await;
+    let phone = browser
+        .script(
+            "const header = document.querySelector('header.top');
+             const nav = document.querySelector('header nav');
+             const box = document.querySelector('.composer').getBoundingClientRect();
+             return {
+               header: header.getBoundingClientRect().height,
+               nav: nav.getBoundingClientRect().height,
+               sessions: document.querySelector('#sessions').getBoundingClientRect().height,
+               boxBottom: box.bottom <= innerHeight + 1,
+             }",
+        )
+        .await;
+    assert!(phone["header"].as_f64().unwrap() < 64.0, "one row: {phone}");
+    assert_eq!(phone["nav"], json!(0), "the navigation is folded: {phone}");
+    assert_eq!(
+        phone["sessions"],
+        json!(0),
+        "the conversations are a drawer: {phone}"
+    );
+    assert_eq!(phone["boxBottom"], json!(true), "{phone}");
+    assert!(browser.no_horizontal_scroll().await);
+    browser.click("#menu-toggle").await;
+    browser.wait_text("#menu nav", "Credits").await;
+    let expanded = browser
+        .script("return document.querySelector('#menu-toggle').getAttribute('aria-expanded')")
+        .await;
+    assert_eq!(expanded, "true");
+    browser.assert_accessible("the menu at 375 px").await;
+    browser.shot("menu at 375px").await;
+    browser.click("#menu-toggle").await;
+    browser.click("#sessions-toggle").await;
+    browser.wait_text("#sessions", "Summarise the file").await;
+    browser.assert_accessible("the conversations drawer").await;
+    browser.shot("conversations drawer at 375px").await;
+    browser
+        .client
+        .find(Locator::XPath("//aside//button[.='Summarise the file']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_text("#messages", "Summarise the file").await;
+    let closed = browser
+        .script("return document.querySelector('#sessions').getBoundingClientRect().height")
+        .await;
+    assert_eq!(
+        closed,
+        json!(0),
+        "choosing a conversation closes the drawer"
+    );
+    // Many messages later, the box is still at the bottom of the screen.
+    browser
+        .script(
+            "const list = document.querySelector('#messages');
+             for (let i = 0; i < 30; i++) { const p = document.createElement('p'); p.textContent = 'line ' + i; list.append(p); }
+             window.scrollTo(0, 0);",
+        )
+        .await;
+    let bottom = browser
+        .script("const r = document.querySelector('.composer').getBoundingClientRect(); return [r.bottom <= innerHeight + 1, r.top > innerHeight / 2]")
+        .await;
+    assert_eq!(
+        bottom,
+        json!([true, true]),
+        "the message box stays at the bottom"
+    );
+    browser.shot("chat at 375px").await;
+
+    // A page on its way says so.
+    browser
+        .script(
+            "const real = window.fetch;
+             window.fetch = (...a) => new Promise(r => setTimeout(() => r(real(...a)), 1500));",
+        )
+        .await;
+    browser.click("#menu-toggle").await;
+    browser.click("#menu nav a[href='#/credits']").await;
+    let busy = browser
+        .script("return [!!document.querySelector('#progress'), document.querySelector('#main').getAttribute('aria-busy')]")
+        .await;
+    assert_eq!(busy, json!([true, "true"]));
+    browser.css("#total-credits").await;
+    let done = browser
+        .script("return [!!document.querySelector('#progress'), document.querySelector('#main').getAttribute('aria-busy')]")
+        .await;
+    assert_eq!(done, json!([false, null]));
+}
+
+#[tokio::test]
+async fn charts_people_can_read() {
+    let flows = vec![("flow-a", "Support bot", Behaviour::answer("Hello."), None)];
+    let World {
+        stack,
+        base,
+        ann: (_, token),
+        admin: _admin,
+        _flowise,
+    } = world(flows, 50).await;
+    let question = json!({"chatflow_id": "flow-a", "question": "Hi"});
+    assert_eq!(stack.predict(&token, question).await.0, 200);
+
+    let browser = Browser::start(1280, 900).await;
+    sign_in(&browser, &base, ADMIN.0, ADMIN.2).await;
+    browser.open(&base, "admin/usage").await;
+    browser.wait_text("#period", "The last 30 days").await;
+    let report = browser
+        .script(
+            "const today = new Date().toISOString().slice(0, 10);
+             const month = new Date(Date.now() - 30 * 864e5).toISOString().slice(0, 10);
+             const tables = [...document.querySelectorAll('#report table.bars')];
+             const overlaps = tables.flatMap(t => [...t.querySelectorAll('tbody tr')]).some(r => {
+               const label = r.querySelector('th').getBoundingClientRect();
+               const bar = r.querySelector('svg').getBoundingClientRect();
+               return label.right > bar.left;
+             });
+             return {
+               range: [document.querySelector('#range-from').value === month,
+                       document.querySelector('#range-to').value === today],
+               titles: tables.map(t => t.querySelector('caption').innerText),
+               labels: tables.map(t => [...t.querySelectorAll('tbody th')].map(th => th.innerText)),
+               overlaps,
+             }",
+        )
+        .await;
+    assert_eq!(report["range"], json!([true, true]), "{report}");
+    assert_eq!(
+        report["titles"],
+        json!(["Credits per day", "Credits per chatflow", "Top users"])
+    );
+    assert_eq!(report["labels"][1], json!(["Support bot"]), "by name");
+    assert_eq!(report["labels"][2], json!(["ann"]), "people by name");
+    assert_eq!(report["overlaps"], json!(false));
+    browser.assert_accessible("the dashboard").await;
+
+    // A range with nothing in it says so, and names the range.
+    browser.fill("#range-from", "").await;
+    browser
+        .script(
+            "document.querySelector('#range-from').value = '2020-01-01';
+             document.querySelector('#range-to').value = '2020-01-31';",
+        )
+        .await;
+    browser.click("form.row button[type=submit]").await;
+    browser
+        .wait_text("#period", "From Jan 1, 2020 to Jan 31, 2020")
+        .await;
+    let empty = browser
+        .script("return [...document.querySelectorAll('#report .empty')].map(p => p.innerText)")
+        .await;
+    assert_eq!(
+        empty,
+        json!([
+            "Nothing was used in this period.",
+            "Nothing was used in this period.",
+            "Nothing was used in this period."
+        ])
+    );
+    browser.assert_accessible("an empty report").await;
+
+    // At 375 px: nothing sideways, the figures beside their bars.
+    browser.click("#signout").await;
+    browser.client.set_window_size(375, 800).await.unwrap();
+    sign_in(&browser, &base, "ann", ANN).await;
+    browser.open(&base, "usage").await;
+    browser.wait_text("#period", "The last 30 days").await;
+    browser.wait_text("#main", "Support bot").await;
+    assert!(browser.no_horizontal_scroll().await);
+    let figures = browser
+        .script(
+            "return [...document.querySelectorAll('table.bars .figure')].every(f => {
+               const r = f.getBoundingClientRect();
+               return r.width > 0 && parseFloat(getComputedStyle(f).fontSize) >= 12 && r.right <= innerWidth;
+             })",
+        )
+        .await;
+    assert_eq!(figures, json!(true));
+    browser.assert_accessible("usage at 375 px").await;
+    browser.shot("usage at 375px").await;
 }

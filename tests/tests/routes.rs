@@ -34,6 +34,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("credits", "POST", "/api/credits/adjust"),
     ("credits", "POST", "/api/credits/calculate"),
     ("credits", "GET", "/api/credits/transactions"),
+    ("credits", "GET", "/api/credits/statement"),
     ("credits", "GET", "/api/credits/pricing"),
     ("credits", "PUT", "/api/credits/pricing/{chatflowId}"),
     ("credits", "POST", "/api/streaming-sessions/initialize"),

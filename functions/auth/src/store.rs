@@ -42,6 +42,10 @@ pub struct UserDoc {
     /// Whether the account is disabled.
     #[serde(default)]
     pub disabled: bool,
+    /// Raised by signing out everywhere: access tokens carry the version
+    /// they were issued under, and an older one makes no more predictions.
+    #[serde(default)]
+    pub session_version: i64,
     /// Created.
     pub created_at: BsonTime,
     /// Last changed.
@@ -352,6 +356,21 @@ impl AuthStore {
             )
             .await?;
         Ok(())
+    }
+
+    /// Raises the user's session version (signing out everywhere); returns
+    /// the new one.
+    pub async fn end_sessions(&self, user_id: &str) -> Result<i64, ApiError> {
+        let after = self
+            .users()
+            .find_one_and_update(
+                doc! {"_id": user_id},
+                doc! {"$inc": {"session_version": 1_i64}, "$set": {"updated_at": BsonTime::now()}},
+            )
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await?
+            .ok_or_else(|| ApiError::not_found("this account no longer exists"))?;
+        Ok(after.session_version)
     }
 
     /// Revokes every token of a user, except the one whose hash is `keep`.

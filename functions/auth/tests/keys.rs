@@ -65,6 +65,7 @@ async fn the_ledger_record_follows_the_account_and_a_token_no_longer_rewrites_it
         email: "old@example.com".into(),
         role: Role::Admin,
         key: None,
+        session_version: 0,
     };
     let mut conn = app.pg.pool.acquire().await.unwrap();
     shared::ledger::accounts::ensure_account(&mut conn, &stale)
@@ -415,6 +416,7 @@ async fn a_key_whose_password_check_began_before_a_revocation_is_never_made() {
         email: "kim@example.com".into(),
         role: Role::Enduser,
         key: None,
+        session_version: 0,
     };
     let spec = || shared::keys::store::KeySpec {
         name: "racer".into(),

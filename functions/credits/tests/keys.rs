@@ -109,6 +109,7 @@ async fn fifty_concurrent_makings_give_twenty_live_keys_at_most() {
                     email: "ann@example.com".into(),
                     role: Role::Enduser,
                     key: None,
+                    session_version: 0,
                 };
                 let spec = shared::keys::store::KeySpec {
                     name: format!("k{i}"),

@@ -179,6 +179,7 @@ pub async fn authenticate(pool: &sqlx::PgPool, key: &str) -> Result<AuthUser, Ap
             chatflows: found.chatflows,
             monthly_credit_limit: found.monthly_credit_limit,
         }),
+        session_version: 0,
     })
 }
 

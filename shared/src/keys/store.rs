@@ -306,6 +306,23 @@ pub async fn revoke(
     Ok(())
 }
 
+/// Records that `user` signed out everywhere: the session version
+/// `version` (never lowered), so the ledger refuses access tokens issued
+/// under an older one ([`crate::ledger::accounts::lock_from_claims`]).
+pub async fn end_sessions(pool: &sqlx::PgPool, user: &str, version: i64) -> Result<(), ApiError> {
+    sqlx::query!(
+        "INSERT INTO user_accounts (user_id, session_version) VALUES ($1, $2)
+         ON CONFLICT (user_id) DO UPDATE
+            SET session_version = GREATEST(user_accounts.session_version, EXCLUDED.session_version),
+                updated_at = now()",
+        user,
+        version
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Revokes every live key of `user` (in the caller's transaction), and
 /// keeps the time on the user's record, so that a key whose password check
 /// began before it is never made ([`create`]); returns how many.

@@ -59,6 +59,7 @@ pub async fn lock_from_claims(tx: &mut Tx<'_>, user: &AuthUser) -> Result<Accoun
                   role = CASE WHEN a.synced_at IS NULL AND $5 THEN EXCLUDED.role ELSE a.role END,
                   updated_at = now()
            RETURNING total_credits, (disabled OR deleted_at IS NOT NULL) AS "disabled!",
+                     session_version,
                      rate_limit_per_minute, max_concurrent,
                      EXISTS (SELECT 1 FROM credit_allocations c
                               WHERE c.user_id = a.user_id AND c.expired_at IS NULL
@@ -71,6 +72,11 @@ pub async fn lock_from_claims(tx: &mut Tx<'_>, user: &AuthUser) -> Result<Accoun
     )
     .fetch_one(&mut **tx)
     .await?;
+    // A token issued before its user signed out everywhere (a key's caller
+    // is ended by revoking the key instead).
+    if user.key.is_none() && user.session_version < row.session_version {
+        return Err(LedgerError::SessionEnded);
+    }
     Ok(Account {
         locked: Locked::new(row.total_credits, row.due),
         disabled: row.disabled,

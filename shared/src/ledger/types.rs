@@ -298,6 +298,10 @@ pub enum LedgerError {
     /// The account is disabled or deleted.
     #[error("this account is disabled")]
     AccountDisabled,
+    /// 401: the access token was issued before its user signed out
+    /// everywhere.
+    #[error("this session ended when the account signed out everywhere; sign in again")]
+    SessionEnded,
     /// A rate limit is reached.
     #[error("{message}")]
     RateLimited {
@@ -355,6 +359,10 @@ impl From<LedgerError> for ApiError {
             },
             LedgerError::AccountDisabled => ApiError::Forbidden {
                 code: "account_disabled",
+                message,
+            },
+            LedgerError::SessionEnded => ApiError::Unauthorized {
+                code: "session_ended",
                 message,
             },
             LedgerError::RateLimited { retry_after, .. } => ApiError::TooManyRequests {

@@ -248,6 +248,8 @@ pub struct Prepared {
     pub input_tokens: i64,
     /// Stored files sent.
     pub file_ids: Vec<String>,
+    /// Every file sent, as the question's history shows it ([`attachments`]).
+    pub files: Vec<bson::Document>,
     /// The claimed `Idempotency-Key`, completed with the settlement.
     pub key: Option<RequestKey>,
     /// The API key the prediction came with.
@@ -565,6 +567,7 @@ pub async fn prepare(
         uploads: (uploads, file_ids),
     } = checked;
     let input_tokens = input_tokens(&shaped, &body, &uploads, &opened.rule);
+    let files = attachments(&uploads, &opened.rule);
     let meta = reservation_meta(user, request_id, &session);
     let (chatflow, rate) = (&body.chatflow_id, &state.limits.rate);
     let (rule, held) = reserve(
@@ -589,6 +592,7 @@ pub async fn prepare(
         rule,
         input_tokens,
         file_ids,
+        files,
         key,
         api_key_id: user.key.as_ref().map(|k| k.id),
         held,
@@ -748,6 +752,25 @@ async fn checked_uploads(
 /// overrides (a system message sent as one included), every text that
 /// reaches the model inside an upload, and the images and documents by
 /// the rule's flat counts.
+/// What each upload was, for the question's history: its name, type, the
+/// input tokens it counted as and what they cost (credits, before the
+/// answer's rounding), so a conversation shows what each file cost.
+fn attachments(uploads: &[CheckedUpload], rule: &PricingRule) -> Vec<bson::Document> {
+    uploads
+        .iter()
+        .map(|u| {
+            let tokens = match u.weight {
+                Weight::Text => u.text.as_deref().map_or(0, estimate_tokens),
+                Weight::Image => rule.upload_tokens(1, &[]),
+                Weight::Document(bytes) => rule.upload_tokens(0, &[bytes]),
+            };
+            let text = |key: &str| u.upload[key].as_str().unwrap_or_default().to_owned();
+            let credits = tokens as f64 * rule.per_input_token_micros as f64 / 1e6;
+            doc! {"name": text("name"), "mime": text("mime"), "input_tokens": tokens, "credits": credits}
+        })
+        .collect()
+}
+
 fn input_tokens(
     shaped: &Shaped,
     body: &PredictBody,
@@ -1230,7 +1253,11 @@ async fn store_messages(
         content: prepared.question.clone(),
         status: "complete",
         file_ids: prepared.file_ids.clone(),
-        metadata: doc! {},
+        metadata: if prepared.files.is_empty() {
+            doc! {}
+        } else {
+            doc! {"files": prepared.files.clone()}
+        },
     };
     let answer = NewMessage {
         message_id: prepared.message_id.to_string(),

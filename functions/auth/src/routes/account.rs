@@ -120,6 +120,7 @@ pub async fn new_user(
         role,
         is_verified: verified,
         disabled: false,
+        session_version: 0,
         created_at: now,
         updated_at: now,
     })
@@ -332,6 +333,7 @@ pub async fn issue_pair(
             username: &user.username,
             email: &user.email,
             role: user.role,
+            session_version: user.session_version,
         },
         now,
     );
@@ -522,6 +524,9 @@ pub async fn logout_all(
         crate::accounts::record(&state, &doc, Change::RevokeKeys, &user.id).await?;
     }
     state.store.revoke_user_tokens(&user.id, None).await?;
+    // Access tokens already out end too, at their next prediction.
+    let version = state.store.end_sessions(&user.id).await?;
+    shared::keys::store::end_sessions(&state.pg, &user.id, version).await?;
     if body.revoke_keys {
         done("every session is logged out and every API key revoked")
     } else {

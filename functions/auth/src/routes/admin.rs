@@ -37,22 +37,12 @@ pub struct ListQuery {
     search: Option<String>,
 }
 
-/// An account as the admin's list shows it: with its credits.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ListedUser {
-    /// The account.
-    #[serde(flatten)]
-    pub user: UserView,
-    /// Its balance and what it spent this month.
-    pub credits: shared::ledger::queries::CreditSummary,
-}
-
 /// A page of accounts.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsersPage {
-    /// Newest first, each with its balance and this month's spend.
-    pub users: Vec<ListedUser>,
+    /// Newest first, each with its balance and this month's spend
+    /// (`credits`).
+    pub users: Vec<UserView>,
     /// Page.
     pub page: i64,
     /// Page size.
@@ -142,9 +132,9 @@ pub async fn list_users(
     let mut credits = shared::ledger::queries::summaries(&mut conn, &ids).await?;
     let users = users
         .into_iter()
-        .map(|user| ListedUser {
-            credits: credits.remove(&user.id).unwrap_or_default(),
-            user,
+        .map(|user| UserView {
+            credits: Some(credits.remove(&user.id).unwrap_or_default()),
+            ..user
         })
         .collect();
     let body = UsersPage {

@@ -55,6 +55,9 @@ pub struct UserView {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Last changed.
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// In the admin's list only: its balance and what it spent this month.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credits: Option<shared::ledger::queries::CreditSummary>,
 }
 
 impl From<&UserDoc> for UserView {
@@ -69,6 +72,7 @@ impl From<&UserDoc> for UserView {
             disabled: u.disabled,
             created_at: u.created_at.to_chrono(),
             updated_at: u.updated_at.to_chrono(),
+            credits: None,
         }
     }
 }

@@ -12,6 +12,34 @@ let access = null;
 let user = null;
 let renewal = null;
 
+// Tabs of one browser share the refresh cookie: signing out in one ends
+// the others at once, and a session the gateway ended (signed out
+// everywhere) ends this tab at its next request.
+const channel = typeof BroadcastChannel === "function" ? new BroadcastChannel("fgw.session") : null;
+let onEnded = () => {};
+
+/** `f` runs when this tab's session ends without this tab asking. */
+export function onSessionEnded(f) {
+  onEnded = f;
+}
+
+function ended() {
+  if (!access) return;
+  setSession(null);
+  onEnded();
+}
+
+channel?.addEventListener("message", (e) => {
+  if (e.data === "signed-out") ended();
+});
+
+/** Renews after a 401 (true when it did); a session that cannot be renewed has ended. */
+async function renewed() {
+  const ok = await refresh().then(() => true, () => false);
+  if (!ok) ended();
+  return ok;
+}
+
 /** An answer that is not a success, or a request that never got one. */
 export class ApiError extends Error {
   constructor(status, body) {
@@ -108,9 +136,8 @@ async function parse(res) {
 /** A JSON request to `family`; a 401 for an expired token renews it once. */
 export async function call(family, method, path, body, options = {}) {
   let res = await send(family, method, path, body, options);
-  if (res.status === 401 && access && options.auth !== false) {
-    const renewed = await refresh().then(() => true, () => false);
-    if (renewed) res = await send(family, method, path, body, options);
+  if (res.status === 401 && access && options.auth !== false && (await renewed())) {
+    res = await send(family, method, path, body, options);
   }
   return parse(res);
 }
@@ -118,7 +145,7 @@ export async function call(family, method, path, body, options = {}) {
 /** A raw response (files, CSV), with the same renewal. */
 export async function raw(family, path) {
   let res = await send(family, "GET", path);
-  if (res.status === 401 && access && (await refresh().then(() => true, () => false))) {
+  if (res.status === 401 && access && (await renewed())) {
     res = await send(family, "GET", path);
   }
   if (!res.ok) await parse(res);
@@ -175,6 +202,7 @@ export async function signOut(everywhere = false, revokeKeys = false) {
     else await call("auth", "POST", "/api/auth/logout", undefined, { auth: false, console: true });
   } finally {
     setSession(null);
+    channel?.postMessage("signed-out");
   }
 }
 
@@ -186,7 +214,7 @@ export async function signOut(everywhere = false, revokeKeys = false) {
  */
 export async function stream(body, onFrame, key) {
   const path = "/api/v1/chat/predict/stream";
-  const res = await fetch(url("stream", path), {
+  const open = () => fetch(url("stream", path), {
     method: "POST",
     headers: {
       "content-type": "application/json",
@@ -197,6 +225,9 @@ export async function stream(body, onFrame, key) {
   }).catch(() => {
     throw new ApiError(0, null);
   });
+  let res = await open();
+  // Refused before anything was held: the same key again is safe.
+  if (res.status === 401 && access && (await renewed())) res = await open();
   if (!res.ok) await parse(res);
   const reader = res.body.getReader();
   const decoder = new TextDecoder();

@@ -1,5 +1,8 @@
-// A bar chart as SVG elements (attributes, never inline styles), with the
-// figures also in a table for screen readers and the keyboard.
+// A bar chart that is its own table: the title above, one row per item
+// with its label, a bar (SVG attributes, never inline styles) and the
+// figure. Labels sit in their own column, so they never overlap a bar or
+// a value; the table reflows at 375 px, and screen readers and the
+// keyboard get the figures as a table.
 
 import { h, number } from "./dom.js";
 
@@ -12,28 +15,25 @@ function svg(tag, attrs, ...children) {
   return el;
 }
 
-/** Bars of `items` (label, value), titled `title`, with a data table. */
-export function bars(title, items, labelHead, valueHead) {
-  const width = 600;
-  const barHeight = 22;
-  const height = Math.max(1, items.length) * (barHeight + 6);
+/**
+ * Bars of `items` ({label, value}) titled `title`, the columns headed
+ * `labelHead` and `valueHead`; `empty`, a sentence shown instead when
+ * there is nothing to draw.
+ */
+export function bars(title, items, labelHead, valueHead, empty) {
+  if (items.length === 0) {
+    return h("section", { class: "chart-box" }, h("h2", { class: "chart-title" }, title), h("p", { class: "meta empty" }, empty));
+  }
   const max = Math.max(1, ...items.map((i) => i.value));
-  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": title });
-  items.forEach((item, i) => {
-    const y = i * (barHeight + 6);
-    const w = Math.max(2, Math.round((item.value / max) * (width - 220)));
-    const text = svg("text", { x: 0, y: y + 16, class: "chart-label" });
-    text.textContent = item.label;
-    const value = svg("text", { x: 150 + w + 6, y: y + 16, class: "chart-value" });
-    value.textContent = number(item.value);
-    chart.append(text, svg("rect", { x: 150, y, width: w, height: barHeight, rx: 3, class: "chart-bar" }), value);
-  });
-  const table = h(
+  const bar = (value) => svg("svg", { viewBox: "0 0 100 10", preserveAspectRatio: "none", class: "bar", "aria-hidden": "true", focusable: "false" },
+    svg("rect", { x: 0, y: 0, width: Math.max(0.5, (value / max) * 100), height: 10, class: "chart-bar" }));
+  return h(
     "table",
-    { class: "figures" },
-    h("caption", {}, title),
+    { class: "chart-box bars" },
+    h("caption", { class: "chart-title" }, title),
     h("thead", {}, h("tr", {}, h("th", { scope: "col" }, labelHead), h("th", { scope: "col" }, valueHead))),
-    h("tbody", {}, items.map((i) => h("tr", {}, h("td", {}, i.label), h("td", {}, number(i.value))))),
+    h("tbody", {}, items.map((i) => h("tr", {},
+      h("th", { scope: "row" }, i.label),
+      h("td", {}, h("span", { class: "bar-cell" }, bar(i.value), h("span", { class: "figure" }, number(i.value))))))),
   );
-  return h("figure", { class: "chart-box" }, chart, h("details", {}, h("summary", {}, title), table));
 }

@@ -56,6 +56,12 @@ export function number(n) {
   return new Intl.NumberFormat(document.documentElement.lang || "en").format(n);
 }
 
+/** A day (of a date or an instant) as the locale writes it. */
+export function day(iso) {
+  return new Intl.DateTimeFormat(document.documentElement.lang || "en", { dateStyle: "medium", timeZone: "UTC" })
+    .format(new Date(iso.length === 10 ? `${iso}T00:00:00Z` : iso));
+}
+
 /** A date and time as the locale writes it. */
 export function when(iso) {
   if (!iso) return "—";

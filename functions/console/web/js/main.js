@@ -92,6 +92,37 @@ export function submitting(status, f) {
   };
 }
 
+/**
+ * Asks before what cannot be undone: a modal dialog with `question`, a
+ * Cancel button (focused: the safe choice) and `confirmLabel`. Escape
+ * cancels. Resolves true when confirmed; focus returns where it was.
+ */
+export function ask(question, confirmLabel) {
+  return new Promise((resolve) => {
+    const back = document.activeElement;
+    const yes = h("button", { type: "button", class: "danger", id: "confirm-yes" }, confirmLabel);
+    const no = h("button", { type: "button", class: "secondary", id: "confirm-no" }, t("common.cancel"));
+    const dialog = h("dialog", { id: "confirm", "aria-labelledby": "confirm-question" },
+      h("p", { id: "confirm-question" }, question),
+      h("div", { class: "row" }, no, yes));
+    const close = (answer) => {
+      dialog.close();
+      dialog.remove();
+      back?.focus?.();
+      resolve(answer);
+    };
+    yes.addEventListener("click", () => close(true));
+    no.addEventListener("click", () => close(false));
+    dialog.addEventListener("cancel", (e) => {
+      e.preventDefault();
+      close(false);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    no.focus();
+  });
+}
+
 const routes = {
   ...authPages,
   "chat": chatPage,
@@ -158,12 +189,26 @@ function header(user) {
       h("button", { type: "button", id: "signout", onclick: () => api.signOut().then(() => go("signin")) }, t("nav.signOut")),
     );
   }
+  // On a narrow screen the navigation and the tools fold behind one
+  // "Menu" button, so the header stays one row.
+  const menu = h("div", { class: "menu", id: "menu" }, user ? nav(user) : null, h("div", { class: "tools" }, right));
+  const toggle = h("button", {
+    type: "button",
+    id: "menu-toggle",
+    class: "secondary",
+    "aria-expanded": "false",
+    "aria-controls": "menu",
+    onclick: () => {
+      const open = menu.classList.toggle("open");
+      toggle.setAttribute("aria-expanded", String(open));
+    },
+  }, t("nav.menu"));
   return h(
     "header",
     { class: "top" },
     h("a", { class: "brand", href: user ? "#/chat" : "#/signin" }, t("app.name")),
-    user ? nav(user) : null,
-    h("div", { class: "tools" }, right),
+    toggle,
+    menu,
   );
 }
 
@@ -194,11 +239,17 @@ async function render() {
   if (!user && !PUBLIC.has(route)) route = "signin";
   if (user && (VISITORS_ONLY.has(route) || !routes[route])) route = "chat";
   const main = h("main", { id: "main", tabindex: "-1" });
-  replace(app, header(user), standInBanner(), main);
+  // A page being fetched says so: a bar at the top and a busy <main>.
+  const progress = h("div", { class: "progress", id: "progress", role: "progressbar", "aria-label": t("common.loading") });
+  main.setAttribute("aria-busy", "true");
+  replace(app, header(user), standInBanner(), progress, main);
   try {
     await routes[route](main, { user, go, query });
   } catch (err) {
     if (mine === rendering) replace(main, errorBox(err, render));
+  } finally {
+    progress.remove();
+    main.removeAttribute("aria-busy");
   }
   document.title = `${t(`titles.${route.replace("/", "_")}`)} · ${t("app.name")}`;
 }
@@ -212,6 +263,7 @@ async function boot() {
     history.replaceState(null, "", `${location.pathname.replace(/reset-password$/, "")}#/reset`);
   }
   await api.restore();
+  api.onSessionEnded(() => go("signin?ended=1"));
   onChange(render);
   addEventListener("hashchange", render);
   await render();

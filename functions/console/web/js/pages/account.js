@@ -2,10 +2,10 @@
 // expires, transactions), usage (credits per day and per chatflow), API
 // keys (create, copy once, revoke, spend this month) and the profile.
 
-import { h, replace, field, number, when } from "../dom.js";
+import { h, replace, field, number, when, day } from "../dom.js";
 import { t } from "../i18n.js";
 import * as api from "../api.js";
-import { errorBox, submitting } from "../main.js";
+import { errorBox, submitting, ask } from "../main.js";
 import { bars } from "../chart.js";
 
 /** A table with a header row; `empty`, a sentence shown instead when there are no rows. */
@@ -84,18 +84,25 @@ export function grants(allocations, empty) {
   );
 }
 
-/** The charts of a usage report. */
+/** The period a report covers, in words: its first and last day (the end is exclusive); `chosen`, a range someone picked (else the default, the last 30 days). */
+export function period(stats, chosen = false) {
+  const last = new Date(new Date(stats.to).getTime() - 1).toISOString();
+  return h("p", { class: "period", id: "period" }, t(chosen ? "usage.period" : "usage.last30", { from: day(stats.from), to: day(last) }));
+}
+
+/** The charts of a usage report: chatflows by name, each titled, an empty one said so. */
 export function usageCharts(stats, chatflowNames = {}) {
   return [
     h("p", { class: "big" }, t("usage.total", { credits: number(stats.totalCredits), records: number(stats.totalRecords) })),
-    bars(t("usage.perDay"), stats.byDay.map((d) => ({ label: d.day.slice(0, 10), value: d.credits })), t("usage.day"), t("usage.credits")),
-    bars(t("usage.perChatflow"), stats.byChatflow.map((c) => ({ label: chatflowNames[c.chatflowId] || c.chatflowId, value: c.credits })), t("usage.chatflow"), t("usage.credits")),
+    bars(t("usage.perDay"), stats.byDay.map((d) => ({ label: day(d.day), value: d.credits })), t("usage.day"), t("usage.credits"), t("usage.nothing")),
+    bars(t("usage.perChatflow"), stats.byChatflow.map((c) => ({ label: chatflowNames[c.chatflowId] || c.chatflowId, value: c.credits })),
+      t("usage.chatflow"), t("usage.credits"), t("usage.nothing")),
   ];
 }
 
 async function usage(main) {
-  const stats = await api.call("usage", "GET", "/api/usage/stats");
-  replace(main, h("h1", {}, t("titles.usage")), usageCharts(stats));
+  const [stats, names] = await Promise.all([api.call("usage", "GET", "/api/usage/stats"), chatflowNames()]);
+  replace(main, h("h1", {}, t("titles.usage")), period(stats), usageCharts(stats, names));
 }
 
 /** A button that copies `text` and says so in the live region `copied`. */
@@ -158,7 +165,7 @@ async function keys(main) {
   }
 
   async function revoke(k) {
-    if (!confirm(t("keys.confirmRevoke", { name: k.name }))) return;
+    if (!(await ask(t("keys.confirmRevoke", { name: k.name }), t("keys.revoke")))) return;
     try {
       await api.call("credits", "DELETE", `/api/keys/${encodeURIComponent(k.id)}`);
       replace(status, h("p", { class: "notice" }, t("keys.revoked", { name: k.name })));
@@ -249,7 +256,17 @@ async function profile(main, { go }) {
     }, h("h2", {}, t("profile.password")), oldPassword.el, newPassword.el, h("button", { type: "submit" }, t("profile.changePassword"))),
     h("div", { class: "card" }, h("h2", {}, t("profile.sessions")), h("p", {}, t("profile.everywhereHint")),
       h("label", { class: "check" }, revokeKeys, " ", t("profile.revokeKeys")),
-      h("button", { type: "button", id: "signout-all", class: "secondary", onclick: () => api.signOut(true, revokeKeys.checked).then(() => go("signin")) }, t("profile.signOutEverywhere"))),
+      h("button", {
+        type: "button",
+        id: "signout-all",
+        class: "secondary",
+        onclick: guard(async () => {
+          const question = t(revokeKeys.checked ? "profile.confirmEverywhereKeys" : "profile.confirmEverywhere");
+          if (!(await ask(question, t("profile.signOutEverywhere")))) return;
+          await api.signOut(true, revokeKeys.checked);
+          go("signin");
+        }),
+      }, t("profile.signOutEverywhere"))),
   );
 }
 

@@ -5,8 +5,8 @@
 import { h, replace, field, number } from "../dom.js";
 import { t } from "../i18n.js";
 import * as api from "../api.js";
-import { errorBox, submitting as guarded } from "../main.js";
-import { usageCharts, table, grants, statement, chatflowNames } from "./account.js";
+import { errorBox, submitting as guarded, ask } from "../main.js";
+import { usageCharts, table, grants, statement, chatflowNames, period } from "./account.js";
 import { bars } from "../chart.js";
 
 const enc = encodeURIComponent;
@@ -64,11 +64,26 @@ async function users(main, { user: me }) {
         await open(u);
       }),
     }, h("h3", {}, t("admin.grant")), credits.el, days.el, h("button", { type: "submit" }, t("admin.grantButton")));
+    const amount = field(t("admin.adjustAmount"), { id: "adjust-amount", api: "amount", type: "number", step: 1, inputmode: "numeric" });
+    const note = field(t("admin.adjustNote"), { id: "adjust-note", api: "notes", maxlength: 1000 });
+    const adjust = admin ? h("form", {
+      novalidate: true,
+      class: "card",
+      onsubmit: guarded(status, async () => {
+        const body = { userId: u.id, amount: Number(amount.input.value), notes: note.input.value.trim() };
+        const answer = await api.call("credits", "POST", "/api/credits/adjust", body, { headers: { "idempotency-key": crypto.randomUUID() } });
+        said(status, "admin.adjusted", { user: u.username, amount: number(body.amount), balance: number(answer.newBalance) });
+        await open(u);
+      }),
+    }, h("h3", {}, t("admin.adjust")), h("p", { class: "meta" }, t("admin.adjustHint")), amount.el, note.el,
+    h("button", { type: "submit" }, t("admin.adjustButton"))) : null;
     const actions = [];
+    const own = u.id === me.id;
     if (admin) {
       const role = h("select", { id: "user-role", "aria-label": t("admin.role") },
         ["enduser", "supervisor", "admin"].map((r) => h("option", { value: r, selected: r === u.role }, t(`roles.${r}`))));
-      const patch = (body, key) => guarded(status, async () => {
+      const patch = (body, key, question, label) => guarded(status, async () => {
+        if (question && !(await ask(question, label))) return;
         const answer = await api.call("auth", "PATCH", `/api/admin/users/${enc(u.id)}`, body);
         said(status, key, { user: u.username });
         await draw();
@@ -76,22 +91,39 @@ async function users(main, { user: me }) {
       });
       const perMinute = field(t("admin.perMinute"), { api: "rateLimitPerMinute", type: "number", min: 1, max: 10000, value: limits.rateLimitPerMinute ?? undefined });
       const concurrent = field(t("admin.concurrent"), { api: "maxConcurrentStreams", type: "number", min: 1, max: 100, value: limits.maxConcurrentStreams ?? undefined });
-      actions.push(
-        h("div", { class: "row" }, role, h("button", { type: "button", onclick: () => patch({ role: role.value }, "admin.roleChanged")() }, t("admin.setRole"))),
+      // Never on one's own account: another administrator does that.
+      if (own) actions.push(h("p", { class: "meta", id: "own-account" }, t("admin.ownAccount")));
+      else actions.push(
+        h("div", { class: "row" }, role, h("button", {
+          type: "button",
+          id: "set-role",
+          onclick: () => patch({ role: role.value }, "admin.roleChanged", t(role.value === "admin" ? "admin.confirmAdmin" : "admin.confirmRole", {
+            user: u.username,
+            role: t(`roles.${role.value}`),
+          }), t("admin.setRole"))(),
+        }, t("admin.setRole"))),
         h("div", { class: "row" },
           u.isVerified ? null : h("button", { type: "button", onclick: patch({ isVerified: true }, "admin.verified") }, t("admin.verify")),
-          h("button", { type: "button", class: "secondary", onclick: patch({ disabled: !u.disabled }, u.disabled ? "admin.enabled" : "admin.disabledNow") }, t(u.disabled ? "admin.enable" : "admin.disable")),
+          h("button", {
+            type: "button",
+            id: "toggle-disabled",
+            class: "secondary",
+            onclick: patch({ disabled: !u.disabled }, u.disabled ? "admin.enabled" : "admin.disabledNow",
+              u.disabled ? null : t("admin.confirmDisable", { user: u.username }), t("admin.disable")),
+          }, t(u.disabled ? "admin.enable" : "admin.disable")),
           h("button", {
             type: "button",
             class: "danger",
+            id: "delete-user",
             onclick: guarded(status, async () => {
-              if (!confirm(t("admin.confirmDelete", { user: u.username }))) return;
+              if (!(await ask(t("admin.confirmDelete", { user: u.username }), t("admin.delete")))) return;
               await api.call("auth", "DELETE", `/api/admin/users/${enc(u.id)}`);
               said(status, "admin.deleted", { user: u.username });
               replace(detail);
               await draw();
             }),
-          }, t("admin.delete"))),
+          }, t("admin.delete"))));
+      actions.push(
         h("form", {
           novalidate: true,
           class: "card",
@@ -113,6 +145,7 @@ async function users(main, { user: me }) {
       h("p", { class: "big", id: "user-balance" }, t("admin.balanceOf", { user: u.username, credits: number(balance.totalCredits) })),
       currentLimits,
       grant,
+      adjust,
       actions,
       h("h3", {}, t("admin.grantsOf", { user: u.username })),
       grants(balance.allocations, t("admin.noGrants", { user: u.username })),
@@ -143,6 +176,15 @@ async function users(main, { user: me }) {
   replace(main, h("h1", {}, t("titles.admin_users")), status, h("div", { class: "split" },
     h("div", {}, search.el, list, admin ? createForm() : null), detail));
   await draw();
+}
+
+/** Of the addresses `emails`, those no account has yet. */
+async function withoutAccount(emails) {
+  const found = await Promise.all(emails.map(async (email) => {
+    const page = await api.call("auth", "GET", `/api/admin/users?limit=5&search=${enc(email)}`);
+    return page.users.some((u) => u.email === email.toLowerCase());
+  }));
+  return emails.filter((_, i) => !found[i]);
 }
 
 async function chatflows(main) {
@@ -192,15 +234,33 @@ async function chatflows(main) {
           await api.call("predict", "PUT", `/api/v1/admin/chatflows/${enc(f.id)}`, body);
           const added = emails.input.value.split(/[\s,;]+/).filter(Boolean);
           if (added.length) await api.call("predict", "POST", `/api/v1/admin/chatflows/${enc(f.id)}/users`, { emails: added });
-          said(status, "admin.flowSaved", { name: f.name });
+          const unknown = await withoutAccount(added);
           await draw();
+          said(status, "admin.flowSaved", { name: f.name });
+          if (unknown.length) {
+            status.append(h("p", { class: "notice warning", role: "status", id: "no-account" }, t("admin.noAccountYet", { emails: unknown.join(", ") })));
+          }
         }),
       },
       h("h2", {}, f.name),
       h("p", { class: "meta" }, f.id),
       h("div", { class: "check" }, pub, h("label", { for: `public-${f.id}` }, t("admin.public"))),
       f.invocable ? null : h("p", { class: "notice" }, t("admin.notInvocable")),
-      h("p", { class: "meta" }, t("admin.allowed", { count: f.allowedUsers.length }), " ", f.allowedUsers.join(", ")),
+      h("p", { class: "meta" }, t("admin.allowed", { count: f.allowedUsers.length })),
+      f.allowedUsers.length === 0 ? null : h("ul", { class: "plain access" }, f.allowedUsers.map((who) => h("li", {},
+        who, " ",
+        h("button", {
+          type: "button",
+          class: "secondary",
+          "aria-label": t("admin.removeAccessOf", { who }),
+          onclick: guarded(status, async () => {
+            if (!(await ask(t("admin.confirmRemoveAccess", { who, name: f.name }), t("admin.removeAccess")))) return;
+            const entry = who.includes("@") ? { emails: [who] } : { userIds: [who] };
+            await api.call("predict", "DELETE", `/api/v1/admin/chatflows/${enc(f.id)}/users`, entry);
+            await draw();
+            said(status, "admin.accessRemoved", { who, name: f.name });
+          }),
+        }, t("admin.removeAccess"))))),
       emails.el, perRequest.el, perInput.el, perOutput.el, images.el, documents.el,
       overrides.el,
       h("div", { class: "field" }, h("label", { for: systemId }, t("admin.systemMessages")), system,
@@ -229,7 +289,18 @@ async function chatflows(main) {
   await draw();
 }
 
+/** Every chatflow's name an admin can see (removed ones too); a supervisor's own list. */
+async function everyChatflowName() {
+  try {
+    const flows = await api.call("predict", "GET", "/api/v1/admin/chatflows");
+    return Object.fromEntries(flows.chatflows.map((f) => [f.id, f.name]));
+  } catch {
+    return chatflowNames();
+  }
+}
+
 async function dashboard(main) {
+  let names_ = null;
   const status = h("div", { "aria-live": "polite" });
   const from = field(t("admin.from"), { api: "from", type: "date", id: "range-from" });
   const to = field(t("admin.to"), { api: "to", type: "date", id: "range-to" });
@@ -241,9 +312,17 @@ async function dashboard(main) {
     return q.toString();
   };
   async function draw() {
-    const stats = await api.call("usage", "GET", `/api/usage/system-stats?${range()}`);
-    replace(report, usageCharts(stats),
-      bars(t("admin.topUsers"), (stats.byUser || []).map((u) => ({ label: u.userId, value: u.credits })), t("admin.user"), t("usage.credits")));
+    const chosen = Boolean(from.input.value || to.input.value);
+    const [stats, names] = await Promise.all([
+      api.call("usage", "GET", `/api/usage/system-stats?${range()}`),
+      names_ ||= everyChatflowName(),
+    ]);
+    // The range the report covers, filled in ("the last 30 days" when none was given).
+    if (!from.input.value) from.input.value = stats.from.slice(0, 10);
+    if (!to.input.value) to.input.value = new Date(new Date(stats.to).getTime() - 1).toISOString().slice(0, 10);
+    replace(report, period(stats, chosen), usageCharts(stats, names),
+      bars(t("admin.topUsers"), (stats.byUser || []).map((u) => ({ label: u.username || u.userId, value: u.credits })),
+        t("admin.user"), t("usage.credits"), t("usage.nothing")));
   }
   const exportButton = h("button", {
     type: "button",

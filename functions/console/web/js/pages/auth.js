@@ -56,7 +56,8 @@ function nextRoute() {
 }
 
 async function signin(main, { go, query }) {
-  const verified = query().get("verified") ? notice(t("auth.verified")) : null;
+  const verified = query().get("verified") ? notice(t("auth.verified"))
+    : query().get("ended") ? notice(t("auth.sessionEnded")) : null;
   const next = nextRoute();
   const who = field(t("auth.identifier"), { name: "username", autocomplete: "username", required: true });
   const password = field(t("auth.password"), { name: "password", type: "password", autocomplete: "current-password", required: true });
