@@ -56,7 +56,12 @@ async fn an_admin_records_usage_and_an_end_user_cannot() {
 
 #[tokio::test]
 async fn statistics_group_by_service_day_chatflow_and_user() {
-    let (client, _db) = app().await;
+    let (client, db) = app().await;
+    // u1 is known to the ledger by name; u2 is not.
+    sqlx::query("INSERT INTO user_accounts (user_id, username) VALUES ('u1', 'ann')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     for (user, service, op, credits) in [
         ("u1", "chat", "flow-a", 3),
         ("u1", "chat", "flow-a", 2),
@@ -109,7 +114,10 @@ async fn statistics_group_by_service_day_chatflow_and_user() {
     assert_eq!(system.body["totalCredits"], 21);
     assert_eq!(
         system.body["byUser"],
-        json!([{"userId": "u2", "records": 1, "credits": 11}, {"userId": "u1", "records": 4, "credits": 10}])
+        json!([
+            {"userId": "u2", "username": null, "records": 1, "credits": 11},
+            {"userId": "u1", "username": "ann", "records": 4, "credits": 10}
+        ])
     );
 }
 
