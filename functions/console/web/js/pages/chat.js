@@ -47,7 +47,7 @@ function bubble(role, content, status, reason, metadata = {}) {
 function priceSentence(rules, chatflow) {
   const rule = rules.find((r) => r.chatflowId === chatflow) || rules.find((r) => r.chatflowId === "default");
   if (!rule) return "";
-  return t("chat.price", {
+  return t(rule.perRequest === 1 ? "chat.priceOne" : "chat.price", {
     perRequest: number(rule.perRequest),
     input: number(rule.perInputToken * 1000),
     output: number(rule.perOutputToken * 1000),
