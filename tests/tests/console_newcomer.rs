@@ -1140,3 +1140,36 @@ async fn charts_people_can_read() {
     browser.assert_accessible("usage at 375 px").await;
     browser.shot("usage at 375px").await;
 }
+
+#[tokio::test]
+async fn a_lost_connection_is_not_a_sign_out() {
+    let flows = vec![("flow-a", "Support bot", Behaviour::answer("Hello."), None)];
+    let World {
+        base,
+        stack: _stack,
+        admin: _admin,
+        ann: _ann,
+        _flowise,
+    } = world(flows, 10).await;
+    let browser = Browser::start(1280, 900).await;
+    sign_in(&browser, &base, "ann", ANN).await;
+    // Every call answers 401 and the refresh cannot get through: the tab
+    // says so and stays signed in (a refresh the gateway refuses would
+    // end it).
+    browser
+        .script(
+            "window.fetch = (url) => String(url).includes('/api/auth/refresh')
+               ? Promise.reject(new TypeError('offline'))
+               : Promise.resolve(new Response(JSON.stringify({error: 'token_expired', message: 'x'}),
+                   {status: 401, headers: {'content-type': 'application/json'}}));",
+        )
+        .await;
+    browser.click("nav a[href='#/credits']").await;
+    browser
+        .wait_text("#main [role=alert]", "Your session has expired")
+        .await;
+    let still = browser
+        .script("return [location.hash, !!document.querySelector('#signout')]")
+        .await;
+    assert_eq!(still, json!(["#/credits", true]));
+}

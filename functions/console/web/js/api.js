@@ -33,11 +33,15 @@ channel?.addEventListener("message", (e) => {
   if (e.data === "signed-out") ended();
 });
 
-/** Renews after a 401 (true when it did); a session that cannot be renewed has ended. */
+/**
+ * Renews after a 401 (true when it did). A refresh the gateway refuses
+ * (401) means the session has ended; a lost connection does not.
+ */
 async function renewed() {
-  const ok = await refresh().then(() => true, () => false);
-  if (!ok) ended();
-  return ok;
+  return refresh().then(() => true, (err) => {
+    if (err?.status === 401) ended();
+    return false;
+  });
 }
 
 /** An answer that is not a success, or a request that never got one. */
