@@ -365,6 +365,7 @@ pub fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
 impl<S> FromRequestParts<S> for AuthUser
 where
     JwtKeys: FromRef<S>,
+    sqlx::PgPool: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -382,6 +383,9 @@ where
             return Err(invalid_token("the token's subject is not a valid user id"));
         }
         tracing::Span::current().record("user_id", claims.sub.as_str());
+        // Signed out everywhere since: every request ends such a session.
+        let pool = sqlx::PgPool::from_ref(state);
+        crate::ledger::accounts::check_session(&pool, &claims.sub, claims.sv).await?;
         Ok(claims.into())
     }
 }

@@ -16,11 +16,18 @@ use shared::token::{AuthUser, JwtKeys, Role};
 #[derive(Clone)]
 struct State {
     jwt: JwtKeys,
+    pg: sqlx::PgPool,
 }
 
 impl FromRef<State> for JwtKeys {
     fn from_ref(state: &State) -> Self {
         state.jwt.clone()
+    }
+}
+
+impl FromRef<State> for sqlx::PgPool {
+    fn from_ref(state: &State) -> Self {
+        state.pg.clone()
     }
 }
 
@@ -44,9 +51,20 @@ async fn echo(JsonBody(body): JsonBody<Body>) -> Json<Value> {
     Json(json!({"name": body.name, "count": body.count}))
 }
 
+/// The router, with no database behind it (for requests refused before
+/// a token's session is looked up).
 fn app() -> Router {
+    let nowhere = sqlx::postgres::PgPoolOptions::new()
+        .connect_lazy("postgres://nobody@127.0.0.1:1/nothing")
+        .unwrap();
+    app_with(nowhere)
+}
+
+/// The router on `pg` (a token's session is looked up there).
+fn app_with(pg: sqlx::PgPool) -> Router {
     let state = State {
         jwt: testing::jwt_keys(),
+        pg,
     };
     finish(
         Router::new()
@@ -107,24 +125,34 @@ async fn a_refresh_token_is_refused_as_access() {
 
 #[tokio::test]
 async fn a_valid_token_yields_the_user() {
+    let db = TestPostgres::new().await;
     let token = testing::mint_token(&testing::jwt_keys(), "u42", Role::Supervisor);
-    let res = call(&app(), "GET", "/whoami", None, Some(&token)).await;
+    let app = app_with(db.pool.clone());
+    let res = call(&app, "GET", "/whoami", None, Some(&token)).await;
     assert_eq!(res.status, 200);
     assert_eq!(res.body, json!({"id": "u42", "role": "supervisor"}));
+    // Once its user signed out everywhere, the same token is refused.
+    sqlx::query("INSERT INTO user_accounts (user_id, session_version) VALUES ('u42', 1)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    call(&app, "GET", "/whoami", None, Some(&token))
+        .await
+        .assert_error(401, "session_ended");
 }
 
 #[tokio::test]
 async fn the_wrong_role_is_403() {
+    let db = TestPostgres::new().await;
+    let app = app_with(db.pool.clone());
     let keys = testing::jwt_keys();
     let user = testing::mint_token(&keys, "u1", Role::Enduser);
-    call(&app(), "GET", "/admin", None, Some(&user))
+    call(&app, "GET", "/admin", None, Some(&user))
         .await
         .assert_error(403, "forbidden");
     let admin = testing::mint_token(&keys, "u2", Role::Admin);
     assert_eq!(
-        call(&app(), "GET", "/admin", None, Some(&admin))
-            .await
-            .status,
+        call(&app, "GET", "/admin", None, Some(&admin)).await.status,
         200
     );
 }

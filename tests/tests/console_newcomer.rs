@@ -666,6 +666,20 @@ async fn signing_out_everywhere_ends_every_token_already_out() {
     );
     let streamed = stack.open_stream(&second, &question, &[]).await;
     assert_eq!(streamed.status(), 401);
+    // Nor does it read anything any more.
+    for (function, path) in [
+        ("credits", "/api/credits/balance"),
+        ("auth", "/api/profile"),
+        ("predict", "/api/v1/chat/sessions"),
+        ("usage", "/api/usage/stats"),
+    ] {
+        let (status, body) = stack.get(function, path, &second).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("session_ended")),
+            "{path}: {body}"
+        );
+    }
     let (status, _) = stack
         .post(
             "auth",
@@ -817,7 +831,12 @@ async fn what_cannot_be_undone_is_asked_first() {
         json!(["ghost@example.com"])
     );
 
-    // Signing out everywhere asks, and ends the other tab at once.
+    // Signing out everywhere asks, and ends the other tab at once, and
+    // another browser's session at its next request.
+    let elsewhere = Browser::start(1280, 900).await;
+    sign_in(&elsewhere, &base, ADMIN.0, ADMIN.2).await;
+    elsewhere.open(&base, "credits").await;
+    elsewhere.css("#total-credits").await;
     let first = browser.client.window().await.unwrap();
     let other = browser.client.new_window(true).await.unwrap();
     browser
@@ -846,6 +865,14 @@ async fn what_cannot_be_undone_is_asked_first() {
         )
         .await;
     browser.css("input[name=username]").await;
+    elsewhere.click("nav a[href='#/usage']").await;
+    elsewhere
+        .wait_text(
+            "#main",
+            "You were signed out because this account signed out everywhere.",
+        )
+        .await;
+    elsewhere.css("input[name=username]").await;
 }
 
 #[tokio::test]

@@ -93,6 +93,12 @@ pub struct AppState {
     pub mail_floor: std::time::Duration,
 }
 
+impl FromRef<AppState> for sqlx::PgPool {
+    fn from_ref(state: &AppState) -> Self {
+        state.pg.clone()
+    }
+}
+
 impl FromRef<AppState> for JwtKeys {
     fn from_ref(state: &AppState) -> Self {
         state.jwt.clone()

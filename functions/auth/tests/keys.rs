@@ -386,6 +386,11 @@ async fn signing_out_everywhere_revokes_the_keys_only_when_asked() {
     let res = app.send("POST", "/api/auth/logout-all", &token, None).await;
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(refusal(&app, &key).await, None);
+    // That session ended with the others: sign in again.
+    app.send("POST", "/api/auth/logout-all", &token, None)
+        .await
+        .assert_error(401, "session_ended");
+    let token = app.token_of("kim", "kim-password").await;
     let res = app
         .send(
             "POST",
@@ -396,6 +401,7 @@ async fn signing_out_everywhere_revokes_the_keys_only_when_asked() {
         .await;
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(refusal(&app, &key).await, Some("key_revoked"));
+    let token = app.token_of("kim", "kim-password").await;
     app.send(
         "POST",
         "/api/auth/logout-all",
