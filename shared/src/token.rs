@@ -347,6 +347,28 @@ impl From<AccessClaims> for AuthUser {
     }
 }
 
+/// 401 `session_ended` when `user` signed out everywhere after the access
+/// token of session version `version` was issued: one primary-key read of
+/// the ledger's record, so every request with such a token is refused, not
+/// only predictions (which check again in the statement that locks the
+/// account, closing the race with a sign-out made meanwhile).
+async fn check_session(pool: &sqlx::PgPool, user: &str, version: i64) -> Result<(), ApiError> {
+    let current = sqlx::query_scalar!(
+        "SELECT session_version FROM user_accounts WHERE user_id = $1",
+        user
+    )
+    .fetch_optional(pool)
+    .await?;
+    match current {
+        Some(current) if current > version => Err(ApiError::Unauthorized {
+            code: "session_ended",
+            message: "this session ended when the account signed out everywhere; sign in again"
+                .into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Reads the bearer token of a request's headers.
 pub fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
     let missing = || ApiError::Unauthorized {
@@ -385,7 +407,7 @@ where
         tracing::Span::current().record("user_id", claims.sub.as_str());
         // Signed out everywhere since: every request ends such a session.
         let pool = sqlx::PgPool::from_ref(state);
-        crate::ledger::accounts::check_session(&pool, &claims.sub, claims.sv).await?;
+        check_session(&pool, &claims.sub, claims.sv).await?;
         Ok(claims.into())
     }
 }

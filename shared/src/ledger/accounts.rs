@@ -33,28 +33,6 @@ pub async fn ensure_account(conn: &mut PgConnection, user: &AuthUser) -> Result<
     Ok(())
 }
 
-/// 401 `session_ended` when `user` signed out everywhere after the access
-/// token of session version `version` was issued: one primary-key read, so
-/// every request with such a token is refused, not only predictions (which
-/// check again in the statement that locks the account, closing the race
-/// with a sign-out made meanwhile).
-pub async fn check_session(
-    pool: &sqlx::PgPool,
-    user: &str,
-    version: i64,
-) -> Result<(), crate::error::ApiError> {
-    let current = sqlx::query_scalar!(
-        "SELECT session_version FROM user_accounts WHERE user_id = $1",
-        user
-    )
-    .fetch_optional(pool)
-    .await?;
-    match current {
-        Some(current) if current > version => Err(LedgerError::SessionEnded.into()),
-        _ => Ok(()),
-    }
-}
-
 /// The caller's account, locked, as [`lock_from_claims`] read it.
 #[derive(Debug, Clone, Copy)]
 pub struct Account {
