@@ -360,12 +360,17 @@ async fn check_session(pool: &sqlx::PgPool, user: &str, version: i64) -> Result<
     .fetch_optional(pool)
     .await?;
     match current {
-        Some(current) if current > version => Err(ApiError::Unauthorized {
-            code: "session_ended",
-            message: "this session ended when the account signed out everywhere; sign in again"
-                .into(),
-        }),
+        Some(current) if current > version => Err(session_ended()),
         _ => Ok(()),
+    }
+}
+
+/// 401 `session_ended`: the token was issued before its user signed out
+/// everywhere (here, and in the ledger's lock).
+pub fn session_ended() -> ApiError {
+    ApiError::Unauthorized {
+        code: "session_ended",
+        message: "this session ended when the account signed out everywhere; sign in again".into(),
     }
 }
 

@@ -240,31 +240,23 @@ async fn errors_show_at_their_field() {
     browser.fill("#new-username", "bo b").await;
     browser.fill("#new-email", "bob@example.com").await;
     browser.fill("#new-password", "bob's long password").await;
-    browser
-        .click("form:has(#new-username) button[type=submit]")
-        .await;
+    browser.submit("#new-username").await;
     let note = field_error(&browser, "username").await;
     assert!(note.contains("letters, digits"), "{note}");
 
     browser.click("#user-list button.link").await;
     browser.fill("#grant-credits", "0").await;
-    browser
-        .click("form:has(#grant-credits) button[type=submit]")
-        .await;
+    browser.submit("#grant-credits").await;
     let note = field_error(&browser, "credits").await;
     assert!(note.contains("1 or more"), "{note}");
     browser.fill("#grant-credits", "5").await;
     browser.fill("#grant-days", "5000").await;
-    browser
-        .click("form:has(#grant-credits) button[type=submit]")
-        .await;
+    browser.submit("#grant-credits").await;
     let note = field_error(&browser, "expiryDays").await;
     assert!(note.contains("1 to 3650 days"), "{note}");
     browser.assert_accessible("grant, a field refused").await;
     browser.fill("#grant-days", "30").await;
-    browser
-        .click("form:has(#grant-credits) button[type=submit]")
-        .await;
+    browser.submit("#grant-credits").await;
     browser
         .wait_text("#main", "Granted 5 credits to root")
         .await;
@@ -275,9 +267,7 @@ async fn errors_show_at_their_field() {
     browser
         .fill("[data-field=rateLimitPerMinute]", "20000")
         .await;
-    browser
-        .click("form:has([data-field=rateLimitPerMinute]) button[type=submit]")
-        .await;
+    browser.submit("[data-field=rateLimitPerMinute]").await;
     let note = field_error(&browser, "rateLimitPerMinute").await;
     assert!(note.contains("10,000"), "{note}");
 
@@ -298,9 +288,7 @@ async fn errors_show_at_their_field() {
     browser.fill("#key-name", "laptop").await;
     browser.fill("#key-days", "400").await;
     browser.fill("#key-password", ADMIN.2).await;
-    browser
-        .click("form:has(#key-name) button[type=submit]")
-        .await;
+    browser.submit("#key-name").await;
     let note = field_error(&browser, "expiresInDays").await;
     assert!(note.contains("1 to 365 days"), "{note}");
 
@@ -557,9 +545,7 @@ async fn a_new_key_comes_with_what_it_takes_to_use_it() {
     browser.open(&base, "keys").await;
     browser.fill("#key-name", "laptop").await;
     browser.fill("#key-password", ANN).await;
-    browser
-        .click("form:has(#key-name) button[type=submit]")
-        .await;
+    browser.submit("#key-name").await;
     browser.css("#key-examples").await;
     let shown = browser
         .script(
@@ -618,9 +604,7 @@ async fn a_new_key_comes_with_what_it_takes_to_use_it() {
     browser.open(&base, "keys").await;
     browser.fill("#key-name", "phone").await;
     browser.fill("#key-password", ANN).await;
-    browser
-        .click("form:has(#key-name) button[type=submit]")
-        .await;
+    browser.submit("#key-name").await;
     browser.wait_text("#key-examples", "立即使用").await;
 }
 
@@ -782,15 +766,11 @@ async fn what_cannot_be_undone_is_asked_first() {
     // Adjusting her balance, with a note; 0 is refused at the field.
     browser.fill("#adjust-amount", "0").await;
     browser.fill("#adjust-note", "typo in the grant").await;
-    browser
-        .click("form:has(#adjust-amount) button[type=submit]")
-        .await;
+    browser.submit("#adjust-amount").await;
     let note = field_error(&browser, "amount").await;
     assert!(note.contains("other than 0"), "{note}");
     browser.fill("#adjust-amount", "-5").await;
-    browser
-        .click("form:has(#adjust-amount) button[type=submit]")
-        .await;
+    browser.submit("#adjust-amount").await;
     browser
         .wait_text("#main", "ann's balance is adjusted by -5; it is now 25.")
         .await;

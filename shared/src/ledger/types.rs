@@ -361,10 +361,7 @@ impl From<LedgerError> for ApiError {
                 code: "account_disabled",
                 message,
             },
-            LedgerError::SessionEnded => ApiError::Unauthorized {
-                code: "session_ended",
-                message,
-            },
+            LedgerError::SessionEnded => crate::token::session_ended(),
             LedgerError::RateLimited { retry_after, .. } => ApiError::TooManyRequests {
                 code: "rate_limited",
                 message,

@@ -102,6 +102,12 @@ impl Browser {
             .unwrap_or_else(|e| panic!("could not pick {value} in {selector}: {e}"));
     }
 
+    /// Clicks the submit button of the form that holds `field`.
+    pub async fn submit(&self, field: &str) {
+        self.click(&format!("form:has({field}) button[type=submit]"))
+            .await;
+    }
+
     pub async fn click(&self, selector: &str) {
         for _ in 0..20 {
             if self.css(selector).await.click().await.is_ok() {

@@ -145,22 +145,21 @@ async function keys(main) {
     const page = await api.call("credits", "GET", "/api/keys?limit=100");
     replace(
       list,
-      page.keys.length === 0
-        ? h("p", { class: "meta" }, t("keys.none"))
-        : table(
-            [t("keys.name"), t("keys.prefix"), t("keys.status"), t("keys.expires"), t("keys.spent"), t("keys.lastUsed"), ""],
-            page.keys.map((k) => [
-              k.name,
-              h("code", {}, k.prefix),
-              t(`keys.statuses.${k.status}`),
-              k.expiresAt ? when(k.expiresAt) : "",
-              k.monthlyCreditLimit ? t("keys.spentOf", { spent: number(k.creditsThisMonth), limit: number(k.monthlyCreditLimit) }) : number(k.creditsThisMonth),
-              k.lastUsedAt ? when(k.lastUsedAt) : t("keys.neverUsed"),
-              k.status === "active"
-                ? h("button", { type: "button", class: "secondary", onclick: () => revoke(k) }, t("keys.revoke"))
-                : "",
-            ]),
-          ),
+      table(
+        [t("keys.name"), t("keys.prefix"), t("keys.status"), t("keys.expires"), t("keys.spent"), t("keys.lastUsed"), ""],
+        page.keys.map((k) => [
+          k.name,
+          h("code", {}, k.prefix),
+          t(`keys.statuses.${k.status}`),
+          k.expiresAt ? when(k.expiresAt) : "",
+          k.monthlyCreditLimit ? t("keys.spentOf", { spent: number(k.creditsThisMonth), limit: number(k.monthlyCreditLimit) }) : number(k.creditsThisMonth),
+          k.lastUsedAt ? when(k.lastUsedAt) : t("keys.neverUsed"),
+          k.status === "active"
+            ? h("button", { type: "button", class: "secondary", onclick: () => revoke(k) }, t("keys.revoke"))
+            : "",
+        ]),
+        t("keys.none"),
+      ),
     );
   }
 
