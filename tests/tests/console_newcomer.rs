@@ -863,9 +863,20 @@ async fn a_chat_stays_true_and_fits_a_phone() {
         usage: None,
         heartbeat: false,
     };
+    // Long enough that a stop always lands before its end, however
+    // loaded the machine.
+    let mut story = vec!["Hello ".to_owned()];
+    story.extend(vec!["and then ".to_owned(); 600]);
+    let long = Behaviour::Answer {
+        tokens: story,
+        delay: Duration::from_millis(100),
+        usage: None,
+        heartbeat: false,
+    };
     let dear = json!({"perRequest": 1000, "perInputToken": 0, "perOutputToken": 0});
     let flows = vec![
         ("flow-a", "Support bot", slow, None),
+        ("flow-long", "Storyteller", long, None),
         (
             "flow-dear",
             "Pricey bot",
@@ -884,7 +895,7 @@ async fn a_chat_stays_true_and_fits_a_phone() {
     sign_in(&browser, &base, "ann", ANN).await;
 
     // "Stopping…" goes when the answer ends.
-    browser.select("#chatflow", "flow-a").await;
+    browser.select("#chatflow", "flow-long").await;
     browser.fill("#question", "Tell me a story").await;
     browser.click("#send").await;
     browser
