@@ -34,14 +34,24 @@ impl LogFormat {
 /// Installs the global subscriber, once, at the top of `main`. Runs before
 /// the configuration is loaded so that configuration errors are logged too.
 pub fn init() {
+    init_with(std::io::stdout);
+}
+
+/// [`init`], logging to standard error: for a command whose standard
+/// output is its result (`gateway-admin import-platform --json`).
+pub fn init_stderr() {
+    init_with(std::io::stderr);
+}
+
+fn init_with<W>(writer: W)
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // An invalid LOG_FORMAT value falls back to the default rather than
     // failing: logging must work before anything else can report.
-    let _ = tracing::subscriber::set_global_default(subscriber(
-        LogFormat::from_env(),
-        filter,
-        std::io::stdout,
-    ));
+    let _ =
+        tracing::subscriber::set_global_default(subscriber(LogFormat::from_env(), filter, writer));
 }
 
 /// Builds a subscriber writing to `writer` (tests capture logs with it).

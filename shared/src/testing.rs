@@ -221,7 +221,7 @@ impl Drop for TestPostgres {
 
 /// Runs `work` to completion from a `Drop`, which cannot await: on a
 /// short-lived thread with its own runtime.
-fn run_to_completion(work: impl std::future::Future<Output = ()> + Send + 'static) {
+pub fn run_to_completion(work: impl std::future::Future<Output = ()> + Send + 'static) {
     let thread = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

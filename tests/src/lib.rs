@@ -4,6 +4,7 @@
 //! every test. Scenarios live in `tests/`.
 
 pub mod lambda;
+pub mod platform;
 pub mod routes;
 pub mod stack;
 pub mod wire;

@@ -11,7 +11,7 @@ use shared::identity::Email;
 use shared::ApiError;
 use tokio::time::Instant;
 
-use crate::password::{equalise_timing, verify_password};
+use crate::password::{equalise_timing, hash_text, needs_rehash, verify_password};
 use crate::store::{Attempts, CodePurpose, UserDoc};
 use crate::AppState;
 
@@ -76,7 +76,7 @@ pub async fn check_password(
         return Err(locked(Utc::now() + window));
     }
     let matches = match user {
-        Some(u) if password.chars().count() <= 128 => {
+        Some(u) if password.chars().count() <= longest_password(&u.password_hash) => {
             verify_password(password, &u.password_hash).await
         }
         _ => {
@@ -86,6 +86,14 @@ pub async fn check_password(
     };
     if matches {
         state.store.clear_attempts(Attempts::Login, key).await?;
+        if let Some(u) = user.filter(|u| needs_rehash(&u.password_hash)) {
+            let argon = hash_text(password).await?;
+            state
+                .store
+                .replace_hash(&u.id, &u.password_hash, &argon)
+                .await?;
+            tracing::info!(user_id = %u.id, "a platform password hash replaced by argon2id");
+        }
         return Ok(());
     }
     if count == LOCKOUT_FAILURES {
@@ -94,6 +102,17 @@ pub async fn check_password(
         answer_after_floor(state, lock_out(state, key, user, window)).await?;
     }
     Err(invalid_credentials())
+}
+
+/// The longest password checked against `stored`: 128 characters, as
+/// passwords are set here; any length up to 1024 against a platform's
+/// bcrypt hash (the platform set no bound, and bcrypt reads 72 bytes).
+fn longest_password(stored: &str) -> usize {
+    if needs_rehash(stored) {
+        1024
+    } else {
+        128
+    }
 }
 
 async fn lock_out(

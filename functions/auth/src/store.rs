@@ -33,7 +33,8 @@ pub struct UserDoc {
     /// code mailed to it is entered.
     #[serde(default)]
     pub pending_email: Option<String>,
-    /// argon2id PHC string.
+    /// argon2id PHC string, or an imported platform's bcrypt hash until
+    /// its owner's first sign-in (`password::needs_rehash`).
     pub password_hash: String,
     /// Role.
     pub role: Role,
@@ -150,6 +151,18 @@ impl AuthStore {
             .return_document(ReturnDocument::After)
             .await
             .map_err(|e| duplicate_error(&e).unwrap_or_else(|| e.into()))
+    }
+
+    /// Replaces the password hash `old` of account `id` by `new`; nothing
+    /// when it changed meanwhile (a reset wins).
+    pub async fn replace_hash(&self, id: &str, old: &str, new: &str) -> Result<(), ApiError> {
+        self.users()
+            .update_one(
+                doc! {"_id": id, "password_hash": old},
+                doc! {"$set": {"password_hash": new, "updated_at": BsonTime::now()}},
+            )
+            .await?;
+        Ok(())
     }
 
     /// Accounts with the admin role, enabled or not.

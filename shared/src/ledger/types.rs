@@ -178,6 +178,9 @@ pub enum EntryKind {
     Expiry,
     /// An admin's correction (either sign).
     Adjustment,
+    /// An allocation brought from the platform (`gateway-admin
+    /// import-platform`): its total, as it was granted there.
+    Import,
 }
 
 impl EntryKind {
@@ -191,6 +194,7 @@ impl EntryKind {
             EntryKind::Settlement => "settlement",
             EntryKind::Expiry => "expiry",
             EntryKind::Adjustment => "adjustment",
+            EntryKind::Import => "import",
         }
     }
 }
@@ -201,7 +205,7 @@ impl std::str::FromStr for EntryKind {
         serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
             format!(
                 "{s:?} is not one of allocation, deduction, refund, reservation, \
-                 settlement, expiry, adjustment"
+                 settlement, expiry, adjustment, import"
             )
         })
     }
@@ -457,6 +461,7 @@ mod tests {
             "settlement",
             "expiry",
             "adjustment",
+            "import",
         ] {
             let parsed: EntryKind = kind.parse().unwrap();
             assert_eq!(parsed.as_str(), kind);

@@ -1,6 +1,7 @@
 //! What `gateway-admin` does, as a library its tests drive.
 
 pub mod demo;
+pub mod import;
 
 use std::time::Duration;
 
@@ -160,6 +161,42 @@ pub async fn seed_demo() -> Result<(), shared::BoxError> {
     }
     if let Some(why) = &seeded.sync_failed {
         println!("  Chatflows:   not synced ({why})");
+    }
+    Ok(())
+}
+
+/// `gateway-admin import-platform`: migrates the gateway's stores (those of
+/// its usual environment), imports the platform's three stores into them
+/// ([`import::run`]), and prints the report (one JSON object with `json`,
+/// else a summary). Progress goes to standard error.
+pub async fn import_platform(
+    auth_uri: &str,
+    proxy_uri: &str,
+    accounting_url: &str,
+    dry_run: bool,
+    json: bool,
+) -> Result<(), shared::BoxError> {
+    use anyhow::Context;
+    migrate()
+        .await
+        .map_err(|e| anyhow::anyhow!("migrating the gateway's stores: {e}"))?;
+    let env = Env::load().await?;
+    let stores = mongo::connect(&MongoConfig::from_env(&env)?).await?;
+    let pool = postgres::connect_lazy(&PostgresConfig::from_env(&env)?)?;
+    let target = import::Target {
+        mongo: stores,
+        pool,
+        max_upload_bytes: shared::config::Limits::from_env(&env)?.max_upload_bytes,
+    };
+    let source = import::Source::connect(auth_uri, proxy_uri, accounting_url).await?;
+    let mut progress = import::Progress::stderr();
+    let report = import::run(&source, &target, dry_run, &mut progress)
+        .await
+        .context("the import stopped")?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.summary(dry_run));
     }
     Ok(())
 }

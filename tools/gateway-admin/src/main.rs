@@ -10,13 +10,22 @@
 //! - `gateway-admin serve [--port N]`: every function's router on one port,
 //!   under the API Gateway paths, for load tests and for hosts where
 //!   Lambda does not fit.
+//! - `gateway-admin import-platform --auth-mongodb URI --proxy-mongodb URI
+//!   --accounting-postgres URL [--dry-run] [--json]`: moves the replaced
+//!   platform's users, credits, usage, chatflows, history and files in
+//!   (README, "Moving in from the platform"; [`gateway_admin::import`]).
 
 use gateway_admin::{migrate, openapi_yaml, serve};
 
 #[tokio::main]
 async fn main() -> Result<(), shared::BoxError> {
-    shared::telemetry::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "import-platform") {
+        // Its standard output is its report.
+        shared::telemetry::init_stderr();
+    } else {
+        shared::telemetry::init();
+    }
     let flag = |name: &str| args.iter().any(|a| a == name);
     let value = |name: &str| {
         args.iter()
@@ -36,10 +45,24 @@ async fn main() -> Result<(), shared::BoxError> {
             gateway_admin::stand_in(port.unwrap_or(3999)).await
         }
         Some("seed-demo") => gateway_admin::seed_demo().await,
+        Some("import-platform") => {
+            let required =
+                |name: &str| value(name).ok_or_else(|| format!("import-platform needs {name}"));
+            gateway_admin::import_platform(
+                &required("--auth-mongodb")?,
+                &required("--proxy-mongodb")?,
+                &required("--accounting-postgres")?,
+                flag("--dry-run"),
+                flag("--json"),
+            )
+            .await
+        }
         _ => {
             eprintln!(
                 "usage: gateway-admin migrate | openapi [--check] [--out FILE] | serve [--port N] \
-                 | stand-in [--port N] | seed-demo"
+                 | stand-in [--port N] | seed-demo \
+                 | import-platform --auth-mongodb URI --proxy-mongodb URI \
+                 --accounting-postgres URL [--dry-run] [--json]"
             );
             std::process::exit(2);
         }
