@@ -1,5 +1,5 @@
 # Every target CI runs is here; `.ci/run` calls the same commands.
-.PHONY: screenshots run serve test fmt fmt-check clippy lint cfn-lint sam-validate openapi openapi-check sqlx-prepare sqlx-check ci release bench-ledger bench-predict bench-coldstart
+.PHONY: screenshots run serve test fmt fmt-check clippy lint cfn-lint sam-validate openapi openapi-check sqlx-prepare sqlx-check ci release bench-ledger bench-predict bench-coldstart bench-import
 
 ## Run the local stack: stores, mail catcher, Flowise, every function under cargo lambda watch.
 run:
@@ -65,6 +65,10 @@ bench-predict:
 ## Cold start and memory of every release bootstrap (see BENCHMARKS.md).
 bench-coldstart:
 	./local/with-stores.sh cargo run --release -p e2e --bin bench-coldstart
+
+## import-platform at 10,000 users, 50,000 allocations, 100,000 messages.
+bench-import:
+	./local/with-stores.sh cargo run --release -p e2e --bin bench-import
 
 # Screenshots of the console's main pages (functions/console/screenshots/),
 # taken by the browser test's journey; not part of the tests.

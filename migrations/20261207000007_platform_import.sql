@@ -8,3 +8,16 @@ ALTER TABLE credit_transactions DROP CONSTRAINT credit_transactions_type_check;
 ALTER TABLE credit_transactions ADD CONSTRAINT credit_transactions_type_check CHECK (type IN (
     'allocation', 'deduction', 'refund', 'reservation',
     'settlement', 'expiry', 'adjustment', 'import'));
+
+-- What `gateway-admin import-platform` brought, by the platform's key
+-- (`users/<id>`, `chat_messages/<id>`, `access/<chatflow>/<user>`, ...).
+-- A later run counts a key here as done, whatever became of its record
+-- since: a user deleted, a grant revoked or a conversation deleted here
+-- stays so. For an allocation, `remaining` is what the platform had left
+-- on it when last read, so that what was spent there afterwards is taken
+-- here too.
+CREATE TABLE platform_imports (
+    source      TEXT PRIMARY KEY CHECK (length(source) BETWEEN 1 AND 400),
+    remaining   BIGINT,
+    imported_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);

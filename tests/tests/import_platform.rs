@@ -20,6 +20,10 @@ const BOSS_HASH: &str = "$2b$10$mo02/fVDVqanUR3C/0areudX73szFWKZVv.SipYPEXnHR689
 const BOB_HASH: &str = "$2a$10$zqRim8ieiScFgBM6Mo/0cuVx5bkOTJ3wXOlxQukFaebVBSuH5b8fu"; // bob-platform-1 (bcryptjs 2)
 const DAVE_HASH: &str = "$2b$10$dO97v7WJeuz.uU1i0EvF..VhStaEeTBQlwStU3VUDu5rX2eGpIUhq"; // dave-platform-1
 const ANN_HASH: &str = "$2b$10$QykAsie1TWbaB5kcuMo5NeM7E3Fnmn3fa0fUhHvAOegXNnbHzcRUe"; // ann-platform-1
+/// `erin-` + 40 × `long-` + `end` (208 characters: longer than passwords
+/// set here may be).
+const ERIN_HASH: &str = "$2b$10$VcPNMlbk2JKKoQUXCyk7e.9ogf8NFW5mPrxBIR2Fs7U6VxhFTGXku";
+const FRANK_HASH: &str = "$2b$10$yWvOx7UaOvXI5VoF6z6ZEuLbzyBhv3gxA2QoKn4dX0NRUnmQq3aOG"; // frank-platform-1
 /// `carol-` + 70 × `x` + `-tail` (81 bytes: only the first 72 count).
 const CAROL_HASH: &str = "$2b$10$hraYq/8jS22n5XzY7xhBJ.u0F61jmySkJoVzm62HJhV0t77GiUXrq";
 
@@ -29,6 +33,9 @@ const BOB: &str = "6650f1a2b3c4d5e6f7a8b9c1";
 const CAROL: &str = "6650f1a2b3c4d5e6f7a8b9c2";
 const ANN: &str = "6650f1a2b3c4d5e6f7a8b9c3";
 const DAVE: &str = "6650f1a2b3c4d5e6f7a8b9c4";
+const ERIN: &str = "6650f1a2b3c4d5e6f7a8b9c5";
+/// Whose username holds an `@` (the platform had no rule for usernames).
+const FRANK: &str = "6650f1a2b3c4d5e6f7a8b9c6";
 /// In the accounting rows, not in `auth_db`.
 const GHOST: &str = "6650f1a2b3c4d5e6f7a8b9ff";
 const FLOW_A: &str = "0b9d1f3e-8c55-4a63-9d0e-2f6a7b8c9d10";
@@ -118,6 +125,22 @@ async fn users(p: &Platform) {
                 "taken@example.com",
                 DAVE_HASH,
                 Some("enduser"),
+                Some(true),
+            ),
+            user_doc(
+                oid(ERIN),
+                "erin",
+                "erin@example.com",
+                ERIN_HASH,
+                Some("user"),
+                Some(true),
+            ),
+            user_doc(
+                oid(FRANK),
+                "frank@work",
+                "frank@example.com",
+                FRANK_HASH,
+                Some("user"),
                 Some(true),
             ),
         ],
@@ -425,6 +448,31 @@ async fn platform() -> (Platform, ObjectId, Files) {
     (p, q1, files)
 }
 
+/// Every account's cached total is what its unexpired allocations hold and
+/// what its entries add up to, and every entry's `balance_after` follows.
+async fn ledger_adds_up(pool: &sqlx::PgPool) {
+    assert_eq!(
+        inconsistent_accounts(pool).await,
+        0,
+        "every balance adds up"
+    );
+    assert_eq!(chain_breaks(pool).await, 0, "every balance_after follows");
+}
+
+/// Ledger entries whose `balance_after` is not the running sum of their
+/// account's entries (0 when every one is).
+async fn chain_breaks(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (
+           SELECT balance_after, sum(amount) OVER (PARTITION BY user_id ORDER BY seq) AS running
+             FROM credit_transactions) t
+          WHERE balance_after <> running",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("the ledger is read")
+}
+
 /// Everything the import writes, as text (times the import sets itself
 /// and generated `_id`s left out), to compare two states of the stores.
 async fn fingerprint(pool: &sqlx::PgPool, mongo: &shared::db::mongo::MongoStores) -> String {
@@ -532,6 +580,23 @@ async fn an_account_of_the_gateway(mongo: &TestMongo, email: &str) {
         .expect("dana signed up");
 }
 
+/// FLOW_A in the catalogue before the move, public as Flowise listed it
+/// (what a sync makes of it).
+async fn a_synced_public_chatflow(mongo: &TestMongo) {
+    mongo
+        .stores
+        .chat
+        .collection::<Document>("chatflows")
+        .insert_one(doc! {
+            "chatflow_id": FLOW_A, "name": "Physics tutor", "description": Bson::Null,
+            "is_public": true, "allowed_users": [], "removed": false, "deployed": false,
+            "kind": "CHATFLOW", "invocable": true, "system_prompt_input": Bson::Null,
+            "allowed_overrides": [], "system_messages": "prepend", "synced_at": bson::DateTime::now(),
+        })
+        .await
+        .expect("a synced chatflow");
+}
+
 async fn login(stack: &Stack, body: Value) -> (u16, Value) {
     stack.post_public("auth", "/api/auth/login", body).await
 }
@@ -585,6 +650,7 @@ async fn the_platform_moves_in_and_its_users_find_everything_as_they_left_it() {
     let stack = Stack::start_with(served()).await;
     let mongo = stack.mongo.as_ref().expect("MongoDB");
     an_account_of_the_gateway(mongo, "taken@example.com").await;
+    a_synced_public_chatflow(mongo).await;
     let env = target_env(&stack.pg.url, &mongo.config);
 
     // A dry run reads and checks everything, and writes nothing.
@@ -598,15 +664,14 @@ async fn the_platform_moves_in_and_its_users_find_everything_as_they_left_it() {
 
     let first = p.import(&env, &[]).await;
     assert_eq!(dry, first, "the dry run reported what the run did");
-    assert_eq!(counts(&first, "users"), (4, 0, 2), "{first:#}");
+    assert_eq!(counts(&first, "users"), (6, 0, 2), "{first:#}");
     assert!(reason_of(&first, "users", &format!("users/{ANN}")).contains("compared without case"));
     assert!(reason_of(&first, "users", &format!("users/{DAVE}")).contains("taken@example.com"));
-    assert_eq!(counts(&first, "allocations"), (5, 0, 2), "{first:#}");
+    // 17 expired when it was made: it comes expired.
+    assert_eq!(counts(&first, "allocations"), (6, 0, 1), "{first:#}");
     assert!(reason_of(&first, "allocations", "credit_allocations/16").contains(GHOST));
-    assert!(
-        reason_of(&first, "allocations", "credit_allocations/17").contains("never held credits")
-    );
-    assert_eq!(counts(&first, "usage"), (5, 0, 1), "{first:#}");
+    assert_eq!(counts(&first, "usage"), (4, 0, 2), "{first:#}");
+    assert!(reason_of(&first, "usage", "usage_records/44").contains(GHOST));
     assert!(reason_of(&first, "usage", "streaming_sessions/s-open").contains("not carried over"));
     assert_eq!(counts(&first, "chatflows"), (2, 0, 0));
     assert_eq!(counts(&first, "access"), (2, 1, 4), "{first:#}");
@@ -616,11 +681,7 @@ async fn the_platform_moves_in_and_its_users_find_everything_as_they_left_it() {
     assert_eq!(counts(&first, "files"), (2, 1, 3), "{first:#}");
     assert_eq!(counts(&first, "sessions"), (2, 0, 0), "{first:#}");
     assert_eq!(counts(&first, "messages"), (6, 0, 2), "{first:#}");
-    assert_eq!(
-        inconsistent_accounts(&stack.pg.pool).await,
-        0,
-        "every balance adds up"
-    );
+    ledger_adds_up(&stack.pg.pool).await;
     let imported = fingerprint(&stack.pg.pool, &mongo.stores).await;
 
     // Again: everything is already here, nothing changes.
@@ -730,7 +791,7 @@ async fn the_platform_moves_in_and_its_users_find_everything_as_they_left_it() {
         .collect();
     assert_eq!(
         kinds.iter().filter(|k| **k == "import").count(),
-        3,
+        4,
         "{history}"
     );
     assert!(
@@ -871,6 +932,114 @@ async fn the_platform_moves_in_and_its_users_find_everything_as_they_left_it() {
         .await;
         assert_eq!(status, 404);
     }
+
+    // A password longer than passwords set here, and a username with an
+    // `@`: both sign in, before and after the rehash.
+    let erin_password = format!("erin-{}end", "long-".repeat(40));
+    for _ in 0..2 {
+        signs_in(&stack, "username", "erin", &erin_password, ERIN).await;
+        signs_in(&stack, "username", "frank@work", "frank-platform-1", FRANK).await;
+    }
+    assert!(stored_hash(mongo, ERIN).await.starts_with("$argon2id$"));
+
+    after_the_move(&p, &stack, &env, &alice, &boss).await;
+}
+
+/// Between two runs, the gateway deletes a user, revokes a grant and loses
+/// a conversation; the platform spends 76 of allocation 12, replaces
+/// allocation 14 (20 left) by a new one of 10 (a balance set there), and
+/// stores a late answer. The next run brings the platform's changes and
+/// none of the gateway's deletions back.
+async fn after_the_move(
+    p: &Platform,
+    stack: &Stack,
+    env: &[(String, String)],
+    alice: &str,
+    boss: &str,
+) {
+    let delete = reqwest::Method::DELETE;
+    let (status, body) = stack
+        .request(
+            delete.clone(),
+            "auth",
+            &format!("/api/admin/users/{BOB}"),
+            Some(boss),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let revoke = json!({"userIds": [ALICE]});
+    let path = format!("/api/v1/admin/chatflows/{FLOW_A}/users");
+    let (status, body) = stack
+        .request(delete.clone(), "predict", &path, Some(boss), Some(revoke))
+        .await;
+    assert!(status < 300, "{status} {body}");
+    let path = format!("/api/v1/chat/sessions/{S2}");
+    let (status, body) = stack
+        .request(delete, "predict", &path, Some(alice), None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    sqlx::raw_sql(&format!(
+        "UPDATE credit_allocations SET remaining_credits = 300 WHERE id = 12;
+         DELETE FROM credit_allocations WHERE id = 14;
+         INSERT INTO credit_allocations (id, user_id, total_credits, remaining_credits, allocated_by, allocated_at, expires_at, notes)
+           VALUES (19, '{ALICE}', 10, 10, '{BOSS}', now(), now() + interval '30 days', 'balance set');"
+    ))
+    .execute(&p.accounting)
+    .await
+    .expect("the platform moves on");
+    Platform::insert(
+        &p.proxy,
+        "chat_messages",
+        vec![message(
+            ObjectId::new(),
+            S1,
+            ALICE,
+            "user",
+            "One more late question",
+            "2025-03-04T11:05:00.000Z",
+        )],
+    )
+    .await;
+
+    let third = p.import(env, &[]).await;
+    assert_eq!(counts(&third, "users").0, 0, "Bob stays deleted: {third:#}");
+    let (status, _) = login(
+        stack,
+        json!({"username": "bob", "password": "bob-platform-1"}),
+    )
+    .await;
+    assert_eq!(status, 401);
+    // 12 spent 76 more, 14 is gone, 19 is new.
+    assert_eq!(counts(&third, "allocations").0, 3, "{third:#}");
+    assert_eq!(stack.balance(alice).await, 396 - 76 - 20 + 10);
+    assert_eq!(
+        counts(&third, "access").0,
+        0,
+        "a revoked grant stays revoked: {third:#}"
+    );
+    let (_, flows) = stack.get("predict", "/api/v1/chatflows", alice).await;
+    assert_eq!(flows["chatflows"], json!([]), "{flows}");
+    assert_eq!(counts(&third, "messages").0, 1, "{third:#}");
+    let (_, sessions) = stack.get("predict", "/api/v1/chat/sessions", alice).await;
+    let ids: Vec<&str> = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![S1],
+        "a deleted conversation stays deleted: {sessions}"
+    );
+    assert_eq!(sessions["sessions"][0]["message_count"], 5);
+    ledger_adds_up(&stack.pg.pool).await;
+    // And once more: nothing new.
+    let fourth = p.import(env, &[]).await;
+    for kind in KINDS {
+        assert_eq!(counts(&fourth, kind).0, 0, "{kind}: {fourth:#}");
+    }
 }
 
 #[tokio::test]
@@ -948,7 +1117,10 @@ async fn an_interrupted_import_finishes_on_the_next_run_with_nothing_doubled() {
             break;
         }
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let messages = mongo.stores.chat.collection::<Document>("chat_messages");
+    while messages.count_documents(doc! {}).await.unwrap() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     child.kill().await.expect("killed");
     let written: u64 = mongo
         .stores
@@ -958,7 +1130,7 @@ async fn an_interrupted_import_finishes_on_the_next_run_with_nothing_doubled() {
         .await
         .unwrap();
     assert!(
-        written < (size.users * size.messages_per_user) as u64,
+        written > 0 && written < (size.users * size.messages_per_user) as u64,
         "killed before the end ({written} written)"
     );
 
@@ -977,11 +1149,7 @@ async fn an_interrupted_import_finishes_on_the_next_run_with_nothing_doubled() {
         (size.users * size.messages_per_user) as u64
     );
     assert_eq!(counts(&report, "users").2, 0, "{report:#}");
-    assert_eq!(
-        inconsistent_accounts(&pg.pool).await,
-        0,
-        "every balance adds up"
-    );
+    ledger_adds_up(&pg.pool).await;
 
     // The same stores as one uninterrupted run makes.
     let (pg2, mongo2) = tokio::join!(TestPostgres::new(), TestMongo::new());
@@ -1009,4 +1177,49 @@ async fn an_interrupted_import_finishes_on_the_next_run_with_nothing_doubled() {
             .await
             .unwrap();
     assert_eq!(total, expected);
+}
+
+#[tokio::test]
+async fn a_dry_run_writes_nothing_not_even_the_migrations() {
+    use sqlx::{ConnectOptions, Connection};
+    use std::str::FromStr;
+    let p = Platform::empty().await;
+    let base = shared::testing::postgres_base_url();
+    let name = format!("fgw_unmigrated_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::postgres::PgConnectOptions::from_str(&base)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = shared::testing::with_database(&base, &name);
+    let mongo = TestMongo::new().await;
+    e2e::stack::ensure_binaries_built();
+    let out = p
+        .import_command(&target_env(&url, &mongo.config), &["--dry-run", "--json"])
+        .output()
+        .await
+        .expect("gateway-admin runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("gateway-admin migrate"),
+        "it says what to do: {stderr}"
+    );
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "the dry run made no table");
+    conn.close().await.ok();
+    sqlx::query(&format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#))
+        .execute(&mut admin)
+        .await
+        .unwrap();
 }

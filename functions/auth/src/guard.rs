@@ -76,7 +76,7 @@ pub async fn check_password(
         return Err(locked(Utc::now() + window));
     }
     let matches = match user {
-        Some(u) if password.chars().count() <= longest_password(&u.password_hash) => {
+        Some(u) if password.chars().count() <= LONGEST_PASSWORD => {
             verify_password(password, &u.password_hash).await
         }
         _ => {
@@ -87,12 +87,7 @@ pub async fn check_password(
     if matches {
         state.store.clear_attempts(Attempts::Login, key).await?;
         if let Some(u) = user.filter(|u| needs_rehash(&u.password_hash)) {
-            let argon = hash_text(password).await?;
-            state
-                .store
-                .replace_hash(&u.id, &u.password_hash, &argon)
-                .await?;
-            tracing::info!(user_id = %u.id, "a platform password hash replaced by argon2id");
+            rehash(state, u, password).await;
         }
         return Ok(());
     }
@@ -104,16 +99,32 @@ pub async fn check_password(
     Err(invalid_credentials())
 }
 
-/// The longest password checked against `stored`: 128 characters, as
-/// passwords are set here; any length up to 1024 against a platform's
-/// bcrypt hash (the platform set no bound, and bcrypt reads 72 bytes).
-fn longest_password(stored: &str) -> usize {
-    if needs_rehash(stored) {
-        1024
-    } else {
-        128
+/// Replaces a platform's bcrypt hash, just proven, by argon2id. A failure
+/// is logged and leaves the sign-in as it was (the next one tries again).
+async fn rehash(state: &AppState, user: &UserDoc, password: &str) {
+    let replaced = match hash_text(password).await {
+        Ok(argon) => {
+            state
+                .store
+                .replace_hash(&user.id, &user.password_hash, &argon)
+                .await
+        }
+        Err(err) => Err(err),
+    };
+    match replaced {
+        Ok(()) => {
+            tracing::info!(user_id = %user.id, "a platform password hash replaced by argon2id")
+        }
+        Err(err) => {
+            tracing::warn!(user_id = %user.id, error = %err, "a platform password hash was not replaced")
+        }
     }
 }
+
+/// The longest password checked: passwords set here have at most 128
+/// characters, but the platform's had no bound (bcrypt reads 72 bytes of
+/// them, argon2id, which replaces it at the first sign-in, all of them).
+const LONGEST_PASSWORD: usize = 1024;
 
 async fn lock_out(
     state: &AppState,
@@ -129,7 +140,11 @@ async fn lock_out(
         return Ok(());
     };
     let token = new_reset_token(state, user).await?;
-    let email = Email::parse("email", &user.email)?;
+    // An address the platform took without checking it may not be one
+    // mail can go to: the lock holds, unannounced.
+    let Ok(email) = Email::parse("email", &user.email) else {
+        return Ok(());
+    };
     let mail = state
         .mailer
         .send_lock_notice(&email, &user.username, &token, LOCKOUT_MINUTES);

@@ -36,42 +36,85 @@ pub async fn hash_text(password: &str) -> Result<String, ApiError> {
     .map_err(ApiError::Internal)
 }
 
-/// Whether `stored` is one of the platform's bcrypt hashes.
+/// Whether `stored` is one of the platform's bcrypt hashes: `$2a$`, `$2b$`
+/// or `$2y$`, a cost from 4 to 12 (the platform's is 10; a higher one would
+/// let one sign-in occupy a thread for minutes), and 53 characters of salt
+/// and hash.
 pub fn needs_rehash(stored: &str) -> bool {
-    ["$2a$", "$2b$", "$2y$"]
-        .iter()
-        .any(|prefix| stored.starts_with(prefix))
+    let bytes = stored.as_bytes();
+    let cost = stored.get(4..6).and_then(|c| c.parse::<u32>().ok());
+    bytes.len() == 60
+        && ["$2a$", "$2b$", "$2y$"]
+            .iter()
+            .any(|p| stored.starts_with(p))
+        && cost.is_some_and(|c| (4..=12).contains(&c))
+        && bytes[6] == b'$'
+        && bytes[7..]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'/'))
 }
 
-/// Whether `password` matches `phc` (argon2id, or a platform's bcrypt hash:
-/// [`needs_rehash`]). Both compare in constant time. A malformed hash
-/// never matches.
-pub async fn verify_password(password: &str, phc: &str) -> bool {
-    let (password, phc) = (password.to_owned(), phc.to_owned());
+/// A bcrypt hash of cost 10 (the platform's) that no password is checked
+/// against for real: the other half of every verification.
+const DUMMY_BCRYPT: &str = "$2b$10$tdXu//UWPsGYF1x2WgddMuZMZapzHC9kjNA0vmIQLf.AtER0n39RO";
+
+/// An argon2id hash with the parameters passwords are hashed with here,
+/// made once: the other half of a bcrypt account's verification.
+fn dummy_argon() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::encode_b64(&[7u8; 16]).expect("a fixed salt");
+        Argon2::default()
+            .hash_password(b"no password is this one", &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// Whether `password` matches `stored` (argon2id, or a platform's bcrypt
+/// hash: [`needs_rehash`]). Every verification runs both an argon2id and a
+/// cost-10 bcrypt comparison (the one the account holds, and one against
+/// a dummy hash), so its time tells neither whether the account exists
+/// nor which kind of hash it holds. Both compare in constant time. A
+/// malformed hash never matches.
+pub async fn verify_password(password: &str, stored: &str) -> bool {
+    let (password, stored) = (password.to_owned(), stored.to_owned());
     tokio::task::spawn_blocking(move || {
-        if needs_rehash(&phc) {
-            // The crate's `verify` truncates at 72 bytes, as bcryptjs does.
-            return bcrypt::verify(password.as_bytes(), &phc).unwrap_or(false);
-        }
-        PasswordHash::new(&phc)
+        let platform = needs_rehash(&stored);
+        // The crate's `verify` truncates at 72 bytes, as bcryptjs does.
+        let bcrypt_hash = if platform {
+            stored.as_str()
+        } else {
+            DUMMY_BCRYPT
+        };
+        let bcrypt_ok = bcrypt::verify(password.as_bytes(), bcrypt_hash).unwrap_or(false);
+        let argon_hash = if platform {
+            dummy_argon()
+        } else {
+            stored.as_str()
+        };
+        let argon_ok = PasswordHash::new(argon_hash)
             .map(|hash| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &hash)
                     .is_ok()
             })
-            .unwrap_or(false)
+            .unwrap_or(false);
+        if platform {
+            bcrypt_ok
+        } else {
+            argon_ok
+        }
     })
     .await
     .unwrap_or(false)
 }
 
 /// Does the work of one verification without an account to verify
-/// against, so that a login for an unknown user takes as long as one with
-/// a wrong password.
+/// against, so that a sign-in for an unknown user takes as long as one
+/// with a wrong password.
 pub async fn equalise_timing() {
-    if let Ok(password) = Password::parse("password", "no-such-account-password") {
-        let _ = hash_password(&password).await;
-    }
+    verify_password("no-such-account-password", dummy_argon()).await;
 }
 
 #[cfg(test)]
@@ -108,5 +151,10 @@ mod tests {
         assert!(verify_password(&format!("{long}tail two"), hash).await);
         assert!(!verify_password(&"é".repeat(35), hash).await);
         assert!(!needs_rehash("$argon2id$v=19$m=19456,t=2,p=1$x$y"));
+        // Not the platform's shape: refused, never verified.
+        let slow = format!("$2b$31${}", &v3[7..]);
+        assert!(!needs_rehash(&slow) && !verify_password("platform-pass-1", &slow).await);
+        assert!(!needs_rehash("$2b$10$short"));
+        assert!(!verify_password("platform-pass-1", "$2b$10$short").await);
     }
 }

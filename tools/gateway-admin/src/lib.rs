@@ -165,6 +165,26 @@ pub async fn seed_demo() -> Result<(), shared::BoxError> {
     Ok(())
 }
 
+/// Fails, saying what to do, when the gateway's database lacks a
+/// migration (what a dry run finds instead of applying it).
+async fn pending_migrations(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    let missing = postgres::MIGRATOR
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .count();
+    anyhow::ensure!(
+        missing == 0,
+        "the gateway's database lacks {missing} migration(s): run `gateway-admin migrate` \
+         (or the import without --dry-run, which migrates first); a dry run writes nothing"
+    );
+    Ok(())
+}
+
 /// `gateway-admin import-platform`: migrates the gateway's stores (those of
 /// its usual environment), imports the platform's three stores into them
 /// ([`import::run`]), and prints the report (one JSON object with `json`,
@@ -177,12 +197,17 @@ pub async fn import_platform(
     json: bool,
 ) -> Result<(), shared::BoxError> {
     use anyhow::Context;
-    migrate()
-        .await
-        .map_err(|e| anyhow::anyhow!("migrating the gateway's stores: {e}"))?;
     let env = Env::load().await?;
-    let stores = mongo::connect(&MongoConfig::from_env(&env)?).await?;
     let pool = postgres::connect_lazy(&PostgresConfig::from_env(&env)?)?;
+    if dry_run {
+        // A dry run writes nothing, migrations included.
+        pending_migrations(&pool).await?;
+    } else {
+        migrate()
+            .await
+            .map_err(|e| anyhow::anyhow!("migrating the gateway's stores: {e}"))?;
+    }
+    let stores = mongo::connect(&MongoConfig::from_env(&env)?).await?;
     let target = import::Target {
         mongo: stores,
         pool,
@@ -190,9 +215,10 @@ pub async fn import_platform(
     };
     let source = import::Source::connect(auth_uri, proxy_uri, accounting_url).await?;
     let mut progress = import::Progress::stderr();
-    let report = import::run(&source, &target, dry_run, &mut progress)
-        .await
-        .context("the import stopped")?;
+    let report = import::run(&source, &target, dry_run, &mut progress).await;
+    source.close().await;
+    target.mongo.client.clone().shutdown().await;
+    let report = report.context("the import stopped")?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

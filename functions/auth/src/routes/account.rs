@@ -346,6 +346,17 @@ pub async fn issue_pair(
     Ok((access, refresh))
 }
 
+/// The identifier as typed (trimmed), not lower-cased.
+fn raw_identifier(body: &LoginBody) -> String {
+    body.email
+        .as_deref()
+        .filter(|e| !e.trim().is_empty())
+        .or(body.username.as_deref())
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 fn login_identifier(body: &LoginBody) -> Result<String, ApiError> {
     let identifier = match (&body.email, &body.username) {
         (Some(e), _) if !e.trim().is_empty() => e.trim().to_lowercase(),
@@ -376,7 +387,11 @@ pub async fn login(
 ) -> Answer<SignedIn> {
     let identifier = login_identifier(&body)?;
     let user = if identifier.contains('@') {
-        state.store.user_by_email(&identifier).await?
+        match state.store.user_by_email(&identifier).await? {
+            // A username moved in from the platform may hold an `@`.
+            None => state.store.user_by_username(&raw_identifier(&body)).await?,
+            found => found,
+        }
     } else {
         state.store.user_by_username(&identifier).await?
     };

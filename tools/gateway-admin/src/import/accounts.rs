@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use auth::store::{duplicate_error, UserDoc};
 use bson::oid::ObjectId;
 use bson::{doc, DateTime as BsonTime, Document};
+use futures_util::TryStreamExt;
 use mongodb::Collection;
 use serde::Deserialize;
 use shared::token::Role;
@@ -46,7 +47,11 @@ pub(crate) fn account(user: PlatformUser) -> Result<UserDoc, String> {
     }
     let hash = user.password.unwrap_or_default();
     if !auth::password::needs_rehash(&hash) {
-        return Err("its password is not a bcrypt hash ($2a$, $2b$ or $2y$)".into());
+        return Err(
+            "its password is not a bcrypt hash as the platform made them \
+             ($2a$, $2b$ or $2y$, cost 4 to 12)"
+                .into(),
+        );
     }
     let role = match user.role.as_deref() {
         None | Some("enduser" | "user") => Role::Enduser,
@@ -141,11 +146,17 @@ impl Run<'_> {
             }
         }
         let here = self.accounts_here(&accounts, claims).await?;
+        let keys: Vec<String> = accounts.iter().map(|u| format!("users/{}", u.id)).collect();
+        let journaled = self.journaled(&keys).await?;
         let tally = &mut self.report.users;
         let mut new = Vec::new();
         for user in accounts {
             if here.contains(&user.id) {
                 tally.unchanged += 1;
+            } else if journaled.contains(&format!("users/{}", user.id)) {
+                // Brought before and deleted here since: it stays so.
+                tally.unchanged += 1;
+                continue;
             } else if let Some(reason) = claims.clash(&user) {
                 tally.skip(format!("users/{}", user.id), reason);
                 continue;
@@ -158,7 +169,9 @@ impl Run<'_> {
         let new = self.insert_users(new).await?;
         self.report.users.imported += new.len() as u64;
         let ours: Vec<&str> = self.users_of(&here, &new);
-        self.ledger_accounts(&ours).await
+        self.ledger_accounts(&ours).await?;
+        let keys: Vec<String> = ours.iter().map(|id| format!("users/{id}")).collect();
+        self.journal(&keys).await
     }
 
     /// The ids of `accounts` already here, after recording in `claims`
@@ -172,17 +185,21 @@ impl Run<'_> {
         let ids: Vec<&str> = accounts.iter().map(|u| u.id.as_str()).collect();
         let keys: Vec<&str> = accounts.iter().map(|u| u.username_key.as_str()).collect();
         let emails: Vec<&str> = accounts.iter().map(|u| u.email.as_str()).collect();
-        let filter = doc! {"$or": [
-            {"_id": {"$in": &ids}}, {"username_key": {"$in": &keys}}, {"email": {"$in": &emails}},
-        ]};
         let found: Collection<Document> = self.target.mongo.auth.collection("users");
-        let mut cursor = found
-            .find(filter)
-            .projection(doc! {"_id": 1, "username_key": 1, "email": 1})
-            .await?;
+        let mut docs = Vec::new();
+        // One query per unique index (an `$or` of them is a scan on some
+        // servers).
+        for (field, values) in [("_id", &ids), ("username_key", &keys), ("email", &emails)] {
+            let mut cursor = found
+                .find(doc! {field: {"$in": values}})
+                .projection(doc! {"_id": 1, "username_key": 1, "email": 1})
+                .await?;
+            while let Some(d) = cursor.try_next().await? {
+                docs.push(d);
+            }
+        }
         let mut here = HashSet::new();
-        use futures_util::TryStreamExt;
-        while let Some(d) = cursor.try_next().await? {
+        for d in docs {
             let id = d.get_str("_id").unwrap_or_default().to_owned();
             if let Ok(key) = d.get_str("username_key") {
                 claims
@@ -253,7 +270,6 @@ impl Run<'_> {
             return Ok(());
         }
         let users: Collection<UserDoc> = self.target.mongo.auth.collection("users");
-        use futures_util::TryStreamExt;
         let found: Vec<UserDoc> = users
             .find(doc! {"_id": {"$in": ids}})
             .await?

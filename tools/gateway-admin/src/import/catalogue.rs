@@ -98,50 +98,90 @@ impl Run<'_> {
         let db = self.source.proxy.clone();
         let mut batches = self.read(&db, "Chatflow", doc! {"_id": 1}).await?;
         let mut flows = Flows::new();
-        let target: Collection<ChatflowDoc> = self.target.mongo.chat.collection("chatflows");
         while let Some(batch) = self.next(&mut batches).await? {
             let tally = &mut self.report.chatflows;
             let platform: Vec<PlatformChatflow> = batch
                 .into_iter()
                 .filter_map(|d| parse(d, "Chatflow", tally))
                 .collect();
-            let ids: Vec<&str> = platform.iter().map(|f| f.flowise_id.as_str()).collect();
-            let here: HashSet<String> = target
-                .find(doc! {"chatflow_id": {"$in": ids}})
-                .await?
-                .map_ok(|f| f.chatflow_id)
-                .try_collect()
-                .await?;
-            let mut new = Vec::new();
             for flow in &platform {
                 flows.insert(flow.id.to_hex(), flow.flowise_id.clone());
-                if here.contains(&flow.flowise_id)
-                    || new
-                        .iter()
-                        .any(|n: &ChatflowDoc| n.chatflow_id == flow.flowise_id)
-                {
-                    tally.unchanged += 1;
-                } else {
-                    tally.imported += 1;
-                    new.push(flow.entry());
-                }
             }
-            if !self.dry_run && !new.is_empty() {
-                target.insert_many(&new).ordered(false).await?;
-            }
+            self.chatflow_batch(platform).await?;
         }
         self.progress.finish();
         Ok(flows)
     }
 
-    /// The active grants of `UserChatflow`; the rows of `user_chatflows`
-    /// are reported, not granted (the platform never read them).
+    /// Brings the chatflows the catalogue lacks. One a sync already put
+    /// there keeps the admin's settings, except that the platform's access
+    /// rule holds: the first run closes it to all but its granted users.
+    async fn chatflow_batch(&mut self, platform: Vec<PlatformChatflow>) -> anyhow::Result<()> {
+        let target: Collection<ChatflowDoc> = self.target.mongo.chat.collection("chatflows");
+        let keys: Vec<String> = platform
+            .iter()
+            .map(|f| format!("Chatflow/{}", f.flowise_id))
+            .collect();
+        let journaled = self.journaled(&keys).await?;
+        let ids: Vec<&str> = platform.iter().map(|f| f.flowise_id.as_str()).collect();
+        let here: HashMap<String, bool> = target
+            .find(doc! {"chatflow_id": {"$in": ids}})
+            .await?
+            .map_ok(|f| (f.chatflow_id, f.is_public))
+            .try_collect()
+            .await?;
+        let tally = &mut self.report.chatflows;
+        let (mut new, mut close) = (Vec::new(), Vec::new());
+        for (flow, key) in platform.iter().zip(&keys) {
+            let done = journaled.contains(key)
+                || new
+                    .iter()
+                    .any(|n: &ChatflowDoc| n.chatflow_id == flow.flowise_id);
+            match here.get(&flow.flowise_id) {
+                _ if done => tally.unchanged += 1,
+                Some(true) => {
+                    tally.imported += 1;
+                    close.push(flow.flowise_id.clone());
+                }
+                Some(false) => tally.unchanged += 1,
+                None => {
+                    tally.imported += 1;
+                    new.push(flow.entry());
+                }
+            }
+        }
+        if self.dry_run {
+            return Ok(());
+        }
+        if !new.is_empty() {
+            target.insert_many(&new).ordered(false).await?;
+        }
+        if !close.is_empty() {
+            target
+                .update_many(
+                    doc! {"chatflow_id": {"$in": close}},
+                    doc! {"$set": {"is_public": false}},
+                )
+                .await?;
+        }
+        self.journal(&keys).await
+    }
+
+    /// The active grants of `UserChatflow` (gathered whole: a chatflow's
+    /// users are one list); the rows of `user_chatflows` are reported, not
+    /// granted (the platform never read them).
     pub(crate) async fn access(&mut self, flows: &Flows) -> anyhow::Result<()> {
         let db = self.source.proxy.clone();
         let mut batches = self.read(&db, "UserChatflow", doc! {"_id": 1}).await?;
+        let mut wanted: HashMap<String, Vec<String>> = HashMap::new();
         let mut granted: HashSet<(String, String)> = HashSet::new();
         while let Some(batch) = self.next(&mut batches).await? {
-            self.grant_batch(batch, flows, &mut granted).await?;
+            self.grant_batch(batch, flows, &mut granted, &mut wanted);
+        }
+        for (flow, users) in wanted {
+            for chunk in users.chunks(5000) {
+                self.grant(&flow, chunk).await?;
+            }
         }
         self.progress.finish();
         let unread: Collection<Document> = self.source.proxy.collection("user_chatflows");
@@ -156,14 +196,14 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn grant_batch(
+    fn grant_batch(
         &mut self,
         batch: Vec<Document>,
         flows: &Flows,
         granted: &mut HashSet<(String, String)>,
-    ) -> anyhow::Result<()> {
+        wanted: &mut HashMap<String, Vec<String>>,
+    ) {
         let tally = &mut self.report.access;
-        let mut wanted: HashMap<String, Vec<String>> = HashMap::new();
         let grants: Vec<PlatformGrant> = batch
             .into_iter()
             .filter_map(|d| parse(d, "UserChatflow", tally))
@@ -175,14 +215,12 @@ impl Run<'_> {
             if grant.is_active != Some(true) {
                 tally.skip(source, "revoked on the platform (is_active is false)");
             } else if !self.users.contains(&user) {
-                tally.skip(
-                    source,
-                    format!("its user {user:?} was not brought (see users)"),
-                );
+                tally.skip(source, super::not_here(&user));
             } else if let Some(flow) = flow {
                 if granted.insert((flow.clone(), user.clone())) {
                     wanted.entry(flow.clone()).or_default().push(user);
                 } else {
+                    // Granted again: the platform's rows are not unique.
                     tally.unchanged += 1;
                 }
             } else {
@@ -192,29 +230,41 @@ impl Run<'_> {
                 );
             }
         }
+    }
+
+    /// Adds `users` to `flow`'s allowed users, but those already there
+    /// and those an earlier run granted (a grant revoked here since stays
+    /// revoked).
+    async fn grant(&mut self, flow: &str, users: &[String]) -> anyhow::Result<()> {
         let target: Collection<ChatflowDoc> = self.target.mongo.chat.collection("chatflows");
-        let ids: Vec<&String> = wanted.keys().collect();
-        let allowed: HashMap<String, Vec<String>> = target
-            .find(doc! {"chatflow_id": {"$in": ids}})
+        let keys: Vec<String> = users.iter().map(|u| format!("access/{flow}/{u}")).collect();
+        let journaled = self.journaled(&keys).await?;
+        let allowed: HashSet<String> = target
+            .find_one(doc! {"chatflow_id": flow})
             .await?
-            .map_ok(|f| (f.chatflow_id, f.allowed_users))
-            .try_collect()
-            .await?;
-        for (flow, users) in wanted {
-            let (already, new): (Vec<String>, Vec<String>) = users
-                .into_iter()
-                .partition(|u| allowed.get(&flow).is_some_and(|a| a.contains(u)));
-            tally.unchanged += already.len() as u64;
-            tally.imported += new.len() as u64;
-            if !self.dry_run && !new.is_empty() {
-                target
-                    .update_one(
-                        doc! {"chatflow_id": &flow},
-                        doc! {"$addToSet": {"allowed_users": {"$each": new}}},
-                    )
-                    .await?;
+            .map(|f| f.allowed_users.into_iter().collect())
+            .unwrap_or_default();
+        let tally = &mut self.report.access;
+        let mut new = Vec::new();
+        for (user, key) in users.iter().zip(&keys) {
+            if journaled.contains(key) || allowed.contains(user) {
+                tally.unchanged += 1;
+            } else {
+                tally.imported += 1;
+                new.push(user.clone());
             }
         }
-        Ok(())
+        if self.dry_run {
+            return Ok(());
+        }
+        if !new.is_empty() {
+            target
+                .update_one(
+                    doc! {"chatflow_id": flow},
+                    doc! {"$addToSet": {"allowed_users": {"$each": new}}},
+                )
+                .await?;
+        }
+        self.journal(&keys).await
     }
 }

@@ -3,7 +3,7 @@
 //! `chat_sessions` and `chat_messages`, so that each user finds their
 //! conversations as they left them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use bson::oid::ObjectId;
 use bson::spec::BinarySubtype;
@@ -24,8 +24,6 @@ pub(crate) struct PlatformUpload {
     file_id: Option<String>,
     original_name: Option<String>,
     mime_type: Option<String>,
-    message_id: Option<String>,
-    session_id: Option<String>,
     user_id: Option<String>,
     upload_type: Option<String>,
     uploaded_at: Option<BsonTime>,
@@ -50,7 +48,7 @@ impl Run<'_> {
         let db = self.source.proxy.clone();
         let mut batches = self.read(&db, "file_uploads", doc! {"_id": 1}).await?;
         let mut notes = Notes::new();
-        let mut done = HashSet::new();
+        let mut done = HashMap::new();
         while let Some(batch) = self.next(&mut batches).await? {
             let uploads: Vec<PlatformUpload> = batch
                 .into_iter()
@@ -60,19 +58,35 @@ impl Run<'_> {
                 .iter()
                 .filter_map(|u| u.file_id.as_deref())
                 .collect();
-            let owners = self.owners(ids).await?;
+            let keys: Vec<String> = ids.iter().map(|id| format!("files/{id}")).collect();
+            let journaled = self.journaled(&keys).await?;
+            let mut owners = self.owners(ids).await?;
+            for key in &journaled {
+                // Brought before (and maybe deleted here since): done.
+                let id = key.trim_start_matches("files/").to_owned();
+                owners.entry(id).or_insert_with(String::new);
+            }
+            let mut brought = Vec::new();
             for upload in uploads {
                 let name = upload.original_name.clone().unwrap_or_default();
                 let file_id = upload.file_id.clone().unwrap_or_default();
                 match self.file(upload, &owners, &mut done).await? {
-                    Ok(true) => self.report.files.imported += 1,
-                    Ok(false) => self.report.files.unchanged += 1,
+                    Ok(new) => {
+                        let tally = &mut self.report.files;
+                        if new {
+                            tally.imported += 1
+                        } else {
+                            tally.unchanged += 1
+                        }
+                        brought.push(format!("files/{file_id}"));
+                    }
                     Err((source, reason)) => {
                         self.report.files.skip(source, reason.clone());
                         notes.entry(file_id).or_insert(Note { name, reason });
                     }
                 }
             }
+            self.journal(&brought).await?;
         }
         self.progress.finish();
         Ok(notes)
@@ -100,7 +114,7 @@ impl Run<'_> {
         &self,
         upload: PlatformUpload,
         owners: &HashMap<String, String>,
-        done: &mut HashSet<String>,
+        done: &mut HashMap<String, String>,
     ) -> anyhow::Result<Result<bool, (String, String)>> {
         let source = format!("file_uploads/{}", upload.id.to_hex());
         let skip = |reason: String| Ok(Err((source.clone(), reason)));
@@ -111,12 +125,13 @@ impl Run<'_> {
             return skip("a link the user gave, not a stored file".into());
         }
         if !self.users.contains(&user) {
-            return skip(format!("its user {user:?} was not brought (see users)"));
+            return skip(super::not_here(&user));
         }
-        match owners.get(&file_id) {
-            Some(owner) if *owner == user => return Ok(Ok(false)),
+        // The owner here, of this run's or an earlier run's file (an
+        // empty owner: brought before and deleted here since).
+        match owners.get(&file_id).or(done.get(&file_id)) {
+            Some(owner) if *owner == user || owner.is_empty() => return Ok(Ok(false)),
             Some(_) => return skip("another user's file here has its id".into()),
-            None if done.contains(&file_id) => return Ok(Ok(false)),
             None => {}
         }
         let bytes = match self.gridfs(&file_id).await? {
@@ -127,7 +142,7 @@ impl Run<'_> {
             Ok(file) => file,
             Err(reason) => return skip(reason),
         };
-        done.insert(file_id.clone());
+        done.insert(file_id.clone(), file.owner_id.clone());
         if !self.dry_run {
             let files: Collection<Document> = self.target.mongo.chat.collection("files");
             files
@@ -214,13 +229,12 @@ fn file_doc(
             "{name} is not a type the gateway accepts (images, PDF, text, CSV, Office documents)"
         ));
     };
-    // A file uploaded but never sent (`temp_user_message`) is the user's,
-    // in no session.
-    let attached = upload.message_id.as_deref() != Some("temp_user_message");
     Ok(FileDoc {
         file_id: file_id.to_owned(),
         owner_id: user,
-        session_id: upload.session_id.filter(|_| attached),
+        // Attached to a session by the question that sent it, when its
+        // messages come (a file uploaded but never sent stays in none).
+        session_id: None,
         name,
         mime: mime.to_owned(),
         size: bytes.len() as i64,
@@ -250,57 +264,73 @@ impl Run<'_> {
         let mut batches = self.read(&db, "chat_sessions", doc! {"_id": 1}).await?;
         let mut sessions = Sessions::new();
         while let Some(batch) = self.next(&mut batches).await? {
-            let platform: Vec<PlatformSession> = batch
-                .into_iter()
-                .filter_map(|d| parse(d, "chat_sessions", &mut self.report.sessions))
-                .collect();
-            let ids: Vec<&str> = platform.iter().map(|s| s.session_id.as_str()).collect();
-            let here = self.sessions_here(ids).await?;
-            let mut new = Vec::new();
-            for s in platform {
-                let source = format!("chat_sessions/{}", s.session_id);
-                let tally = &mut self.report.sessions;
-                if !self.users.contains(&s.user_id) {
-                    tally.skip(
-                        source,
-                        format!("its user {:?} was not brought (see users)", s.user_id),
-                    );
-                    continue;
-                }
-                match here
-                    .get(&s.session_id)
-                    .or(sessions.get(&s.session_id).map(|(u, _)| u))
-                {
-                    Some(owner) if *owner == s.user_id => tally.unchanged += 1,
-                    Some(_) => {
-                        tally.skip(source, "another user's session here has its id");
-                        continue;
-                    }
-                    None => {
-                        tally.imported += 1;
-                        let created_at = s.created_at.unwrap_or_else(BsonTime::now);
-                        new.push(SessionDoc {
-                            session_id: s.session_id.clone(),
-                            user_id: s.user_id.clone(),
-                            chatflow_id: s.chatflow_id.clone(),
-                            topic: s.topic.clone().unwrap_or_default(),
-                            created_at,
-                            updated_at: s.last_activity_at.unwrap_or(created_at),
-                            message_count: 0,
-                            transcript: None,
-                        });
-                    }
-                }
-                sessions.insert(s.session_id, (s.user_id, s.chatflow_id));
-            }
-            if !self.dry_run && !new.is_empty() {
-                let target: Collection<SessionDoc> =
-                    self.target.mongo.chat.collection("chat_sessions");
-                target.insert_many(&new).ordered(false).await?;
-            }
+            self.session_batch(batch, &mut sessions).await?;
         }
         self.progress.finish();
         Ok(sessions)
+    }
+
+    async fn session_batch(
+        &mut self,
+        batch: Vec<Document>,
+        sessions: &mut Sessions,
+    ) -> anyhow::Result<()> {
+        let platform: Vec<PlatformSession> = batch
+            .into_iter()
+            .filter_map(|d| parse(d, "chat_sessions", &mut self.report.sessions))
+            .collect();
+        let ids: Vec<&str> = platform.iter().map(|s| s.session_id.as_str()).collect();
+        let here = self.sessions_here(ids).await?;
+        let keys: Vec<String> = platform
+            .iter()
+            .map(|s| format!("chat_sessions/{}", s.session_id))
+            .collect();
+        let journaled = self.journaled(&keys).await?;
+        let (mut new, mut brought) = (Vec::new(), Vec::new());
+        for s in platform {
+            let source = format!("chat_sessions/{}", s.session_id);
+            let tally = &mut self.report.sessions;
+            if !self.users.contains(&s.user_id) {
+                tally.skip(source, super::not_here(&s.user_id));
+                continue;
+            }
+            if journaled.contains(&source) && !here.contains_key(&s.session_id) {
+                // Brought before and deleted here since: it stays so.
+                tally.unchanged += 1;
+                continue;
+            }
+            match here
+                .get(&s.session_id)
+                .or(sessions.get(&s.session_id).map(|(u, _)| u))
+            {
+                Some(owner) if *owner == s.user_id => tally.unchanged += 1,
+                Some(_) => {
+                    tally.skip(source, "another user's session here has its id");
+                    continue;
+                }
+                None => {
+                    tally.imported += 1;
+                    let created_at = s.created_at.unwrap_or_else(BsonTime::now);
+                    new.push(SessionDoc {
+                        session_id: s.session_id.clone(),
+                        user_id: s.user_id.clone(),
+                        chatflow_id: s.chatflow_id.clone(),
+                        topic: s.topic.clone().unwrap_or_default(),
+                        created_at,
+                        updated_at: s.last_activity_at.unwrap_or(created_at),
+                        message_count: 0,
+                        transcript: None,
+                    });
+                }
+            }
+            brought.push(source);
+            sessions.insert(s.session_id, (s.user_id, s.chatflow_id));
+        }
+        if !self.dry_run && !new.is_empty() {
+            let target: Collection<SessionDoc> = self.target.mongo.chat.collection("chat_sessions");
+            target.insert_many(&new).ordered(false).await?;
+        }
+        self.journal(&brought).await
     }
 
     /// The owners of the sessions among `ids` already here.

@@ -55,10 +55,15 @@ impl PlatformAllocation {
                 self.remaining_credits, self.total_credits
             ));
         }
-        if self.expires_at <= self.allocated_at {
-            return Some("it expired when it was made: it never held credits".into());
-        }
         None
+    }
+
+    /// When it expires here: its expiry, or, for one that expired when it
+    /// was made (`expiryDays` of 0 or less), a millisecond after it was
+    /// made (the ledger keeps an expiry after the grant).
+    fn expires_at(&self) -> DateTime<Utc> {
+        self.expires_at
+            .max(self.allocated_at + chrono::Duration::milliseconds(1))
     }
 }
 
@@ -83,14 +88,14 @@ fn entries(
         out.push((
             "expiry",
             -remaining,
-            a.expires_at,
+            a.expires_at(),
             "expired on the platform",
         ));
     }
     out
 }
 
-/// Columns of the rows one batch inserts, in UNNEST order.
+/// Columns of the allocations one batch inserts, in UNNEST order.
 #[derive(Default)]
 struct Columns {
     ids: Vec<Uuid>,
@@ -102,16 +107,76 @@ struct Columns {
     allocated_by: Vec<String>,
     notes: Vec<Option<String>>,
     allocated_at: Vec<DateTime<Utc>>,
-    e_ids: Vec<Uuid>,
-    e_users: Vec<String>,
-    e_types: Vec<&'static str>,
-    e_amounts: Vec<i64>,
-    e_after: Vec<i64>,
-    e_actors: Vec<String>,
-    e_descriptions: Vec<&'static str>,
-    e_references: Vec<String>,
-    e_allocations: Vec<Uuid>,
-    e_at: Vec<DateTime<Utc>>,
+    entries: Entries,
+}
+
+/// Columns of the ledger entries one batch inserts.
+#[derive(Default)]
+pub(crate) struct Entries {
+    ids: Vec<Uuid>,
+    users: Vec<String>,
+    types: Vec<&'static str>,
+    amounts: Vec<i64>,
+    after: Vec<i64>,
+    actors: Vec<Option<String>>,
+    descriptions: Vec<&'static str>,
+    references: Vec<String>,
+    allocations: Vec<Uuid>,
+    at: Vec<DateTime<Utc>>,
+}
+
+/// One ledger entry of an imported allocation.
+pub(crate) struct Entry<'a> {
+    /// `credit_allocations/<id>#<part>`: the entry's id derives from it.
+    pub(crate) key: String,
+    pub(crate) user: &'a str,
+    pub(crate) kind: &'static str,
+    pub(crate) amount: i64,
+    pub(crate) actor: Option<&'a str>,
+    pub(crate) description: &'static str,
+    pub(crate) source: String,
+    pub(crate) allocation: Uuid,
+    pub(crate) at: DateTime<Utc>,
+}
+
+impl Entries {
+    /// Adds `entry`, moving `balance` (its user's cached total) on.
+    pub(crate) fn push(&mut self, entry: Entry<'_>, balance: &mut i64) {
+        *balance += entry.amount;
+        self.ids.push(derived_id(&entry.key));
+        self.users.push(entry.user.to_owned());
+        self.types.push(entry.kind);
+        self.amounts.push(entry.amount);
+        self.after.push(*balance);
+        self.actors.push(entry.actor.map(str::to_owned));
+        self.descriptions.push(entry.description);
+        self.references.push(format!("platform:{}", entry.source));
+        self.allocations.push(entry.allocation);
+        self.at.push(entry.at);
+    }
+
+    pub(crate) async fn insert(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO credit_transactions
+                    (id, user_id, type, amount, balance_after, actor_id, description, reference,
+                     allocation_id, created_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                                  $6::text[], $7::text[], $8::text[], $9::uuid[], $10::timestamptz[])",
+        )
+        .bind(&self.ids)
+        .bind(&self.users)
+        .bind(&self.types)
+        .bind(&self.amounts)
+        .bind(&self.after)
+        .bind(&self.actors)
+        .bind(&self.descriptions)
+        .bind(&self.references)
+        .bind(&self.allocations)
+        .bind(&self.at)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
 }
 
 impl Columns {
@@ -126,24 +191,25 @@ impl Columns {
         } else {
             i64::from(a.remaining_credits)
         });
-        self.expires_at.push(a.expires_at);
-        self.expired_at.push(expired.then_some(a.expires_at));
+        self.expires_at.push(a.expires_at());
+        self.expired_at.push(expired.then_some(a.expires_at()));
         self.allocated_by.push(a.allocated_by.clone());
         self.notes.push(a.notes.clone().filter(|n| !n.is_empty()));
         self.allocated_at.push(a.allocated_at);
         for (kind, amount, at, description) in entries(a, expired) {
-            *balance += amount;
-            self.e_ids
-                .push(derived_id(&format!("{}#{kind}", a.source())));
-            self.e_users.push(a.user_id.clone());
-            self.e_types.push(kind);
-            self.e_amounts.push(amount);
-            self.e_after.push(*balance);
-            self.e_actors.push(a.allocated_by.clone());
-            self.e_descriptions.push(description);
-            self.e_references.push(format!("platform:{}", a.source()));
-            self.e_allocations.push(id);
-            self.e_at.push(at);
+            let entry = Entry {
+                key: format!("{}#{kind}", a.source()),
+                user: &a.user_id,
+                kind,
+                amount,
+                // The grant is its giver's; what followed, nobody's here.
+                actor: (kind == "import").then_some(a.allocated_by.as_str()),
+                description,
+                source: a.source(),
+                allocation: id,
+                at,
+            };
+            self.entries.push(entry, balance);
         }
     }
 
@@ -165,26 +231,7 @@ impl Columns {
         .bind(&self.allocated_at)
         .execute(&mut *conn)
         .await?;
-        sqlx::query(
-            "INSERT INTO credit_transactions
-                    (id, user_id, type, amount, balance_after, actor_id, description, reference,
-                     allocation_id, created_at)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
-                                  $6::text[], $7::text[], $8::text[], $9::uuid[], $10::timestamptz[])",
-        )
-        .bind(&self.e_ids)
-        .bind(&self.e_users)
-        .bind(&self.e_types)
-        .bind(&self.e_amounts)
-        .bind(&self.e_after)
-        .bind(&self.e_actors)
-        .bind(&self.e_descriptions)
-        .bind(&self.e_references)
-        .bind(&self.e_allocations)
-        .bind(&self.e_at)
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
+        self.entries.insert(conn).await
     }
 }
 
@@ -221,13 +268,111 @@ impl Run<'_> {
     pub(crate) async fn allocations(&mut self) -> anyhow::Result<()> {
         let sql =
             "SELECT id, user_id, total_credits, remaining_credits, allocated_by, allocated_at,
-                          expires_at, notes
+                          LEAST(expires_at, '9999-12-31 00:00:00+00') AS expires_at, notes
                      FROM credit_allocations WHERE id > $1 ORDER BY id LIMIT $2";
         let mut pages = self.read_table("credit_allocations", sql).await?;
         while let Some(rows) = self.next_rows(&mut pages).await? {
             self.allocation_batch(rows).await?;
         }
         self.progress.finish();
+        self.vanished().await
+    }
+
+    /// Allocations brought earlier that are gone from the platform since
+    /// (setting a balance there replaces a user's rows by one, which this
+    /// run brings): what they had left there is taken here, as if spent.
+    async fn vanished(&mut self) -> anyhow::Result<()> {
+        let mut after = String::new();
+        loop {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT source, remaining FROM platform_imports
+                  WHERE source LIKE 'credit_allocations/%' AND source > $1 AND remaining > 0
+                  ORDER BY source LIMIT $2",
+            )
+            .bind(&after)
+            .bind(super::BATCH as i64)
+            .fetch_all(&self.target.pool)
+            .await?;
+            let Some((last, _)) = rows.last() else {
+                return Ok(());
+            };
+            after.clone_from(last);
+            let ids: Vec<i32> = rows
+                .iter()
+                .filter_map(|(k, _)| k.rsplit('/').next()?.parse().ok())
+                .collect();
+            let present: Vec<i32> =
+                sqlx::query_scalar("SELECT id FROM credit_allocations WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_all(&self.source.accounting)
+                    .await?;
+            let gone: Vec<(String, i64)> = rows
+                .into_iter()
+                .filter(|(k, _)| {
+                    k.rsplit('/')
+                        .next()
+                        .and_then(|id| id.parse().ok())
+                        .is_none_or(|id| !present.contains(&id))
+                })
+                .collect();
+            if !gone.is_empty() {
+                self.take_gone(gone).await?;
+            }
+        }
+    }
+
+    /// Takes what `gone` (keys and what the platform had left on them)
+    /// still hold here, in one transaction under their accounts' locks.
+    async fn take_gone(&mut self, gone: Vec<(String, i64)>) -> anyhow::Result<()> {
+        let ids: Vec<Uuid> = gone.iter().map(|(k, _)| derived_id(k)).collect();
+        let mut tx = begin(&self.target.pool, Durability::Flushed).await?;
+        let mut users: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT user_id FROM credit_allocations WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        users.sort();
+        let mut totals = lock_accounts(&mut tx, &users).await?;
+        let owners: HashMap<Uuid, (String, i64)> =
+            sqlx::query("SELECT id, user_id, remaining FROM credit_allocations WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|r| (r.get("id"), (r.get("user_id"), r.get("remaining"))))
+                .collect();
+        let (mut taken, mut entries) = (Taken::default(), Entries::default());
+        for ((key, before), id) in gone.iter().zip(&ids) {
+            let Some((user, left)) = owners.get(id) else {
+                continue;
+            };
+            let balance = totals.entry(user.clone()).or_default();
+            let change = Change {
+                key: key.clone(),
+                user,
+                allocation: *id,
+                left: *left,
+                before: Some(*before),
+                now: 0,
+            };
+            self.spent_since(
+                change,
+                "gone from the platform after the move",
+                &mut taken,
+                &mut entries,
+                balance,
+            );
+        }
+        if self.dry_run {
+            return Ok(tx.rollback().await?);
+        }
+        entries.insert(&mut tx).await?;
+        taken.apply(&mut tx).await?;
+        let keys: Vec<String> = gone.into_iter().map(|(k, _)| k).collect();
+        record_remaining(&mut tx, &keys, &vec![0; keys.len()]).await?;
+        store_totals(&mut tx, totals).await?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -238,8 +383,7 @@ impl Run<'_> {
         let mut accepted = Vec::new();
         for row in rows {
             if !self.users.contains(&row.user_id) {
-                let reason = format!("its user {} was not brought (see users)", row.user_id);
-                tally.skip(row.source(), reason);
+                tally.skip(row.source(), super::not_here(&row.user_id));
             } else if let Some(reason) = row.refusal() {
                 tally.skip(row.source(), reason);
             } else {
@@ -255,6 +399,7 @@ impl Run<'_> {
             return Ok(());
         }
         let ids: Vec<Uuid> = accepted.iter().map(|(id, _)| *id).collect();
+        let keys: Vec<String> = accepted.iter().map(|(_, a)| a.source()).collect();
         let mut tx = begin(&self.target.pool, Durability::Flushed).await?;
         let mut users: Vec<String> = accepted.iter().map(|(_, a)| a.user_id.clone()).collect();
         users.sort();
@@ -263,35 +408,204 @@ impl Run<'_> {
         let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
             .fetch_one(&mut *tx)
             .await?;
-        let here = present(&mut tx, "credit_allocations", &ids).await?;
-        let tally = &mut self.report.allocations;
+        let here = remaining_here(&mut tx, &ids).await?;
+        let journal = journal_remaining(&mut tx, &keys).await?;
         let mut columns = Columns::default();
+        let mut taken = Taken::default();
         for (id, a) in &accepted {
-            if here.contains(id) {
-                tally.unchanged += 1;
-                continue;
-            }
-            tally.imported += 1;
             let balance = totals.entry(a.user_id.clone()).or_default();
-            columns.push(*id, a, a.expires_at <= now, balance);
+            let Some(&left) = here.get(id) else {
+                self.report.allocations.imported += 1;
+                columns.push(*id, a, a.expires_at() <= now, balance);
+                continue;
+            };
+            let before = journal.get(&a.source()).copied().flatten();
+            let now_left = i64::from(a.remaining_credits);
+            let change = Change {
+                key: a.source(),
+                user: &a.user_id,
+                allocation: *id,
+                left,
+                before,
+                now: now_left,
+            };
+            self.spent_since(
+                change,
+                "spent on the platform after the move",
+                &mut taken,
+                &mut columns.entries,
+                balance,
+            );
         }
-        if self.dry_run || columns.ids.is_empty() {
+        if self.dry_run {
             return Ok(tx.rollback().await?);
         }
         columns.insert(&mut tx).await?;
-        let (users, totals): (Vec<String>, Vec<i64>) = totals.into_iter().unzip();
-        sqlx::query(
-            "UPDATE user_accounts a SET total_credits = t.total, updated_at = now()
-               FROM UNNEST($1::text[], $2::bigint[]) AS t(user_id, total)
-              WHERE a.user_id = t.user_id AND a.total_credits <> t.total",
-        )
-        .bind(&users)
-        .bind(&totals)
-        .execute(&mut *tx)
-        .await?;
+        taken.apply(&mut tx).await?;
+        let remaining: Vec<i64> = accepted
+            .iter()
+            .map(|(_, a)| i64::from(a.remaining_credits))
+            .collect();
+        record_remaining(&mut tx, &keys, &remaining).await?;
+        store_totals(&mut tx, totals).await?;
         commit(tx).await?;
         Ok(())
     }
+
+    /// An imported allocation read again: what the platform spent of it
+    /// since (`change.before` → `change.now`) is taken here too, from what
+    /// is left of it here; more than is left is reported.
+    fn spent_since(
+        &mut self,
+        change: Change<'_>,
+        description: &'static str,
+        taken: &mut Taken,
+        entries: &mut Entries,
+        balance: &mut i64,
+    ) {
+        let tally = &mut self.report.allocations;
+        let Some(before) = change.before.filter(|b| *b != change.now) else {
+            tally.unchanged += 1;
+            return;
+        };
+        if change.now > before {
+            let reason = format!(
+                "its remaining credits grew on the platform since it was brought ({before} → {}): not applied here",
+                change.now
+            );
+            return tally.skip(change.key, reason);
+        }
+        let spent = before - change.now;
+        let take = spent.min(change.left);
+        if take > 0 {
+            taken.push(change.allocation, take);
+            let entry = Entry {
+                key: format!("{}#spent@{}", change.key, change.now),
+                user: change.user,
+                kind: "deduction",
+                amount: -take,
+                actor: None,
+                description,
+                source: change.key.clone(),
+                allocation: change.allocation,
+                at: Utc::now(),
+            };
+            entries.push(entry, balance);
+        }
+        if take < spent {
+            let reason = format!(
+                "{spent} of its credits were spent on the platform after the move; {take} were left here to take"
+            );
+            tally.skip(change.key, reason);
+        } else {
+            tally.imported += 1;
+        }
+    }
+}
+
+/// An imported allocation, as the platform and the gateway have it now.
+struct Change<'a> {
+    key: String,
+    user: &'a str,
+    allocation: Uuid,
+    /// What is left of it here.
+    left: i64,
+    /// What the platform had left of it when last read (`None`: never).
+    before: Option<i64>,
+    /// What the platform has left of it now.
+    now: i64,
+}
+
+/// Credits taken from imported allocations: (allocation, amount).
+#[derive(Default)]
+struct Taken {
+    allocations: Vec<Uuid>,
+    amounts: Vec<i64>,
+}
+
+impl Taken {
+    fn push(&mut self, allocation: Uuid, amount: i64) {
+        self.allocations.push(allocation);
+        self.amounts.push(amount);
+    }
+
+    async fn apply(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        if self.allocations.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE credit_allocations a SET remaining = a.remaining - t.amount
+               FROM UNNEST($1::uuid[], $2::bigint[]) AS t(id, amount)
+              WHERE a.id = t.id",
+        )
+        .bind(&self.allocations)
+        .bind(&self.amounts)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// What is left here of the allocations among `ids` the gateway has.
+async fn remaining_here(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<HashMap<Uuid, i64>> {
+    Ok(
+        sqlx::query("SELECT id, remaining FROM credit_allocations WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(conn)
+            .await?
+            .into_iter()
+            .map(|r| (r.get("id"), r.get("remaining")))
+            .collect(),
+    )
+}
+
+/// What the platform had left on each of `keys` when last read.
+async fn journal_remaining(
+    conn: &mut PgConnection,
+    keys: &[String],
+) -> sqlx::Result<HashMap<String, Option<i64>>> {
+    Ok(
+        sqlx::query("SELECT source, remaining FROM platform_imports WHERE source = ANY($1)")
+            .bind(keys)
+            .fetch_all(conn)
+            .await?
+            .into_iter()
+            .map(|r| (r.get("source"), r.get("remaining")))
+            .collect(),
+    )
+}
+
+/// Records what the platform has left on each of `keys` now.
+async fn record_remaining(
+    conn: &mut PgConnection,
+    keys: &[String],
+    remaining: &[i64],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO platform_imports (source, remaining)
+         SELECT * FROM UNNEST($1::text[], $2::bigint[])
+         ON CONFLICT (source) DO UPDATE SET remaining = EXCLUDED.remaining",
+    )
+    .bind(keys)
+    .bind(remaining)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Stores the accounts' cached totals.
+async fn store_totals(conn: &mut PgConnection, totals: HashMap<String, i64>) -> sqlx::Result<()> {
+    let (users, totals): (Vec<String>, Vec<i64>) = totals.into_iter().unzip();
+    sqlx::query(
+        "UPDATE user_accounts a SET total_credits = t.total, updated_at = now()
+           FROM UNNEST($1::text[], $2::bigint[]) AS t(user_id, total)
+          WHERE a.user_id = t.user_id AND a.total_credits <> t.total",
+    )
+    .bind(&users)
+    .bind(&totals)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// A row of the platform's `usage_records`.
@@ -362,6 +676,10 @@ impl Run<'_> {
         let mut accepted = Vec::new();
         for row in rows {
             let source = format!("usage_records/{}", row.id);
+            if !self.users.contains(&row.user_id) {
+                tally.skip(source, super::not_here(&row.user_id));
+                continue;
+            }
             match row.refusal() {
                 Some(reason) => tally.skip(source, reason),
                 None => accepted.push((derived_id(&source), row)),

@@ -10,7 +10,9 @@ use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime as BsonTime, Document};
 use futures_util::TryStreamExt;
 use serde::Deserialize;
+use shared::chat::files;
 use shared::chat::sessions::{transcript_after, MessageDoc, SessionDoc};
+use shared::db::batch::{self, Write};
 
 use super::history::{Notes, Sessions};
 use super::{parse, Run, BATCH};
@@ -34,14 +36,88 @@ pub(crate) struct PlatformMessage {
 /// text (`[{"event": "token", "data": "…"}]`); the text is their data, in
 /// order. Text that is not such a list is kept as it is.
 pub(crate) fn shown_text(content: &str) -> String {
-    match serde_json::from_str::<Vec<serde_json::Value>>(content) {
-        Ok(events) => events
-            .iter()
-            .filter(|e| e["event"] == "token")
-            .filter_map(|e| e["data"].as_str())
-            .collect(),
+    match serde_json::from_str::<Vec<serde_json::Value>>(&mend_surrogates(content)) {
+        Ok(events) => joined(
+            &events
+                .iter()
+                .filter(|e| e["event"] == "token")
+                .filter_map(|e| e["data"].as_str())
+                .collect::<String>(),
+        ),
         Err(_) => content.to_owned(),
     }
+}
+
+/// The text with the halves [`mend_surrogates`] kept made whole again: a
+/// high half followed by a low half is their character (as the browser
+/// showed it), any other half U+FFFD.
+fn joined(text: &str) -> String {
+    let half = |s: &str| -> Option<u16> {
+        let hex = s.strip_prefix('\u{ffff}')?.get(..4)?;
+        u16::from_str_radix(hex, 16).ok()
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        let Some(first) = half(rest) else {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+            continue;
+        };
+        rest = &rest[7..];
+        match half(rest).map(|second| char::decode_utf16([first, second]).next()) {
+            Some(Some(Ok(whole))) => {
+                out.push(whole);
+                rest = &rest[7..];
+            }
+            _ => out.push('\u{fffd}'),
+        }
+    }
+    out
+}
+
+/// `text` (JSON) with every `\\u` escape of a lone UTF-16 surrogate (half
+/// of a character a token boundary split, which Python's `json.dumps`
+/// writes as it is, and JSON parsers refuse) kept as U+FFFF followed by
+/// its four hex digits.
+fn mend_surrogates(text: &str) -> String {
+    let unit = |at: usize| -> Option<u32> {
+        let hex = text.get(at + 2..at + 6)?;
+        (text.get(at..at + 2) == Some("\\u")).then(|| u32::from_str_radix(hex, 16).ok())?
+    };
+    let high = |u: u32| (0xD800..0xDC00).contains(&u);
+    let low = |u: u32| (0xDC00..0xE000).contains(&u);
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let rest = &text[i..];
+        if !rest.starts_with('\\') {
+            let c = rest.chars().next().unwrap_or_default();
+            out.push(c);
+            i += c.len_utf8();
+            continue;
+        }
+        match unit(i) {
+            Some(u) if high(u) && unit(i + 6).is_some_and(low) => {
+                out.push_str(&text[i..i + 12]);
+                i += 12;
+            }
+            Some(u) if high(u) || low(u) => {
+                // Kept as U+FFFF and its four hex digits: [`joined`] puts
+                // the halves tokens split back together.
+                out.push_str("\\uffff");
+                out.push_str(&text[i + 2..i + 6]);
+                i += 6;
+            }
+            _ => {
+                // Any other escape, as it is (two characters: `\\\\` too).
+                let len = rest.chars().take(2).map(char::len_utf8).sum::<usize>();
+                out.push_str(&rest[..len]);
+                i += len;
+            }
+        }
+    }
+    out
 }
 
 /// An answer's status and metadata from the proxy's other events: its
@@ -79,9 +155,21 @@ struct Touched {
     turns: Vec<(String, String)>,
 }
 
+/// What a batch writes: new messages, the attachments of the files they
+/// sent, and the keys of every message and session brought.
+#[derive(Default)]
+struct Out {
+    messages: Vec<MessageDoc>,
+    attach: Vec<Write>,
+    brought: Vec<String>,
+}
+
 /// What the target holds for one batch of groups.
 struct Here {
     sessions: HashMap<String, SessionDoc>,
+    /// Sessions an earlier run brought that were deleted here since.
+    deleted: HashSet<String>,
+    /// Messages here, or brought by an earlier run (and deleted since).
     messages: HashSet<String>,
     files: HashMap<String, (String, String, String)>,
 }
@@ -143,9 +231,22 @@ impl Run<'_> {
             .map_ok(|s| (s.session_id.clone(), s))
             .try_collect()
             .await?;
+        let keys: Vec<String> = groups
+            .iter()
+            .map(|g| format!("chat_sessions/{}", g.session_id))
+            .collect();
+        let deleted: HashSet<String> = self
+            .journaled(&keys)
+            .await?
+            .into_iter()
+            .map(|k| k.trim_start_matches("chat_sessions/").to_owned())
+            .filter(|id| !sessions.contains_key(id))
+            .collect();
         let all = groups.iter().flat_map(|g| &g.messages);
         let ids: Vec<String> = all.clone().map(|m| m.id.to_hex()).collect();
-        let messages: HashSet<String> = chat
+        let keys: Vec<String> = ids.iter().map(|id| format!("chat_messages/{id}")).collect();
+        let journaled = self.journaled(&keys).await?;
+        let mut messages: HashSet<String> = chat
             .collection::<Document>("chat_messages")
             .find(doc! {"message_id": {"$in": ids}})
             .projection(doc! {"message_id": 1})
@@ -153,11 +254,35 @@ impl Run<'_> {
             .map_ok(|d| d.get_str("message_id").unwrap_or_default().to_owned())
             .try_collect()
             .await?;
+        messages.extend(
+            journaled
+                .iter()
+                .map(|k| k.trim_start_matches("chat_messages/").to_owned()),
+        );
         let file_ids: Vec<&String> = all.flat_map(|m| m.file_ids.iter().flatten()).collect();
+        Ok(Here {
+            sessions,
+            deleted,
+            messages,
+            files: self.files_here(file_ids).await?,
+        })
+    }
+
+    /// The owner, name and type of each file among `ids` here.
+    async fn files_here(
+        &self,
+        ids: Vec<&String>,
+    ) -> anyhow::Result<HashMap<String, (String, String, String)>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
         let text = |d: &Document, key: &str| d.get_str(key).unwrap_or_default().to_owned();
-        let files = chat
+        Ok(self
+            .target
+            .mongo
+            .chat
             .collection::<Document>("files")
-            .find(doc! {"file_id": {"$in": file_ids}})
+            .find(doc! {"file_id": {"$in": ids}})
             .projection(doc! {"file_id": 1, "owner_id": 1, "name": 1, "mime": 1})
             .await?
             .map_ok(|d| {
@@ -167,12 +292,7 @@ impl Run<'_> {
                 )
             })
             .try_collect()
-            .await?;
-        Ok(Here {
-            sessions,
-            messages,
-            files,
-        })
+            .await?)
     }
 
     async fn message_batch(
@@ -185,25 +305,30 @@ impl Run<'_> {
             return Ok(());
         }
         let here = self.here(&groups).await?;
-        let mut new_messages = Vec::new();
+        let mut out = Out::default();
         let mut touched = Vec::new();
         for mut group in groups {
             group
                 .messages
                 .sort_by_key(|m| (m.created_at, m.role != "user", m.id));
-            touched.extend(self.group(&group, &here, sessions, notes, &mut new_messages));
+            touched.extend(self.group(&group, &here, sessions, notes, &mut out));
         }
         if self.dry_run {
             return Ok(());
         }
-        let chat = &self.target.mongo.chat;
-        if !new_messages.is_empty() {
-            chat.collection::<MessageDoc>("chat_messages")
-                .insert_many(&new_messages)
-                .ordered(false)
-                .await?;
+        // The messages, the sessions made from them and the files their
+        // questions sent (attached to their sessions), in one batch.
+        let new_sessions = touched.iter().filter(|t| t.created).map(|t| &t.session);
+        let mut writes = std::mem::take(&mut out.attach);
+        if !out.messages.is_empty() {
+            writes.push(Write::insert("chat_messages", &out.messages)?);
         }
-        self.settle_sessions(touched).await
+        if touched.iter().any(|t| t.created) {
+            writes.push(Write::insert("chat_sessions", new_sessions)?);
+        }
+        batch::write(&self.target.mongo.chat, &writes).await?;
+        self.settle_sessions(touched).await?;
+        self.journal(&out.brought).await
     }
 
     /// Decides one session's messages: those to insert go to `out`;
@@ -214,7 +339,7 @@ impl Run<'_> {
         here: &Here,
         sessions: &mut Sessions,
         notes: &Notes,
-        out: &mut Vec<MessageDoc>,
+        out: &mut Out,
     ) -> Option<Touched> {
         let (session, created) = match self.session_for(group, here, sessions)? {
             Ok(found) => found,
@@ -227,8 +352,10 @@ impl Run<'_> {
             }
         };
         let owner = session.user_id.clone();
+        out.brought
+            .push(format!("chat_sessions/{}", session.session_id));
         let tally = &mut self.report.messages;
-        let mut stored = Vec::new();
+        let (mut stored, mut new) = (Vec::new(), 0);
         for (position, m) in group.messages.iter().enumerate() {
             let source = format!("chat_messages/{}", m.id.to_hex());
             if m.user_id != owner {
@@ -244,14 +371,23 @@ impl Run<'_> {
             }
             let doc = message(m, position as i64, &owner, here, notes);
             stored.push((doc.role.clone(), doc.content.clone()));
+            out.brought.push(source);
             if here.messages.contains(&doc.message_id) {
                 tally.unchanged += 1;
-            } else {
-                tally.imported += 1;
-                out.push(doc);
+                continue;
             }
+            tally.imported += 1;
+            new += 1;
+            for file in &doc.file_ids {
+                out.attach
+                    .push(files::attachment(file, &owner, &session.session_id));
+            }
+            out.messages.push(doc);
         }
-        Some(Touched {
+        // A session read again with nothing new is left as it is (unless
+        // a stopped run left it counting fewer of them than it holds).
+        let short = session.message_count < stored.len() as i64;
+        (created || new > 0 || short).then_some(Touched {
             session,
             created,
             turns: stored,
@@ -277,9 +413,11 @@ impl Run<'_> {
             .clone()
             .unwrap_or_else(|| (first.user_id.clone(), group.chatflow_id.clone()));
         if !self.users.contains(&owner) {
-            return Some(Err(format!(
-                "its session's user {owner:?} was not brought (see users)"
-            )));
+            return Some(Err(super::not_here(&owner)));
+        }
+        if here.deleted.contains(&group.session_id) && !sessions.contains_key(&group.session_id) {
+            let reason = "its session was brought before and deleted here since";
+            return Some(Err(reason.into()));
         }
         if chatflow != group.chatflow_id {
             let id = &group.session_id;
@@ -321,15 +459,6 @@ impl Run<'_> {
     /// session's count, last time and transcript from what it now holds.
     async fn settle_sessions(&self, touched: Vec<Touched>) -> anyhow::Result<()> {
         let chat = &self.target.mongo.chat;
-        let target = chat.collection::<SessionDoc>("chat_sessions");
-        let new: Vec<&SessionDoc> = touched
-            .iter()
-            .filter(|t| t.created)
-            .map(|t| &t.session)
-            .collect();
-        if !new.is_empty() {
-            target.insert_many(new).ordered(false).await?;
-        }
         let ids: Vec<&str> = touched
             .iter()
             .map(|t| t.session.session_id.as_str())
@@ -356,26 +485,29 @@ impl Run<'_> {
             })
             .try_collect()
             .await?;
-        for Touched { session, turns, .. } in touched {
-            let (count, last) = counts
-                .get(&session.session_id)
-                .copied()
-                .unwrap_or((0, BsonTime::MIN));
-            // The transcript is known when the session holds the
-            // platform's turns only.
-            let transcript = (count == turns.len() as i64)
-                .then(|| transcript_after("", turns.iter().map(|(r, c)| (r.as_str(), c.as_str()))));
-            target
-                .update_one(
-                    doc! {"session_id": &session.session_id},
-                    doc! {"$set": {
+        let updates: Vec<Write> = touched
+            .into_iter()
+            .map(|Touched { session, turns, .. }| {
+                let id = &session.session_id;
+                let (count, last) = counts.get(id).copied().unwrap_or((0, BsonTime::MIN));
+                // The transcript is known when the session holds the
+                // platform's turns only.
+                let transcript = (count == turns.len() as i64).then(|| {
+                    transcript_after("", turns.iter().map(|(r, c)| (r.as_str(), c.as_str())))
+                });
+                Write::Update {
+                    collection: "chat_sessions",
+                    filter: doc! {"session_id": id},
+                    update: doc! {"$set": {
                         "message_count": count,
                         "updated_at": session.updated_at.max(last),
                         "transcript": transcript,
-                    }},
-                )
-                .await?;
-        }
+                    }}
+                    .into(),
+                }
+            })
+            .collect();
+        batch::write(chat, &updates).await?;
         Ok(())
     }
 }
@@ -453,6 +585,10 @@ mod tests {
         // surrogate pair.
         let stored = r#"[{"event": "token", "data": "Inertia is r\u00e9sistance "}, {"event": "token", "data": "\ud83d\ude00"}]"#;
         assert_eq!(shown_text(stored), "Inertia is résistance 😀");
+        // A token boundary split an emoji: the halves join again, as the
+        // browser joined them; a half alone is U+FFFD.
+        let split = r#"[{"event": "token", "data": "a\ud83d"}, {"event": "token", "data": "\ude00b \\ud83d \ude00"}]"#;
+        assert_eq!(shown_text(split), "a😀b \\ud83d \u{fffd}");
         assert_eq!(shown_text("[]"), "");
         assert_eq!(shown_text("plain text"), "plain text");
         let (status, metadata) = answer_metadata(&[

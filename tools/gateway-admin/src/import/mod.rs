@@ -30,7 +30,7 @@ use anyhow::Context;
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Database};
 use shared::db::mongo::MongoStores;
-use sqlx::PgPool;
+use sqlx::{ConnectOptions, PgPool};
 
 pub use progress::Progress;
 pub use report::{Report, Skip, Tally};
@@ -47,6 +47,14 @@ pub struct Source {
 }
 
 impl Source {
+    /// Closes the connections (before the runtime stops, so that no
+    /// driver task outlives it).
+    pub async fn close(self) {
+        self.auth.client().clone().shutdown().await;
+        self.proxy.client().clone().shutdown().await;
+        self.accounting.close().await;
+    }
+
     /// Connects to the three stores; each MongoDB URI names its database
     /// in its path.
     pub async fn connect(
@@ -111,14 +119,17 @@ pub async fn run(
     dry_run: bool,
     progress: &mut Progress,
 ) -> anyhow::Result<Report> {
+    // Its own connection, held for the run: the pool may be as small as
+    // one.
     let mut lock = target
         .pool
-        .acquire()
+        .connect_options()
+        .connect()
         .await
         .context("the gateway's PostgreSQL")?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(IMPORT_LOCK)
-        .fetch_one(&mut *lock)
+        .fetch_one(&mut lock)
         .await?;
     anyhow::ensure!(
         locked,
@@ -135,7 +146,7 @@ pub async fn run(
     let result = run.everything().await;
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(IMPORT_LOCK)
-        .execute(&mut *lock)
+        .execute(&mut lock)
         .await;
     result.map(|()| run.report)
 }
@@ -174,6 +185,38 @@ pub fn derived_id(source: &str) -> uuid::Uuid {
 /// How many records a batch reads before it writes.
 pub(crate) const BATCH: usize = 500;
 
+impl Run<'_> {
+    /// The keys among `keys` an earlier run brought (`platform_imports`).
+    pub(crate) async fn journaled(&self, keys: &[String]) -> anyhow::Result<HashSet<String>> {
+        if keys.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let found: Vec<String> =
+            sqlx::query_scalar("SELECT source FROM platform_imports WHERE source = ANY($1)")
+                .bind(keys)
+                .fetch_all(&self.target.pool)
+                .await?;
+        Ok(found.into_iter().collect())
+    }
+
+    /// Records `keys` as brought (nothing in a dry run). Written after the
+    /// records themselves: a run stopped in between finds them here and
+    /// records them then.
+    pub(crate) async fn journal(&self, keys: &[String]) -> anyhow::Result<()> {
+        if self.dry_run || keys.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO platform_imports (source) SELECT unnest($1::text[])
+             ON CONFLICT (source) DO NOTHING",
+        )
+        .bind(keys)
+        .execute(&self.target.pool)
+        .await?;
+        Ok(())
+    }
+}
+
 /// Reads a collection's cursor [`BATCH`] documents at a time.
 pub(crate) struct Batches {
     cursor: mongodb::Cursor<bson::Document>,
@@ -202,7 +245,14 @@ impl Run<'_> {
         let source = db.collection::<bson::Document>(collection);
         let total = source.count_documents(bson::doc! {}).await?;
         self.progress.start(collection, total);
-        let cursor = source.find(bson::doc! {}).sort(sort).await?;
+        // The cursor is read to its end; a batch's work (a file's bytes)
+        // may outlast the server's idle timeout.
+        let cursor = source
+            .find(bson::doc! {})
+            .sort(sort)
+            .no_cursor_timeout(true)
+            .allow_disk_use(true)
+            .await?;
         Ok(Batches { cursor })
     }
 
@@ -273,6 +323,11 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(
             tally.skip(format!("{collection}/{id}"), reason);
         })
         .ok()
+}
+
+/// Why a record of user `id` does not come: its user is not here.
+pub(crate) fn not_here(id: &str) -> String {
+    format!("its user {id:?} is not here (not brought: see users; or deleted since)")
 }
 
 /// An id as the report names it: an ObjectId's hex, a string as it is.

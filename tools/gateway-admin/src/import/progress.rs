@@ -16,6 +16,7 @@ pub struct Progress {
     total: u64,
     done: u64,
     shown: Instant,
+    started: Instant,
 }
 
 impl Progress {
@@ -28,6 +29,7 @@ impl Progress {
             total: 0,
             done: 0,
             shown: Instant::now(),
+            started: Instant::now(),
         }
     }
 
@@ -45,6 +47,7 @@ impl Progress {
         self.total = total;
         self.done = 0;
         self.shown = Instant::now();
+        self.started = Instant::now();
         self.show(true);
     }
 
@@ -58,8 +61,10 @@ impl Progress {
     pub fn finish(&mut self) {
         self.done = self.done.max(self.total);
         self.show(true);
-        if self.terminal && !self.silent {
-            eprintln!();
+        if !self.silent {
+            let seconds = self.started.elapsed().as_secs_f64();
+            let lead = if self.terminal { " " } else { "" };
+            eprintln!("{lead}{}: done in {seconds:.1} s", self.step);
         }
     }
 
