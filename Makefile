@@ -66,9 +66,10 @@ bench-predict:
 bench-coldstart:
 	./local/with-stores.sh cargo run --release -p e2e --bin bench-coldstart
 
-## import-platform at 10,000 users, 50,000 allocations, 100,000 messages.
+## import-platform at 10,000 users, 50,000 allocations, 100,000 messages (dev profile:
+## the stores bound it, and it spares a release build of every function).
 bench-import:
-	./local/with-stores.sh cargo run --release -p e2e --bin bench-import
+	./local/with-stores.sh cargo run -p e2e --bin bench-import
 
 # Screenshots of the console's main pages (functions/console/screenshots/),
 # taken by the browser test's journey; not part of the tests.

@@ -410,24 +410,27 @@ impl Platform {
         cmd
     }
 
-    /// Runs the import to its end; its report (with `--json`) and whether
-    /// it succeeded. Panics with its standard error when it did not.
+    /// Runs the import to its end with `--json`; its report. Panics with
+    /// its standard error when it failed.
     pub async fn import(&self, env: &[(String, String)], extra: &[&str]) -> serde_json::Value {
-        crate::stack::ensure_binaries_built();
         let mut args = vec!["--json"];
         args.extend_from_slice(extra);
+        let out = self.import_text(env, &args).await;
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("the report is one JSON object ({e}): {out}"))
+    }
+
+    /// Runs the import to its end with `args`; what it printed. Panics
+    /// with its standard error when it failed.
+    pub async fn import_text(&self, env: &[(String, String)], args: &[&str]) -> String {
+        crate::stack::ensure_binaries_built();
         let out = self
-            .import_command(env, &args)
+            .import_command(env, args)
             .output()
             .await
             .expect("gateway-admin runs");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "the import failed: {stderr}");
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "the report is one JSON object ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        String::from_utf8(out.stdout).expect("UTF-8")
     }
 }

@@ -5,6 +5,8 @@
 //! credits, usage, chatflows, history and files as they left them.
 #![allow(clippy::too_many_lines)] // Tests read top to bottom.
 
+mod browser;
+
 use bson::oid::ObjectId;
 use bson::{doc, Bson, Document};
 use e2e::platform::{at, python_json_tokens, target_env, user_doc, Platform, Size};
@@ -655,6 +657,16 @@ async fn the_platform_moves_in_and_its_users_find_everything_as_they_left_it() {
 
     // A dry run reads and checks everything, and writes nothing.
     let empty = fingerprint(&stack.pg.pool, &mongo.stores).await;
+    let summary = p.import_text(&env, &["--dry-run"]).await;
+    eprintln!("{summary}");
+    assert!(
+        summary.starts_with("Dry run: nothing was written."),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("users        would import        6"),
+        "{summary}"
+    );
     let dry = p.import(&env, &["--dry-run"]).await;
     assert_eq!(
         fingerprint(&stack.pg.pool, &mongo.stores).await,
@@ -1222,4 +1234,31 @@ async fn a_dry_run_writes_nothing_not_even_the_migrations() {
         .execute(&mut admin)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn in_the_console_alice_finds_her_conversation_as_she_left_it() {
+    use browser::{console_stack, sign_in, Browser};
+    let (p, _, _) = platform().await;
+    let flowise = shared::flowise_double::FlowiseDouble::start().await;
+    let (stack, base) = console_stack(&flowise).await;
+    let mongo = stack.mongo.as_ref().expect("MongoDB");
+    p.import(&target_env(&stack.pg.url, &mongo.config), &[])
+        .await;
+
+    let browser = Browser::start(1280, 900).await;
+    sign_in(&browser, &base, "Alice_Smith", "alice-platform-1").await;
+    browser.open(&base, &format!("chat?session={S1}")).await;
+    browser
+        .wait_text("#main", "Inertia is résistance to change 😀")
+        .await;
+    browser.wait_text("#main", "And mass?").await;
+    let files = browser.wait_text(".attachments", "scan.pdf").await;
+    assert!(files.contains("diagram.png"), "{files}");
+    assert!(
+        files.contains("not brought from the old platform"),
+        "{files}"
+    );
+    browser.open(&base, "credits").await;
+    browser.wait_text("#main", "396").await;
 }

@@ -259,9 +259,13 @@ impl Run<'_> {
         }
         if !new.is_empty() {
             target
+                // `$push`, not `$addToSet`: `new` holds none already there
+                // (read just above), and `$addToSet` compares every one
+                // with the whole list (a chatflow may be granted to
+                // thousands).
                 .update_one(
                     doc! {"chatflow_id": flow},
-                    doc! {"$addToSet": {"allowed_users": {"$each": new}}},
+                    doc! {"$push": {"allowed_users": {"$each": new}}},
                 )
                 .await?;
         }

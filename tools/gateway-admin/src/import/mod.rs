@@ -6,15 +6,26 @@
 //! Every record is keyed by its id on the platform: a user keeps its id,
 //! a session its id, a message and a file the hex of their ObjectId, and
 //! the PostgreSQL rows made from the platform's rows have ids derived from
-//! `table/id` ([`derived_id`]). So a second run, or a run after an
-//! interrupted one, finds what is already here, writes only what is new,
-//! and changes nothing else. Records are read as streams and written in
-//! batches: no store is held in memory, only the ids of the users and
-//! sessions brought (what later steps check against).
+//! `table/id` ([`derived_id`]). Each key brought is recorded in the
+//! journal (`platform_imports`) after its record is written. So a second
+//! run, or a run after an interrupted one, writes only what is new: a key
+//! in the journal is done even if its record was deleted here since (a
+//! user, a grant, a conversation), and a record found here but not yet in
+//! the journal (a run stopped between the two) is recorded then. The one
+//! thing a later run changes is money: what the platform spent of an
+//! allocation after it was brought (or a row it replaced) is taken here
+//! too, from what is left of it.
 //!
-//! A dry run reads and checks everything the same way and writes nothing.
-//! Two imports never run at once: the first holds a PostgreSQL advisory
-//! lock for its whole run.
+//! Records are read as streams and written in batches. What a run keeps
+//! in memory is ids, never documents: the users brought (what every later
+//! record's owner must be), the usernames and emails claimed, the
+//! sessions brought, the files not brought (a message notes them), and a
+//! chatflow's granted users (written as one list).
+//!
+//! A dry run reads and checks everything the same way and writes nothing
+//! (it does not migrate either: it needs a migrated gateway). Two imports
+//! never run at once: the first holds a PostgreSQL advisory lock for its
+//! whole run, on a connection of its own.
 
 mod accounts;
 mod catalogue;
@@ -252,6 +263,9 @@ impl Run<'_> {
             .sort(sort)
             .no_cursor_timeout(true)
             .allow_disk_use(true)
+            // A batch's worth at a time (the server would send up to
+            // 16 MiB per round trip).
+            .batch_size(BATCH as u32)
             .await?;
         Ok(Batches { cursor })
     }

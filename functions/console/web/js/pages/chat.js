@@ -20,6 +20,9 @@ function creditsEnded(charged) {
 function attachmentList(files) {
   return h("ul", { class: "attachments", "aria-label": t("chat.attachments") }, files.map((f) => h("li", {},
     h("span", { class: "file-name" }, f.name),
+    // A file the move from the old platform could not bring (too large, a
+    // link, a refused type): named, and said so.
+    f.not_imported ? h("span", { class: "meta", title: f.not_imported }, " · ", t("chat.fileNotBrought")) : null,
     f.input_tokens === undefined ? null : h("span", { class: "meta" }, " · ", t("chat.fileCost", {
       tokens: number(f.input_tokens),
       credits: number(Math.round(f.credits * 1000) / 1000),
