@@ -790,7 +790,25 @@ async fn the_platform_moves_in_and_its_users_find_everything_as_they_left_it() {
         .find(|a| a["credits"] == 500)
         .expect("allocation 12");
     assert_eq!(allocation["remaining"], 376);
-    assert!(allocation["expiresAt"].is_string(), "{allocation}");
+    assert_eq!(allocation["allocatedAt"], "2025-03-01T08:00:00.123Z");
+    assert_eq!(
+        allocation["grantedBy"], "Boss",
+        "the platform's admin gave it"
+    );
+    let expires: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT expires_at FROM credit_allocations WHERE id = 12")
+            .fetch_one(&p.accounting)
+            .await
+            .unwrap();
+    let shown: chrono::DateTime<chrono::Utc> =
+        allocation["expiresAt"].as_str().unwrap().parse().unwrap();
+    assert_eq!(shown, expires, "{allocation}");
+    let (notes, by): (Option<String>, String) =
+        sqlx::query_as("SELECT notes, allocated_by FROM credit_allocations WHERE credits = 500")
+            .fetch_one(&stack.pg.pool)
+            .await
+            .unwrap();
+    assert_eq!((notes.as_deref(), by.as_str()), (Some("term 1"), BOSS));
     assert_eq!(stack.balance(&bob).await, 50);
     let (_, history) = stack
         .get("credits", "/api/credits/transactions?limit=100", &alice)
@@ -948,9 +966,13 @@ async fn the_platform_moves_in_and_its_users_find_everything_as_they_left_it() {
     // A password longer than passwords set here, and a username with an
     // `@`: both sign in, before and after the rehash.
     let erin_password = format!("erin-{}end", "long-".repeat(40));
-    for _ in 0..2 {
-        signs_in(&stack, "username", "erin", &erin_password, ERIN).await;
-        signs_in(&stack, "username", "frank@work", "frank-platform-1", FRANK).await;
+    for field in ["username", "email"] {
+        let (erin, frank) = match field {
+            "username" => ("erin", "frank@work"),
+            _ => ("erin@example.com", "frank@example.com"),
+        };
+        signs_in(&stack, field, erin, &erin_password, ERIN).await;
+        signs_in(&stack, field, frank, "frank-platform-1", FRANK).await;
     }
     assert!(stored_hash(mongo, ERIN).await.starts_with("$argon2id$"));
 
