@@ -38,6 +38,15 @@ const DAVE: &str = "6650f1a2b3c4d5e6f7a8b9c4";
 const ERIN: &str = "6650f1a2b3c4d5e6f7a8b9c5";
 /// Whose username holds an `@` (the platform had no rule for usernames).
 const FRANK: &str = "6650f1a2b3c4d5e6f7a8b9c6";
+/// Who changes her password on the platform after the move, before
+/// signing in here.
+const GINA: &str = "6650f1a2b3c4d5e6f7a8b9c7";
+/// Whose username is Alice's email.
+const HANK: &str = "6650f1a2b3c4d5e6f7a8b9c8";
+/// A session id longer than the gateway's ids may be.
+fn long_session() -> String {
+    format!("s-{}", "x".repeat(200))
+}
 /// In the accounting rows, not in `auth_db`.
 const GHOST: &str = "6650f1a2b3c4d5e6f7a8b9ff";
 const FLOW_A: &str = "0b9d1f3e-8c55-4a63-9d0e-2f6a7b8c9d10";
@@ -142,6 +151,22 @@ async fn users(p: &Platform) {
                 "frank@work",
                 "frank@example.com",
                 FRANK_HASH,
+                Some("user"),
+                Some(true),
+            ),
+            user_doc(
+                oid(GINA),
+                "gina",
+                "gina@example.com",
+                ANN_HASH,
+                Some("user"),
+                Some(true),
+            ),
+            user_doc(
+                oid(HANK),
+                "alice@example.com",
+                "hank@example.com",
+                ANN_HASH,
                 Some("user"),
                 Some(true),
             ),
@@ -334,10 +359,20 @@ fn message(
 /// Alice's two conversations (one without a session document), and a
 /// message of someone else's in hers; returns her first question's id.
 async fn history(p: &Platform) -> (ObjectId, Files) {
-    Platform::insert(&p.proxy, "chat_sessions", vec![doc! {
-        "session_id": S1, "user_id": ALICE, "chatflow_id": FLOW_A, "topic": "What is inertia?",
-        "is_active": true, "created_at": at("2025-03-04T11:00:03.200Z"), "last_activity_at": Bson::Null,
-    }])
+    let session = |id: &str, topic: &str| {
+        doc! {
+            "session_id": id, "user_id": ALICE, "chatflow_id": FLOW_A, "topic": topic,
+            "is_active": true, "created_at": at("2025-03-04T11:00:03.200Z"), "last_activity_at": Bson::Null,
+        }
+    };
+    Platform::insert(
+        &p.proxy,
+        "chat_sessions",
+        vec![
+            session(S1, "What is inertia?"),
+            session(&long_session(), "In a session whose id is too long"),
+        ],
+    )
     .await;
     let q1 = ObjectId::new();
     let f = files(p, q1).await;
@@ -434,6 +469,14 @@ async fn history(p: &Platform) -> (ObjectId, Files) {
                 "user",
                 "Boo",
                 "2025-03-05T09:00:00.000Z",
+            ),
+            message(
+                ObjectId::new(),
+                &long_session(),
+                ALICE,
+                "user",
+                "In a session whose id is too long",
+                "2025-03-06T09:00:00.000Z",
             ),
         ],
     )
@@ -664,7 +707,7 @@ async fn the_platform_moves_in_and_its_users_find_everything_as_they_left_it() {
         "{summary}"
     );
     assert!(
-        summary.contains("users        would import        6"),
+        summary.contains("users        would import        7"),
         "{summary}"
     );
     let dry = p.import(&env, &["--dry-run"]).await;
@@ -676,7 +719,8 @@ async fn the_platform_moves_in_and_its_users_find_everything_as_they_left_it() {
 
     let first = p.import(&env, &[]).await;
     assert_eq!(dry, first, "the dry run reported what the run did");
-    assert_eq!(counts(&first, "users"), (6, 0, 2), "{first:#}");
+    assert_eq!(counts(&first, "users"), (7, 0, 3), "{first:#}");
+    assert!(reason_of(&first, "users", &format!("users/{HANK}")).contains("is account"));
     assert!(reason_of(&first, "users", &format!("users/{ANN}")).contains("compared without case"));
     assert!(reason_of(&first, "users", &format!("users/{DAVE}")).contains("taken@example.com"));
     // 17 expired when it was made: it comes expired.
@@ -691,8 +735,10 @@ async fn the_platform_moves_in_and_its_users_find_everything_as_they_left_it() {
         .iter()
         .any(|(s, r)| s.starts_with("user_chatflows/") && r.contains("grants nothing")));
     assert_eq!(counts(&first, "files"), (2, 1, 3), "{first:#}");
-    assert_eq!(counts(&first, "sessions"), (2, 0, 0), "{first:#}");
-    assert_eq!(counts(&first, "messages"), (6, 0, 2), "{first:#}");
+    assert_eq!(counts(&first, "sessions"), (2, 0, 1), "{first:#}");
+    let long = format!("chat_sessions/{}", long_session());
+    assert!(reason_of(&first, "sessions", &long).contains("128 characters"));
+    assert_eq!(counts(&first, "messages"), (6, 0, 3), "{first:#}");
     ledger_adds_up(&stack.pg.pool).await;
     let imported = fingerprint(&stack.pg.pool, &mongo.stores).await;
 
@@ -1036,8 +1082,24 @@ async fn after_the_move(
     )
     .await;
 
+    // Gina changes her password on the platform (to dave-platform-1's hash)
+    // before she ever signs in here.
+    p.auth
+        .collection::<Document>("users")
+        .update_one(
+            doc! {"_id": oid(GINA)},
+            doc! {"$set": {"password": DAVE_HASH}},
+        )
+        .await
+        .unwrap();
+
     let third = p.import(env, &[]).await;
-    assert_eq!(counts(&third, "users").0, 0, "Bob stays deleted: {third:#}");
+    assert_eq!(
+        counts(&third, "users").0,
+        1,
+        "Gina's new password, and Bob stays deleted: {third:#}"
+    );
+    signs_in(stack, "username", "gina", "dave-platform-1", GINA).await;
     let (status, _) = login(
         stack,
         json!({"username": "bob", "password": "bob-platform-1"}),
@@ -1191,7 +1253,12 @@ async fn an_interrupted_import_finishes_on_the_next_run_with_nothing_doubled() {
     for kind in KINDS {
         let (i, u, s) = counts(&clean, kind);
         let (i2, u2, s2) = counts(&report, kind);
-        assert_eq!((i + u, s), (i2 + u2, s2), "{kind}");
+        assert_eq!(
+            (i + u, s),
+            (i2 + u2, s2),
+            "{kind}: {:?}",
+            skipped(&clean, kind).first()
+        );
     }
     assert_eq!(
         fingerprint(&pg.pool, &mongo.stores).await,

@@ -112,8 +112,11 @@ async fn rehash(state: &AppState, user: &UserDoc, password: &str) {
         Err(err) => Err(err),
     };
     match replaced {
-        Ok(()) => {
+        Ok(true) => {
             tracing::info!(user_id = %user.id, "a platform password hash replaced by argon2id")
+        }
+        Ok(false) => {
+            tracing::info!(user_id = %user.id, "a platform password hash changed meanwhile")
         }
         Err(err) => {
             tracing::warn!(user_id = %user.id, error = %err, "a platform password hash was not replaced")

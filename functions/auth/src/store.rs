@@ -154,15 +154,17 @@ impl AuthStore {
     }
 
     /// Replaces the password hash `old` of account `id` by `new`; nothing
-    /// when it changed meanwhile (a reset wins).
-    pub async fn replace_hash(&self, id: &str, old: &str, new: &str) -> Result<(), ApiError> {
-        self.users()
+    /// (false) when it changed meanwhile (a reset, or another sign-in's
+    /// rehash, wins).
+    pub async fn replace_hash(&self, id: &str, old: &str, new: &str) -> Result<bool, ApiError> {
+        let result = self
+            .users()
             .update_one(
                 doc! {"_id": id, "password_hash": old},
                 doc! {"$set": {"password_hash": new, "updated_at": BsonTime::now()}},
             )
             .await?;
-        Ok(())
+        Ok(result.matched_count == 1)
     }
 
     /// Accounts with the admin role, enabled or not.

@@ -387,11 +387,15 @@ pub async fn login(
 ) -> Answer<SignedIn> {
     let identifier = login_identifier(&body)?;
     let user = if identifier.contains('@') {
-        match state.store.user_by_email(&identifier).await? {
-            // A username moved in from the platform may hold an `@`.
-            None => state.store.user_by_username(&raw_identifier(&body)).await?,
-            found => found,
-        }
+        // A username moved in from the platform may hold an `@`. Both are
+        // always looked up, so the time taken tells nothing of which
+        // addresses are registered.
+        let raw = raw_identifier(&body);
+        let (by_email, by_name) = tokio::join!(
+            state.store.user_by_email(&identifier),
+            state.store.user_by_username(&raw)
+        );
+        by_email?.or(by_name?)
     } else {
         state.store.user_by_username(&identifier).await?
     };

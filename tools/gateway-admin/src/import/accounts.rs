@@ -1,7 +1,7 @@
 //! Users: `auth_db.users` into the gateway's `auth.users` (and the
 //! ledger's `user_accounts`), keeping their ids and their bcrypt hashes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use auth::store::{duplicate_error, UserDoc};
 use bson::oid::ObjectId;
@@ -90,6 +90,29 @@ impl Claims {
         self.emails.insert(user.email.clone(), user.id.clone());
     }
 
+    /// A username with an `@` is another account's email (sign-in tries
+    /// emails first, so that username could never be used), or an email is
+    /// such a username.
+    fn crossed(&self, user: &UserDoc) -> Option<String> {
+        let name = user.username.to_lowercase();
+        if name.contains('@') {
+            if let Some(id) = self.emails.get(&name).filter(|id| **id != user.id) {
+                return Some(format!(
+                    "its username {:?} is account {id}'s email here",
+                    user.username
+                ));
+            }
+        }
+        let holder = self
+            .usernames
+            .get(&user.email)
+            .filter(|id| **id != user.id)?;
+        Some(format!(
+            "its email {} is account {holder}'s username here",
+            user.email
+        ))
+    }
+
     /// Why `user` cannot have its name or address here, if it cannot.
     fn clash(&self, user: &UserDoc) -> Option<String> {
         if let Some(id) = self
@@ -101,6 +124,9 @@ impl Claims {
                 "its username {:?} is already account {id}'s here (usernames are compared without case)",
                 user.username
             ));
+        }
+        if let Some(why) = self.crossed(user) {
+            return Some(why);
         }
         if let Some(id) = self.emails.get(&user.email).filter(|id| **id != user.id) {
             return Some(format!(
@@ -149,10 +175,18 @@ impl Run<'_> {
         let keys: Vec<String> = accounts.iter().map(|u| format!("users/{}", u.id)).collect();
         let journaled = self.journaled(&keys).await?;
         let tally = &mut self.report.users;
-        let mut new = Vec::new();
+        let (mut new, mut changed) = (Vec::new(), Vec::new());
         for user in accounts {
-            if here.contains(&user.id) {
-                tally.unchanged += 1;
+            if let Some(hash) = here.get(&user.id) {
+                // A password changed on the platform since, by a user who
+                // has not signed in here yet (the hash is still bcrypt):
+                // the new one counts.
+                if auth::password::needs_rehash(hash) && *hash != user.password_hash {
+                    tally.imported += 1;
+                    changed.push((user.id.clone(), hash.clone(), user.password_hash.clone()));
+                } else {
+                    tally.unchanged += 1;
+                }
             } else if journaled.contains(&format!("users/{}", user.id)) {
                 // Brought before and deleted here since: it stays so.
                 tally.unchanged += 1;
@@ -168,23 +202,45 @@ impl Run<'_> {
         }
         let new = self.insert_users(new).await?;
         self.report.users.imported += new.len() as u64;
+        if !self.dry_run {
+            let store = auth::store::AuthStore::new(self.target.mongo.auth.clone());
+            for (id, old, hash) in changed {
+                store.replace_hash(&id, &old, &hash).await?;
+            }
+        }
         let ours: Vec<&str> = self.users_of(&here, &new);
         self.ledger_accounts(&ours).await?;
         let keys: Vec<String> = ours.iter().map(|id| format!("users/{id}")).collect();
         self.journal(&keys).await
     }
 
-    /// The ids of `accounts` already here, after recording in `claims`
+    /// The ids (and password hashes) of `accounts` already here, after recording in `claims`
     /// every other account here that holds one of their names or
     /// addresses.
     async fn accounts_here(
         &self,
         accounts: &[UserDoc],
         claims: &mut Claims,
-    ) -> anyhow::Result<HashSet<String>> {
+    ) -> anyhow::Result<HashMap<String, String>> {
         let ids: Vec<&str> = accounts.iter().map(|u| u.id.as_str()).collect();
         let keys: Vec<&str> = accounts.iter().map(|u| u.username_key.as_str()).collect();
-        let emails: Vec<&str> = accounts.iter().map(|u| u.email.as_str()).collect();
+        // Emails, and usernames that look like one (either may hold the
+        // other's value: [`Claims::crossed`]).
+        let emails: Vec<String> = accounts
+            .iter()
+            .map(|u| u.email.clone())
+            .chain(
+                accounts
+                    .iter()
+                    .map(|u| u.username.to_lowercase())
+                    .filter(|n| n.contains('@')),
+            )
+            .collect();
+        let keys: Vec<&str> = keys
+            .into_iter()
+            .chain(accounts.iter().map(|u| u.email.as_str()))
+            .collect();
+        let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
         let found: Collection<Document> = self.target.mongo.auth.collection("users");
         let mut docs = Vec::new();
         // One query per unique index (an `$or` of them is a scan on some
@@ -192,13 +248,13 @@ impl Run<'_> {
         for (field, values) in [("_id", &ids), ("username_key", &keys), ("email", &emails)] {
             let mut cursor = found
                 .find(doc! {field: {"$in": values}})
-                .projection(doc! {"_id": 1, "username_key": 1, "email": 1})
+                .projection(doc! {"_id": 1, "username_key": 1, "email": 1, "password_hash": 1})
                 .await?;
             while let Some(d) = cursor.try_next().await? {
                 docs.push(d);
             }
         }
-        let mut here = HashSet::new();
+        let mut here = HashMap::new();
         for d in docs {
             let id = d.get_str("_id").unwrap_or_default().to_owned();
             if let Ok(key) = d.get_str("username_key") {
@@ -213,9 +269,10 @@ impl Run<'_> {
                     .entry(email.to_owned())
                     .or_insert_with(|| id.clone());
             }
-            here.insert(id);
+            let hash = d.get_str("password_hash").unwrap_or_default().to_owned();
+            here.insert(id, hash);
         }
-        here.retain(|id| ids.contains(&id.as_str()));
+        here.retain(|id, _| ids.contains(&id.as_str()));
         Ok(here)
     }
 
@@ -255,8 +312,8 @@ impl Run<'_> {
         Ok(inserted)
     }
 
-    fn users_of<'u>(&self, here: &'u HashSet<String>, new: &'u [UserDoc]) -> Vec<&'u str> {
-        here.iter()
+    fn users_of<'u>(&self, here: &'u HashMap<String, String>, new: &'u [UserDoc]) -> Vec<&'u str> {
+        here.keys()
             .map(String::as_str)
             .chain(new.iter().map(|u| u.id.as_str()))
             .filter(|id| self.users.contains(*id))

@@ -232,8 +232,8 @@ fn file_doc(
     Ok(FileDoc {
         file_id: file_id.to_owned(),
         owner_id: user,
-        // Attached to a session by the question that sent it, when its
-        // messages come (a file uploaded but never sent stays in none).
+        // In no session: deleting a conversation keeps its files, as on
+        // the platform (one file may have been sent in several).
         session_id: None,
         name,
         mime: mime.to_owned(),
@@ -256,6 +256,23 @@ pub(crate) struct PlatformSession {
     topic: Option<String>,
     created_at: Option<BsonTime>,
     last_activity_at: Option<BsonTime>,
+}
+
+impl PlatformSession {
+    /// The gateway's session (its messages counted as they come).
+    fn doc(&self) -> SessionDoc {
+        let created_at = self.created_at.unwrap_or_else(BsonTime::now);
+        SessionDoc {
+            session_id: self.session_id.clone(),
+            user_id: self.user_id.clone(),
+            chatflow_id: self.chatflow_id.clone(),
+            topic: self.topic.clone().unwrap_or_default(),
+            created_at,
+            updated_at: self.last_activity_at.unwrap_or(created_at),
+            message_count: 0,
+            transcript: None,
+        }
+    }
 }
 
 impl Run<'_> {
@@ -294,6 +311,10 @@ impl Run<'_> {
                 tally.skip(source, super::not_here(&s.user_id));
                 continue;
             }
+            if let Some(reason) = super::session_id_refusal(&s.session_id) {
+                tally.skip(source, reason);
+                continue;
+            }
             if journaled.contains(&source) && !here.contains_key(&s.session_id) {
                 // Brought before and deleted here since: it stays so.
                 tally.unchanged += 1;
@@ -310,17 +331,7 @@ impl Run<'_> {
                 }
                 None => {
                     tally.imported += 1;
-                    let created_at = s.created_at.unwrap_or_else(BsonTime::now);
-                    new.push(SessionDoc {
-                        session_id: s.session_id.clone(),
-                        user_id: s.user_id.clone(),
-                        chatflow_id: s.chatflow_id.clone(),
-                        topic: s.topic.clone().unwrap_or_default(),
-                        created_at,
-                        updated_at: s.last_activity_at.unwrap_or(created_at),
-                        message_count: 0,
-                        transcript: None,
-                    });
+                    new.push(s.doc());
                 }
             }
             brought.push(source);

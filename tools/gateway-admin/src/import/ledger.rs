@@ -356,7 +356,7 @@ impl Run<'_> {
                 before: Some(*before),
                 now: 0,
             };
-            self.spent_since(
+            let _ = self.spent_since(
                 change,
                 "gone from the platform after the move",
                 &mut taken,
@@ -412,11 +412,16 @@ impl Run<'_> {
         let journal = journal_remaining(&mut tx, &keys).await?;
         let mut columns = Columns::default();
         let mut taken = Taken::default();
+        // What the journal keeps of each: what the platform has left on
+        // it (0 for one that arrived expired: nothing is left to take).
+        let mut recorded = Vec::new();
         for (id, a) in &accepted {
             let balance = totals.entry(a.user_id.clone()).or_default();
             let Some(&left) = here.get(id) else {
                 self.report.allocations.imported += 1;
-                columns.push(*id, a, a.expires_at() <= now, balance);
+                let expired = a.expires_at() <= now;
+                columns.push(*id, a, expired, balance);
+                recorded.push(i64::from(a.remaining_credits));
                 continue;
             };
             let before = journal.get(&a.source()).copied().flatten();
@@ -429,24 +434,20 @@ impl Run<'_> {
                 before,
                 now: now_left,
             };
-            self.spent_since(
+            recorded.push(self.spent_since(
                 change,
                 "spent on the platform after the move",
                 &mut taken,
                 &mut columns.entries,
                 balance,
-            );
+            ));
         }
         if self.dry_run {
             return Ok(tx.rollback().await?);
         }
         columns.insert(&mut tx).await?;
         taken.apply(&mut tx).await?;
-        let remaining: Vec<i64> = accepted
-            .iter()
-            .map(|(_, a)| i64::from(a.remaining_credits))
-            .collect();
-        record_remaining(&mut tx, &keys, &remaining).await?;
+        record_remaining(&mut tx, &keys, &recorded).await?;
         store_totals(&mut tx, totals).await?;
         commit(tx).await?;
         Ok(())
@@ -462,25 +463,33 @@ impl Run<'_> {
         taken: &mut Taken,
         entries: &mut Entries,
         balance: &mut i64,
-    ) {
+    ) -> i64 {
         let tally = &mut self.report.allocations;
         let Some(before) = change.before.filter(|b| *b != change.now) else {
             tally.unchanged += 1;
-            return;
+            return change.before.unwrap_or(change.now);
         };
+        if change.left == 0 {
+            // Nothing is left of it here (expired, or spent here): there
+            // is nothing to take, and nothing to say.
+            tally.unchanged += 1;
+            return change.now;
+        }
         if change.now > before {
             let reason = format!(
                 "its remaining credits grew on the platform since it was brought ({before} → {}): not applied here",
                 change.now
             );
-            return tally.skip(change.key, reason);
+            tally.skip(change.key, reason);
+            // What was taken stays the mark: a later fall is measured from it.
+            return before;
         }
         let spent = before - change.now;
         let take = spent.min(change.left);
         if take > 0 {
             taken.push(change.allocation, take);
             let entry = Entry {
-                key: format!("{}#spent@{}", change.key, change.now),
+                key: format!("{}#spent@{before}>{}", change.key, change.now),
                 user: change.user,
                 kind: "deduction",
                 amount: -take,
@@ -500,6 +509,7 @@ impl Run<'_> {
         } else {
             tally.imported += 1;
         }
+        change.now
     }
 }
 

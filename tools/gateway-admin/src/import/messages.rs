@@ -10,7 +10,6 @@ use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime as BsonTime, Document};
 use futures_util::TryStreamExt;
 use serde::Deserialize;
-use shared::chat::files;
 use shared::chat::sessions::{transcript_after, MessageDoc, SessionDoc};
 use shared::db::batch::{self, Write};
 
@@ -54,7 +53,12 @@ pub(crate) fn shown_text(content: &str) -> String {
 fn joined(text: &str) -> String {
     let half = |s: &str| -> Option<u16> {
         let hex = s.strip_prefix('\u{ffff}')?.get(..4)?;
-        u16::from_str_radix(hex, 16).ok()
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u16::from_str_radix(hex, 16)
+            .ok()
+            .filter(|u| (0xD800..=0xDFFF).contains(u))
     };
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -152,15 +156,16 @@ struct Group {
 struct Touched {
     session: SessionDoc,
     created: bool,
+    /// Messages this batch added to it.
+    new: i64,
     turns: Vec<(String, String)>,
 }
 
-/// What a batch writes: new messages, the attachments of the files they
-/// sent, and the keys of every message and session brought.
+/// What a batch writes: new messages, and the keys of every message and
+/// session brought.
 #[derive(Default)]
 struct Out {
     messages: Vec<MessageDoc>,
-    attach: Vec<Write>,
     brought: Vec<String>,
 }
 
@@ -316,10 +321,9 @@ impl Run<'_> {
         if self.dry_run {
             return Ok(());
         }
-        // The messages, the sessions made from them and the files their
-        // questions sent (attached to their sessions), in one batch.
+        // The messages and the sessions made from them, in one batch.
         let new_sessions = touched.iter().filter(|t| t.created).map(|t| &t.session);
-        let mut writes = std::mem::take(&mut out.attach);
+        let mut writes = Vec::new();
         if !out.messages.is_empty() {
             writes.push(Write::insert("chat_messages", &out.messages)?);
         }
@@ -378,10 +382,6 @@ impl Run<'_> {
             }
             tally.imported += 1;
             new += 1;
-            for file in &doc.file_ids {
-                out.attach
-                    .push(files::attachment(file, &owner, &session.session_id));
-            }
             out.messages.push(doc);
         }
         // A session read again with nothing new is left as it is (unless
@@ -390,6 +390,7 @@ impl Run<'_> {
         (created || new > 0 || short).then_some(Touched {
             session,
             created,
+            new,
             turns: stored,
         })
     }
@@ -414,6 +415,9 @@ impl Run<'_> {
             .unwrap_or_else(|| (first.user_id.clone(), group.chatflow_id.clone()));
         if !self.users.contains(&owner) {
             return Some(Err(super::not_here(&owner)));
+        }
+        if let Some(reason) = super::session_id_refusal(&group.session_id) {
+            return Some(Err(reason));
         }
         if here.deleted.contains(&group.session_id) && !sessions.contains_key(&group.session_id) {
             let reason = "its session was brought before and deleted here since";
@@ -485,30 +489,49 @@ impl Run<'_> {
             })
             .try_collect()
             .await?;
-        let updates: Vec<Write> = touched
-            .into_iter()
-            .map(|Touched { session, turns, .. }| {
-                let id = &session.session_id;
-                let (count, last) = counts.get(id).copied().unwrap_or((0, BsonTime::MIN));
-                // The transcript is known when the session holds the
-                // platform's turns only.
-                let transcript = (count == turns.len() as i64).then(|| {
-                    transcript_after("", turns.iter().map(|(r, c)| (r.as_str(), c.as_str())))
-                });
-                Write::Update {
-                    collection: "chat_sessions",
-                    filter: doc! {"session_id": id},
-                    update: doc! {"$set": {
-                        "message_count": count,
-                        "updated_at": session.updated_at.max(last),
-                        "transcript": transcript,
-                    }}
-                    .into(),
-                }
-            })
-            .collect();
+        // Counts move on by what was added (`$inc`: a live prediction's
+        // own `$inc` in the meantime is kept), or up to what the session
+        // holds when a stopped run left it short.
+        let mut updates = Vec::new();
+        let mut transcripts = Vec::new();
+        for Touched {
+            session,
+            new,
+            turns,
+            ..
+        } in touched
+        {
+            let id = &session.session_id;
+            let (count, last) = counts.get(id).copied().unwrap_or((0, BsonTime::MIN));
+            let counted = if session.message_count + new < count {
+                doc! {"$max": {"message_count": count, "updated_at": session.updated_at.max(last)}}
+            } else {
+                doc! {"$inc": {"message_count": new}, "$max": {"updated_at": session.updated_at.max(last)}}
+            };
+            updates.push(session_update(id, doc! {}, counted));
+            // The transcript is known when the session holds the
+            // platform's turns only (and nothing was added here since).
+            if count == turns.len() as i64 {
+                let digest =
+                    transcript_after("", turns.iter().map(|(r, c)| (r.as_str(), c.as_str())));
+                let set = doc! {"$set": {"transcript": digest}};
+                transcripts.push(session_update(id, doc! {"message_count": count}, set));
+            }
+        }
         batch::write(chat, &updates).await?;
+        batch::write(chat, &transcripts).await?;
         Ok(())
+    }
+}
+
+/// An update of session `id` (and `also`), for a batch.
+fn session_update(id: &str, also: Document, update: Document) -> Write {
+    let mut filter = doc! {"session_id": id};
+    filter.extend(also);
+    Write::Update {
+        collection: "chat_sessions",
+        filter,
+        update: update.into(),
     }
 }
 

@@ -339,6 +339,19 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(
         .ok()
 }
 
+/// Why a session id the gateway could not serve (its ids are 1 to 128
+/// characters, no control characters, no surrounding spaces) does not
+/// come, if it does not.
+pub(crate) fn session_id_refusal(id: &str) -> Option<String> {
+    match shared::ids::check_id(id) {
+        Ok(checked) if checked == id => None,
+        Ok(_) => {
+            Some("its session id has spaces around it, which the gateway's ids may not".into())
+        }
+        Err(problem) => Some(format!("its session id {problem}, as the gateway's do")),
+    }
+}
+
 /// Why a record of user `id` does not come: its user is not here.
 pub(crate) fn not_here(id: &str) -> String {
     format!("its user {id:?} is not here (not brought: see users; or deleted since)")
