@@ -346,21 +346,12 @@ pub async fn issue_pair(
     Ok((access, refresh))
 }
 
-/// The identifier as typed (trimmed), not lower-cased.
-fn raw_identifier(body: &LoginBody) -> String {
-    body.email
-        .as_deref()
-        .filter(|e| !e.trim().is_empty())
-        .or(body.username.as_deref())
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
-fn login_identifier(body: &LoginBody) -> Result<String, ApiError> {
+/// The identifier signed in with, trimmed: as the lock and the email
+/// lookup key it (lower-cased when it came as an email), and as typed.
+fn login_identifier(body: &LoginBody) -> Result<(String, String), ApiError> {
     let identifier = match (&body.email, &body.username) {
-        (Some(e), _) if !e.trim().is_empty() => e.trim().to_lowercase(),
-        (_, Some(u)) if !u.trim().is_empty() => u.trim().to_owned(),
+        (Some(e), _) if !e.trim().is_empty() => (e.trim().to_lowercase(), e.trim().to_owned()),
+        (_, Some(u)) if !u.trim().is_empty() => (u.trim().to_owned(), u.trim().to_owned()),
         _ => {
             return Err(ApiError::invalid_field(
                 "username",
@@ -385,15 +376,14 @@ pub async fn login(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> Answer<SignedIn> {
-    let identifier = login_identifier(&body)?;
+    let (identifier, typed) = login_identifier(&body)?;
     let user = if identifier.contains('@') {
         // A username moved in from the platform may hold an `@`. Both are
         // always looked up, so the time taken tells nothing of which
         // addresses are registered.
-        let raw = raw_identifier(&body);
         let (by_email, by_name) = tokio::join!(
             state.store.user_by_email(&identifier),
-            state.store.user_by_username(&raw)
+            state.store.user_by_username(&typed)
         );
         by_email?.or(by_name?)
     } else {

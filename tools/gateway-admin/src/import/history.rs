@@ -60,11 +60,16 @@ impl Run<'_> {
                 .collect();
             let keys: Vec<String> = ids.iter().map(|id| format!("files/{id}")).collect();
             let journaled = self.journaled(&keys).await?;
-            let mut owners = self.owners(ids).await?;
+            let mut owners: HashMap<String, String> = self
+                .files_here(&ids)
+                .await?
+                .into_iter()
+                .map(|(id, (owner, _, _))| (id, owner))
+                .collect();
             for key in &journaled {
                 // Brought before (and maybe deleted here since): done.
                 let id = key.trim_start_matches("files/").to_owned();
-                owners.entry(id).or_insert_with(String::new);
+                owners.entry(id).or_default();
             }
             let mut brought = Vec::new();
             for upload in uploads {
@@ -92,20 +97,32 @@ impl Run<'_> {
         Ok(notes)
     }
 
-    /// The owners of the files among `ids` already here.
-    async fn owners(&self, ids: Vec<&str>) -> anyhow::Result<HashMap<String, String>> {
-        let files: Collection<Document> = self.target.mongo.chat.collection("files");
-        let found: Vec<Document> = files
-            .find(doc! {"file_id": {"$in": ids}})
-            .projection(doc! {"file_id": 1, "owner_id": 1})
-            .await?
-            .try_collect()
-            .await?;
+    /// The owner, name and type of each file among `ids` here.
+    pub(crate) async fn files_here<S: AsRef<str>>(
+        &self,
+        ids: &[S],
+    ) -> anyhow::Result<HashMap<String, (String, String, String)>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
         let text = |d: &Document, key: &str| d.get_str(key).unwrap_or_default().to_owned();
-        Ok(found
-            .iter()
-            .map(|d| (text(d, "file_id"), text(d, "owner_id")))
-            .collect())
+        Ok(self
+            .target
+            .mongo
+            .chat
+            .collection::<Document>("files")
+            .find(doc! {"file_id": {"$in": ids}})
+            .projection(doc! {"file_id": 1, "owner_id": 1, "name": 1, "mime": 1})
+            .await?
+            .map_ok(|d| {
+                (
+                    text(&d, "file_id"),
+                    (text(&d, "owner_id"), text(&d, "name"), text(&d, "mime")),
+                )
+            })
+            .try_collect()
+            .await?)
     }
 
     /// Brings one upload's file: `Ok(true)` when stored, `Ok(false)` when
@@ -322,6 +339,7 @@ impl Run<'_> {
             }
             match here
                 .get(&s.session_id)
+                .map(|found| &found.user_id)
                 .or(sessions.get(&s.session_id).map(|(u, _)| u))
             {
                 Some(owner) if *owner == s.user_id => tally.unchanged += 1,
@@ -344,13 +362,16 @@ impl Run<'_> {
         self.journal(&brought).await
     }
 
-    /// The owners of the sessions among `ids` already here.
-    async fn sessions_here(&self, ids: Vec<&str>) -> anyhow::Result<HashMap<String, String>> {
+    /// The sessions among `ids` already here.
+    pub(crate) async fn sessions_here(
+        &self,
+        ids: Vec<&str>,
+    ) -> anyhow::Result<HashMap<String, SessionDoc>> {
         let target: Collection<SessionDoc> = self.target.mongo.chat.collection("chat_sessions");
         Ok(target
             .find(doc! {"session_id": {"$in": ids}})
             .await?
-            .map_ok(|s| (s.session_id, s.user_id))
+            .map_ok(|s| (s.session_id.clone(), s))
             .try_collect()
             .await?)
     }

@@ -229,13 +229,7 @@ impl Run<'_> {
     async fn here(&self, groups: &[Group]) -> anyhow::Result<Here> {
         let chat = &self.target.mongo.chat;
         let ids: Vec<&str> = groups.iter().map(|g| g.session_id.as_str()).collect();
-        let sessions: HashMap<String, SessionDoc> = chat
-            .collection::<SessionDoc>("chat_sessions")
-            .find(doc! {"session_id": {"$in": ids}})
-            .await?
-            .map_ok(|s| (s.session_id.clone(), s))
-            .try_collect()
-            .await?;
+        let sessions = self.sessions_here(ids).await?;
         let keys: Vec<String> = groups
             .iter()
             .map(|g| format!("chat_sessions/{}", g.session_id))
@@ -269,35 +263,8 @@ impl Run<'_> {
             sessions,
             deleted,
             messages,
-            files: self.files_here(file_ids).await?,
+            files: self.files_here(&file_ids).await?,
         })
-    }
-
-    /// The owner, name and type of each file among `ids` here.
-    async fn files_here(
-        &self,
-        ids: Vec<&String>,
-    ) -> anyhow::Result<HashMap<String, (String, String, String)>> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let text = |d: &Document, key: &str| d.get_str(key).unwrap_or_default().to_owned();
-        Ok(self
-            .target
-            .mongo
-            .chat
-            .collection::<Document>("files")
-            .find(doc! {"file_id": {"$in": ids}})
-            .projection(doc! {"file_id": 1, "owner_id": 1, "name": 1, "mime": 1})
-            .await?
-            .map_ok(|d| {
-                (
-                    text(&d, "file_id"),
-                    (text(&d, "owner_id"), text(&d, "name"), text(&d, "mime")),
-                )
-            })
-            .try_collect()
-            .await?)
     }
 
     async fn message_batch(

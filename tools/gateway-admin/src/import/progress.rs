@@ -11,7 +11,6 @@ const EVERY: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Progress {
     terminal: bool,
-    silent: bool,
     step: String,
     total: u64,
     done: u64,
@@ -24,20 +23,11 @@ impl Progress {
     pub fn stderr() -> Self {
         Progress {
             terminal: std::io::stderr().is_terminal(),
-            silent: false,
             step: String::new(),
             total: 0,
             done: 0,
             shown: Instant::now(),
             started: Instant::now(),
-        }
-    }
-
-    /// Shows nothing (the library's callers that only want the report).
-    pub fn silent() -> Self {
-        Progress {
-            silent: true,
-            ..Progress::stderr()
         }
     }
 
@@ -61,15 +51,13 @@ impl Progress {
     pub fn finish(&mut self) {
         self.done = self.done.max(self.total);
         self.show(true);
-        if !self.silent {
-            let seconds = self.started.elapsed().as_secs_f64();
-            let lead = if self.terminal { " " } else { "" };
-            eprintln!("{lead}{}: done in {seconds:.1} s", self.step);
-        }
+        let seconds = self.started.elapsed().as_secs_f64();
+        let lead = if self.terminal { " " } else { "" };
+        eprintln!("{lead}{}: done in {seconds:.1} s", self.step);
     }
 
     fn show(&mut self, now: bool) {
-        if self.silent || (!now && !self.terminal && self.shown.elapsed() < EVERY) {
+        if !now && !self.terminal && self.shown.elapsed() < EVERY {
             return;
         }
         self.shown = Instant::now();
