@@ -1348,6 +1348,67 @@ async fn in_the_console_alice_finds_her_conversation_as_she_left_it() {
         files.contains("not brought from the old platform"),
         "{files}"
     );
+    browser.assert_accessible("imported conversation").await;
+    for (locale, note) in [("zh-CN", "未从旧平台转入"), ("zh-TW", "未從舊平台轉入")] {
+        browser.select("#locale", locale).await;
+        browser.wait_text(".attachments", note).await;
+        browser
+            .shot(&format!("imported conversation {locale}"))
+            .await;
+    }
+    browser.select("#locale", "en").await;
     browser.open(&base, "credits").await;
     browser.wait_text("#main", "396").await;
+
+    // On a phone: the conversation and its notes fit the width.
+    let phone = Browser::start(375, 800).await;
+    sign_in(&phone, &base, "Alice_Smith", "alice-platform-1").await;
+    phone.open(&base, &format!("chat?session={S1}")).await;
+    phone
+        .wait_text(".attachments", "not brought from the old platform")
+        .await;
+    assert!(
+        phone.no_horizontal_scroll().await,
+        "the conversation fits a phone"
+    );
+    phone.shot("imported conversation phone").await;
+}
+
+#[tokio::test]
+async fn two_imports_never_run_at_once() {
+    use sqlx::Connection;
+    let p = Platform::empty().await;
+    users(&p).await;
+    let (pg, mongo) = tokio::join!(TestPostgres::new(), TestMongo::new());
+    // Another import holds the lock (the one `gateway-admin` takes).
+    let mut other = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(0x6667_772d_696d_7074_i64)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    e2e::stack::ensure_binaries_built();
+    let out = p
+        .import_command(&target_env(&pg.url, &mongo.config), &["--json"])
+        .output()
+        .await
+        .expect("gateway-admin runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another import-platform is running"),
+        "{stderr}"
+    );
+    let users: u64 = mongo
+        .stores
+        .auth
+        .collection::<Document>("users")
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert_eq!(users, 0, "the refused run wrote nothing");
+    // Once the other is done, it runs.
+    other.close().await.unwrap();
+    let report = p.import(&target_env(&pg.url, &mongo.config), &[]).await;
+    assert_eq!(counts(&report, "users").0, 8, "{report:#}");
 }
