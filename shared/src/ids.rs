@@ -25,8 +25,21 @@ pub fn check_id(raw: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
+/// [`check_id`], and not of a team wallet's shape (`team:`...): a wallet
+/// is an account no request naming a user may reach (README "Teams").
+pub fn check_user_id(raw: &str) -> Result<String, String> {
+    let value = check_id(raw)?;
+    if value.starts_with("team:") {
+        return Err("must not begin with \"team:\", which names a team's wallet".into());
+    }
+    Ok(value)
+}
+
 macro_rules! identifier {
     ($(#[$doc:meta])* $name:ident) => {
+        identifier!($(#[$doc])* $name, check_id);
+    };
+    ($(#[$doc:meta])* $name:ident, $check:path) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -35,7 +48,7 @@ macro_rules! identifier {
         impl $name {
             /// Checks `raw` as the field `field` (400 naming it).
             pub fn parse(field: &str, raw: &str) -> Result<Self, ApiError> {
-                check_id(raw)
+                $check(raw)
                     .map($name)
                     .map_err(|problem| ApiError::invalid_field(field, problem))
             }
@@ -72,7 +85,7 @@ macro_rules! identifier {
         impl TryFrom<String> for $name {
             type Error = String;
             fn try_from(raw: String) -> Result<Self, String> {
-                check_id(&raw).map($name)
+                $check(&raw).map($name)
             }
         }
 
@@ -105,7 +118,8 @@ macro_rules! identifier {
 
 identifier!(
     /// A user's id (the JWT `sub`).
-    UserId
+    UserId,
+    check_user_id
 );
 identifier!(
     /// A Flowise chatflow's id.
@@ -135,6 +149,15 @@ mod tests {
         }
         let err = ChatflowId::parse("chatflow_id", &"x".repeat(129)).unwrap_err();
         assert!(err.to_string().contains("1 to 128"), "{err}");
+    }
+
+    #[test]
+    fn no_user_id_names_a_team_wallet() {
+        let err = UserId::parse("userId", "team:0190").unwrap_err();
+        assert!(err.to_string().contains("team's wallet"), "{err}");
+        assert!(serde_json::from_str::<UserId>("\"team:x\"").is_err());
+        assert!(UserId::parse("userId", "teammate").is_ok());
+        assert!(ChatflowId::parse("chatflow_id", "team:x").is_ok());
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod pricing;
 pub mod query;
 pub mod secrets;
 pub mod state;
+pub mod teams;
 pub mod telemetry;
 pub mod token;
 pub mod usage;

@@ -61,6 +61,17 @@ pub struct RangeQuery {
     to: Option<String>,
 }
 
+/// `?teamId`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct TeamQuery {
+    /// A team's report: its members' usage while they belonged (the
+    /// team's supervisors and admins).
+    #[param(rename = "teamId")]
+    team_id: Option<uuid::Uuid>,
+}
+
 /// How a reservation was settled (`status` of a settlement's answer).
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]

@@ -438,6 +438,16 @@ pub async fn balance(pool: &PgPool, user: &str) -> i64 {
         .expect("balance")
 }
 
+/// The total of any account, a user's or a team's wallet (`team:<id>`),
+/// read from the ledger's cache.
+pub async fn balance_of_account(pool: &PgPool, account: &str) -> i64 {
+    sqlx::query_scalar("SELECT total_credits FROM user_accounts WHERE user_id = $1")
+        .bind(account)
+        .fetch_one(pool)
+        .await
+        .expect("the account exists")
+}
+
 /// One in-process client for a function's router, the one every test of
 /// every function uses: requests with a bearer token (or none), JSON
 /// bodies, extra headers, and tokens minted with the test secrets.

@@ -406,7 +406,7 @@ where
         let claims = keys.verify_access(bearer)?;
         // An id the stores cannot hold is no identity (only a token signed
         // with our secret can carry one, but it is checked all the same).
-        if crate::ids::check_id(&claims.sub).as_deref() != Ok(claims.sub.as_str()) {
+        if crate::ids::check_user_id(&claims.sub).as_deref() != Ok(claims.sub.as_str()) {
             return Err(invalid_token("the token's subject is not a valid user id"));
         }
         tracing::Span::current().record("user_id", claims.sub.as_str());

@@ -199,13 +199,15 @@ pub struct Stats {
     pub by_user: Option<Vec<ByUser>>,
 }
 
-/// Statistics over `range`, for one user or (with `None`) everyone;
+/// Statistics over `range`, for one user or (with `None`) everyone, and
+/// only of `team`'s members while they belonged when a team is given;
 /// `with_users` adds the top users (system statistics). Sums saturate at
 /// 2^53 − 1 (past it a sum would not fit a JavaScript number, nor, far
 /// enough, a `bigint`: never a 500).
 pub async fn stats(
     conn: &mut PgConnection,
     user_id: Option<&str>,
+    team: Option<Uuid>,
     range: &DateRange,
     with_users: bool,
 ) -> Result<Stats, ApiError> {
@@ -214,31 +216,35 @@ pub async fn stats(
         r#"SELECT COUNT(*) AS "records!",
                   LEAST(COALESCE(SUM(credits), 0), 9007199254740991)::bigint AS "credits!"
              FROM usage_logs
-            WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)"#,
+            WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
+              AND in_team($4, user_id, created_at)"#,
         from,
         to,
-        user_id
+        user_id,
+        team
     )
     .fetch_one(&mut *conn)
     .await?;
-    let by_service = by_service(conn, user_id, range).await?;
-    let by_day = by_day(conn, user_id, range).await?;
-    let by_chatflow = by_chatflow(conn, user_id, range).await?;
-    let by_key = by_key(conn, user_id, range).await?;
+    let by_service = by_service(conn, user_id, team, range).await?;
+    let by_day = by_day(conn, user_id, team, range).await?;
+    let by_chatflow = by_chatflow(conn, user_id, team, range).await?;
+    let by_key = by_key(conn, user_id, team, range).await?;
     let recent = sqlx::query_as!(
         UsageRecord,
         "SELECT id, user_id, service, operation, credits, metadata, api_key_id, created_at
            FROM usage_logs
           WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
+              AND in_team($4, user_id, created_at)
           ORDER BY created_at DESC, id DESC LIMIT 10",
         from,
         to,
-        user_id
+        user_id,
+        team
     )
     .fetch_all(&mut *conn)
     .await?;
     let by_user = match with_users {
-        true => Some(by_user(conn, range).await?),
+        true => Some(by_user(conn, team, range).await?),
         false => None,
     };
     Ok(Stats {
@@ -258,6 +264,7 @@ pub async fn stats(
 async fn by_service(
     conn: &mut PgConnection,
     user_id: Option<&str>,
+    team: Option<Uuid>,
     range: &DateRange,
 ) -> Result<Vec<ByService>, ApiError> {
     Ok(sqlx::query!(
@@ -265,10 +272,12 @@ async fn by_service(
                   LEAST(SUM(credits), 9007199254740991)::bigint AS credits
              FROM usage_logs
             WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
+              AND in_team($4, user_id, created_at)
             GROUP BY service ORDER BY credits DESC, service LIMIT 100"#,
         range.from,
         range.to,
-        user_id
+        user_id,
+        team
     )
     .fetch_all(conn)
     .await?
@@ -284,6 +293,7 @@ async fn by_service(
 async fn by_day(
     conn: &mut PgConnection,
     user_id: Option<&str>,
+    team: Option<Uuid>,
     range: &DateRange,
 ) -> Result<Vec<ByDay>, ApiError> {
     Ok(sqlx::query!(
@@ -291,10 +301,12 @@ async fn by_day(
                   COUNT(*) AS records, LEAST(SUM(credits), 9007199254740991)::bigint AS credits
              FROM usage_logs
             WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR user_id = $3)
+              AND in_team($4, user_id, created_at)
             GROUP BY 1 ORDER BY 1 LIMIT 3660"#,
         range.from,
         range.to,
-        user_id
+        user_id,
+        team
     )
     .fetch_all(conn)
     .await?
@@ -310,6 +322,7 @@ async fn by_day(
 async fn by_chatflow(
     conn: &mut PgConnection,
     user_id: Option<&str>,
+    team: Option<Uuid>,
     range: &DateRange,
 ) -> Result<Vec<ByChatflow>, ApiError> {
     Ok(sqlx::query!(
@@ -319,11 +332,13 @@ async fn by_chatflow(
                                    CASE WHEN service = 'chat' THEN operation END) AS k, credits
                      FROM usage_logs
                     WHERE created_at >= $1 AND created_at < $2
-                      AND ($3::text IS NULL OR user_id = $3)) t
+                      AND ($3::text IS NULL OR user_id = $3)
+              AND in_team($4, user_id, created_at)) t
             WHERE k IS NOT NULL GROUP BY k ORDER BY credits DESC, k LIMIT 100"#,
         range.from,
         range.to,
-        user_id
+        user_id,
+        team
     )
     .fetch_all(conn)
     .await?
@@ -339,6 +354,7 @@ async fn by_chatflow(
 async fn by_key(
     conn: &mut PgConnection,
     user_id: Option<&str>,
+    team: Option<Uuid>,
     range: &DateRange,
 ) -> Result<Vec<ByKey>, ApiError> {
     Ok(sqlx::query_as!(
@@ -349,27 +365,39 @@ async fn by_key(
              FROM usage_logs u LEFT JOIN api_keys k ON k.id = u.api_key_id
             WHERE u.created_at >= $1 AND u.created_at < $2 AND u.api_key_id IS NOT NULL
               AND ($3::text IS NULL OR u.user_id = $3)
+              AND in_team($4, u.user_id, u.created_at)
             GROUP BY u.api_key_id, k.public_id, k.name
             ORDER BY 5 DESC, 1 LIMIT 100"#,
         range.from,
         range.to,
-        user_id
+        user_id,
+        team
     )
     .fetch_all(conn)
     .await?)
 }
 
-async fn by_user(conn: &mut PgConnection, range: &DateRange) -> Result<Vec<ByUser>, ApiError> {
+/// The top users, most credits first: twenty of everyone, or (for a
+/// team's report) up to 500 of its members, each counted only while
+/// they belonged.
+async fn by_user(
+    conn: &mut PgConnection,
+    team: Option<Uuid>,
+    range: &DateRange,
+) -> Result<Vec<ByUser>, ApiError> {
     Ok(sqlx::query!(
         r#"SELECT t.user_id AS "user_id!", t.records, t.credits, a.username
              FROM (SELECT user_id, COUNT(*) AS records,
                           LEAST(SUM(credits), 9007199254740991)::bigint AS credits
                      FROM usage_logs WHERE created_at >= $1 AND created_at < $2
-                    GROUP BY user_id ORDER BY credits DESC, user_id LIMIT 20) t
+              AND in_team($3, user_id, created_at)
+                    GROUP BY user_id ORDER BY credits DESC, user_id
+                    LIMIT CASE WHEN $3::uuid IS NULL THEN 20 ELSE 500 END) t
              LEFT JOIN user_accounts a ON a.user_id = t.user_id
             ORDER BY t.credits DESC, t.user_id"#,
         range.from,
-        range.to
+        range.to,
+        team
     )
     .fetch_all(conn)
     .await?
@@ -424,15 +452,21 @@ pub const MAX_EXPORT_BYTES: i64 = 5_000_000;
 /// `export_too_large`, asking for a shorter range): its records and the
 /// size their CSV lines will have, give or take the quoting, counted
 /// before anything is sent.
-pub async fn check_export_size(pool: &PgPool, range: &DateRange) -> Result<(), ApiError> {
+pub async fn check_export_size(
+    pool: &PgPool,
+    range: &DateRange,
+    team: Option<Uuid>,
+) -> Result<(), ApiError> {
     let row = sqlx::query!(
         r#"SELECT count(*) AS "rows!",
                   COALESCE(SUM(120 + octet_length(user_id) + octet_length(service)
                                + octet_length(operation) + octet_length(metadata::text)), 0)::bigint
                     AS "bytes!"
-             FROM usage_logs WHERE created_at >= $1 AND created_at < $2"#,
+             FROM usage_logs WHERE created_at >= $1 AND created_at < $2
+              AND in_team($3, user_id, created_at)"#,
         range.from,
-        range.to
+        range.to,
+        team
     )
     .fetch_one(pool)
     .await?;
@@ -450,11 +484,13 @@ pub async fn check_export_size(pool: &PgPool, range: &DateRange) -> Result<(), A
     Ok(())
 }
 
-/// The records of `range`, oldest first, as a stream of CSV chunks (one
+/// The records of `range` (of `team`'s members while they belonged,
+/// when given), oldest first, as a stream of CSV chunks (one
 /// query per `chunk` rows, keyset-paginated, so memory stays flat).
 pub fn export_csv(
     pool: PgPool,
     range: DateRange,
+    team: Option<Uuid>,
     chunk: i64,
 ) -> impl futures_util::Stream<Item = Result<String, ApiError>> + Send + 'static {
     struct State {
@@ -487,12 +523,14 @@ pub fn export_csv(
            FROM usage_logs
               WHERE created_at >= $1 AND created_at < $2
                 AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))
+                AND in_team($6, user_id, created_at)
               ORDER BY created_at, id LIMIT $5",
             range.from,
             range.to,
             after_time,
             after_id,
-            chunk
+            chunk,
+            team
         )
         .fetch_all(&s.pool)
         .await;

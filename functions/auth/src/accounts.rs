@@ -38,6 +38,7 @@ pub async fn record(
         role: user.role,
         disabled: user.disabled || change == Change::Delete,
         deleted: change == Change::Delete,
+        verified: user.is_verified,
     };
     let revoked = sync_account(&state.pg, record, change != Change::Record, actor).await?;
     if revoked > 0 {

@@ -1,6 +1,6 @@
 //! The credits function (README §6): balances, allocation, deduction, cost
-//! calculation, transactions and streaming-session reservations, all on
-//! the shared ledger in PostgreSQL.
+//! calculation, transactions and streaming-session reservations, and
+//! teams with their wallets, all on the shared ledger in PostgreSQL.
 
 use axum::Router;
 use shared::http::finish;
@@ -9,6 +9,7 @@ use utoipa_axum::routes;
 
 pub mod keys;
 pub mod routes;
+pub mod teams;
 
 /// What the function reads from its environment: the JWT secrets and
 /// `DATABASE_URL`.
@@ -39,6 +40,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::admin_list_keys))
         .routes(routes!(keys::admin_revoke_key))
         .routes(routes!(keys::get_limits, keys::put_limits))
+        .routes(routes!(teams::list_teams))
+        .routes(routes!(teams::create_team))
+        .routes(routes!(teams::change_team, teams::delete_team))
+        .routes(routes!(teams::get_team))
+        .routes(routes!(teams::add_members))
+        .routes(routes!(teams::remove_member))
+        .routes(routes!(teams::remove_pending))
+        .routes(routes!(teams::wallet))
+        .routes(routes!(teams::transfer))
+        .routes(routes!(teams::reclaim))
 }
 
 /// The function's description.

@@ -18,6 +18,7 @@ use shared::ledger::idempotency::{self, Begun, RequestKey};
 use shared::ledger::primitives::{begin, commit};
 use shared::ledger::queries::{self, Balance, EntryFilter, EntryRecord, StatementLine};
 use shared::ledger::reservations::{self, ActiveSession, Reservation, SessionOutcome, Settlement};
+use shared::ledger::transfers::Wallet;
 use shared::ledger::{
     changes, Adjustment, Allocation, Charge, Credits, Durability, EntryKind, EntryMeta, Tx,
 };
@@ -31,7 +32,7 @@ use crate::AppState;
 type Answer<T> = Result<(StatusCode, Json<T>), ApiError>;
 
 /// A change that honours `Idempotency-Key`: what [`start`] found.
-enum Change<T> {
+pub(crate) enum Change<T> {
     /// Do it in this transaction, then [`finish`].
     Fresh(Tx<'static>, Option<RequestKey>),
     /// The first answer of this key and body.
@@ -41,7 +42,7 @@ enum Change<T> {
 /// The key of a request to `endpoint` (header or body field), then a
 /// fresh transaction with the caller's account recorded, or the stored
 /// answer of that key.
-async fn start<T: serde::de::DeserializeOwned>(
+pub(crate) async fn start<T: serde::de::DeserializeOwned>(
     state: &AppState,
     user: &AuthUser,
     headers: &HeaderMap,
@@ -65,7 +66,7 @@ async fn start<T: serde::de::DeserializeOwned>(
 }
 
 /// What every entry of a change records: who made it, and its key.
-fn entry_meta<'a>(user: &'a AuthUser, key: Option<&'a RequestKey>) -> EntryMeta<'a> {
+pub(crate) fn entry_meta<'a>(user: &'a AuthUser, key: Option<&'a RequestKey>) -> EntryMeta<'a> {
     EntryMeta {
         actor_id: Some(&user.id),
         idempotency_key: key.map(|k| k.key.as_str()),
@@ -74,7 +75,7 @@ fn entry_meta<'a>(user: &'a AuthUser, key: Option<&'a RequestKey>) -> EntryMeta<
 }
 
 /// Saves the answer with its key and commits the change.
-async fn finish<T: Serialize>(
+pub(crate) async fn finish<T: Serialize>(
     mut tx: Tx<'static>,
     user: &AuthUser,
     key: Option<RequestKey>,
@@ -90,7 +91,7 @@ async fn finish<T: Serialize>(
     Ok((status, Json(body)))
 }
 
-fn optional_text(
+pub(crate) fn optional_text(
     field: &str,
     value: Option<String>,
     max: usize,
@@ -164,7 +165,10 @@ pub async fn balance_of(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AllocateBody {
-    user_id: UserId,
+    /// The user (or `teamId`).
+    user_id: Option<UserId>,
+    /// A team's wallet instead of a user (admins only).
+    team_id: Option<uuid::Uuid>,
     credits: Credits,
     /// 1 to 3650 days (30 when absent; `null`: never).
     #[serde(default, deserialize_with = "double_option")]
@@ -204,7 +208,8 @@ pub struct AllocatedBody {
     pub account_created: bool,
 }
 
-/// Grants credits (admin, supervisor).
+/// Grants credits to a user (admin, supervisor) or to a team's wallet
+/// (`teamId`, admin).
 #[utoipa::path(post, path = "/api/credits/allocate", tag = "credits",
     params(IdempotencyKeyHeader), request_body = AllocateBody,
     responses((status = 201, description = "Granted", body = AllocatedBody), ApiErrors))]
@@ -219,21 +224,46 @@ pub async fn allocate(
     let body: AllocateBody = from_json_value(raw.clone())?;
     let expiry_days = body.expiry_days()?;
     let notes = optional_text("notes", body.notes.clone(), 1000)?;
+    let account = match (&body.user_id, body.team_id) {
+        (Some(user_id), None) => user_id.clone(),
+        (None, Some(team)) => {
+            user.require_admin()?;
+            Wallet::of(team).account
+        }
+        _ => {
+            return Err(ApiError::invalid_field(
+                "userId",
+                "name a user (userId) or a team (teamId), not both",
+            ))
+        }
+    };
     let (mut tx, key) = match start(&state, &user, &headers, ENDPOINT, &raw).await? {
         Change::Replay(status, answer) => return Ok((status, Json(answer))),
         Change::Fresh(tx, key) => (tx, key),
     };
     let meta = entry_meta(&user, key.as_ref());
-    let done = changes::allocate(
-        &mut tx,
-        &body.user_id,
-        body.credits,
-        expiry_days,
-        notes.as_deref(),
-        &meta,
-    )
-    .await
-    .map_err(|e| e.naming("credits"))?;
+    let (credits, notes) = (body.credits, notes.as_deref());
+    let done = match body.team_id {
+        // The wallet exists while the team does: no account is made for
+        // a team id that names none, and a deleted team takes no grant
+        // (checked under the wallet's lock, which deleting takes too).
+        Some(team) => {
+            let done =
+                changes::allocate_existing(&mut tx, &account, credits, expiry_days, notes, &meta)
+                    .await
+                    .map_err(|e| match e {
+                        shared::ledger::LedgerError::NoAccount(_) => {
+                            ApiError::not_found("no such team")
+                        }
+                        other => other.naming("credits"),
+                    })?;
+            shared::teams::require_live(&mut tx, team).await?;
+            done
+        }
+        None => changes::allocate(&mut tx, &account, credits, expiry_days, notes, &meta)
+            .await
+            .map_err(|e| e.naming("credits"))?,
+    };
     let answer = AllocatedBody {
         success: true,
         allocation: done.allocation,

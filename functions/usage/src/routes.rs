@@ -10,10 +10,12 @@ use serde_json::Value;
 use shared::error::{ApiError, JsonBody, PathParams, QueryParams};
 use shared::ids::UserId;
 use shared::keys::UserOrKey;
-use shared::openapi::{ApiErrors, RangeQuery as RangeParams};
+use shared::openapi::{ApiErrors, RangeQuery as RangeParams, TeamQuery as TeamParam};
 use shared::query::DateRange;
+use shared::teams;
 use shared::token::{AuthUser, Role};
 use shared::usage::{self, Stats, UsageRecord};
+use uuid::Uuid;
 
 use crate::AppState;
 
@@ -68,9 +70,13 @@ pub async fn record(
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RangeQuery {
     from: Option<String>,
     to: Option<String>,
+    /// A team's report: its members' usage while they belonged (the
+    /// team's supervisors and admins).
+    team_id: Option<Uuid>,
 }
 
 impl RangeQuery {
@@ -87,19 +93,40 @@ async fn stats_for(
 ) -> Answer<Stats> {
     let range = q.range()?;
     let mut conn = state.pg.acquire().await?;
-    let stats = usage::stats(&mut conn, user_id, &range, with_users).await?;
+    let stats = usage::stats(&mut conn, user_id, None, &range, with_users).await?;
     Ok((StatusCode::OK, Json(stats)))
 }
 
-/// The caller's usage over the range (the last 30 days by default).
-#[utoipa::path(get, path = "/api/usage/stats", tag = "usage", params(RangeParams),
+/// A team's report, with a line per member (README "Teams"): for its
+/// supervisors and admins only (403 `not_your_team` otherwise; other
+/// supervisors keep the system-wide reports).
+async fn team_stats(
+    state: &AppState,
+    user: &AuthUser,
+    team: Uuid,
+    q: &RangeQuery,
+) -> Answer<Stats> {
+    let range = q.range()?;
+    let mut conn = state.pg.acquire().await?;
+    teams::lead(&mut conn, user, team).await?;
+    let stats = usage::stats(&mut conn, None, Some(team), &range, true).await?;
+    Ok((StatusCode::OK, Json(stats)))
+}
+
+/// The caller's usage over the range (the last 30 days by default), or
+/// with `teamId` a team's (its supervisors, admins), with `byUser` per
+/// member.
+#[utoipa::path(get, path = "/api/usage/stats", tag = "usage", params(RangeParams, TeamParam),
     responses((status = 200, description = "Usage statistics over the range", body = Stats), ApiErrors))]
 pub async fn my_stats(
     State(state): State<AppState>,
     UserOrKey(user): UserOrKey,
     QueryParams(q): QueryParams<RangeQuery>,
 ) -> Answer<Stats> {
-    stats_for(&state, Some(&user.id), &q, false).await
+    match q.team_id {
+        Some(team) => team_stats(&state, &user, team, &q).await,
+        None => stats_for(&state, Some(&user.id), &q, false).await,
+    }
 }
 
 /// A user's usage (admin, supervisor).
@@ -128,10 +155,12 @@ pub async fn system_stats(
     stats_for(&state, None, &q, true).await
 }
 
-/// Usage records as CSV, streamed in chunks (admin, supervisor). A range
+/// Usage records as CSV, streamed in chunks (admin, supervisor; with
+/// `teamId`, a team's members' records while they belonged, for its
+/// supervisors and admins). A range
 /// whose CSV would pass 5 MB (a buffered Lambda answer stops at 6) is 422
 /// `export_too_large`, counted before anything is sent.
-#[utoipa::path(get, path = "/api/usage/export", tag = "usage", params(RangeParams),
+#[utoipa::path(get, path = "/api/usage/export", tag = "usage", params(RangeParams, TeamParam),
     responses((status = 200, description = "Usage records as CSV", content_type = "text/csv", body = String), ApiErrors))]
 pub async fn export(
     State(state): State<AppState>,
@@ -140,13 +169,19 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     user.require_role(&[Role::Admin, Role::Supervisor])?;
     let range = q.range()?;
-    usage::check_export_size(&state.pg, &range).await?;
+    if let Some(team) = q.team_id {
+        let mut conn = state.pg.acquire().await?;
+        teams::lead(&mut conn, &user, team).await?;
+    }
+    usage::check_export_size(&state.pg, &range, q.team_id).await?;
     let filename = format!(
-        "usage-{}-{}.csv",
+        "usage-{}{}-{}.csv",
+        q.team_id.map(|t| format!("team-{t}-")).unwrap_or_default(),
         range.from.format("%Y%m%d"),
         range.to.format("%Y%m%d")
     );
-    let body = Body::from_stream(usage::export_csv(state.pg.clone(), range, EXPORT_CHUNK));
+    let stream = usage::export_csv(state.pg.clone(), range, q.team_id, EXPORT_CHUNK);
+    let body = Body::from_stream(stream);
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),

@@ -423,14 +423,18 @@ pub struct AccountRecord<'a> {
     pub disabled: bool,
     /// Deleted.
     pub deleted: bool,
+    /// Whether `email` is proven.
+    pub verified: bool,
 }
 
 /// The auth function's write (README §11): records `record` in the
 /// account (from now on the auth function keeps it current), and, when
 /// `revoke_keys`, revokes the user's live API keys, in one transaction
 /// under the account lock (so a key being made meanwhile is either
-/// revoked here or refused for the disabled account). Returns how many
-/// keys it revoked.
+/// revoked here or refused for the disabled account). In the same
+/// transaction (README "Teams"): a proven address joins the teams that
+/// were waiting for it, and a deleted user's unspent team credits go
+/// back to their teams' wallets. Returns how many keys it revoked.
 pub async fn sync_account(
     pool: &sqlx::PgPool,
     record: AccountRecord<'_>,
@@ -440,12 +444,14 @@ pub async fn sync_account(
     use crate::ledger::primitives::{begin, commit};
     let mut tx = begin(pool, crate::ledger::Durability::Flushed).await?;
     sqlx::query!(
-        "INSERT INTO user_accounts AS a (user_id, username, email, role, disabled, deleted_at, synced_at)
-         VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END, now())
+        "INSERT INTO user_accounts AS a
+             (user_id, username, email, role, disabled, deleted_at, synced_at, email_verified)
+         VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END, now(), $7)
          ON CONFLICT (user_id) DO UPDATE
             SET username = EXCLUDED.username, email = EXCLUDED.email, role = EXCLUDED.role,
                 disabled = EXCLUDED.disabled,
                 deleted_at = CASE WHEN $6 THEN COALESCE(a.deleted_at, now()) END,
+                email_verified = EXCLUDED.email_verified,
                 synced_at = now(), updated_at = now()",
         record.user_id,
         record.username,
@@ -453,9 +459,21 @@ pub async fn sync_account(
         record.role.as_str(),
         record.disabled,
         record.deleted,
+        record.verified,
     )
     .execute(&mut *tx)
     .await?;
+    let user = crate::ids::UserId::stored(record.user_id.to_owned());
+    if record.deleted {
+        let meta = crate::ledger::EntryMeta {
+            actor_id: Some(actor),
+            description: Some("member deleted"),
+            ..Default::default()
+        };
+        crate::ledger::transfers::return_all(&mut tx, &user, &meta).await?;
+    } else if record.verified {
+        crate::teams::join_pending(&mut tx, record.user_id, record.email).await?;
+    }
     let revoked = if revoke_keys {
         revoke_all(&mut tx, record.user_id, actor).await?
     } else {

@@ -32,6 +32,24 @@ pub async fn allocate(
     meta: &EntryMeta<'_>,
 ) -> Result<Allocated, LedgerError> {
     let account_created = ensure_account_id(tx, user).await?;
+    let done = allocate_existing(tx, user, credits, expiry_days, notes, meta).await?;
+    Ok(Allocated {
+        account_created,
+        ..done
+    })
+}
+
+/// [`allocate`] to an account that must exist already (404 otherwise): a
+/// team's wallet, made with its team.
+pub async fn allocate_existing(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    credits: Credits,
+    expiry_days: Option<i32>,
+    notes: Option<&str>,
+    meta: &EntryMeta<'_>,
+) -> Result<Allocated, LedgerError> {
+    let account_created = false;
     let total = begin_change(tx, user).await?;
     check_balance_limit(total, credits.get())?;
     let actor = meta.actor_id.unwrap_or("system");

@@ -21,6 +21,7 @@
 //! types ← primitives ← changes
 //!              ↑    ← reservations ← sweep
 //!              ↑    ← idempotency  ←┘
+//!              ↑    ← transfers
 //! accounts, queries: types and primitives only
 //! limits: types, primitives and accounts
 //! ```
@@ -33,6 +34,7 @@ pub mod primitives;
 pub mod queries;
 pub mod reservations;
 pub mod sweep;
+pub mod transfers;
 pub mod types;
 
 pub use primitives::{Durability, Tx};

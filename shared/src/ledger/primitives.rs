@@ -163,8 +163,8 @@ pub async fn insert_entry(
         "WITH entry AS (
              INSERT INTO credit_transactions
                  (id, user_id, type, amount, balance_after, actor_id, description, reference,
-                  idempotency_key, allocation_id, streaming_session_id, api_key_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                  idempotency_key, allocation_id, streaming_session_id, api_key_id, transfer_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          )
          UPDATE user_accounts SET total_credits = $5, updated_at = now() WHERE user_id = $2",
         id,
@@ -179,6 +179,7 @@ pub async fn insert_entry(
         allocation_id,
         meta.reservation_id,
         meta.api_key_id,
+        meta.transfer_id,
     )
     .execute(&mut **tx)
     .await?;

@@ -181,6 +181,11 @@ pub enum EntryKind {
     /// An allocation brought from the platform (`gateway-admin
     /// import-platform`): its total, as it was granted there.
     Import,
+    /// Credits moved from a team's wallet to a member: negative on the
+    /// wallet, positive on the member, both with the same `transfer_id`.
+    Transfer,
+    /// Unspent team credits taken back from a member to the wallet.
+    Reclaim,
 }
 
 impl EntryKind {
@@ -195,6 +200,8 @@ impl EntryKind {
             EntryKind::Expiry => "expiry",
             EntryKind::Adjustment => "adjustment",
             EntryKind::Import => "import",
+            EntryKind::Transfer => "transfer",
+            EntryKind::Reclaim => "reclaim",
         }
     }
 }
@@ -205,7 +212,7 @@ impl std::str::FromStr for EntryKind {
         serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
             format!(
                 "{s:?} is not one of allocation, deduction, refund, reservation, \
-                 settlement, expiry, adjustment, import"
+                 settlement, expiry, adjustment, import, transfer, reclaim"
             )
         })
     }
@@ -246,6 +253,9 @@ pub struct EntryMeta<'a> {
     pub reservation_id: Option<&'a str>,
     /// The API key the change was made with.
     pub api_key_id: Option<uuid::Uuid>,
+    /// The transfer (or reclaim) between a team's wallet and a member
+    /// that the entry is one side of.
+    pub transfer_id: Option<uuid::Uuid>,
 }
 
 /// Why a ledger operation refused or failed. None names a request field;
@@ -324,6 +334,24 @@ pub enum LedgerError {
         /// What the key may still spend this month.
         allowance: i64,
     },
+    /// A team's wallet does not cover a transfer.
+    #[error("the team's wallet holds {available} credits, fewer than the {needed} asked for")]
+    WalletShort {
+        /// Credits the transfer needs.
+        needed: i64,
+        /// Credits the wallet holds.
+        available: i64,
+    },
+    /// A reclaim asks for more than is unspent of what the team gave.
+    #[error(
+        "{unspent} credits of what this team gave are unspent, fewer than the {asked} asked for"
+    )]
+    ReclaimExceeds {
+        /// Credits asked for.
+        asked: i64,
+        /// Credits that could be taken back.
+        unspent: i64,
+    },
     /// The database failed.
     #[error(transparent)]
     Store(#[from] sqlx::Error),
@@ -348,18 +376,25 @@ impl LedgerError {
 impl From<LedgerError> for ApiError {
     fn from(err: LedgerError) -> ApiError {
         let message = err.to_string();
+        let short = |code, needed, available| ApiError::PaymentRequired {
+            code,
+            message: message.clone(),
+            needed,
+            available,
+        };
         match err {
-            LedgerError::Insufficient { needed, available } => ApiError::PaymentRequired {
-                code: "insufficient_credits",
+            LedgerError::Insufficient { needed, available } => {
+                short("insufficient_credits", needed, available)
+            }
+            LedgerError::KeyLimit { needed, allowance } => {
+                short("key_limit_reached", needed, allowance)
+            }
+            LedgerError::WalletShort { needed, available } => {
+                short("team_insufficient_credits", needed, available)
+            }
+            LedgerError::ReclaimExceeds { .. } => ApiError::Unprocessable {
+                code: "reclaim_exceeds_unspent",
                 message,
-                needed,
-                available,
-            },
-            LedgerError::KeyLimit { needed, allowance } => ApiError::PaymentRequired {
-                code: "key_limit_reached",
-                message,
-                needed,
-                available: allowance,
             },
             LedgerError::AccountDisabled => ApiError::Forbidden {
                 code: "account_disabled",
@@ -462,6 +497,8 @@ mod tests {
             "expiry",
             "adjustment",
             "import",
+            "transfer",
+            "reclaim",
         ] {
             let parsed: EntryKind = kind.parse().unwrap();
             assert_eq!(parsed.as_str(), kind);

@@ -256,6 +256,13 @@ async fn prove_address(state: &AppState, used: &CodeDoc) -> Result<(), ApiError>
                 .store
                 .update_user(&user.id, bson::doc! {"is_verified": true})
                 .await?;
+            // The ledger learns the address is proven (teams waiting
+            // for it take the user in).
+            let proven = UserDoc {
+                is_verified: true,
+                ..user
+            };
+            crate::accounts::record_after(state, &proven).await;
         }
         return Ok(());
     }
