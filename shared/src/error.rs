@@ -355,6 +355,17 @@ impl From<sqlx::Error> for ApiError {
                 store: "postgres",
                 detail: err.to_string(),
             },
+            // Two transactions that waited for each other (PostgreSQL ends
+            // one) or a serialization failure: nothing was changed, and the
+            // same request succeeds when sent again.
+            sqlx::Error::Database(ref db)
+                if matches!(db.code().as_deref(), Some("40P01") | Some("40001")) =>
+            {
+                ApiError::StoreUnavailable {
+                    store: "postgres",
+                    detail: err.to_string(),
+                }
+            }
             // Text PostgreSQL cannot store (a NUL character): bad input, not a bug.
             sqlx::Error::Database(ref db)
                 if matches!(db.code().as_deref(), Some("22021") | Some("22P05")) =>

@@ -547,7 +547,9 @@ pub struct Added {
 }
 
 /// Adds the users `ids` and the owners of the proven addresses `emails`
-/// to the team; an address nobody has proven is kept pending.
+/// to the team; an address nobody has proven is kept pending. Holds the
+/// team's row (`FOR SHARE`) so that a deletion waits for the additions or
+/// they see it (404).
 pub async fn add_members(
     tx: &mut Tx<'_>,
     team: Uuid,
@@ -555,6 +557,7 @@ pub async fn add_members(
     emails: &[Email],
     actor: &str,
 ) -> Result<Added, ApiError> {
+    hold_live(tx, team).await?;
     let ids: Vec<String> = ids.iter().map(|u| u.as_str().to_owned()).collect();
     let emails: Vec<String> = emails.iter().map(|e| e.as_str().to_owned()).collect();
     let found = sqlx::query!(
@@ -610,6 +613,19 @@ pub async fn add_members(
     Ok(report)
 }
 
+/// 404 unless the team is live, and holds its row (`FOR SHARE`) until
+/// the commit: a deletion waits.
+async fn hold_live(tx: &mut Tx<'_>, team: Uuid) -> Result<(), ApiError> {
+    sqlx::query_scalar!(
+        "SELECT id FROM teams WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
+        team
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("no such team"))?;
+    Ok(())
+}
+
 /// Keeps `emails` waiting to join the team.
 async fn keep_pending(
     tx: &mut Tx<'_>,
@@ -629,8 +645,14 @@ async fn keep_pending(
     Ok(())
 }
 
-/// Ends `user`'s stay in the team; false when they did not belong.
+/// Ends `user`'s stay in the team; false when they did not belong. Under
+/// the member's account lock, so a transfer to them either lands before
+/// (and they keep it) or sees that they left (403).
 pub async fn remove_member(tx: &mut Tx<'_>, team: Uuid, user: &UserId) -> Result<bool, ApiError> {
+    match crate::ledger::primitives::lock_account(tx, user).await {
+        Err(crate::ledger::LedgerError::NoAccount(_)) => return Ok(false),
+        other => other?,
+    };
     let ended = sqlx::query!(
         "UPDATE team_members SET left_at = clock_timestamp()
           WHERE team_id = $1 AND user_id = $2 AND left_at IS NULL",

@@ -125,6 +125,53 @@ async fn a_pending_address_joins_when_proven_and_a_deleted_member_returns_the_un
     assert_eq!(body["transactions"][0]["type"], "reclaim");
     assert_eq!(body["transactions"][0]["amount"], 7);
     assert_eq!(shared::testing::balance(&stack.pg.pool, &amy).await, 0);
+    // amy left every team with her account: nothing more reaches it.
+    let (status, body) = stack
+        .get("credits", &format!("/api/teams/{team}"), &lead)
+        .await;
+    assert_eq!(
+        (status, members(&body)),
+        (200, vec!["zed".to_owned()]),
+        "{body}"
+    );
+    let (status, body) = stack
+        .post(
+            "credits",
+            &format!("/api/teams/{team}/transfers"),
+            &lead,
+            json!({"userId": amy, "credits": 1}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("not_team_member")),
+        "{body}"
+    );
+
+    // An account recorded before the ledger knew proven addresses learns
+    // it at its next sign-in, and joins the team waiting for it then.
+    let (old, _) = stack.signed_up("old", "a long passphrase 4").await;
+    sqlx::query("UPDATE user_accounts SET email_verified = false WHERE user_id = $1")
+        .bind(&old)
+        .execute(&stack.pg.pool)
+        .await
+        .unwrap();
+    let add = json!({"emails": ["old@example.com"]});
+    let (status, body) = stack
+        .post("credits", &format!("/api/teams/{team}/members"), &lead, add)
+        .await;
+    assert_eq!(
+        (status, &body["pending"]),
+        (200, &json!(["old@example.com"])),
+        "{body}"
+    );
+    let login = json!({"username": "old", "password": "a long passphrase 4"});
+    let (status, body) = stack.post_public("auth", "/api/auth/login", login).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = stack
+        .get("credits", &format!("/api/teams/{team}"), &lead)
+        .await;
+    assert_eq!(members(&body), ["old", "zed"], "{body}");
     assert_eq!(shared::testing::balance(&stack.pg.pool, &zed).await, 5);
     assert_eq!(
         shared::testing::inconsistent_accounts(&stack.pg.pool).await,

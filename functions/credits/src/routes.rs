@@ -39,8 +39,8 @@ pub(crate) enum Change<T> {
     Replay(StatusCode, T),
 }
 
-/// The key of a request to `endpoint` (header or body field), then a
-/// fresh transaction with the caller's account recorded, or the stored
+/// The key of a request to `endpoint` (header or body field), then (the
+/// caller's account recorded first) a fresh transaction, or the stored
 /// answer of that key.
 pub(crate) async fn start<T: serde::de::DeserializeOwned>(
     state: &AppState,
@@ -51,6 +51,11 @@ pub(crate) async fn start<T: serde::de::DeserializeOwned>(
 ) -> Result<Change<T>, ApiError> {
     let key =
         shared::http::idempotency_key(headers, raw)?.map(|key| RequestKey::new(key, endpoint, raw));
+    // The caller's account is recorded before the change's transaction, not
+    // in it: that upsert locks the caller's row, and a change that held it
+    // while locking another account (a supervisor giving credits to a
+    // fellow supervisor who is giving to them) could wait in a circle.
+    ensure_account(&mut *state.pg.acquire().await?, user).await?;
     match idempotency::begin(&state.pg, &user.user_id(), key.as_ref(), endpoint).await? {
         Begun::Replay((status, body)) => {
             let body = serde_json::from_value(body).map_err(|e| {
@@ -58,10 +63,7 @@ pub(crate) async fn start<T: serde::de::DeserializeOwned>(
             })?;
             Ok(Change::Replay(status, body))
         }
-        Begun::Fresh(mut tx) => {
-            ensure_account(&mut tx, user).await?;
-            Ok(Change::Fresh(tx, key))
-        }
+        Begun::Fresh(tx) => Ok(Change::Fresh(tx, key)),
     }
 }
 

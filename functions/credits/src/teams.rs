@@ -294,10 +294,8 @@ pub async fn add_members(
     let mut ids = body.user_ids;
     ids.sort();
     ids.dedup();
-    let mut conn = state.pg.acquire().await?;
-    teams::lead(&mut conn, &user, team).await?;
-    drop(conn);
     let mut tx = begin(&state.pg, Durability::Flushed).await?;
+    teams::lead(&mut tx, &user, team).await?;
     let added = teams::add_members(&mut tx, team, &ids, &emails, &user.id).await?;
     commit(tx).await?;
     Ok((StatusCode::OK, Json(added)))
@@ -340,7 +338,7 @@ pub async fn remove_member(
     let meta = entry_meta(&user, None);
     let reclaimed = match q.reclaim.unwrap_or(false) {
         true => {
-            transfers::reclaim(&mut tx, &wallet, &member, None, &meta)
+            transfers::reclaim(&mut tx, &wallet, &member, None, false, &meta)
                 .await?
                 .credits
         }
@@ -605,7 +603,7 @@ pub async fn reclaim(
     };
     let meta = entry_meta(&user, key.as_ref());
     let wallet = Wallet::of(team);
-    let done = transfers::reclaim(&mut tx, &wallet, &body.user_id, body.credits, &meta)
+    let done = transfers::reclaim(&mut tx, &wallet, &body.user_id, body.credits, false, &meta)
         .await
         .map_err(|e| e.naming("credits"))?;
     let answer = ReclaimedBody {

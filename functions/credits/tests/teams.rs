@@ -691,3 +691,151 @@ async fn members_are_added_many_at_once_listed_searched_paged_and_removed() {
         .assert_error(404, "not_found");
     assert_eq!(testing::inconsistent_accounts(&app.db.pool).await, 0);
 }
+
+#[tokio::test]
+async fn a_transfer_waiting_behind_a_removal_or_a_deletion_moves_nothing() {
+    let app = App::new().await;
+    let admin = app.seen("admin-1", Role::Admin).await;
+    let lead = app.seen("lead", Role::Supervisor).await;
+    app.seen("alice", Role::Enduser).await;
+    let team = app.team(&admin, "Racing", &["lead"]).await;
+    app.fund(&admin, &team, 50, json!(30)).await;
+    assert_eq!(app.add(&lead, &team, &["alice"]).await.status, 200);
+    let res = app
+        .give(&lead, &team, json!({"userId": "alice", "credits": 5}))
+        .await;
+    assert_eq!(res.status, 201, "{}", res.body);
+
+    // A removal holds alice's account (as the route does) and ends her
+    // stay; a transfer sent meanwhile waits, then finds her gone.
+    let mut removal = app.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM user_accounts WHERE user_id = 'alice' FOR UPDATE")
+        .execute(&mut *removal)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE team_members SET left_at = clock_timestamp() WHERE user_id = 'alice'")
+        .execute(&mut *removal)
+        .await
+        .unwrap();
+    let (client, path, token) = (
+        app.client.clone(),
+        format!("/api/teams/{team}/transfers"),
+        lead.clone(),
+    );
+    let transfer = tokio::spawn(async move {
+        client
+            .post(&path, &token, json!({"userId": "alice", "credits": 7}))
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !transfer.is_finished(),
+        "the transfer waits for alice's lock"
+    );
+    removal.commit().await.unwrap();
+    transfer.await.unwrap().assert_error(403, "not_team_member");
+    assert_eq!(testing::balance(&app.db.pool, "alice").await, 5);
+    assert_eq!(app.wallet(&team).await, 45);
+
+    // A deletion holds the wallet and deletes the team; a reclaim sent
+    // meanwhile waits, then finds no team, and alice keeps her credits.
+    sqlx::query("UPDATE team_members SET left_at = NULL WHERE user_id = 'alice'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let mut deletion = app.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM user_accounts WHERE user_id = $1 FOR UPDATE")
+        .bind(format!("team:{team}"))
+        .execute(&mut *deletion)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE teams SET deleted_at = now() WHERE id = $1::uuid")
+        .bind(&team)
+        .execute(&mut *deletion)
+        .await
+        .unwrap();
+    let (client, path, token) = (
+        app.client.clone(),
+        format!("/api/teams/{team}/reclaims"),
+        lead.clone(),
+    );
+    let reclaim =
+        tokio::spawn(async move { client.post(&path, &token, json!({"userId": "alice"})).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !reclaim.is_finished(),
+        "the reclaim waits for the wallet's lock"
+    );
+    deletion.commit().await.unwrap();
+    reclaim.await.unwrap().assert_error(404, "not_found");
+    assert_eq!(testing::balance(&app.db.pool, "alice").await, 5);
+    assert_eq!(app.wallet(&team).await, 45);
+    assert_eq!(testing::inconsistent_accounts(&app.db.pool).await, 0);
+}
+
+#[tokio::test]
+async fn two_supervisors_giving_to_each_other_at_once_never_deadlock() {
+    let app = App::new().await;
+    let admin = app.seen("admin-1", Role::Admin).await;
+    let s1 = app.seen("s1", Role::Supervisor).await;
+    let s2 = app.seen("s2", Role::Supervisor).await;
+    let team = app.team(&admin, "Pair", &["s1", "s2"]).await;
+    app.fund(&admin, &team, 1000, json!(30)).await;
+    assert_eq!(app.add(&s1, &team, &["s1", "s2"]).await.status, 200);
+    let sends = (0..40).map(|i| {
+        let client = app.client.clone();
+        let (token, to) = if i % 2 == 0 {
+            (s1.clone(), "s2")
+        } else {
+            (s2.clone(), "s1")
+        };
+        let path = format!("/api/teams/{team}/transfers");
+        tokio::spawn(async move {
+            client
+                .post(&path, &token, json!({"userId": to, "credits": 1}))
+                .await
+        })
+    });
+    for send in sends.collect::<Vec<_>>() {
+        let res = send.await.unwrap();
+        assert_eq!(res.status, 201, "{}", res.body);
+    }
+    assert_eq!(app.wallet(&team).await, 960);
+    assert_eq!(testing::inconsistent_accounts(&app.db.pool).await, 0);
+}
+
+#[tokio::test]
+async fn wallet_credits_that_expire_within_a_day_stay_in_the_wallet() {
+    let app = App::new().await;
+    let admin = app.seen("admin-1", Role::Admin).await;
+    let lead = app.seen("lead", Role::Supervisor).await;
+    app.seen("alice", Role::Enduser).await;
+    let team = app.team(&admin, "Late", &["lead"]).await;
+    app.fund(&admin, &team, 10, json!(30)).await;
+    app.fund(&admin, &team, 10, json!(30)).await;
+    // One of the two grants now ends in two hours.
+    sqlx::query(
+        "UPDATE credit_allocations SET allocated_at = now() - interval '29 days',
+                expires_at = now() + interval '2 hours'
+          WHERE id = (SELECT id FROM credit_allocations WHERE user_id = $1 ORDER BY id LIMIT 1)",
+    )
+    .bind(format!("team:{team}"))
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(app.add(&lead, &team, &["alice"]).await.status, 200);
+    let res = app
+        .give(&lead, &team, json!({"userId": "alice", "credits": 11}))
+        .await;
+    res.assert_error(402, "team_insufficient_credits");
+    assert_eq!(res.body["available"], 10, "{}", res.body);
+    let res = app
+        .give(&lead, &team, json!({"userId": "alice", "credits": 10}))
+        .await;
+    assert_eq!(res.status, 201, "{}", res.body);
+    let expires: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(res.body["allocation"]["expiresAt"].clone()).unwrap();
+    assert!(expires > chrono::Utc::now() + chrono::Duration::days(29));
+    assert_eq!(app.wallet(&team).await, 10, "the short-lived 10 stay");
+    assert_eq!(testing::inconsistent_accounts(&app.db.pool).await, 0);
+}

@@ -471,6 +471,14 @@ pub async fn sync_account(
             ..Default::default()
         };
         crate::ledger::transfers::return_all(&mut tx, &user, &meta).await?;
+        // Gone from every team: nobody gives a closed account credits.
+        sqlx::query!(
+            "UPDATE team_members SET left_at = clock_timestamp()
+              WHERE user_id = $1 AND left_at IS NULL",
+            record.user_id
+        )
+        .execute(&mut *tx)
+        .await?;
     } else if record.verified {
         crate::teams::join_pending(&mut tx, record.user_id, record.email).await?;
     }

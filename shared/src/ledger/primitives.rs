@@ -20,7 +20,8 @@ pub type Tx<'c> = sqlx::Transaction<'c, Postgres>;
 ///
 /// The due flag cannot go stale while the lock is held: an allocation
 /// becomes due only as time passes (every one is created with an expiry
-/// at least a day ahead, and `now()` is the transaction's start), so a
+/// at least a day ahead, a team's transfer included: it gives only wallet
+/// credits that last a day more; and `now()` is the transaction's start), so a
 /// change that committed while this one waited for the lock cannot have
 /// made one due; one that it expired meanwhile is found already expired.
 #[derive(Debug, Clone, Copy)]
@@ -238,6 +239,18 @@ pub async fn draw(
     amount: i64,
     entry_id: Uuid,
 ) -> Result<(), LedgerError> {
+    draw_lasting(tx, user, amount, entry_id, 0).await
+}
+
+/// [`draw`] from only the allocations that last at least `days` more (or
+/// never expire); the caller has checked that those cover `amount`.
+pub async fn draw_lasting(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    amount: i64,
+    entry_id: Uuid,
+    days: i32,
+) -> Result<(), LedgerError> {
     let drawn: Vec<i64> = sqlx::query_scalar!(
         r#"WITH spendable AS (
                SELECT id, remaining,
@@ -245,6 +258,7 @@ pub async fn draw(
                         - remaining AS before
                  FROM credit_allocations
                 WHERE user_id = $1 AND remaining > 0 AND expired_at IS NULL
+                  AND ($4 = 0 OR expires_at IS NULL OR expires_at > now() + make_interval(days => $4))
            ), taken AS (
                SELECT id, LEAST(remaining, $2 - before) AS take FROM spendable WHERE before < $2
            ), drawn AS (
@@ -257,7 +271,8 @@ pub async fn draw(
            RETURNING amount"#,
         user.as_str(),
         amount,
-        entry_id
+        entry_id,
+        days
     )
     .fetch_all(&mut **tx)
     .await?;

@@ -22,7 +22,9 @@
 
 use uuid::Uuid;
 
-use super::primitives::{begin_change, check_balance_limit, draw, insert_entry, refund_draws, Tx};
+use super::primitives::{
+    begin_change, check_balance_limit, draw_lasting, insert_entry, refund_draws, Tx,
+};
 use super::types::{Allocation, Credits, EntryKind, EntryMeta, LedgerError};
 use crate::ids::UserId;
 
@@ -42,6 +44,41 @@ impl Wallet {
             team,
             account: UserId::stored(format!("team:{team}")),
         }
+    }
+}
+
+/// Wallet credits that expire sooner than this many days stay in the
+/// wallet: a member is never given credits about to vanish, and every
+/// allocation made still lasts at least a day (the account lock's due
+/// flag relies on it, [`super::primitives::Locked`]).
+pub const MIN_TRANSFER_DAYS: i32 = 1;
+
+/// Under both accounts' locks, what was checked before them still holds:
+/// the team is live (404 otherwise) and, when `member` is given, they
+/// belong to it now (403 `not_team_member`). A removal, a deletion of the
+/// team or of the user takes one of these locks first, so none can slip
+/// between this check and the commit.
+async fn check_team(
+    tx: &mut Tx<'_>,
+    wallet: &Wallet,
+    member: Option<&UserId>,
+) -> Result<(), LedgerError> {
+    let row = sqlx::query!(
+        r#"SELECT t.deleted_at IS NULL AS "live!",
+                  EXISTS (SELECT 1 FROM team_members m
+                           WHERE m.team_id = t.id AND m.user_id = $2 AND m.left_at IS NULL)
+                    AS "member!"
+             FROM teams t WHERE t.id = $1"#,
+        wallet.team,
+        member.map(UserId::as_str)
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    match (row, member) {
+        (Some(r), _) if !r.live => Err(LedgerError::NoTeam),
+        (None, _) => Err(LedgerError::NoTeam),
+        (Some(r), Some(m)) if !r.member => Err(LedgerError::NotMember(m.clone())),
+        _ => Ok(()),
     }
 }
 
@@ -71,11 +108,21 @@ pub async fn transfer(
 ) -> Result<Transferred, LedgerError> {
     let member_total = begin_change(tx, member).await?;
     let wallet_total = begin_change(tx, &wallet.account).await?;
+    check_team(tx, wallet, Some(member)).await?;
     let amount = credits.get();
-    if amount > wallet_total {
+    let available = sqlx::query_scalar!(
+        r#"SELECT COALESCE(SUM(remaining), 0)::bigint AS "sum!" FROM credit_allocations
+            WHERE user_id = $1 AND remaining > 0 AND expired_at IS NULL
+              AND (expires_at IS NULL OR expires_at > now() + make_interval(days => $2))"#,
+        wallet.account.as_str(),
+        MIN_TRANSFER_DAYS
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    if amount > available {
         return Err(LedgerError::WalletShort {
             needed: amount,
-            available: wallet_total,
+            available,
         });
     }
     check_balance_limit(member_total, amount)?;
@@ -93,7 +140,7 @@ pub async fn transfer(
         &to_wallet,
     )
     .await?;
-    draw(tx, &wallet.account, amount, out).await?;
+    draw_lasting(tx, &wallet.account, amount, out, MIN_TRANSFER_DAYS).await?;
     let allocation =
         insert_given(tx, wallet, member, credits, out, expiry_days, &to_member).await?;
     let member_balance = member_total + amount;
@@ -179,16 +226,19 @@ pub struct Reclaimed {
 /// Takes back from `member` up to `credits` (all, when `None`) of what
 /// `wallet`'s team gave them and is still unspent, and returns it to the
 /// wallet (see the module's text); 422 `reclaim_exceeds_unspent` when
-/// `credits` is more than that, nothing changed.
+/// `credits` is more than that, nothing changed. A live team only, and
+/// from a current member unless `of_anyone` (a deleted user's return).
 pub async fn reclaim(
     tx: &mut Tx<'_>,
     wallet: &Wallet,
     member: &UserId,
     credits: Option<Credits>,
+    of_anyone: bool,
     meta: &EntryMeta<'_>,
 ) -> Result<Reclaimed, LedgerError> {
     let member_total = begin_change(tx, member).await?;
     let wallet_total = begin_change(tx, &wallet.account).await?;
+    check_team(tx, wallet, (!of_anyone).then_some(member)).await?;
     let given = sqlx::query!(
         r#"SELECT id, remaining, transfer_id AS "transfer_id!" FROM credit_allocations
             WHERE user_id = $1 AND team_id = $2 AND remaining > 0 AND expired_at IS NULL
@@ -304,9 +354,13 @@ pub async fn return_all(
     .await?;
     let mut total = 0;
     for team in teams {
-        total += reclaim(tx, &Wallet::of(team), member, None, meta)
-            .await?
-            .credits;
+        // A team deleted since the list was read keeps nothing of it: the
+        // check fails before anything is written, and the next team goes on.
+        match reclaim(tx, &Wallet::of(team), member, None, true, meta).await {
+            Ok(done) => total += done.credits,
+            Err(LedgerError::NoTeam) => {}
+            Err(other) => return Err(other),
+        }
     }
     Ok(total)
 }

@@ -334,6 +334,12 @@ pub enum LedgerError {
         /// What the key may still spend this month.
         allowance: i64,
     },
+    /// No live team has this wallet.
+    #[error("no such team")]
+    NoTeam,
+    /// A transfer or reclaim for someone who does not belong to the team.
+    #[error("{0} is not a member of this team")]
+    NotMember(UserId),
     /// A team's wallet does not cover a transfer.
     #[error("the team's wallet holds {available} credits, fewer than the {needed} asked for")]
     WalletShort {
@@ -382,6 +388,18 @@ impl From<LedgerError> for ApiError {
             needed,
             available,
         };
+        let unprocessable = |code| ApiError::Unprocessable {
+            code,
+            message: message.clone(),
+        };
+        let forbidden = |code| ApiError::Forbidden {
+            code,
+            message: message.clone(),
+        };
+        let conflict = |code| ApiError::Conflict {
+            code,
+            message: message.clone(),
+        };
         match err {
             LedgerError::Insufficient { needed, available } => {
                 short("insufficient_credits", needed, available)
@@ -392,44 +410,24 @@ impl From<LedgerError> for ApiError {
             LedgerError::WalletShort { needed, available } => {
                 short("team_insufficient_credits", needed, available)
             }
-            LedgerError::ReclaimExceeds { .. } => ApiError::Unprocessable {
-                code: "reclaim_exceeds_unspent",
-                message,
-            },
-            LedgerError::AccountDisabled => ApiError::Forbidden {
-                code: "account_disabled",
-                message,
-            },
+            LedgerError::ReclaimExceeds { .. } => unprocessable("reclaim_exceeds_unspent"),
+            LedgerError::BalanceLimit { .. } => unprocessable("balance_limit"),
+            LedgerError::WouldGoNegative { .. } => unprocessable("would_go_negative"),
+            LedgerError::AccountDisabled => forbidden("account_disabled"),
+            LedgerError::NotMember(_) => forbidden("not_team_member"),
+            LedgerError::GatewayReservation => forbidden("gateway_reservation"),
+            LedgerError::NotOwner => ApiError::forbidden(message),
+            LedgerError::AlreadySettled => conflict("already_finished"),
+            LedgerError::ReservationTaken(_) => conflict("session_exists"),
             LedgerError::SessionEnded => crate::token::session_ended(),
             LedgerError::RateLimited { retry_after, .. } => ApiError::TooManyRequests {
                 code: "rate_limited",
                 message,
                 retry_after: Some(retry_after),
             },
-            LedgerError::BalanceLimit { .. } => ApiError::Unprocessable {
-                code: "balance_limit",
-                message,
-            },
-            LedgerError::WouldGoNegative { .. } => ApiError::Unprocessable {
-                code: "would_go_negative",
-                message,
-            },
-            LedgerError::NoAccount(_) | LedgerError::NoReservation(_) => {
+            LedgerError::NoAccount(_) | LedgerError::NoReservation(_) | LedgerError::NoTeam => {
                 ApiError::NotFound { message }
             }
-            LedgerError::NotOwner => ApiError::forbidden(message),
-            LedgerError::GatewayReservation => ApiError::Forbidden {
-                code: "gateway_reservation",
-                message,
-            },
-            LedgerError::AlreadySettled => ApiError::Conflict {
-                code: "already_finished",
-                message,
-            },
-            LedgerError::ReservationTaken(_) => ApiError::Conflict {
-                code: "session_exists",
-                message,
-            },
             LedgerError::Store(e) => e.into(),
             LedgerError::Inconsistent(_) => ApiError::Internal(anyhow::anyhow!(message)),
         }

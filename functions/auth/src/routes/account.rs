@@ -412,6 +412,10 @@ pub async fn login(
         });
     }
     let pair = issue_pair(&state, &user, None).await?;
+    // Every sign-in refreshes the ledger's record of the user, proven
+    // address included (accounts recorded before the ledger kept that
+    // learn it here, and teams waiting for the address take them in).
+    crate::accounts::record_after(&state, &user).await;
     tracing::info!(user_id = %user.id, "logged in");
     Ok((StatusCode::OK, Json(SignedIn::new(&user, pair))))
 }

@@ -9,6 +9,7 @@ import { authPages } from "./pages/auth.js";
 import { chatPage } from "./pages/chat.js";
 import { accountPages } from "./pages/account.js";
 import { adminPages } from "./pages/admin.js";
+import { teamPages } from "./pages/teams.js";
 
 const THEME = "fgw.theme";
 const app = document.getElementById("app");
@@ -36,6 +37,11 @@ export function errorBox(err, retry) {
   const box = h("div", { class: "error", role: "alert" }, h("p", {}, sentence(err)));
   if (retry) box.append(h("button", { type: "button", onclick: retry }, t("common.retry")));
   return box;
+}
+
+/** Says `key` (with `vars`) in the live region `status`: what a change did. */
+export function said(status, key, vars) {
+  replace(status, h("p", { class: "notice", role: "status" }, t(key, vars)));
 }
 
 /** Takes away the field sentences an earlier refusal left in `form`. */
@@ -128,6 +134,7 @@ const routes = {
   "chat": chatPage,
   ...accountPages,
   ...adminPages,
+  ...teamPages,
 };
 
 // Pages for a visitor; `verify` and `reset` stay open to a signed-in
@@ -151,6 +158,7 @@ function nav(user) {
     link("credits", "nav.credits"),
     link("usage", "nav.usage"),
     link("keys", "nav.keys"),
+    link("teams", "nav.teams"),
     link("profile", "nav.profile"),
   ];
   if (user.role === "admin" || user.role === "supervisor") {

@@ -334,14 +334,15 @@ impl Run<'_> {
             .await?;
         let column = |f: fn(&UserDoc) -> String| found.iter().map(f).collect::<Vec<_>>();
         sqlx::query(
-            "INSERT INTO user_accounts (user_id, username, email, role, synced_at)
-             SELECT *, now() FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
+            "INSERT INTO user_accounts (user_id, username, email, role, email_verified, synced_at)
+             SELECT *, now() FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[])
              ON CONFLICT (user_id) DO NOTHING",
         )
         .bind(column(|u| u.id.clone()))
         .bind(column(|u| u.username.clone()))
         .bind(column(|u| u.email.clone()))
         .bind(column(|u| u.role.as_str().to_owned()))
+        .bind(found.iter().map(|u| u.is_verified).collect::<Vec<bool>>())
         .execute(&self.target.pool)
         .await?;
         Ok(())

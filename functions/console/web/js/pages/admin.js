@@ -5,15 +5,11 @@
 import { h, replace, field, number } from "../dom.js";
 import { t } from "../i18n.js";
 import * as api from "../api.js";
-import { errorBox, submitting as guarded, ask } from "../main.js";
+import { errorBox, submitting as guarded, ask, said } from "../main.js";
 import { usageCharts, table, grants, statement, chatflowNames, period } from "./account.js";
 import { bars } from "../chart.js";
 
 const enc = encodeURIComponent;
-
-function said(status, key, vars) {
-  replace(status, h("p", { class: "notice", role: "status" }, t(key, vars)));
-}
 
 async function users(main, { user: me }) {
   const admin = me.role === "admin";
