@@ -120,6 +120,11 @@ async fn an_admin_makes_a_team_its_supervisor_runs_it_and_a_member_sees_their_sh
     browser
         .wait_text("#team-report", "Credits per member")
         .await;
+    browser.click("#team-export").await;
+    let ready = browser
+        .wait_text("#main [role=status]", "The export is ready.")
+        .await;
+    assert!(ready.contains("Download the usage of Year 9"), "{ready}");
     browser.assert_accessible("team supervisor").await;
 
     // Removes noah from the keyboard: Enter on the button, Enter on the

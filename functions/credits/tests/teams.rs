@@ -370,6 +370,13 @@ async fn a_supervisor_of_another_team_a_member_and_bad_amounts_are_refused_with_
         app.give(&lead_b, &a, json!({"userId": "bob", "credits": 1}))
             .await,
         app.take(&lead_b, &a, json!({"userId": "alice"})).await,
+        app.send(
+            "DELETE",
+            &format!("/api/teams/{a}/pending/x@example.com"),
+            &lead_b,
+            None,
+        )
+        .await,
         // ... and a member sends them at their own team.
         app.give(&alice, &a, json!({"userId": "alice", "credits": 1}))
             .await,
@@ -426,6 +433,19 @@ async fn a_supervisor_of_another_team_a_member_and_bad_amounts_are_refused_with_
         .await
         .assert_error(400, "invalid_input");
     }
+    // Only an admin renames, re-staffs or deletes a team, even its own
+    // supervisor.
+    app.send(
+        "PATCH",
+        &format!("/api/admin/teams/{a}"),
+        &lead_a,
+        Some(json!({"supervisorIds": ["lead-a", "lead-b"]})),
+    )
+    .await
+    .assert_error(403, "forbidden");
+    app.send("DELETE", &format!("/api/admin/teams/{b}"), &lead_a, None)
+        .await
+        .assert_error(403, "forbidden");
     // Only an admin funds a wallet.
     app.post(
         "/api/credits/allocate",
