@@ -13,6 +13,15 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// When an allowance brings a refused caller more credits, and how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextCredits {
+    /// When.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// How many.
+    pub credits: i64,
+}
+
 /// The body of every error response.
 #[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -28,6 +37,20 @@ pub struct ErrorBody {
     /// key may still spend this month).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available: Option<i64>,
+    /// 402: when an allowance brings the caller more credits.
+    #[serde(
+        default,
+        rename = "nextCreditsAt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_credits_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// 402: how many it brings then.
+    #[serde(
+        default,
+        rename = "nextCredits",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_credits: Option<i64>,
     /// 409 `idempotency_in_progress` and 429: seconds to wait before
     /// retrying (also in `Retry-After`).
     #[serde(
@@ -81,6 +104,9 @@ pub enum ApiError {
         needed: i64,
         /// Credits available.
         available: i64,
+        /// When an allowance brings more, and how many (README
+        /// "Allowances and warnings"), when one will.
+        next: Option<NextCredits>,
     },
     /// 403: wrong role or not your resource.
     #[error("{message}")]
@@ -300,17 +326,22 @@ impl ApiError {
 
     /// The JSON body of this error.
     pub fn body(&self) -> ErrorBody {
-        let (needed, available) = match self {
+        let (needed, available, next) = match self {
             ApiError::PaymentRequired {
-                needed, available, ..
-            } => (Some(*needed), Some(*available)),
-            _ => (None, None),
+                needed,
+                available,
+                next,
+                ..
+            } => (Some(*needed), Some(*available), *next),
+            _ => (None, None, None),
         };
         ErrorBody {
             error: self.code().to_owned(),
             message: self.public_message(),
             needed,
             available,
+            next_credits_at: next.map(|n| n.at),
+            next_credits: next.map(|n| n.credits),
             retry_after_seconds: self.retry_after(),
             email: match self {
                 ApiError::NotVerified { email } => email.clone(),
@@ -646,6 +677,7 @@ mod tests {
                 message: "x".into(),
                 needed: 2,
                 available: 1,
+                next: None,
             },
             ApiError::forbidden("x"),
             ApiError::not_found("x"),

@@ -396,7 +396,7 @@ async fn query(
                   COALESCE((SELECT json_agg(json_build_object('userId', s.user_id, 'username', a.username)
                                             ORDER BY a.username, s.user_id)
                               FROM team_supervisors s JOIN user_accounts a ON a.user_id = s.user_id
-                             WHERE s.team_id = v.id), '[]'::json)
+                             WHERE s.team_id = v.id AND a.deleted_at IS NULL), '[]'::json)
                     AS "supervisors!: sqlx::types::Json<Vec<Person>>",
                   CASE WHEN v.leads THEN (SELECT COUNT(*) FROM team_members m
                                            WHERE m.team_id = v.id AND m.left_at IS NULL) END

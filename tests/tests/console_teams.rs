@@ -80,7 +80,7 @@ async fn an_admin_makes_a_team_its_supervisor_runs_it_and_a_member_sees_their_sh
         .unwrap();
     browser.submit("#member-addresses").await;
     browser
-        .wait_text("#main", "2 added; 0 were members already.")
+        .wait_text("#main", "Added: 2. Already members: 0.")
         .await;
     browser
         .wait_text("#pending-note", "later@example.com")
@@ -100,7 +100,7 @@ async fn an_admin_makes_a_team_its_supervisor_runs_it_and_a_member_sees_their_sh
     browser
         .wait_text(
             "#main [role=alert]",
-            "The team's wallet holds 70 credits, fewer than the 500 you asked to give.",
+            "The team's wallet can give 70 credits now, fewer than the 500 you asked for.",
         )
         .await;
     assert_eq!(

@@ -16,6 +16,7 @@ use shared::error::ApiError;
 use shared::flowise::FlowiseClient;
 use shared::identity::Email;
 use shared::keys::store;
+use shared::ledger::allowances::grant_all;
 use shared::ledger::sweep::run_expiry;
 use shared::mail::{KeyMail, Mailer};
 
@@ -114,8 +115,17 @@ impl Job {
     /// purgedIdempotencyKeys}`, plus `keyExpiryWarnings` when the job mails
     /// and `chatflowSync` when it syncs the catalogue.
     pub async fn run(&self) -> Result<Value, ApiError> {
+        self.run_at(chrono::Utc::now()).await
+    }
+
+    /// [`Job::run`] with the clock reading `at` (tests move it): the
+    /// period's allowances are granted first (before the expiry, so a
+    /// rollover is made before the old allowance expires), then the rest.
+    pub async fn run_at(&self, at: chrono::DateTime<chrono::Utc>) -> Result<Value, ApiError> {
+        let granted = grant_all(&self.pool, at, BATCH).await?;
         let report = run_expiry(&self.pool, self.limits.reservation_ttl, BATCH).await?;
         let mut out = serde_json::to_value(report).map_err(|e| ApiError::Internal(e.into()))?;
+        out["allowances"] = json!(granted);
         if let Some(mailer) = &self.mailer {
             out["keyExpiryWarnings"] = json!(warn_expiring_keys(&self.pool, mailer).await?);
         }

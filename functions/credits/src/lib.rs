@@ -7,6 +7,7 @@ use shared::http::finish;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub mod allowances;
 pub mod keys;
 pub mod routes;
 pub mod teams;
@@ -50,6 +51,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(teams::wallet))
         .routes(routes!(teams::transfer))
         .routes(routes!(teams::reclaim))
+        .routes(routes!(
+            allowances::get_role,
+            allowances::put_role,
+            allowances::delete_role
+        ))
+        .routes(routes!(
+            allowances::get_team,
+            allowances::put_team,
+            allowances::delete_team
+        ))
 }
 
 /// The function's description.

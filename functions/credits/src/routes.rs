@@ -14,6 +14,7 @@ use shared::error::{double_option, from_json_value, ApiError, JsonBody, PathPara
 use shared::ids::{ChatflowId, ReservationId, UserId};
 use shared::keys::UserOrKey;
 use shared::ledger::accounts::ensure_account;
+use shared::ledger::allowances::{self, Granter};
 use shared::ledger::idempotency::{self, Begun, RequestKey};
 use shared::ledger::primitives::{begin, commit};
 use shared::ledger::queries::{self, Balance, EntryFilter, EntryRecord, StatementLine};
@@ -125,10 +126,36 @@ pub struct TotalBody {
 #[utoipa::path(get, path = "/api/credits/balance", tag = "credits",
     responses((status = 200, description = "Spendable credits and the allocations holding them", body = Balance), ApiErrors))]
 pub async fn balance(State(state): State<AppState>, UserOrKey(user): UserOrKey) -> Answer<Balance> {
-    let mut conn = state.pg.acquire().await?;
-    ensure_account(&mut conn, &user).await?;
-    let balance = queries::balance(&mut conn, &user.user_id()).await?;
+    let now = chrono::Utc::now();
+    let mut conn = arrive(&state, &user, now).await?;
+    let mut balance = queries::balance(&mut conn, &user.user_id()).await?;
+    if let Some((at, credits)) = allowances::next_credits(&mut conn, &user.user_id(), now).await? {
+        (balance.next_credits_at, balance.next_credits) = (Some(at), Some(credits));
+    }
     Ok((StatusCode::OK, Json(balance)))
+}
+
+/// The caller's account recorded, and the period's allowances granted
+/// when this is their first read of it (README "Allowances and
+/// warnings"); a connection to read on.
+async fn arrive(
+    state: &AppState,
+    user: &AuthUser,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, ApiError> {
+    let mut conn = state.pg.acquire().await?;
+    ensure_account(&mut conn, user).await?;
+    let user_id = user.user_id();
+    if allowances::any_due(&mut conn, &user_id, now).await? {
+        // Back to the pool first: a request never holds two connections.
+        drop(conn);
+        let mut tx = begin(&state.pg, Durability::Flushed).await?;
+        let locked = shared::ledger::primitives::lock_account(&mut tx, &user_id).await?;
+        allowances::grant_due(&mut tx, &user_id, locked, now, Granter::Request).await?;
+        commit(tx).await?;
+        conn = state.pg.acquire().await?;
+    }
+    Ok(conn)
 }
 
 /// The caller's spendable total.
@@ -138,8 +165,7 @@ pub async fn total_balance(
     State(state): State<AppState>,
     UserOrKey(user): UserOrKey,
 ) -> Answer<TotalBody> {
-    let mut conn = state.pg.acquire().await?;
-    ensure_account(&mut conn, &user).await?;
+    let mut conn = arrive(&state, &user, chrono::Utc::now()).await?;
     let total_credits = queries::total_balance(&mut conn, &user.user_id()).await?;
     Ok((StatusCode::OK, Json(TotalBody { total_credits })))
 }

@@ -334,6 +334,11 @@ pub async fn remove_member(
 ) -> Answer<Removed> {
     let mut tx = begin(&state.pg, Durability::Flushed).await?;
     teams::lead(&mut tx, &user, team).await?;
+    if teams::require_member(&mut tx, team, &member).await.is_err() {
+        return Err(ApiError::not_found(format!(
+            "{member} is not a member of this team"
+        )));
+    }
     let wallet = Wallet::of(team);
     let meta = entry_meta(&user, None);
     let reclaimed = match q.reclaim.unwrap_or(false) {
@@ -537,7 +542,10 @@ pub async fn transfer(
         &wallet,
         &body.user_id,
         body.credits,
-        expiry_days,
+        transfers::Expiry {
+            days: expiry_days,
+            until: None,
+        },
         &meta,
     )
     .await

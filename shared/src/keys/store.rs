@@ -408,6 +408,32 @@ pub async fn claim_expiry_warnings(
     .await
 }
 
+/// A sign-in's word to the ledger: `user` has proven `email` (a live,
+/// recorded account only; nothing else of it changes). When that is news,
+/// teams waiting for the address take them in, in the same transaction.
+pub async fn record_proof(
+    pool: &sqlx::PgPool,
+    user: &str,
+    email: &str,
+) -> Result<(), crate::ledger::LedgerError> {
+    use crate::ledger::primitives::{begin, commit};
+    let mut tx = begin(pool, crate::ledger::Durability::Flushed).await?;
+    let news = sqlx::query!(
+        "UPDATE user_accounts SET email = $2, email_verified = true, updated_at = now()
+          WHERE user_id = $1 AND owner_kind = 'user' AND deleted_at IS NULL
+            AND (NOT email_verified OR email IS DISTINCT FROM $2)",
+        user,
+        email
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if news == 1 {
+        crate::teams::join_pending(&mut tx, user, email).await?;
+    }
+    commit(tx).await
+}
+
 /// A user as the auth function knows them, for [`sync_account`].
 #[derive(Debug, Clone, Copy)]
 pub struct AccountRecord<'a> {
@@ -450,7 +476,7 @@ pub async fn sync_account(
          ON CONFLICT (user_id) DO UPDATE
             SET username = EXCLUDED.username, email = EXCLUDED.email, role = EXCLUDED.role,
                 disabled = EXCLUDED.disabled,
-                deleted_at = CASE WHEN $6 THEN COALESCE(a.deleted_at, now()) END,
+                deleted_at = CASE WHEN $6 THEN COALESCE(a.deleted_at, now()) ELSE a.deleted_at END,
                 email_verified = EXCLUDED.email_verified,
                 synced_at = now(), updated_at = now()",
         record.user_id,
@@ -465,6 +491,9 @@ pub async fn sync_account(
     .await?;
     let user = crate::ids::UserId::stored(record.user_id.to_owned());
     if record.deleted {
+        // The account's lock, so a transfer to it waits and then sees it
+        // deleted (README "Teams").
+        crate::ledger::primitives::lock_account(&mut tx, &user).await?;
         let meta = crate::ledger::EntryMeta {
             actor_id: Some(actor),
             description: Some("member deleted"),

@@ -21,12 +21,13 @@
 //! types ← primitives ← changes
 //!              ↑    ← reservations ← sweep
 //!              ↑    ← idempotency  ←┘
-//!              ↑    ← transfers
+//!              ↑    ← transfers ← allowances
 //! accounts, queries: types and primitives only
 //! limits: types, primitives and accounts
 //! ```
 
 pub mod accounts;
+pub mod allowances;
 pub mod changes;
 pub mod idempotency;
 pub mod limits;

@@ -40,6 +40,11 @@ impl Locked {
     pub fn total(&self) -> i64 {
         self.total
     }
+
+    /// Whether an allocation was due to expire when the lock was taken.
+    pub fn due(&self) -> bool {
+        self.due
+    }
 }
 
 /// Locks the account for the rest of the transaction. Every change takes

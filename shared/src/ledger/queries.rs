@@ -20,6 +20,13 @@ pub struct Balance {
     /// Unexpired allocations with credits left, soonest-expiring first
     /// (the order they are spent in).
     pub allocations: Vec<Allocation>,
+    /// When the caller's next allowance credits arrive (their own
+    /// balance only; absent when no allowance applies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_credits_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// How many arrive then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_credits: Option<i64>,
 }
 
 /// The user's spendable total.
@@ -52,6 +59,8 @@ pub async fn balance(conn: &mut PgConnection, user: &UserId) -> Result<Balance, 
         user_id: user.clone(),
         total_credits: allocations.iter().map(|a| a.remaining).sum(),
         allocations,
+        next_credits_at: None,
+        next_credits: None,
     })
 }
 

@@ -66,6 +66,7 @@ async fn check_team(
     let row = sqlx::query!(
         r#"SELECT t.deleted_at IS NULL AS "live!",
                   EXISTS (SELECT 1 FROM team_members m
+                            JOIN user_accounts u ON u.user_id = m.user_id AND u.deleted_at IS NULL
                            WHERE m.team_id = t.id AND m.user_id = $2 AND m.left_at IS NULL)
                     AS "member!"
              FROM teams t WHERE t.id = $1"#,
@@ -80,6 +81,30 @@ async fn check_team(
         (Some(r), Some(m)) if !r.member => Err(LedgerError::NotMember(m.clone())),
         _ => Ok(()),
     }
+}
+
+/// What the locked wallet may give out now: its credits that last at
+/// least [`MIN_TRANSFER_DAYS`] more (or never expire).
+pub async fn transferable(tx: &mut Tx<'_>, wallet: &Wallet) -> Result<i64, LedgerError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT COALESCE(SUM(remaining), 0)::bigint AS "sum!" FROM credit_allocations
+            WHERE user_id = $1 AND remaining > 0 AND expired_at IS NULL
+              AND (expires_at IS NULL OR expires_at > now() + make_interval(days => $2))"#,
+        wallet.account.as_str(),
+        MIN_TRANSFER_DAYS
+    )
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// How late a member's allocation from a transfer may expire, besides
+/// never later than the wallet credits it was drawn from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expiry {
+    /// At most this many days from now.
+    pub days: Option<i32>,
+    /// At most at this instant (an allowance's period end).
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What a transfer did.
@@ -103,22 +128,14 @@ pub async fn transfer(
     wallet: &Wallet,
     member: &UserId,
     credits: Credits,
-    expiry_days: Option<i32>,
+    expiry: Expiry,
     meta: &EntryMeta<'_>,
 ) -> Result<Transferred, LedgerError> {
     let member_total = begin_change(tx, member).await?;
     let wallet_total = begin_change(tx, &wallet.account).await?;
     check_team(tx, wallet, Some(member)).await?;
     let amount = credits.get();
-    let available = sqlx::query_scalar!(
-        r#"SELECT COALESCE(SUM(remaining), 0)::bigint AS "sum!" FROM credit_allocations
-            WHERE user_id = $1 AND remaining > 0 AND expired_at IS NULL
-              AND (expires_at IS NULL OR expires_at > now() + make_interval(days => $2))"#,
-        wallet.account.as_str(),
-        MIN_TRANSFER_DAYS
-    )
-    .fetch_one(&mut **tx)
-    .await?;
+    let available = transferable(tx, wallet).await?;
     if amount > available {
         return Err(LedgerError::WalletShort {
             needed: amount,
@@ -141,8 +158,7 @@ pub async fn transfer(
     )
     .await?;
     draw_lasting(tx, &wallet.account, amount, out, MIN_TRANSFER_DAYS).await?;
-    let allocation =
-        insert_given(tx, wallet, member, credits, out, expiry_days, &to_member).await?;
+    let allocation = insert_given(tx, wallet, member, credits, out, expiry, &to_member).await?;
     let member_balance = member_total + amount;
     let given = Some(allocation.id);
     insert_entry(tx, member, kind, amount, member_balance, given, &to_member).await?;
@@ -180,7 +196,7 @@ async fn insert_given(
     member: &UserId,
     credits: Credits,
     out: Uuid,
-    expiry_days: Option<i32>,
+    expiry: Expiry,
     meta: &EntryMeta<'_>,
 ) -> Result<Allocation, LedgerError> {
     Ok(sqlx::query_as!(
@@ -191,7 +207,7 @@ async fn insert_given(
                   LEAST((SELECT MIN(a.expires_at) FROM credit_draws d
                            JOIN credit_allocations a ON a.id = d.allocation_id
                           WHERE d.transaction_id = $4),
-                        now() + make_interval(days => $5)),
+                        now() + make_interval(days => $5), $10),
                   $6, $7, $8, $9
            RETURNING id, credits, remaining, expires_at, allocated_at,
                      COALESCE((SELECT username FROM user_accounts g WHERE g.user_id = $6), $6)
@@ -200,11 +216,12 @@ async fn insert_given(
         member.as_str(),
         credits.get(),
         out,
-        expiry_days,
+        expiry.days,
         meta.actor_id.unwrap_or("system"),
         meta.description,
         wallet.team,
         meta.transfer_id,
+        expiry.until,
     )
     .fetch_one(&mut **tx)
     .await?)

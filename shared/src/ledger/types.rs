@@ -186,6 +186,8 @@ pub enum EntryKind {
     Transfer,
     /// Unspent team credits taken back from a member to the wallet.
     Reclaim,
+    /// A role's allowance: credits the system grants every period.
+    Allowance,
 }
 
 impl EntryKind {
@@ -202,6 +204,7 @@ impl EntryKind {
             EntryKind::Import => "import",
             EntryKind::Transfer => "transfer",
             EntryKind::Reclaim => "reclaim",
+            EntryKind::Allowance => "allowance",
         }
     }
 }
@@ -212,7 +215,7 @@ impl std::str::FromStr for EntryKind {
         serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
             format!(
                 "{s:?} is not one of allocation, deduction, refund, reservation, \
-                 settlement, expiry, adjustment, import, transfer, reclaim"
+                 settlement, expiry, adjustment, import, transfer, reclaim, allowance"
             )
         })
     }
@@ -387,6 +390,7 @@ impl From<LedgerError> for ApiError {
             message: message.clone(),
             needed,
             available,
+            next: None,
         };
         let unprocessable = |code| ApiError::Unprocessable {
             code,
@@ -497,6 +501,7 @@ mod tests {
             "import",
             "transfer",
             "reclaim",
+            "allowance",
         ] {
             let parsed: EntryKind = kind.parse().unwrap();
             assert_eq!(parsed.as_str(), kind);

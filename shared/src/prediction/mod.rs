@@ -30,6 +30,7 @@ use crate::error::{from_json_value, ApiError};
 use crate::flowise::{FlowiseError, Prediction, PredictionRequest, TokenUsage};
 use crate::ids::{ChatSessionId, ChatflowId, ReservationId, UserId};
 use crate::ledger::accounts::lock_from_claims;
+use crate::ledger::allowances::{self, Granter};
 use crate::ledger::idempotency::{self, RequestKey, StoredKey};
 use crate::ledger::limits;
 use crate::ledger::primitives::begin;
@@ -920,6 +921,14 @@ async fn reserve(
     let reserved = async {
         let amounts = reservation_amounts(&rule, input_tokens)?;
         let account = lock_from_claims(&mut tx, user).await?;
+        // The period's allowances arrive first, so this prediction can use them.
+        let now = chrono::Utc::now();
+        let granted =
+            allowances::grant_due(&mut tx, &user_id, account.locked, now, Granter::Request);
+        let account = crate::ledger::accounts::Account {
+            locked: granted.await?,
+            ..account
+        };
         let key = user.key.as_ref();
         let allowance = limits::check(&mut tx, &user_id, &account, rate, key).await?;
         let account = (&user_id, account.locked, allowance);
@@ -934,7 +943,42 @@ async fn reserve(
             crate::ledger::primitives::commit(tx).await?;
             Ok((rule, held))
         }
-        Err(refused) => refuse(tx, refused).await,
+        Err(refused) => {
+            let refused = with_next_credits(&mut tx, &user_id, refused).await;
+            refuse(tx, refused).await
+        }
+    }
+}
+
+/// A 402 for want of credits says when an allowance brings more (README
+/// "Allowances and warnings"), read in the refused transaction before it
+/// rolls back; any other refusal, or a failed read, is left as it was.
+async fn with_next_credits(
+    tx: &mut crate::ledger::Tx<'static>,
+    user: &crate::ids::UserId,
+    refused: ApiError,
+) -> ApiError {
+    let ApiError::PaymentRequired {
+        code: "insufficient_credits",
+        message,
+        needed,
+        available,
+        next: None,
+    } = refused
+    else {
+        return refused;
+    };
+    let next = allowances::next_credits(tx, user, chrono::Utc::now())
+        .await
+        .ok()
+        .flatten()
+        .map(|(at, credits)| crate::error::NextCredits { at, credits });
+    ApiError::PaymentRequired {
+        code: "insufficient_credits",
+        message,
+        needed,
+        available,
+        next,
     }
 }
 

@@ -412,10 +412,14 @@ pub async fn login(
         });
     }
     let pair = issue_pair(&state, &user, None).await?;
-    // Every sign-in refreshes the ledger's record of the user, proven
-    // address included (accounts recorded before the ledger kept that
-    // learn it here, and teams waiting for the address take them in).
-    crate::accounts::record_after(&state, &user).await;
+    // Every sign-in tells the ledger the address is proven (accounts
+    // recorded before the ledger kept that learn it here, and teams
+    // waiting for the address take them in). Only that: a sign-in never
+    // rewrites a role, a disabled flag or a deletion, which the admin
+    // routes record before MongoDB and a sign-in could otherwise undo.
+    if let Err(err) = shared::keys::store::record_proof(&state.pg, &user.id, &user.email).await {
+        tracing::error!(error = %err, user_id = %user.id, "the ledger did not learn a proven address");
+    }
     tracing::info!(user_id = %user.id, "logged in");
     Ok((StatusCode::OK, Json(SignedIn::new(&user, pair))))
 }

@@ -2,7 +2,7 @@
 // locale, theme, sign-out), hash routes, and the error sentence of every
 // refusal. Pages live in pages/*.js and render into <main>.
 
-import { h, replace } from "./dom.js";
+import { h, replace, day, number } from "./dom.js";
 import { t, start as startI18n, onChange, setLocale, locale, locales, has } from "./i18n.js";
 import * as api from "./api.js";
 import { authPages } from "./pages/auth.js";
@@ -10,6 +10,7 @@ import { chatPage } from "./pages/chat.js";
 import { accountPages } from "./pages/account.js";
 import { adminPages } from "./pages/admin.js";
 import { teamPages } from "./pages/teams.js";
+import { allowancePages } from "./pages/allowances.js";
 
 const THEME = "fgw.theme";
 const app = document.getElementById("app");
@@ -28,6 +29,10 @@ export function sentence(err) {
   const vars = { ...(err?.body || {}) };
   if (vars.retryAfterSeconds === undefined) vars.retryAfterSeconds = "?";
   else vars.minutes = Math.max(1, Math.ceil(vars.retryAfterSeconds / 60));
+  // Out of credits with an allowance on its way: when, and how many.
+  if (code === "insufficient_credits" && vars.nextCreditsAt) {
+    return t("errors.insufficient_credits_next", { ...vars, nextCredits: number(vars.nextCredits), nextDay: day(vars.nextCreditsAt) });
+  }
   const key = `errors.${code}`;
   return has(key) ? t(key, vars) : t("errors.unknown", { status: err?.status ?? 0 });
 }
@@ -135,6 +140,7 @@ const routes = {
   ...accountPages,
   ...adminPages,
   ...teamPages,
+  ...allowancePages,
 };
 
 // Pages for a visitor; `verify` and `reset` stay open to a signed-in
@@ -163,7 +169,7 @@ function nav(user) {
   ];
   if (user.role === "admin" || user.role === "supervisor") {
     links.push(link("admin/users", "nav.users"));
-    if (user.role === "admin") links.push(link("admin/chatflows", "nav.chatflows"));
+    if (user.role === "admin") links.push(link("admin/chatflows", "nav.chatflows"), link("admin/allowances", "nav.allowances"));
     links.push(link("admin/usage", "nav.dashboard"));
   }
   return h("nav", { "aria-label": t("nav.label") }, links);

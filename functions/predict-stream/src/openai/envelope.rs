@@ -188,6 +188,8 @@ pub async fn layer(req: Request, next: Next) -> Response {
             .to_lowercase(),
         needed: None,
         available: None,
+        next_credits_at: None,
+        next_credits: None,
         retry_after_seconds: None,
         email: None,
         field: None,

@@ -62,6 +62,9 @@ async function credits(main) {
     main,
     h("h1", {}, t("titles.credits")),
     h("p", { class: "big", id: "total-credits" }, t("credits.total", { credits: number(balance.totalCredits) })),
+    balance.nextCreditsAt
+      ? h("p", { id: "next-credits" }, t("credits.nextCredits", { credits: number(balance.nextCredits), day: day(balance.nextCreditsAt) }))
+      : null,
     h("h2", {}, t("credits.allocations")),
     grants(balance.allocations, t("credits.noAllocations")),
     h("h2", {}, t("credits.transactions")),

@@ -10,6 +10,7 @@ import * as api from "../api.js";
 import { submitting as guarded, ask, said, errorBox } from "../main.js";
 import { table, grants, usageCharts, period, chatflowNames } from "./account.js";
 import { bars } from "../chart.js";
+import { allowanceCard } from "./allowances.js";
 
 const enc = encodeURIComponent;
 const PAGE = 20;
@@ -22,9 +23,11 @@ export function addresses(text) {
   return [...new Set(cells)];
 }
 
-/** The ids of the users named (by username or email) in `names`; an unknown name is refused. */
-async function userIds(names) {
+/** The ids of the users named (by username or email) in `names` (`known`: people already named, kept by name or id); an unknown name is refused. */
+async function userIds(names, known = []) {
   return Promise.all(names.map(async (name) => {
+    const same = known.find((p) => p.userId === name || (p.username || "").toLowerCase() === name.toLowerCase());
+    if (same) return same.userId;
     const page = await api.call("auth", "GET", `/api/admin/users?limit=20&search=${enc(name)}`);
     const found = page.users.find((u) => u.username.toLowerCase() === name.toLowerCase() || u.email === name.toLowerCase());
     if (!found) throw new api.ApiError(400, { error: "unknown_user", name });
@@ -55,7 +58,7 @@ async function teams(main, { user: me, query }) {
   const wanted = query().get("team");
   const status = h("div", { "aria-live": "polite" });
   const list = h("div", { id: "team-list" });
-  const detail = h("section", { id: "team-detail", "aria-live": "polite" });
+  const detail = h("section", { id: "team-detail" });
 
   async function draw() {
     const page = await api.call("credits", "GET", "/api/teams?limit=100");
@@ -82,12 +85,18 @@ async function teams(main, { user: me, query }) {
       return;
     }
     const wallet = await api.call("credits", "GET", `/api/teams/${id}/credits?limit=20`);
-    const reopen = () => open(id, page, search);
+    // After a change the pane is drawn again: focus goes to its heading,
+    // not to the page's start.
+    const reopen = async () => {
+      await open(id, page, search);
+      detail.querySelector("h2")?.focus();
+    };
     replace(detail,
-      h("h2", {}, team.name),
+      h("h2", { tabindex: "-1" }, team.name),
       h("p", {}, t("teams.ledBy", { supervisors: names(team.supervisors) })),
       h("p", { class: "big", id: "wallet-credits" }, t("teams.walletHolds", { credits: number(wallet.totalCredits) })),
       admin ? adminTools(team, reopen) : null,
+      await allowanceCard(status, `/api/teams/${id}/allowance`, t("teams.allowance", { team: team.name }), true),
       memberSection(team, one, page, search, reopen),
       usageSection(team),
       h("h3", {}, t("teams.walletGrants")),
@@ -101,12 +110,14 @@ async function teams(main, { user: me, query }) {
   function adminTools(team, reopen) {
     const credits = field(t("admin.credits"), { id: "fund-credits", api: "credits", type: "number", min: 1, inputmode: "numeric", required: true });
     const days = field(t("admin.expiryDays"), { id: "fund-days", api: "expiryDays", type: "number", min: 1, value: 30, inputmode: "numeric" });
+    // One key per form: a second click of the same grant is the same grant.
+    const fundKey = crypto.randomUUID();
     const fund = h("form", {
       novalidate: true,
       class: "card",
       onsubmit: guarded(status, async () => {
         const body = { teamId: team.id, credits: Number(credits.input.value), expiryDays: Number(days.input.value) || null };
-        const answer = await api.call("credits", "POST", "/api/credits/allocate", body, { headers: { "idempotency-key": crypto.randomUUID() } });
+        const answer = await api.call("credits", "POST", "/api/credits/allocate", body, { headers: { "idempotency-key": fundKey } });
         said(status, "teams.funded", { credits: number(body.credits), team: team.name, balance: number(answer.newBalance) });
         await reopen();
         await draw();
@@ -118,7 +129,7 @@ async function teams(main, { user: me, query }) {
       novalidate: true,
       class: "card",
       onsubmit: guarded(status, async () => {
-        const supervisorIds = await userIds(leads.input.value.split(/[\s,;]+/).filter(Boolean));
+        const supervisorIds = await userIds(leads.input.value.split(/[\s,;]+/).filter(Boolean), team.supervisors);
         await api.call("credits", "PATCH", `/api/admin/teams/${team.id}`, { name: name.input.value.trim(), supervisorIds });
         said(status, "teams.changed", { team: name.input.value.trim() });
         await reopen();
@@ -192,7 +203,7 @@ async function teams(main, { user: me, query }) {
             const answer = await api.call("credits", "DELETE", `/api/teams/${team.id}/members/${enc(m.userId)}?reclaim=${reclaim}`);
             await reopen();
             await draw();
-            said(status, "teams.removed", { user: who, team: team.name, reclaimed: number(answer.reclaimed) });
+            said(status, reclaim ? "teams.removed" : "teams.removedKept", { user: who, team: team.name, reclaimed: number(answer.reclaimed) });
           })),
       ];
     });
@@ -231,12 +242,13 @@ async function teams(main, { user: me, query }) {
     const credits = field(t("admin.credits"), { id: "give-credits", api: "credits", type: "number", min: 1, inputmode: "numeric", required: true });
     const days = field(t("teams.giveDays"), { id: "give-days", api: "expiryDays", type: "number", min: 1, inputmode: "numeric" });
     const note = field(t("teams.note"), { id: "give-note", api: "notes", maxlength: 1000 });
+    const key = crypto.randomUUID();
     const form = h("form", {
       novalidate: true,
       class: "card",
       onsubmit: guarded(status, async () => {
         const body = { userId: m.userId, credits: Number(credits.input.value), expiryDays: Number(days.input.value) || null, notes: note.input.value.trim() || undefined };
-        const answer = await api.call("credits", "POST", `/api/teams/${team.id}/transfers`, body, { headers: { "idempotency-key": crypto.randomUUID() } });
+        const answer = await api.call("credits", "POST", `/api/teams/${team.id}/transfers`, body, { headers: { "idempotency-key": key } });
         await reopen();
         await draw();
         said(status, "teams.gave", { credits: number(body.credits), user: who, wallet: number(answer.walletCredits) });
@@ -249,12 +261,13 @@ async function teams(main, { user: me, query }) {
   function takeForm(team, m, reopen) {
     const who = m.username || m.userId;
     const credits = field(t("teams.takeCredits", { unspent: number(m.unspent) }), { id: "take-credits", api: "credits", type: "number", min: 1, inputmode: "numeric" });
+    const key = crypto.randomUUID();
     const form = h("form", {
       novalidate: true,
       class: "card",
       onsubmit: guarded(status, async () => {
         const body = { userId: m.userId, credits: credits.input.value ? Number(credits.input.value) : undefined };
-        const answer = await api.call("credits", "POST", `/api/teams/${team.id}/reclaims`, body, { headers: { "idempotency-key": crypto.randomUUID() } });
+        const answer = await api.call("credits", "POST", `/api/teams/${team.id}/reclaims`, body, { headers: { "idempotency-key": key } });
         await reopen();
         await draw();
         said(status, "teams.tookBack", { credits: number(answer.reclaimed), user: who, wallet: number(answer.walletCredits) });
@@ -331,7 +344,7 @@ async function teams(main, { user: me, query }) {
   replace(main, h("h1", {}, t("titles.teams")), status, h("div", { class: "split" },
     h("div", {}, list, admin ? createForm() : null), detail));
   await draw();
-  if (wanted) await open(wanted);
+  if (wanted) await open(wanted).catch((err) => replace(detail, errorBox(err)));
 }
 
 export const teamPages = { teams };

@@ -1,0 +1,489 @@
+//! Allowances (README "Allowances and warnings"): credits that arrive by
+//! themselves at the start of every period. A role's allowance makes new
+//! credits (kind `allowance`); a team's gives each member a share of the
+//! team's wallet (a [`super::transfers::transfer`], so never more than the
+//! wallet holds). Either expires at the period's end; a role's may roll
+//! over, up to its `rolloverCap`, into the next period.
+//!
+//! Each grant is made exactly once: a row of `allowance_grants`, keyed by
+//! allowance, recipient and period, is claimed before anything is
+//! granted, in the transaction that holds the recipient's account lock.
+//! The job (at the period's start, every recipient in batches) and the
+//! recipient's own first read or prediction of the period race for it;
+//! the database lets one win. Time is a parameter (`at`): the job and the
+//! requests pass the clock's reading, tests move it.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::primitives::{check_balance_limit, insert_entry, try_lock_account, Locked, Tx};
+use super::transfers::{self, Wallet};
+use super::types::{Credits, EntryKind, EntryMeta, LedgerError};
+use crate::ids::UserId;
+
+/// Who made a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granter {
+    /// The scheduled job.
+    Job,
+    /// The recipient's own first request of the period.
+    Request,
+}
+
+impl Granter {
+    fn as_str(self) -> &'static str {
+        match self {
+            Granter::Job => "job",
+            Granter::Request => "request",
+        }
+    }
+}
+
+/// A grant that is due: one allowance's period for one recipient.
+#[derive(Debug, Clone)]
+struct Due {
+    allowance: String,
+    team_id: Option<Uuid>,
+    credits: i64,
+    rollover_cap: Option<i64>,
+    period_start: DateTime<Utc>,
+    period_end: DateTime<Utc>,
+}
+
+/// The grants due to `user` at `at`.
+async fn due(
+    conn: &mut PgConnection,
+    user: &UserId,
+    at: DateTime<Utc>,
+) -> Result<Vec<Due>, LedgerError> {
+    Ok(sqlx::query_as!(
+        Due,
+        r#"SELECT allowance AS "allowance!", team_id, credits AS "credits!", rollover_cap,
+                  period_start AS "period_start!", period_end AS "period_end!"
+             FROM allowances_of($1, $2) WHERE NOT granted
+            ORDER BY allowance"#,
+        user.as_str(),
+        at
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Whether any grant is due to `user` at `at` (a read: no lock).
+pub async fn any_due(
+    conn: &mut PgConnection,
+    user: &UserId,
+    at: DateTime<Utc>,
+) -> Result<bool, LedgerError> {
+    Ok(!due(conn, user, at).await?.is_empty())
+}
+
+/// Makes every grant due to the locked `user` at `at`, each exactly once,
+/// before anything else the transaction does with the account (so a
+/// prediction can spend what arrived, and a rollover is made before the
+/// old allowance expires). Returns the lock with the total after them.
+pub async fn grant_due(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    locked: Locked,
+    at: DateTime<Utc>,
+    by: Granter,
+) -> Result<Locked, LedgerError> {
+    let due = due(tx, user, at).await?;
+    let mut total = locked.total();
+    for grant in &due {
+        total = make(tx, user, total, grant, by).await?;
+    }
+    Ok(Locked::new(total, locked.due()))
+}
+
+/// One grant: claims its row (nothing when another made it), rolls the
+/// last period's allowance over, then mints or draws the credits.
+async fn make(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    total: i64,
+    due: &Due,
+    by: Granter,
+) -> Result<i64, LedgerError> {
+    let claimed = sqlx::query_scalar!(
+        r#"INSERT INTO allowance_grants (allowance, user_id, period_start, period_end, credits, granted_by)
+           VALUES ($1, $2, $3, $4, 0, $5)
+           ON CONFLICT DO NOTHING RETURNING 1 AS "one!""#,
+        due.allowance,
+        user.as_str(),
+        due.period_start,
+        due.period_end,
+        by.as_str()
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    if claimed.is_none() {
+        return Ok(total);
+    }
+    let meta = EntryMeta {
+        actor_id: Some("system"),
+        description: Some("allowance"),
+        reference: Some(&due.allowance),
+        ..EntryMeta::default()
+    };
+    let (total, carried) = roll_over(tx, user, total, due, &meta).await?;
+    let (total, granted, allocation) = match due.team_id {
+        None => mint(tx, user, total, due, &meta).await?,
+        Some(team) => share(tx, user, total, due, team, &meta).await?,
+    };
+    sqlx::query!(
+        "UPDATE allowance_grants SET credits = $4, shortfall = $5, carried = $6, allocation_id = $7
+          WHERE allowance = $1 AND user_id = $2 AND period_start = $3",
+        due.allowance,
+        user.as_str(),
+        due.period_start,
+        granted,
+        due.credits - granted,
+        carried,
+        allocation
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(total)
+}
+
+/// A role's rollover: what is left of the allowance's allocations that
+/// ended when this period began (the last period's, and what it carried)
+/// keeps up to `rolloverCap` credits into the new period, latest
+/// allocation first (its expiry moved to the new period's end); the rest
+/// expires now, each with its entry. Without a cap, or for a team's
+/// allowance, nothing is done here: they expire as any allocation does.
+/// Returns the total and what was carried.
+async fn roll_over(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    total: i64,
+    due: &Due,
+    meta: &EntryMeta<'_>,
+) -> Result<(i64, i64), LedgerError> {
+    let (Some(cap), None) = (due.rollover_cap, due.team_id) else {
+        return Ok((total, 0));
+    };
+    let ended = sqlx::query!(
+        "SELECT id, remaining FROM credit_allocations
+          WHERE user_id = $1 AND allowance = $2 AND expired_at IS NULL AND remaining > 0
+            AND expires_at = $3
+          ORDER BY allocated_at DESC, id DESC",
+        user.as_str(),
+        due.allowance,
+        due.period_start
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let meta = EntryMeta {
+        description: Some("allowance past its rollover cap"),
+        ..*meta
+    };
+    let (mut total, mut room) = (total, cap);
+    for allocation in ended {
+        let kept = allocation.remaining.min(room);
+        let lost = allocation.remaining - kept;
+        room -= kept;
+        sqlx::query!(
+            "UPDATE credit_allocations
+                SET remaining = remaining - $2,
+                    expires_at = CASE WHEN $3::bigint > 0 THEN $4 ELSE expires_at END
+              WHERE id = $1",
+            allocation.id,
+            lost,
+            kept,
+            due.period_end
+        )
+        .execute(&mut **tx)
+        .await?;
+        if lost > 0 {
+            total -= lost;
+            let id = Some(allocation.id);
+            insert_entry(tx, user, EntryKind::Expiry, -lost, total, id, &meta).await?;
+        }
+    }
+    Ok((total, cap - room))
+}
+
+/// A role's allowance: new credits, expiring at the period's end.
+async fn mint(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    total: i64,
+    due: &Due,
+    meta: &EntryMeta<'_>,
+) -> Result<(i64, i64, Option<Uuid>), LedgerError> {
+    check_balance_limit(total, due.credits)?;
+    let allocation = sqlx::query_scalar!(
+        "INSERT INTO credit_allocations
+             (id, user_id, credits, remaining, expires_at, allocated_by, notes, allowance)
+         VALUES ($1, $2, $3, $3, $4, 'system', 'allowance', $5)
+         RETURNING id",
+        Uuid::now_v7(),
+        user.as_str(),
+        due.credits,
+        due.period_end,
+        due.allowance
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    let total = total + due.credits;
+    let kind = EntryKind::Allowance;
+    insert_entry(tx, user, kind, due.credits, total, Some(allocation), meta).await?;
+    Ok((total, due.credits, Some(allocation)))
+}
+
+/// A team's allowance: the member's share of the wallet, as far as the
+/// wallet's lasting credits cover it (what they lack is the shortfall),
+/// expiring at the period's end. The member's lock is held; the wallet's
+/// is taken now, after it (the ledger's order), before it is read.
+async fn share(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    total: i64,
+    due: &Due,
+    team: Uuid,
+    meta: &EntryMeta<'_>,
+) -> Result<(i64, i64, Option<Uuid>), LedgerError> {
+    let wallet = Wallet::of(team);
+    super::primitives::begin_change(tx, &wallet.account).await?;
+    let available = transfers::transferable(tx, &wallet).await?;
+    let give = due.credits.min(available);
+    let Ok(credits) = Credits::try_from(give) else {
+        return Ok((total, 0, None));
+    };
+    let expiry = transfers::Expiry {
+        days: None,
+        until: Some(due.period_end),
+    };
+    let done = transfers::transfer(tx, &wallet, user, credits, expiry, meta).await?;
+    sqlx::query!(
+        "UPDATE credit_allocations SET allowance = $2 WHERE id = $1",
+        done.allocation.id,
+        due.allowance
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok((done.member_balance, give, Some(done.allocation.id)))
+}
+
+/// What a run of the job granted.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantReport {
+    /// Recipients whose due grants were made.
+    pub recipients: u64,
+    /// Recipients skipped because a request of theirs held the account
+    /// (that request grants; else the next run).
+    pub busy: u64,
+}
+
+/// The job's walk (README §9): every recipient with a grant due at `at`,
+/// `batch` at a time by user id, one transaction each. Resumable: a
+/// recipient granted is no longer due, so a run that stopped part way is
+/// finished by the next.
+pub async fn grant_all(
+    pool: &sqlx::PgPool,
+    at: DateTime<Utc>,
+    batch: i64,
+) -> Result<GrantReport, LedgerError> {
+    let mut report = GrantReport::default();
+    let mut after = String::new();
+    loop {
+        let users = sqlx::query_scalar!(
+            "SELECT a.user_id FROM user_accounts a
+              WHERE a.owner_kind = 'user' AND a.user_id > $1
+                AND EXISTS (SELECT 1 FROM allowances_of(a.user_id, $2) d WHERE NOT d.granted)
+              ORDER BY a.user_id LIMIT $3",
+            after,
+            at,
+            batch
+        )
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = users.last() else {
+            return Ok(report);
+        };
+        after = last.clone();
+        for user in users {
+            let user = UserId::stored(user);
+            let mut tx = super::primitives::begin(pool, super::Durability::Flushed).await?;
+            match try_lock_account(&mut tx, &user).await? {
+                Some(locked) => {
+                    grant_due(&mut tx, &user, locked, at, Granter::Job).await?;
+                    super::primitives::commit(tx).await?;
+                    report.recipients += 1;
+                }
+                None => report.busy += 1,
+            }
+        }
+    }
+}
+
+/// The next allowance credits `user` will receive after `at`: when, and
+/// how many (the versions in force then; a team's share as set, whether
+/// or not its wallet will cover it). `None` when no allowance applies.
+pub async fn next_credits(
+    conn: &mut PgConnection,
+    user: &UserId,
+    at: DateTime<Utc>,
+) -> Result<Option<(DateTime<Utc>, i64)>, LedgerError> {
+    let row = sqlx::query!(
+        r#"WITH now_in_force AS (SELECT period_end FROM allowances_of($1, $2)),
+                next AS (
+                    SELECT n.credits FROM (SELECT MIN(period_end) AS at FROM now_in_force) m,
+                           allowances_of($1, m.at) n
+                     WHERE n.period_start = m.at)
+           SELECT (SELECT MIN(period_end) FROM now_in_force) AS at,
+                  (SELECT SUM(credits)::bigint FROM next) AS credits"#,
+        user.as_str(),
+        at
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(match (row.at, row.credits) {
+        (Some(at), Some(credits)) => Some((at, credits)),
+        _ => None,
+    })
+}
+
+/// An allowance's settings, as set and as shown.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowanceSetting {
+    /// Credits each recipient gets every period.
+    pub credits: i64,
+    /// `day`, `week` (from Monday) or `month`.
+    pub period: String,
+    /// What may roll over into the next period (role allowances; `null`:
+    /// nothing, the period's credits expire at its end).
+    pub rollover_cap: Option<i64>,
+    /// The calendar the periods follow (an IANA name; `UTC` by default).
+    pub time_zone: String,
+}
+
+/// An allowance as it stands: the setting in force and a change waiting
+/// for the next period.
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowanceStanding {
+    /// In force now (`null`: none).
+    pub current: Option<AllowanceSetting>,
+    /// Since when the current setting holds.
+    pub since: Option<DateTime<Utc>>,
+    /// What applies from `changesAt` (`null` there: the allowance ends).
+    pub next: Option<AllowanceSetting>,
+    /// When the waiting change applies (the next period's start).
+    pub changes_at: Option<DateTime<Utc>>,
+}
+
+/// The allowance `key` (`role:<role>` or `team:<id>`) at `at`.
+pub async fn standing(
+    conn: &mut PgConnection,
+    key: &str,
+    at: DateTime<Utc>,
+) -> Result<AllowanceStanding, LedgerError> {
+    let rows = sqlx::query!(
+        r#"SELECT effective_from, active, credits, period, rollover_cap, time_zone,
+                  effective_from > $2 AS "pending!"
+             FROM allowance_versions
+            WHERE allowance = $1
+              AND effective_from >= COALESCE((SELECT MAX(effective_from) FROM allowance_versions
+                                               WHERE allowance = $1 AND effective_from <= $2),
+                                              '-infinity')
+            ORDER BY effective_from LIMIT 2"#,
+        key,
+        at
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut out = AllowanceStanding::default();
+    for row in rows {
+        let setting = match (row.active, row.credits, row.period) {
+            (true, Some(credits), Some(period)) => Some(AllowanceSetting {
+                credits,
+                period,
+                rollover_cap: row.rollover_cap,
+                time_zone: row.time_zone,
+            }),
+            _ => None,
+        };
+        if row.pending {
+            (out.next, out.changes_at) = (setting, Some(row.effective_from));
+        } else if setting.is_some() {
+            (out.current, out.since) = (setting, Some(row.effective_from));
+        }
+    }
+    Ok(out)
+}
+
+/// Sets the allowance `key` to `setting` (`None`: ends it): at once when
+/// none is in force, else from the next period of the one in force (a
+/// second change before then replaces the first). Returns whether
+/// anything was in force or waiting (ending nothing changes nothing).
+pub async fn set(
+    tx: &mut Tx<'_>,
+    key: &str,
+    setting: Option<&AllowanceSetting>,
+    at: DateTime<Utc>,
+    actor: &str,
+) -> Result<bool, LedgerError> {
+    let row = sqlx::query!(
+        r#"SELECT (SELECT p.period_end FROM allowance_versions v,
+                          allowance_period(v.period, v.time_zone, $2) p
+                    WHERE v.allowance = $1 AND v.effective_from <= $2 AND v.active
+                      AND v.effective_from = (SELECT MAX(effective_from) FROM allowance_versions
+                                               WHERE allowance = $1 AND effective_from <= $2))
+                    AS next_period,
+                  EXISTS (SELECT 1 FROM allowance_versions WHERE allowance = $1 AND effective_from > $2)
+                    AS "waiting!""#,
+        key,
+        at
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query!(
+        "DELETE FROM allowance_versions WHERE allowance = $1 AND effective_from > $2",
+        key,
+        at
+    )
+    .execute(&mut **tx)
+    .await?;
+    let from = match (row.next_period, setting) {
+        (Some(next), _) => next,
+        (None, Some(_)) => at,
+        (None, None) => return Ok(row.waiting),
+    };
+    sqlx::query!(
+        "INSERT INTO allowance_versions
+             (allowance, effective_from, active, credits, period, rollover_cap, time_zone, set_by)
+         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, 'UTC'), $8)
+         ON CONFLICT (allowance, effective_from) DO UPDATE
+            SET active = EXCLUDED.active, credits = EXCLUDED.credits, period = EXCLUDED.period,
+                rollover_cap = EXCLUDED.rollover_cap, time_zone = EXCLUDED.time_zone,
+                set_by = EXCLUDED.set_by, set_at = now()",
+        key,
+        from,
+        setting.is_some(),
+        setting.map(|s| s.credits),
+        setting.map(|s| s.period.as_str()),
+        setting.and_then(|s| s.rollover_cap),
+        setting.map(|s| s.time_zone.as_str()),
+        actor
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(true)
+}
+
+/// Whether PostgreSQL knows the time zone `name`.
+pub async fn known_time_zone(conn: &mut PgConnection, name: &str) -> Result<bool, LedgerError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1) AS "known!""#,
+        name
+    )
+    .fetch_one(conn)
+    .await?)
+}

@@ -1,0 +1,66 @@
+//! Allowances through the prediction path (README "Allowances and
+//! warnings"): a user's first prediction of the period brings the
+//! allowance in its own transaction and spends from it, and the 402 that
+//! follows says when more arrive.
+#![allow(clippy::too_many_lines)] // Tests read top to bottom.
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use e2e::{Stack, StackOptions};
+use serde_json::json;
+use shared::flowise_double::{Behaviour, FlowiseDouble};
+use shared::token::Role;
+
+#[tokio::test]
+async fn the_first_prediction_of_a_period_brings_the_allowance_and_a_402_says_when_more_come() {
+    let flowise = FlowiseDouble::start().await;
+    flowise.add_flow("flow-a", "Helper", Behaviour::answer("Hi."));
+    let stack = Stack::start_with(StackOptions {
+        functions: Some(vec!["predict", "credits"]),
+        env: vec![("FLOWISE_API_URL".into(), flowise.url.clone())],
+        ..Default::default()
+    })
+    .await;
+    let admin = stack.token("admin-1", Role::Admin);
+    let kim = stack.token("kim", Role::Enduser);
+    stack.sync_chatflows(&admin).await;
+    let price = json!({"perRequest": 4, "perInputToken": 0, "perOutputToken": 0});
+    stack.open_chatflow(&admin, "flow-a", Some(price)).await;
+    let (status, body) = stack
+        .put(
+            "credits",
+            "/api/admin/allowances/enduser",
+            &admin,
+            json!({"credits": 5, "period": "month"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Kim has never been seen: her first prediction brings this month's 5.
+    let question = json!({"chatflow_id": "flow-a", "question": "hello"});
+    let (status, body) = stack.predict(&kim, question.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stack.balance(&kim).await, 1);
+    let (status, body) = stack.predict(&kim, question).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (402, Some("insufficient_credits")),
+        "{body}"
+    );
+    let now = Utc::now();
+    let index = now.year() * 12 + now.month0() as i32 + 1;
+    let next = Utc
+        .with_ymd_and_hms(index / 12, (index % 12) as u32 + 1, 1, 0, 0, 0)
+        .unwrap();
+    let at: DateTime<Utc> = serde_json::from_value(body["nextCreditsAt"].clone()).unwrap();
+    assert_eq!(
+        (at, body["nextCredits"].as_i64()),
+        (next, Some(5)),
+        "{body}"
+    );
+    let grants: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM allowance_grants WHERE user_id = 'kim'")
+            .fetch_one(&stack.pg.pool)
+            .await
+            .unwrap();
+    assert_eq!(grants, 1);
+}
