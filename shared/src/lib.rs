@@ -15,6 +15,7 @@ pub mod ids;
 pub mod keys;
 pub mod ledger;
 pub mod mail;
+pub mod notices;
 pub mod openapi;
 pub mod prediction;
 pub mod pricing;

@@ -50,6 +50,22 @@ impl Mailer {
         })
     }
 
+    /// A warning of the job's (README "Allowances and warnings"): its
+    /// subject and text, composed in the recipient's language.
+    pub async fn send_warning(
+        &self,
+        to: &Email,
+        subject: &str,
+        text: String,
+    ) -> anyhow::Result<()> {
+        self.send(to, subject, text).await
+    }
+
+    /// The console's address, for links in mails.
+    pub fn base_url(&self) -> &str {
+        &self.app_base_url
+    }
+
     async fn send(&self, to: &Email, subject: &str, text: String) -> anyhow::Result<()> {
         // Plain 7-bit when possible (RFC 5322 allows lines up to 998
         // characters), so a long link is never soft-wrapped by

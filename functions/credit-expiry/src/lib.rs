@@ -19,6 +19,7 @@ use shared::keys::store;
 use shared::ledger::allowances::grant_all;
 use shared::ledger::sweep::run_expiry;
 use shared::mail::{KeyMail, Mailer};
+use shared::notices;
 
 /// What the job reads from its environment.
 #[derive(Debug, Clone)]
@@ -66,6 +67,8 @@ pub struct Job {
     limits: Limits,
     catalogue: Option<(mongodb::Database, FlowiseClient)>,
     mailer: Option<Mailer>,
+    /// Webhook deliveries (10 s per attempt).
+    http: reqwest::Client,
 }
 
 impl Job {
@@ -88,6 +91,7 @@ impl Job {
             limits: config.limits,
             catalogue,
             mailer,
+            http: webhook_client()?,
         })
     }
 
@@ -102,6 +106,7 @@ impl Job {
             limits,
             catalogue,
             mailer: None,
+            http: webhook_client().expect("an HTTP client"),
         }
     }
 
@@ -126,6 +131,11 @@ impl Job {
         let report = run_expiry(&self.pool, self.limits.reservation_ttl, BATCH).await?;
         let mut out = serde_json::to_value(report).map_err(|e| ApiError::Internal(e.into()))?;
         out["allowances"] = json!(granted);
+        out["expiryNotices"] = json!(notices::look_ahead(&self.pool, at, BATCH).await?);
+        out["webhooks"] = json!(notices::deliver(&self.pool, &self.http, at, BATCH).await?);
+        if let Some(mailer) = &self.mailer {
+            out["warningMails"] = json!(notices::mail_due(&self.pool, mailer, BATCH).await?);
+        }
         if let Some(mailer) = &self.mailer {
             out["keyExpiryWarnings"] = json!(warn_expiring_keys(&self.pool, mailer).await?);
         }
@@ -140,6 +150,15 @@ impl Job {
         }
         Ok(out)
     }
+}
+
+/// The client webhook deliveries go out on: 10 s per attempt, no
+/// redirects (a receiver answers where it was registered).
+fn webhook_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?)
 }
 
 /// Mails the owner of every live key that expires within 7 days, once per

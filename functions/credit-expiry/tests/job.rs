@@ -4,22 +4,13 @@
 use std::time::Duration;
 
 use credit_expiry::Job;
-use shared::config::{FlowiseConfig, Limits};
+mod common;
+
+use common::limits;
+use shared::config::FlowiseConfig;
 use shared::flowise::FlowiseClient;
 use shared::flowise_double::{Behaviour, FlowiseDouble};
 use shared::testing::{TestMongo, TestPostgres};
-
-fn limits() -> Limits {
-    Limits {
-        max_upload_bytes: 1024,
-        reservation_ttl: Duration::from_secs(900),
-        rate: shared::config::RateLimits {
-            per_minute: 10_000,
-            concurrent: 100,
-            running_for: Duration::from_secs(150),
-        },
-    }
-}
 
 fn client(url: &str) -> FlowiseClient {
     FlowiseClient::new(&FlowiseConfig {
@@ -62,7 +53,6 @@ async fn each_run_also_syncs_the_chatflow_catalogue() {
 
 #[tokio::test]
 async fn the_owner_of_a_key_about_to_expire_is_mailed_once_and_only_for_it() {
-    use shared::config::{SmtpConfig, SmtpTls};
     use shared::testing::{make_key, TestSmtp};
     use shared::token::Role;
     let (pg, smtp) = tokio::join!(TestPostgres::new(), TestSmtp::start());
@@ -92,15 +82,7 @@ async fn the_owner_of_a_key_about_to_expire_is_mailed_once_and_only_for_it() {
         .execute(&pg.pool)
         .await
         .unwrap();
-    let smtp_config = SmtpConfig {
-        host: "127.0.0.1".into(),
-        port: smtp.port,
-        username: None,
-        password: None,
-        tls: SmtpTls::None,
-        from: "gateway@example.com".into(),
-    };
-    let mailer = shared::mail::Mailer::new(&smtp_config, "http://app.test").unwrap();
+    let mailer = common::mailer(smtp.port);
     let job = Job::new(pg.pool.clone(), limits(), None).with_mailer(mailer);
     // Two runs at once, then a third: one mail, for the key that expires
     // within 7 days.

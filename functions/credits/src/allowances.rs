@@ -116,7 +116,7 @@ async fn show(state: &AppState, key: &str) -> Answer<AllowanceStanding> {
 #[utoipa::path(get, path = "/api/admin/allowances/{role}", tag = "allowances",
     params(("role" = String, Path, description = "admin, supervisor or enduser")),
     responses((status = 200, description = "In force, and a change waiting for the next period", body = AllowanceStanding), ApiErrors))]
-pub async fn get_role(
+pub async fn get_role_allowance(
     State(state): State<AppState>,
     user: AuthUser,
     PathParams(role): PathParams<String>,
@@ -133,7 +133,7 @@ pub async fn get_role(
     params(("role" = String, Path, description = "admin, supervisor or enduser")),
     request_body = AllowanceBody,
     responses((status = 200, description = "How it stands now", body = AllowanceStanding), ApiErrors))]
-pub async fn put_role(
+pub async fn put_role_allowance(
     State(state): State<AppState>,
     user: AuthUser,
     PathParams(role): PathParams<String>,
@@ -149,7 +149,7 @@ pub async fn put_role(
 #[utoipa::path(delete, path = "/api/admin/allowances/{role}", tag = "allowances",
     params(("role" = String, Path, description = "admin, supervisor or enduser")),
     responses((status = 200, description = "How it stands now", body = AllowanceStanding), ApiErrors))]
-pub async fn delete_role(
+pub async fn delete_role_allowance(
     State(state): State<AppState>,
     user: AuthUser,
     PathParams(role): PathParams<String>,
@@ -162,7 +162,7 @@ pub async fn delete_role(
 #[utoipa::path(get, path = "/api/teams/{id}/allowance", tag = "allowances",
     params(("id" = Uuid, Path, description = "The team")),
     responses((status = 200, description = "In force, and a change waiting for the next period", body = AllowanceStanding), ApiErrors))]
-pub async fn get_team(
+pub async fn get_team_allowance(
     State(state): State<AppState>,
     user: AuthUser,
     PathParams(team): PathParams<Uuid>,
@@ -177,7 +177,7 @@ pub async fn get_team(
 #[utoipa::path(put, path = "/api/teams/{id}/allowance", tag = "allowances",
     params(("id" = Uuid, Path, description = "The team")), request_body = AllowanceBody,
     responses((status = 200, description = "How it stands now", body = AllowanceStanding), ApiErrors))]
-pub async fn put_team(
+pub async fn put_team_allowance(
     State(state): State<AppState>,
     user: AuthUser,
     PathParams(team): PathParams<Uuid>,
@@ -192,7 +192,7 @@ pub async fn put_team(
 #[utoipa::path(delete, path = "/api/teams/{id}/allowance", tag = "allowances",
     params(("id" = Uuid, Path, description = "The team")),
     responses((status = 200, description = "How it stands now", body = AllowanceStanding), ApiErrors))]
-pub async fn delete_team(
+pub async fn delete_team_allowance(
     State(state): State<AppState>,
     user: AuthUser,
     PathParams(team): PathParams<Uuid>,

@@ -11,6 +11,7 @@ pub mod allowances;
 pub mod keys;
 pub mod routes;
 pub mod teams;
+pub mod warnings;
 
 /// What the function reads from its environment: the JWT secrets and
 /// `DATABASE_URL`.
@@ -52,15 +53,23 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(teams::transfer))
         .routes(routes!(teams::reclaim))
         .routes(routes!(
-            allowances::get_role,
-            allowances::put_role,
-            allowances::delete_role
+            allowances::get_role_allowance,
+            allowances::put_role_allowance,
+            allowances::delete_role_allowance
         ))
         .routes(routes!(
-            allowances::get_team,
-            allowances::put_team,
-            allowances::delete_team
+            allowances::get_team_allowance,
+            allowances::put_team_allowance,
+            allowances::delete_team_allowance
         ))
+        .routes(routes!(warnings::get_own, warnings::put_own))
+        .routes(routes!(
+            warnings::get_team_warnings,
+            warnings::put_team_warnings
+        ))
+        .routes(routes!(warnings::create_webhook, warnings::list_webhooks))
+        .routes(routes!(warnings::delete_webhook))
+        .routes(routes!(warnings::list_deliveries))
 }
 
 /// The function's description.

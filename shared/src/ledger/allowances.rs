@@ -133,6 +133,7 @@ async fn make(
         None => mint(tx, user, total, due, &meta).await?,
         Some(team) => share(tx, user, total, due, team, &meta).await?,
     };
+    announce(tx, user, due, granted).await?;
     sqlx::query!(
         "UPDATE allowance_grants SET credits = $4, shortfall = $5, carried = $6, allocation_id = $7
           WHERE allowance = $1 AND user_id = $2 AND period_start = $3",
@@ -147,6 +148,49 @@ async fn make(
     .execute(&mut **tx)
     .await?;
     Ok(total)
+}
+
+/// The grant's notices, in its transaction, once each (README
+/// "Allowances and warnings"): `credits.granted` (mailed only to those who
+/// asked), and `team.wallet_low` when a team's wallet could not cover the
+/// member's share (mailed to its supervisors).
+async fn announce(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    due: &Due,
+    granted: i64,
+) -> Result<(), LedgerError> {
+    if granted > 0 {
+        sqlx::query_scalar!(
+            r#"SELECT notify('credits.granted', $1::text,
+                             'credits.granted:' || $2::text || ':' || $1::text || ':' || $3::timestamptz,
+                             jsonb_build_object('account', $1::text, 'allowance', $2::text, 'credits', $4::bigint,
+                                                'periodEnd', $5::timestamptz),
+                             (SELECT allowance_mail FROM user_accounts WHERE user_id = $1::text)) AS "new""#,
+            user.as_str(),
+            due.allowance,
+            due.period_start,
+            granted,
+            due.period_end
+        )
+        .fetch_one(&mut **tx)
+        .await?;
+    }
+    if let (Some(team), true) = (due.team_id, granted < due.credits) {
+        sqlx::query_scalar!(
+            r#"SELECT notify('team.wallet_low', 'team:' || $1::uuid,
+                             'team.wallet_short:' || $1::uuid || ':' || $2::timestamptz,
+                             jsonb_build_object('account', 'team:' || $1::uuid, 'team', $1::uuid,
+                                                'shortfall', $3::bigint, 'periodStart', $2::timestamptz),
+                             true) AS "new""#,
+            team,
+            due.period_start,
+            due.credits - granted
+        )
+        .fetch_one(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// A role's rollover: what is left of the allowance's allocations that

@@ -570,13 +570,13 @@ pub async fn prepare(
     let input_tokens = input_tokens(&shaped, &body, &uploads, &opened.rule);
     let files = attachments(&uploads, &opened.rule);
     let meta = reservation_meta(user, request_id, &session);
-    let (chatflow, rate) = (&body.chatflow_id, &state.limits.rate);
+    let chatflow = &body.chatflow_id;
     let (rule, held) = reserve(
         opened,
         (user, &message_id),
         chatflow,
         input_tokens,
-        rate,
+        state,
         &meta,
     )
     .await?;
@@ -913,9 +913,10 @@ async fn reserve(
     (user, message_id): (&AuthUser, &ReservationId),
     chatflow: &ChatflowId,
     input_tokens: i64,
-    rate: &crate::config::RateLimits,
+    state: &PredictState,
     meta: &EntryMeta<'_>,
 ) -> Result<(PricingRule, i64), ApiError> {
+    let rate = &state.limits.rate;
     let Opened { mut tx, rule } = opened;
     let user_id = user.user_id();
     let reserved = async {
@@ -945,9 +946,34 @@ async fn reserve(
         }
         Err(refused) => {
             let refused = with_next_credits(&mut tx, &user_id, refused).await;
-            refuse(tx, refused).await
+            let refused = refuse::<()>(tx, refused).await.unwrap_err();
+            Err(announce_refusal(state, user, message_id, refused).await)
         }
     }
+}
+
+/// A 402 for want of credits is an event webhooks may listen for
+/// (`prediction.refused_402`), recorded after the refusal rolled back, in
+/// a transaction of its own; a failure to record it is logged, never
+/// answered.
+async fn announce_refusal(
+    state: &PredictState,
+    user: &AuthUser,
+    message_id: &ReservationId,
+    refused: ApiError,
+) -> ApiError {
+    if let ApiError::PaymentRequired {
+        needed, available, ..
+    } = &refused
+    {
+        let pool = &state.pg;
+        let done =
+            crate::notices::refused(pool, &user.id, message_id.as_str(), *needed, *available);
+        if let Err(err) = done.await {
+            tracing::warn!(error = %err, "a refused prediction's event was not recorded");
+        }
+    }
+    refused
 }
 
 /// A 402 for want of credits says when an allowance brings more (README

@@ -325,7 +325,7 @@ impl Run<'_> {
     /// still hold here, in one transaction under their accounts' locks.
     async fn take_gone(&mut self, gone: Vec<(String, i64)>) -> anyhow::Result<()> {
         let ids: Vec<Uuid> = gone.iter().map(|(k, _)| derived_id(k)).collect();
-        let mut tx = begin(&self.target.pool, Durability::Flushed).await?;
+        let mut tx = quiet(&self.target.pool).await?;
         let mut users: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT user_id FROM credit_allocations WHERE id = ANY($1)",
         )
@@ -400,7 +400,7 @@ impl Run<'_> {
         }
         let ids: Vec<Uuid> = accepted.iter().map(|(id, _)| *id).collect();
         let keys: Vec<String> = accepted.iter().map(|(_, a)| a.source()).collect();
-        let mut tx = begin(&self.target.pool, Durability::Flushed).await?;
+        let mut tx = quiet(&self.target.pool).await?;
         let mut users: Vec<String> = accepted.iter().map(|(_, a)| a.user_id.clone()).collect();
         users.sort();
         users.dedup();
@@ -726,4 +726,16 @@ impl Run<'_> {
         .await?;
         Ok(())
     }
+}
+
+/// A ledger transaction that warns nobody: the platform's history is
+/// replayed here, and a balance it crossed long ago is no news
+/// (`fgw.quiet`, which the warning trigger reads; README "Allowances and
+/// warnings").
+async fn quiet(pool: &sqlx::PgPool) -> anyhow::Result<shared::ledger::Tx<'static>> {
+    let mut tx = begin(pool, Durability::Flushed).await?;
+    sqlx::query("SET LOCAL fgw.quiet = 'on'")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }

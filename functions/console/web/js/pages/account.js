@@ -6,6 +6,7 @@ import { h, replace, field, number, when, day } from "../dom.js";
 import { t } from "../i18n.js";
 import * as api from "../api.js";
 import { errorBox, submitting, ask } from "../main.js";
+import { warningCard } from "./allowances.js";
 import { bars } from "../chart.js";
 
 /** A table with a header row; `empty`, a sentence shown instead when there are no rows. */
@@ -53,6 +54,7 @@ export function statement(lines, names, empty, own = false) {
 }
 
 async function credits(main) {
+  const status = h("div", { "aria-live": "polite" });
   const [balance, page, names] = await Promise.all([
     api.call("credits", "GET", "/api/credits/balance"),
     api.call("credits", "GET", "/api/credits/statement?limit=50"),
@@ -69,6 +71,8 @@ async function credits(main) {
     grants(balance.allocations, t("credits.noAllocations")),
     h("h2", {}, t("credits.transactions")),
     statement(page.lines, names, t("credits.noTransactions"), true),
+    status,
+    await warningCard(status, "/api/credits/warnings"),
   );
 }
 

@@ -10,7 +10,7 @@ import * as api from "../api.js";
 import { submitting as guarded, ask, said, errorBox } from "../main.js";
 import { table, grants, usageCharts, period, chatflowNames } from "./account.js";
 import { bars } from "../chart.js";
-import { allowanceCard } from "./allowances.js";
+import { allowanceCard, warningCard } from "./allowances.js";
 
 const enc = encodeURIComponent;
 const PAGE = 20;
@@ -97,6 +97,7 @@ async function teams(main, { user: me, query }) {
       h("p", { class: "big", id: "wallet-credits" }, t("teams.walletHolds", { credits: number(wallet.totalCredits) })),
       admin ? adminTools(team, reopen) : null,
       await allowanceCard(status, `/api/teams/${id}/allowance`, t("teams.allowance", { team: team.name }), true),
+      await warningCard(status, `/api/teams/${id}/warnings`, true),
       memberSection(team, one, page, search, reopen),
       usageSection(team),
       h("h3", {}, t("teams.walletGrants")),
