@@ -81,6 +81,7 @@ CREATE FUNCTION allowances_of(member TEXT, at TIMESTAMPTZ)
         UNION ALL
         SELECT 'team:' || m.team_id, m.team_id
           FROM team_members m JOIN teams t ON t.id = m.team_id AND t.deleted_at IS NULL
+          JOIN user_accounts u ON u.user_id = m.user_id AND u.deleted_at IS NULL AND NOT u.disabled
          WHERE m.user_id = member AND m.left_at IS NULL
     ), current AS (
         SELECT DISTINCT ON (v.allowance) v.*, k.team_id

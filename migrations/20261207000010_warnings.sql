@@ -61,21 +61,28 @@ CREATE INDEX webhook_deliveries_hook ON webhook_deliveries (webhook_id, created_
 
 -- Records a notice once (nothing when its key was seen) and queues its
 -- delivery to every live webhook listening for its event; true when the
--- notice is new.
+-- notice is new. A notice never stops the change that made it: any
+-- failure here is a warning in the log, and the change goes on.
 CREATE FUNCTION notify(kind TEXT, about TEXT, dedupe TEXT, body JSONB, to_mail BOOLEAN)
-    RETURNS BOOLEAN LANGUAGE sql AS $$
-    WITH n AS (
-        INSERT INTO notices (event, account, dedupe_key, data, mail)
-        VALUES (kind, about, dedupe, body, to_mail)
-        ON CONFLICT (dedupe_key) DO NOTHING
-        RETURNING id, event
-    ), queued AS (
-        INSERT INTO webhook_deliveries (id, webhook_id, notice_id)
-        SELECT 'msg_' || replace(n.id::text, '-', '') || left(replace(w.id::text, '-', ''), 8), w.id, n.id
-          FROM n JOIN webhooks w ON n.event = ANY (w.events) AND w.deleted_at IS NULL
-        RETURNING 1
-    )
-    SELECT EXISTS (SELECT 1 FROM n)
+    RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+DECLARE
+    made UUID;
+BEGIN
+    INSERT INTO notices (event, account, dedupe_key, data, mail)
+    VALUES (kind, about, dedupe, body, to_mail)
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING id INTO made;
+    IF made IS NULL THEN
+        RETURN false;
+    END IF;
+    INSERT INTO webhook_deliveries (id, webhook_id, notice_id)
+    SELECT 'msg_' || replace(made::text, '-', '') || replace(w.id::text, '-', ''), w.id, made
+      FROM webhooks w WHERE kind = ANY (w.events) AND w.deleted_at IS NULL;
+    RETURN true;
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'notice % was not recorded: %', dedupe, SQLERRM;
+    RETURN false;
+END
 $$;
 
 -- The balance below which an account is warned: its own setting, else
@@ -88,7 +95,8 @@ CREATE FUNCTION low_credits_threshold(a user_accounts) RETURNS BIGINT
                     10)
 $$;
 
--- Every entry that takes credits is checked here, in its transaction:
+-- Every entry that takes credits, and a prediction's settlement, is
+-- checked here, in its transaction:
 -- crossing below the account's threshold warns once per threshold and
 -- month (`credits.low`, or `team.wallet_low` for a wallet); reaching 0
 -- warns once per month (`credits.exhausted`). A session that sets
@@ -101,7 +109,18 @@ DECLARE
     month TEXT := to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM');
     kind TEXT;
 BEGIN
-    IF NEW.amount >= 0 OR current_setting('fgw.quiet', true) = 'on' THEN
+    IF current_setting('fgw.quiet', true) = 'on' OR NEW.type = 'reservation' THEN
+        -- A prediction's hold is not spending: most of it comes back.
+        RETURN NULL;
+    END IF;
+    IF NEW.streaming_session_id IS NOT NULL AND NEW.type IN ('refund', 'settlement') THEN
+        -- A prediction settled: judged from before its hold to now.
+        SELECT t.balance_after - t.amount INTO before FROM credit_transactions t
+         WHERE t.user_id = NEW.user_id AND t.streaming_session_id = NEW.streaming_session_id
+           AND t.type = 'reservation'
+         ORDER BY t.seq LIMIT 1;
+        before := COALESCE(before, NEW.balance_after - NEW.amount);
+    ELSIF NEW.amount >= 0 THEN
         RETURN NULL;
     END IF;
     SELECT * INTO a FROM user_accounts WHERE user_id = NEW.user_id;

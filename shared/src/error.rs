@@ -13,6 +13,25 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// Credits that expire within a week, and when the first of them do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpiringSoon {
+    /// How many.
+    pub credits: i64,
+    /// The first expiry among them.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What comes next for a refused caller's credits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outlook {
+    /// When an allowance brings more, and how many.
+    pub next: Option<NextCredits>,
+    /// Credits that expire within a week: how many, and the first expiry.
+    pub expiring: Option<NextCredits>,
+}
+
 /// When an allowance brings a refused caller more credits, and how many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NextCredits {
@@ -51,6 +70,13 @@ pub struct ErrorBody {
         skip_serializing_if = "Option::is_none"
     )]
     pub next_credits: Option<i64>,
+    /// 402: credits that expire within a week, and when the first do.
+    #[serde(
+        default,
+        rename = "expiringSoon",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expiring_soon: Option<ExpiringSoon>,
     /// 409 `idempotency_in_progress` and 429: seconds to wait before
     /// retrying (also in `Retry-After`).
     #[serde(
@@ -104,9 +130,9 @@ pub enum ApiError {
         needed: i64,
         /// Credits available.
         available: i64,
-        /// When an allowance brings more, and how many (README
-        /// "Allowances and warnings"), when one will.
-        next: Option<NextCredits>,
+        /// What comes next for the caller's credits (README "Allowances
+        /// and warnings"), when anything does.
+        outlook: Option<Box<Outlook>>,
     },
     /// 403: wrong role or not your resource.
     #[error("{message}")]
@@ -326,15 +352,17 @@ impl ApiError {
 
     /// The JSON body of this error.
     pub fn body(&self) -> ErrorBody {
-        let (needed, available, next) = match self {
+        let (needed, available, outlook) = match self {
             ApiError::PaymentRequired {
                 needed,
                 available,
-                next,
+                outlook,
                 ..
-            } => (Some(*needed), Some(*available), *next),
+            } => (Some(*needed), Some(*available), outlook.as_deref().copied()),
             _ => (None, None, None),
         };
+        let next = outlook.and_then(|o| o.next);
+        let expiring = outlook.and_then(|o| o.expiring);
         ErrorBody {
             error: self.code().to_owned(),
             message: self.public_message(),
@@ -342,6 +370,10 @@ impl ApiError {
             available,
             next_credits_at: next.map(|n| n.at),
             next_credits: next.map(|n| n.credits),
+            expiring_soon: expiring.map(|e| ExpiringSoon {
+                credits: e.credits,
+                expires_at: e.at,
+            }),
             retry_after_seconds: self.retry_after(),
             email: match self {
                 ApiError::NotVerified { email } => email.clone(),
@@ -677,7 +709,7 @@ mod tests {
                 message: "x".into(),
                 needed: 2,
                 available: 1,
-                next: None,
+                outlook: None,
             },
             ApiError::forbidden("x"),
             ApiError::not_found("x"),

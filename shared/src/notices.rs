@@ -10,6 +10,7 @@
 
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
+use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -53,8 +54,8 @@ pub fn new_secret() -> (Vec<u8>, String) {
     (bytes, shown)
 }
 
-/// When attempt `n` (1 for the first retry) is made after the last: 30
-/// seconds doubling, at most 2 hours.
+/// How long after attempt `n + 1` failed the next is made (`n` = 0 after
+/// the first): 30 seconds, doubling, at most 2 hours.
 pub fn backoff(attempts: i32) -> Duration {
     let seconds = 30_i64 << attempts.clamp(0, 8);
     Duration::seconds(seconds.min(7200))
@@ -73,6 +74,7 @@ pub async fn look_ahead(pool: &PgPool, at: DateTime<Utc>, batch: i64) -> Result<
              FROM (SELECT c.id, c.user_id, c.remaining, c.expires_at
                      FROM credit_allocations c JOIN user_accounts a ON a.user_id = c.user_id
                     WHERE a.owner_kind = 'user' AND c.expired_at IS NULL AND c.remaining > 0
+                      AND c.allowance IS NULL
                       AND c.credits >= $3 AND c.expires_at > $1
                       AND c.expires_at <= $1 + make_interval(days => $2)
                       AND NOT EXISTS (SELECT 1 FROM notices n
@@ -82,6 +84,37 @@ pub async fn look_ahead(pool: &PgPool, at: DateTime<Utc>, batch: i64) -> Result<
         EXPIRY_NOTICE_DAYS,
         EXPIRY_NOTICE_CREDITS,
         batch
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(made as u64 + short_wallets(pool, at).await?)
+}
+
+/// Warns the supervisors, once per team and period, of a wallet whose
+/// credits that will still be there when the next period starts cannot
+/// give every current member the team's allowance (`team.wallet_low`
+/// with `next: true`). Returns how many notices were new.
+async fn short_wallets(pool: &PgPool, at: DateTime<Utc>) -> Result<u64, ApiError> {
+    let made = sqlx::query_scalar!(
+        r#"SELECT COUNT(*) FILTER (WHERE notify('team.wallet_low', t.account_id,
+                      'team.wallet_next:' || t.id || ':' || p.period_end,
+                      jsonb_build_object('account', t.account_id, 'team', t.id, 'next', true,
+                                         'shortfall', n.need - w.have, 'periodStart', p.period_end),
+                      true)) AS "made!"
+             FROM teams t
+             JOIN LATERAL (SELECT v.* FROM allowance_versions v
+                            WHERE v.allowance = 'team:' || t.id AND v.effective_from <= $1
+                            ORDER BY v.effective_from DESC LIMIT 1) v ON v.active
+             CROSS JOIN LATERAL allowance_period(v.period, v.time_zone, $1) p
+             CROSS JOIN LATERAL (SELECT v.credits * COUNT(*) AS need FROM team_members m
+                                  WHERE m.team_id = t.id AND m.left_at IS NULL) n
+             CROSS JOIN LATERAL (SELECT COALESCE(SUM(c.remaining), 0) AS have FROM credit_allocations c
+                                  WHERE c.user_id = t.account_id AND c.remaining > 0
+                                    AND c.expired_at IS NULL
+                                    AND (c.expires_at IS NULL
+                                         OR c.expires_at > p.period_end + interval '1 day')) w
+            WHERE t.deleted_at IS NULL AND n.need > w.have"#,
+        at
     )
     .fetch_one(pool)
     .await?;
@@ -294,8 +327,17 @@ pub async fn deliver(
     batch: i64,
 ) -> Result<DeliveryReport, ApiError> {
     let mut report = DeliveryReport::default();
-    for due in claim(pool, at, batch).await? {
-        let error = attempt(http, &due, at).await;
+    let claimed = claim(pool, at, batch).await?;
+    // Ten at a time, so one receiver that hangs does not hold up the rest.
+    let tried: Vec<(Due, Attempt)> =
+        futures_util::stream::iter(claimed.into_iter().map(|due| async move {
+            let outcome = attempt(http, &due).await;
+            (due, outcome)
+        }))
+        .buffer_unordered(10)
+        .collect()
+        .await;
+    for (due, error) in tried {
         let state = match (
             &error,
             at - due.created_at >= Duration::hours(RETRY_FOR_HOURS),
@@ -316,18 +358,22 @@ pub async fn deliver(
         sqlx::query!(
             "UPDATE webhook_deliveries SET state = $2, last_status = $3, last_error = $4,
                     next_attempt_at = $5
-              WHERE id = $1",
+              WHERE id = $1 AND state = 'pending'",
             due.id,
             state,
             status,
             error,
-            at + backoff(due.attempts)
+            at + backoff(due.attempts - 1)
         )
         .execute(pool)
         .await?;
     }
     Ok(report)
 }
+
+/// How an attempt went: the status of a 2xx, else the status (when
+/// there was an answer) and why it failed.
+type Attempt = Result<i32, (Option<i32>, String)>;
 
 /// A delivery claimed for an attempt.
 struct Due {
@@ -354,6 +400,7 @@ async fn claim(pool: &PgPool, at: DateTime<Utc>, batch: i64) -> Result<Vec<Due>,
                     ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) due,
                   notices n, webhooks w
             WHERE d.id = due.id AND n.id = d.notice_id AND w.id = d.webhook_id
+              AND w.deleted_at IS NULL
         RETURNING d.id, d.attempts, d.created_at, n.event, n.data, n.created_at AS happened,
                   w.url, w.secret"#,
         at,
@@ -365,18 +412,15 @@ async fn claim(pool: &PgPool, at: DateTime<Utc>, batch: i64) -> Result<Vec<Due>,
 
 /// One attempt: the signed POST; the status of a 2xx, else the status
 /// (when there was an answer) and why it failed.
-async fn attempt(
-    http: &reqwest::Client,
-    due: &Due,
-    at: DateTime<Utc>,
-) -> Result<i32, (Option<i32>, String)> {
+async fn attempt(http: &reqwest::Client, due: &Due) -> Attempt {
     let body = serde_json::json!({
         "type": due.event,
         "timestamp": due.happened.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "data": due.data,
     })
     .to_string();
-    let timestamp = at.timestamp();
+    // The moment of sending: receivers refuse a timestamp minutes old.
+    let timestamp = Utc::now().timestamp();
     let sent = http
         .post(&due.url)
         .header("content-type", "application/json")
@@ -432,24 +476,30 @@ const TEMPLATES: &[(&str, &str, &str, &str)] = &[
      "The wallet holds {balance} credits, below its warning level of {threshold}."),
     ("en", "team.wallet_short", "The wallet of the team {team} is running low",
      "The wallet could not give every member this period's allowance: {shortfall} credits were missing."),
+    ("en", "team.wallet_next", "The wallet of the team {team} is running low",
+     "The wallet cannot give every member the next period's allowance, which starts on {periodStart}: {shortfall} credits are missing."),
     ("zh-CN", "credits.low", "你的额度不多了", "你的额度剩下 {balance}，低于提醒门槛 {threshold}。"),
     ("zh-CN", "credits.exhausted", "你的额度已用完", "你的额度已用完；在获得更多额度前，新的提问会被拒绝。"),
     ("zh-CN", "credits.expiring", "你的部分额度即将过期", "你有 {credits} 额度将于 {expiresAt} 过期。"),
     ("zh-CN", "credits.granted", "你的定期额度已到账", "{credits} 额度已到账，可用至 {periodEnd}。"),
     ("zh-CN", "team.wallet_low", "团队 {team} 的钱包额度不足", "钱包剩下 {balance}，低于提醒门槛 {threshold}。"),
     ("zh-CN", "team.wallet_short", "团队 {team} 的钱包额度不足", "钱包不足以发放本期定期额度，尚缺 {shortfall}。"),
+    ("zh-CN", "team.wallet_next", "团队 {team} 的钱包额度不足", "钱包不足以发放 {periodStart} 开始的下一期定期额度，尚缺 {shortfall}。"),
     ("zh-TW", "credits.low", "你的額度不多了", "你的額度剩下 {balance}，低於提醒門檻 {threshold}。"),
     ("zh-TW", "credits.exhausted", "你的額度已用完", "你的額度已用完；在獲得更多額度前，新的提問會被拒絕。"),
     ("zh-TW", "credits.expiring", "你的部分額度即將過期", "你有 {credits} 額度將於 {expiresAt} 過期。"),
     ("zh-TW", "credits.granted", "你的定期額度已入帳", "{credits} 額度已入帳，可用至 {periodEnd}。"),
     ("zh-TW", "team.wallet_low", "團隊 {team} 的錢包額度不足", "錢包剩下 {balance}，低於提醒門檻 {threshold}。"),
     ("zh-TW", "team.wallet_short", "團隊 {team} 的錢包額度不足", "錢包不足以發放本期定期額度，尚缺 {shortfall}。"),
+    ("zh-TW", "team.wallet_next", "團隊 {team} 的錢包額度不足", "錢包不足以發放 {periodStart} 開始的下一期定期額度，尚缺 {shortfall}。"),
 ];
 
 /// A warning's subject and text in the recipient's language (en, zh-CN,
 /// zh-TW), with a link to their credits.
 fn compose(mail: &Mail, console: &str) -> (String, String) {
+    let next = mail.data.get("next").is_some();
     let event = match (mail.event.as_str(), mail.data.get("shortfall")) {
+        ("team.wallet_low", Some(_)) if next => "team.wallet_next",
         ("team.wallet_low", Some(_)) => "team.wallet_short",
         (event, _) => event,
     };
@@ -477,6 +527,7 @@ fn compose(mail: &Mail, console: &str) -> (String, String) {
             "shortfall",
             "expiresAt",
             "periodEnd",
+            "periodStart",
         ] {
             let value = match &mail.data[key] {
                 serde_json::Value::String(s) => s.get(..10).unwrap_or(s).to_owned(),

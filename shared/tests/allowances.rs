@@ -246,7 +246,8 @@ async fn what_is_left_rolls_over_up_to_the_cap_and_the_rest_expires() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    // Day 2: 50 were left; 30 roll over, 20 expire, 100 arrive.
+    // Day 2: 50 were left; they end with day 1, 30 of them carry over, and
+    // 100 arrive.
     first_request(pool, "ann", d2 + Duration::hours(1)).await;
     assert_eq!(total(pool, "ann").await, 130);
     let lost: i64 = sqlx::query_scalar(
@@ -255,7 +256,15 @@ async fn what_is_left_rolls_over_up_to_the_cap_and_the_rest_expires() {
     .fetch_one(pool)
     .await
     .unwrap();
-    assert_eq!(lost, -20);
+    assert_eq!(lost, -50);
+    let carried: i64 = sqlx::query_scalar(
+        "SELECT amount FROM credit_transactions
+          WHERE user_id = 'ann' AND type = 'allowance' AND description = 'allowance rolled over'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(carried, 30);
     // Day 3: nothing spent; of the 130 (both ending with day 2), 30 roll over.
     first_request(pool, "ann", d3 + Duration::hours(1)).await;
     assert_eq!(total(pool, "ann").await, 130);
@@ -455,4 +464,62 @@ async fn credits_are_spent_soonest_expiring_first_and_never_expiring_last() {
             (10, 10, None)
         ]
     );
+}
+
+#[tokio::test]
+async fn a_member_who_joins_mid_period_gets_the_whole_periods_share_once() {
+    let pg = TestPostgres::new().await;
+    let pool = &pg.pool;
+    users(pool, "enduser", &["early", "late"]).await;
+    let team = "0190f000-0000-7000-8000-00000000cccc";
+    sqlx::raw_sql(&format!(
+        "INSERT INTO user_accounts (user_id, owner_kind) VALUES ('team:{team}', 'team');
+         INSERT INTO teams (id, name, account_id, created_by) VALUES ('{team}', 'Join', 'team:{team}', 'admin');
+         INSERT INTO team_members (id, team_id, user_id, added_by) VALUES (gen_random_uuid(), '{team}', 'early', 'admin');"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let wallet = UserId::stored(format!("team:{team}"));
+    changes::allocate_existing(
+        &mut tx,
+        &wallet,
+        Credits::try_from(100).unwrap(),
+        None,
+        None,
+        &EntryMeta::default(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let m1 = month(2);
+    set(
+        pool,
+        &format!("team:{team}"),
+        Some(setting(30, "month", None)),
+        m1 - Duration::days(1),
+    )
+    .await;
+    allowances::grant_all(pool, m1 + Duration::hours(1), 500)
+        .await
+        .unwrap();
+    // Late joins on the 20th: their first request gets the whole 30.
+    sqlx::query("INSERT INTO team_members (id, team_id, user_id, added_by) VALUES (gen_random_uuid(), $1::uuid, 'late', 'admin')")
+        .bind(team)
+        .execute(pool)
+        .await
+        .unwrap();
+    first_request(pool, "late", m1 + Duration::days(19)).await;
+    first_request(pool, "late", m1 + Duration::days(20)).await;
+    assert_eq!(
+        (total(pool, "early").await, total(pool, "late").await),
+        (30, 30)
+    );
+    assert_eq!(
+        total(pool, &format!("team:{team}")).await,
+        40,
+        "moved, never made"
+    );
+    assert_eq!(inconsistent_accounts(pool).await, 0);
 }

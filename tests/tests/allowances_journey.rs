@@ -64,3 +64,73 @@ async fn the_first_prediction_of_a_period_brings_the_allowance_and_a_402_says_wh
             .unwrap();
     assert_eq!(grants, 1);
 }
+
+#[tokio::test]
+async fn fifty_first_predictions_at_once_share_one_grant_and_a_402_names_credits_about_to_expire() {
+    let flowise = FlowiseDouble::start().await;
+    flowise.add_flow("flow-b", "Helper", Behaviour::answer("Hi."));
+    let stack = Stack::start_with(StackOptions {
+        functions: Some(vec!["predict", "credits"]),
+        env: vec![("FLOWISE_API_URL".into(), flowise.url.clone())],
+        ..Default::default()
+    })
+    .await;
+    let admin = stack.token("admin-1", Role::Admin);
+    let lea = stack.token("lea", Role::Enduser);
+    stack.sync_chatflows(&admin).await;
+    let price = json!({"perRequest": 4, "perInputToken": 0, "perOutputToken": 0});
+    stack.open_chatflow(&admin, "flow-b", Some(price)).await;
+    let (status, body) = stack
+        .put(
+            "credits",
+            "/api/admin/allowances/enduser",
+            &admin,
+            json!({"credits": 500, "period": "month"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Fifty first predictions of the month at once: one grant, 50 paid.
+    let asks = (0..50).map(|_| {
+        let (stack, lea) = (&stack, lea.clone());
+        async move {
+            let question = json!({"chatflow_id": "flow-b", "question": "hello"});
+            stack.predict(&lea, question).await.0
+        }
+    });
+    let statuses = futures_util::future::join_all(asks).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(stack.balance(&lea).await, 300);
+    let grants: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM allowance_grants WHERE user_id = 'lea'")
+            .fetch_one(&stack.pg.pool)
+            .await
+            .unwrap();
+    assert_eq!(grants, 1);
+    assert_eq!(
+        shared::testing::inconsistent_accounts(&stack.pg.pool).await,
+        0
+    );
+
+    // Max has 3 credits that expire in 3 days and no allowance of his
+    // role: the 402 names them, and so does his balance.
+    let max = stack.token("max", Role::Supervisor);
+    let (status, body) = stack
+        .post(
+            "credits",
+            "/api/credits/allocate",
+            &admin,
+            json!({"userId": "max", "credits": 3, "expiryDays": 3}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let question = json!({"chatflow_id": "flow-b", "question": "hello"});
+    let (status, body) = stack.predict(&max, question).await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["expiringSoon"]["credits"], 3, "{body}");
+    assert!(
+        body.get("nextCreditsAt").is_none(),
+        "no allowance comes: {body}"
+    );
+    let (_, balance) = stack.get("credits", "/api/credits/balance", &max).await;
+    assert_eq!(balance["expiringSoon"], body["expiringSoon"], "{balance}");
+}

@@ -617,6 +617,7 @@ async fn an_account_of_the_gateway(mongo: &TestMongo, email: &str) {
             role: shared::token::Role::Enduser,
             is_verified: true,
             disabled: false,
+            locale: None,
             session_version: 0,
             created_at: now,
             updated_at: now,

@@ -39,6 +39,7 @@ pub async fn record(
         disabled: user.disabled || change == Change::Delete,
         deleted: change == Change::Delete,
         verified: user.is_verified,
+        locale: user.locale.as_deref().unwrap_or("en"),
     };
     let revoked = sync_account(&state.pg, record, change != Change::Record, actor).await?;
     if revoked > 0 {

@@ -47,6 +47,10 @@ pub struct UserDoc {
     /// they were issued under, and an older one makes no more predictions.
     #[serde(default)]
     pub session_version: i64,
+    /// The console's language (`en`, `zh-CN`, `zh-TW`): mail is written in
+    /// it. `None`: never chosen (English).
+    #[serde(default)]
+    pub locale: Option<String>,
     /// Created.
     pub created_at: BsonTime,
     /// Last changed.

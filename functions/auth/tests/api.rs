@@ -775,3 +775,33 @@ async fn admins_list_and_manage_users_and_supervisors_only_read() {
         .await
         .assert_error(404, "not_found");
 }
+
+#[tokio::test]
+async fn the_consoles_language_is_kept_on_the_profile_for_mail() {
+    let app = App::new().await;
+    app.verified_user("noor", "noor-password").await;
+    let token = app.token_of("noor", "noor-password").await;
+    let res = app
+        .send("PUT", "/api/profile", &token, Some(json!({"locale": "fr"})))
+        .await;
+    res.assert_error(400, "invalid_input");
+    assert_eq!(res.body["field"], "locale");
+    let res = app
+        .send(
+            "PUT",
+            "/api/profile",
+            &token,
+            Some(json!({"locale": "zh-TW"})),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let locale: String =
+        sqlx::query_scalar("SELECT locale FROM user_accounts WHERE username = 'noor'")
+            .fetch_one(&app.pg.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        locale, "zh-TW",
+        "the ledger's record, which the job's mail reads"
+    );
+}

@@ -214,13 +214,11 @@ async fn a_webhook_that_fails_twice_is_retried_then_delivered_and_verifies_with_
         async move { job.run_at(at).await.unwrap()["webhooks"].clone() }
     };
     assert_eq!(run(t0).await["retrying"], 1);
-    assert_eq!(
-        run(t0 + chrono::Duration::seconds(30)).await["retrying"],
-        0,
-        "not due yet"
-    );
-    assert_eq!(run(t0 + chrono::Duration::seconds(61)).await["retrying"], 1);
-    let last = run(t0 + chrono::Duration::seconds(61 + 121)).await;
+    // Retried 30 s after the first failure, 60 s after the second.
+    let not_yet = run(t0 + chrono::Duration::seconds(20)).await;
+    assert_eq!(not_yet["retrying"], 0, "not due yet");
+    assert_eq!(run(t0 + chrono::Duration::seconds(31)).await["retrying"], 1);
+    let last = run(t0 + chrono::Duration::seconds(31 + 61)).await;
     assert_eq!(last["delivered"], 1, "{last}");
     let all = seen.lock().unwrap().clone();
     assert_eq!(all.len(), 3);
@@ -279,5 +277,68 @@ async fn a_webhook_that_fails_twice_is_retried_then_delivered_and_verifies_with_
     assert!(
         !verify("{}".into()).status.success(),
         "a tampered body verified"
+    );
+}
+
+#[tokio::test]
+async fn supervisors_are_warned_once_when_the_wallet_cannot_cover_the_next_period() {
+    let pg = TestPostgres::new().await;
+    let pool = &pg.pool;
+    let team = "0190f000-0000-7000-8000-00000000bbbb";
+    for id in ["lead", "m1", "m2", "m3"] {
+        user(pool, id, if id == "lead" { "zh-TW" } else { "en" }).await;
+    }
+    sqlx::raw_sql(&format!(
+        "UPDATE user_accounts SET role = 'supervisor' WHERE user_id = 'lead';
+         INSERT INTO user_accounts (user_id, owner_kind) VALUES ('team:{team}', 'team');
+         INSERT INTO teams (id, name, account_id, created_by) VALUES ('{team}', 'Lab', 'team:{team}', 'admin');
+         INSERT INTO team_supervisors (team_id, user_id) VALUES ('{team}', 'lead');
+         INSERT INTO team_members (id, team_id, user_id, added_by)
+         SELECT gen_random_uuid(), '{team}', u, 'lead' FROM unnest(ARRAY['m1','m2','m3']) u;
+         INSERT INTO allowance_versions (allowance, effective_from, active, credits, period, set_by)
+         VALUES ('team:{team}', now() - interval '1 day', true, 10, 'month', 'lead');"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let wallet = UserId::stored(format!("team:{team}"));
+    changes::allocate_existing(
+        &mut tx,
+        &wallet,
+        Credits::try_from(45).unwrap(),
+        None,
+        None,
+        &EntryMeta::default(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let smtp = TestSmtp::start().await;
+    let job = Job::new(pool.clone(), limits(), None).with_mailer(common::mailer(smtp.port));
+    // This period: 30 of the 45 go to the members; 15 remain for 30 next time.
+    let first = job.run().await.unwrap();
+    assert_eq!(first["allowances"]["recipients"], 3, "{first}");
+    job.run().await.unwrap();
+    assert_eq!(
+        notices(pool, &format!("team:{team}")).await,
+        ["team.wallet_low"],
+        "the wallet cannot cover the next period, said once"
+    );
+    let to: Vec<String> = smtp
+        .mails()
+        .iter()
+        .flat_map(|m| m.to.clone())
+        .filter(|t| t.starts_with("lead"))
+        .collect();
+    assert_eq!(to, ["lead@example.com"], "the supervisor is told, once");
+    let data: serde_json::Value =
+        sqlx::query_scalar("SELECT data FROM notices WHERE event = 'team.wallet_low'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (data["shortfall"].as_i64(), data["next"].as_bool()),
+        (Some(15), Some(true))
     );
 }

@@ -132,6 +132,11 @@ pub async fn balance(State(state): State<AppState>, UserOrKey(user): UserOrKey) 
     if let Some((at, credits)) = allowances::next_credits(&mut conn, &user.user_id(), now).await? {
         (balance.next_credits_at, balance.next_credits) = (Some(at), Some(credits));
     }
+    let soon = queries::expiring_soon(&mut conn, &user.user_id(), now).await?;
+    balance.expiring_soon = soon.map(|(expires_at, credits)| shared::error::ExpiringSoon {
+        credits,
+        expires_at,
+    });
     Ok((StatusCode::OK, Json(balance)))
 }
 

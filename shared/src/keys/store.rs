@@ -451,6 +451,8 @@ pub struct AccountRecord<'a> {
     pub deleted: bool,
     /// Whether `email` is proven.
     pub verified: bool,
+    /// The console's language (mail follows it).
+    pub locale: &'a str,
 }
 
 /// The auth function's write (README §11): records `record` in the
@@ -471,13 +473,14 @@ pub async fn sync_account(
     let mut tx = begin(pool, crate::ledger::Durability::Flushed).await?;
     sqlx::query!(
         "INSERT INTO user_accounts AS a
-             (user_id, username, email, role, disabled, deleted_at, synced_at, email_verified)
-         VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END, now(), $7)
+             (user_id, username, email, role, disabled, deleted_at, synced_at, email_verified, locale)
+         VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END, now(), $7,
+                 CASE WHEN $8 IN ('en', 'zh-CN', 'zh-TW') THEN $8 ELSE 'en' END)
          ON CONFLICT (user_id) DO UPDATE
             SET username = EXCLUDED.username, email = EXCLUDED.email, role = EXCLUDED.role,
                 disabled = EXCLUDED.disabled,
                 deleted_at = CASE WHEN $6 THEN COALESCE(a.deleted_at, now()) ELSE a.deleted_at END,
-                email_verified = EXCLUDED.email_verified,
+                email_verified = EXCLUDED.email_verified, locale = EXCLUDED.locale,
                 synced_at = now(), updated_at = now()",
         record.user_id,
         record.username,
@@ -486,6 +489,7 @@ pub async fn sync_account(
         record.disabled,
         record.deleted,
         record.verified,
+        record.locale,
     )
     .execute(&mut *tx)
     .await?;

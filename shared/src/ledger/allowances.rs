@@ -193,13 +193,16 @@ async fn announce(
     Ok(())
 }
 
-/// A role's rollover: what is left of the allowance's allocations that
-/// ended when this period began (the last period's, and what it carried)
-/// keeps up to `rolloverCap` credits into the new period, latest
-/// allocation first (its expiry moved to the new period's end); the rest
-/// expires now, each with its entry. Without a cap, or for a team's
-/// allowance, nothing is done here: they expire as any allocation does.
-/// Returns the total and what was carried.
+/// A role's rollover: of what was left of the allowance's allocations
+/// that ended when this period began (the last period's grant and what it
+/// carried), up to `rolloverCap` credits carry into the new period as a
+/// new allocation that ends with it (an `allowance` entry, "rolled
+/// over"); all of it ends now (an `expiry` entry each, unless the expiry
+/// came first, whose entry then says what was left). The old allocations
+/// keep their expiry, so a prediction's hold on them that comes back later
+/// is forfeited like any refund to an expired allocation: the carry is
+/// never more than the cap. Without a cap, or for a team's allowance,
+/// nothing is done here. Returns the total and what was carried.
 async fn roll_over(
     tx: &mut Tx<'_>,
     user: &UserId,
@@ -211,44 +214,55 @@ async fn roll_over(
         return Ok((total, 0));
     };
     let ended = sqlx::query!(
-        "SELECT id, remaining FROM credit_allocations
-          WHERE user_id = $1 AND allowance = $2 AND expired_at IS NULL AND remaining > 0
-            AND expires_at = $3
-          ORDER BY allocated_at DESC, id DESC",
+        r#"SELECT c.id, c.remaining, c.expired_at IS NOT NULL AS "expired!",
+                  COALESCE((SELECT -t.amount FROM credit_transactions t
+                             WHERE t.allocation_id = c.id AND t.type = 'expiry'
+                             ORDER BY t.seq DESC LIMIT 1), 0) AS "lost_at_expiry!"
+             FROM credit_allocations c
+            WHERE c.user_id = $1 AND c.allowance = $2 AND c.expires_at = $3"#,
         user.as_str(),
         due.allowance,
         due.period_start
     )
     .fetch_all(&mut **tx)
     .await?;
-    let meta = EntryMeta {
-        description: Some("allowance past its rollover cap"),
+    let expiry = EntryMeta {
+        description: Some("allowance period ended"),
         ..*meta
     };
-    let (mut total, mut room) = (total, cap);
+    let (mut total, mut left) = (total, 0);
     for allocation in ended {
-        let kept = allocation.remaining.min(room);
-        let lost = allocation.remaining - kept;
-        room -= kept;
+        if allocation.expired {
+            left += allocation.lost_at_expiry;
+            continue;
+        }
+        left += allocation.remaining;
         sqlx::query!(
-            "UPDATE credit_allocations
-                SET remaining = remaining - $2,
-                    expires_at = CASE WHEN $3::bigint > 0 THEN $4 ELSE expires_at END
-              WHERE id = $1",
-            allocation.id,
-            lost,
-            kept,
-            due.period_end
+            "UPDATE credit_allocations SET remaining = 0, expired_at = now() WHERE id = $1",
+            allocation.id
         )
         .execute(&mut **tx)
         .await?;
-        if lost > 0 {
-            total -= lost;
-            let id = Some(allocation.id);
-            insert_entry(tx, user, EntryKind::Expiry, -lost, total, id, &meta).await?;
+        if allocation.remaining > 0 {
+            total -= allocation.remaining;
+            let (id, lost) = (Some(allocation.id), -allocation.remaining);
+            insert_entry(tx, user, EntryKind::Expiry, lost, total, id, &expiry).await?;
         }
     }
-    Ok((total, cap - room))
+    let carried = left.min(cap);
+    if carried == 0 {
+        return Ok((total, 0));
+    }
+    let carry = Due {
+        credits: carried,
+        ..due.clone()
+    };
+    let meta = EntryMeta {
+        description: Some("allowance rolled over"),
+        ..*meta
+    };
+    let (total, _, _) = mint(tx, user, total, &carry, &meta).await?;
+    Ok((total, carried))
 }
 
 /// A role's allowance: new credits, expiring at the period's end.
@@ -322,6 +336,8 @@ pub struct GrantReport {
     /// Recipients skipped because a request of theirs held the account
     /// (that request grants; else the next run).
     pub busy: u64,
+    /// Recipients whose grant failed (logged; retried next run).
+    pub failed: u64,
 }
 
 /// The job's walk (README §9): every recipient with a grant due at `at`,
@@ -355,11 +371,18 @@ pub async fn grant_all(
             let user = UserId::stored(user);
             let mut tx = super::primitives::begin(pool, super::Durability::Flushed).await?;
             match try_lock_account(&mut tx, &user).await? {
-                Some(locked) => {
-                    grant_due(&mut tx, &user, locked, at, Granter::Job).await?;
-                    super::primitives::commit(tx).await?;
-                    report.recipients += 1;
-                }
+                Some(locked) => match grant_due(&mut tx, &user, locked, at, Granter::Job).await {
+                    // One recipient's failure is logged; the walk goes on
+                    // (the next run, or their own request, retries it).
+                    Err(err) => {
+                        tracing::error!(error = %err, user_id = %user, "an allowance was not granted");
+                        report.failed += 1;
+                    }
+                    Ok(_) => {
+                        super::primitives::commit(tx).await?;
+                        report.recipients += 1;
+                    }
+                },
                 None => report.busy += 1,
             }
         }

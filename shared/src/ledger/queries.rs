@@ -27,6 +27,34 @@ pub struct Balance {
     /// How many arrive then.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_credits: Option<i64>,
+    /// Credits that expire within a week, and when the first do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiring_soon: Option<crate::error::ExpiringSoon>,
+}
+
+/// Days ahead within which expiring credits are "soon" (README
+/// "Allowances and warnings").
+pub const SOON_DAYS: i32 = 7;
+
+/// The user's credits that expire within [`SOON_DAYS`] of `at`, and the
+/// first expiry among them; `None` when there are none.
+pub async fn expiring_soon(
+    conn: &mut PgConnection,
+    user: &UserId,
+    at: DateTime<Utc>,
+) -> Result<Option<(DateTime<Utc>, i64)>, LedgerError> {
+    let row = sqlx::query!(
+        r#"SELECT MIN(expires_at) AS first, SUM(remaining)::bigint AS credits
+             FROM credit_allocations
+            WHERE user_id = $1 AND remaining > 0 AND expired_at IS NULL
+              AND expires_at > $2 AND expires_at <= $2 + make_interval(days => $3)"#,
+        user.as_str(),
+        at,
+        SOON_DAYS
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(row.first.zip(row.credits))
 }
 
 /// The user's spendable total.
@@ -61,6 +89,7 @@ pub async fn balance(conn: &mut PgConnection, user: &UserId) -> Result<Balance, 
         allocations,
         next_credits_at: None,
         next_credits: None,
+        expiring_soon: None,
     })
 }
 

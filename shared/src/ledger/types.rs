@@ -390,7 +390,7 @@ impl From<LedgerError> for ApiError {
             message: message.clone(),
             needed,
             available,
-            next: None,
+            outlook: None,
         };
         let unprocessable = |code| ApiError::Unprocessable {
             code,

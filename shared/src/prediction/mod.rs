@@ -989,22 +989,27 @@ async fn with_next_credits(
         message,
         needed,
         available,
-        next: None,
+        ..
     } = refused
     else {
         return refused;
     };
-    let next = allowances::next_credits(tx, user, chrono::Utc::now())
+    let now = chrono::Utc::now();
+    let as_next = |(at, credits)| crate::error::NextCredits { at, credits };
+    let next = allowances::next_credits(tx, user, now).await.ok().flatten();
+    let expiring = crate::ledger::queries::expiring_soon(tx, user, now)
         .await
         .ok()
-        .flatten()
-        .map(|(at, credits)| crate::error::NextCredits { at, credits });
+        .flatten();
     ApiError::PaymentRequired {
         code: "insufficient_credits",
         message,
         needed,
         available,
-        next,
+        outlook: Some(Box::new(crate::error::Outlook {
+            next: next.map(as_next),
+            expiring: expiring.map(as_next),
+        })),
     }
 }
 

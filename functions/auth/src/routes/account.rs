@@ -121,6 +121,7 @@ pub async fn new_user(
         is_verified: verified,
         disabled: false,
         session_version: 0,
+        locale: None,
         created_at: now,
         updated_at: now,
     })

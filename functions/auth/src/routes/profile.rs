@@ -38,6 +38,9 @@ pub struct ProfileBody {
     username: Option<String>,
     email: Option<String>,
     current_password: Option<String>,
+    /// The console's language: `en`, `zh-CN` or `zh-TW` (mail follows it).
+    #[schema(pattern = "^(en|zh-CN|zh-TW)$")]
+    locale: Option<String>,
 }
 
 /// The current password, checked against the lock-out like a sign-in (a
@@ -84,6 +87,15 @@ pub async fn put_profile(
     let before = current(&state, &user).await?;
     let mut set = bson::Document::new();
     let mut unset = bson::Document::new();
+    if let Some(locale) = &body.locale {
+        if !["en", "zh-CN", "zh-TW"].contains(&locale.as_str()) {
+            return Err(ApiError::invalid_field(
+                "locale",
+                "must be en, zh-CN or zh-TW",
+            ));
+        }
+        set.insert("locale", locale.as_str());
+    }
     if let Some(raw) = &body.username {
         let username = Username::parse("username", raw)?;
         if username.as_str() != before.username {
@@ -112,7 +124,7 @@ pub async fn put_profile(
         }
     }
     let after = state.store.change_user(&user.id, set, unset).await?;
-    if after.username != before.username {
+    if after.username != before.username || after.locale != before.locale {
         crate::accounts::record_after(&state, &after).await;
     }
     if let Some(new) = pending {

@@ -178,7 +178,15 @@ function nav(user) {
 function header(user) {
   const localeSelect = h(
     "select",
-    { id: "locale", "aria-label": t("common.language"), onchange: (e) => setLocale(e.target.value) },
+    {
+      id: "locale",
+      "aria-label": t("common.language"),
+      onchange: (e) => {
+        setLocale(e.target.value);
+        // Mail follows the console's language: it is kept on the profile.
+        if (api.currentUser()) api.call("auth", "PUT", "/api/profile", { locale: e.target.value }).catch(() => {});
+      },
+    },
     locales().map((l) => h("option", { value: l, selected: l === locale() }, t(`locales.${l}`))),
   );
   const themeButton = h(

@@ -190,6 +190,7 @@ pub async fn layer(req: Request, next: Next) -> Response {
         available: None,
         next_credits_at: None,
         next_credits: None,
+        expiring_soon: None,
         retry_after_seconds: None,
         email: None,
         field: None,

@@ -70,6 +70,7 @@ pub(crate) fn account(user: PlatformUser) -> Result<UserDoc, String> {
         role,
         is_verified: user.is_verified.unwrap_or(false),
         disabled: false,
+        locale: None,
         session_version: 0,
         created_at,
         updated_at: user.updated_at.unwrap_or(created_at),
