@@ -193,7 +193,13 @@ async fn the_invoked_expiry_job_expires_an_allocation_made_to_expire() {
         .expect("the job succeeds");
     assert_eq!(
         report,
-        json!({"expiredAllocations": 1, "expiredCredits": 10, "settledReservations": 0, "purgedIdempotencyKeys": 0, "keyExpiryWarnings": 0})
+        json!({
+            "expiredAllocations": 1, "expiredCredits": 10, "settledReservations": 0,
+            "purgedIdempotencyKeys": 0, "keyExpiryWarnings": 0,
+            "allowances": {"recipients": 0, "busy": 0, "failed": 0},
+            "expiryNotices": 0, "warningMails": 0,
+            "webhooks": {"delivered": 0, "retrying": 0, "failed": 0}
+        })
     );
     let again = stack
         .invoke("credit-expiry", json!({}))
