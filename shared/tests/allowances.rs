@@ -523,3 +523,31 @@ async fn a_member_who_joins_mid_period_gets_the_whole_periods_share_once() {
     );
     assert_eq!(inconsistent_accounts(pool).await, 0);
 }
+
+#[tokio::test]
+async fn a_job_that_crosses_a_boundary_grants_the_new_period_from_then_on() {
+    let pg = TestPostgres::new().await;
+    let pool = &pg.pool;
+    users(pool, "enduser", &["u1", "u2"]).await;
+    let (m1, m2) = (month(2), month(3));
+    set(pool, "role:enduser", Some(setting(10, "month", None)), m1).await;
+    // The clock reads before the boundary for the first batch and its
+    // first recipient, after it from then on.
+    let reads = std::sync::atomic::AtomicUsize::new(0);
+    let clock = move || {
+        let n = reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n < 2 {
+            m2 - Duration::seconds(1)
+        } else {
+            m2 + Duration::seconds(1)
+        }
+    };
+    allowances::grant_all_by(pool, &clock, 1).await.unwrap();
+    let u1: Vec<DateTime<Utc>> = grants(pool, "u1").await.iter().map(|g| g.0).collect();
+    let u2: Vec<DateTime<Utc>> = grants(pool, "u2").await.iter().map(|g| g.0).collect();
+    assert_eq!(
+        (u1, u2),
+        (vec![m1], vec![m2]),
+        "each recipient's period as the clock read then"
+    );
+}

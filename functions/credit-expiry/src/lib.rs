@@ -16,7 +16,7 @@ use shared::error::ApiError;
 use shared::flowise::FlowiseClient;
 use shared::identity::Email;
 use shared::keys::store;
-use shared::ledger::allowances::grant_all;
+use shared::ledger::allowances::{grant_all_by, Clock};
 use shared::ledger::sweep::run_expiry;
 use shared::mail::{KeyMail, Mailer};
 use shared::notices;
@@ -120,19 +120,25 @@ impl Job {
     /// purgedIdempotencyKeys}`, plus `keyExpiryWarnings` when the job mails
     /// and `chatflowSync` when it syncs the catalogue.
     pub async fn run(&self) -> Result<Value, ApiError> {
-        self.run_at(chrono::Utc::now()).await
+        self.run_by(&chrono::Utc::now).await
     }
 
-    /// [`Job::run`] with the clock reading `at` (tests move it): the
-    /// period's allowances are granted first (before the expiry, so a
-    /// rollover is made before the old allowance expires), then the rest.
+    /// [`Job::run`] with the clock stopped at `at` (tests move it).
     pub async fn run_at(&self, at: chrono::DateTime<chrono::Utc>) -> Result<Value, ApiError> {
-        let granted = grant_all(&self.pool, at, BATCH).await?;
+        self.run_by(&move || at).await
+    }
+
+    /// One run on `clock`, read afresh by every step: the period's
+    /// allowances are granted first (before the expiry, so a rollover is
+    /// made before the old allowance expires), then the rest.
+    async fn run_by(&self, clock: Clock<'_>) -> Result<Value, ApiError> {
+        let granted = grant_all_by(&self.pool, clock, BATCH).await?;
         let report = run_expiry(&self.pool, self.limits.reservation_ttl, BATCH).await?;
         let mut out = serde_json::to_value(report).map_err(|e| ApiError::Internal(e.into()))?;
         out["allowances"] = json!(granted);
-        out["expiryNotices"] = json!(notices::look_ahead(&self.pool, at, BATCH).await?);
-        out["webhooks"] = json!(notices::deliver(&self.pool, &self.http, at, BATCH).await?);
+        out["expiryNotices"] = json!(notices::look_ahead(&self.pool, clock(), BATCH).await?);
+        let delivered = notices::deliver(&self.pool, &self.http, clock(), BATCH).await?;
+        out["webhooks"] = json!(delivered);
         if let Some(mailer) = &self.mailer {
             out["warningMails"] = json!(notices::mail_due(&self.pool, mailer, BATCH).await?);
         }

@@ -340,18 +340,32 @@ pub struct GrantReport {
     pub failed: u64,
 }
 
-/// The job's walk (README §9): every recipient with a grant due at `at`,
-/// `batch` at a time by user id, one transaction each. Resumable: a
-/// recipient granted is no longer due, so a run that stopped part way is
-/// finished by the next.
+/// A clock: the job reads it for every batch and every recipient, so a
+/// run that crosses a period's boundary grants the new period from then on.
+pub type Clock<'a> = &'a (dyn Fn() -> DateTime<Utc> + Send + Sync);
+
+/// [`grant_all_by`] with the clock stopped at `at` (tests).
 pub async fn grant_all(
     pool: &sqlx::PgPool,
     at: DateTime<Utc>,
     batch: i64,
 ) -> Result<GrantReport, LedgerError> {
+    grant_all_by(pool, &move || at, batch).await
+}
+
+/// The job's walk (README §9): every recipient with a grant due,
+/// `batch` at a time by user id, one transaction each. Resumable: a
+/// recipient granted is no longer due, so a run that stopped part way is
+/// finished by the next.
+pub async fn grant_all_by(
+    pool: &sqlx::PgPool,
+    clock: Clock<'_>,
+    batch: i64,
+) -> Result<GrantReport, LedgerError> {
     let mut report = GrantReport::default();
     let mut after = String::new();
     loop {
+        let at = clock();
         let users = sqlx::query_scalar!(
             "SELECT a.user_id FROM user_accounts a
               WHERE a.owner_kind = 'user' AND a.user_id > $1
@@ -370,6 +384,7 @@ pub async fn grant_all(
         for user in users {
             let user = UserId::stored(user);
             let mut tx = super::primitives::begin(pool, super::Durability::Flushed).await?;
+            let at = clock();
             match try_lock_account(&mut tx, &user).await? {
                 Some(locked) => match grant_due(&mut tx, &user, locked, at, Granter::Job).await {
                     // One recipient's failure is logged; the walk goes on
