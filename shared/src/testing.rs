@@ -375,6 +375,38 @@ pub async fn grant(pool: &PgPool, user: &str, credits: i64) {
     tx.commit().await.expect("commit");
 }
 
+/// A team `id` named `name` made straight in the stores, with `members`
+/// (current, added by an admin) and a wallet granted `credits` that never
+/// expire (none when 0): the fixture of the ledger's team tests.
+pub async fn team(pool: &PgPool, id: &str, name: &str, members: &[&str], credits: i64) {
+    sqlx::query(
+        "WITH wallet AS (
+             INSERT INTO user_accounts (user_id, owner_kind) VALUES ('team:' || $1, 'team')
+         ), made AS (
+             INSERT INTO teams (id, name, account_id, created_by)
+             VALUES ($1::uuid, $2, 'team:' || $1, 'admin') RETURNING id
+         )
+         INSERT INTO team_members (id, team_id, user_id, added_by)
+         SELECT gen_random_uuid(), made.id, u, 'admin' FROM made, unnest($3::text[]) u",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(members)
+    .execute(pool)
+    .await
+    .expect("the team is made");
+    let Ok(credits) = crate::ledger::Credits::try_from(credits) else {
+        return;
+    };
+    let wallet = crate::ids::UserId::stored(format!("team:{id}"));
+    let mut tx = pool.begin().await.expect("begin");
+    let meta = crate::ledger::EntryMeta::default();
+    crate::ledger::changes::allocate_existing(&mut tx, &wallet, credits, None, None, &meta)
+        .await
+        .expect("the wallet is granted");
+    tx.commit().await.expect("commit");
+}
+
 /// A key of `user` (with `role` in its claims) made straight in the
 /// store, as the auth function makes one once the owner's password is
 /// checked. `body` takes the route's optional fields (`name`,

@@ -293,28 +293,7 @@ async fn a_wallet_that_runs_dry_part_way_gives_what_it_holds_in_member_order() {
     let members = ["m0", "m1", "m2", "m3", "m4"];
     users(pool, "enduser", &members).await;
     let team = "0190f000-0000-7000-8000-00000000aaaa";
-    sqlx::raw_sql(&format!(
-        "INSERT INTO user_accounts (user_id, owner_kind) VALUES ('team:{team}', 'team');
-         INSERT INTO teams (id, name, account_id, created_by) VALUES ('{team}', 'Dry', 'team:{team}', 'admin');
-         INSERT INTO team_members (id, team_id, user_id, added_by)
-         SELECT gen_random_uuid(), '{team}', u, 'admin' FROM unnest(ARRAY['m0','m1','m2','m3','m4']) u;"
-    ))
-    .execute(pool)
-    .await
-    .unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    let account = UserId::stored(format!("team:{team}"));
-    changes::allocate_existing(
-        &mut tx,
-        &account,
-        Credits::try_from(35).unwrap(),
-        None,
-        None,
-        &EntryMeta::default(),
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    shared::testing::team(pool, team, "Dry", &members, 35).await;
     let m1 = month(2);
     set(
         pool,
@@ -472,27 +451,7 @@ async fn a_member_who_joins_mid_period_gets_the_whole_periods_share_once() {
     let pool = &pg.pool;
     users(pool, "enduser", &["early", "late"]).await;
     let team = "0190f000-0000-7000-8000-00000000cccc";
-    sqlx::raw_sql(&format!(
-        "INSERT INTO user_accounts (user_id, owner_kind) VALUES ('team:{team}', 'team');
-         INSERT INTO teams (id, name, account_id, created_by) VALUES ('{team}', 'Join', 'team:{team}', 'admin');
-         INSERT INTO team_members (id, team_id, user_id, added_by) VALUES (gen_random_uuid(), '{team}', 'early', 'admin');"
-    ))
-    .execute(pool)
-    .await
-    .unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    let wallet = UserId::stored(format!("team:{team}"));
-    changes::allocate_existing(
-        &mut tx,
-        &wallet,
-        Credits::try_from(100).unwrap(),
-        None,
-        None,
-        &EntryMeta::default(),
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    shared::testing::team(pool, team, "Join", &["early"], 100).await;
     let m1 = month(2);
     set(
         pool,

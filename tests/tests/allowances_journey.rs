@@ -10,10 +10,12 @@ use serde_json::json;
 use shared::flowise_double::{Behaviour, FlowiseDouble};
 use shared::token::Role;
 
-#[tokio::test]
-async fn the_first_prediction_of_a_period_brings_the_allowance_and_a_402_says_when_more_come() {
+/// Flowise's double with `flow` at 4 credits a request, the predict and
+/// credits functions, and every end user's allowance of `credits` a month:
+/// (the double, kept alive; the stack; an admin's token).
+async fn priced_with_allowance(flow: &str, credits: i64) -> (FlowiseDouble, Stack, String) {
     let flowise = FlowiseDouble::start().await;
-    flowise.add_flow("flow-a", "Helper", Behaviour::answer("Hi."));
+    flowise.add_flow(flow, "Helper", Behaviour::answer("Hi."));
     let stack = Stack::start_with(StackOptions {
         functions: Some(vec!["predict", "credits"]),
         env: vec![("FLOWISE_API_URL".into(), flowise.url.clone())],
@@ -21,19 +23,20 @@ async fn the_first_prediction_of_a_period_brings_the_allowance_and_a_402_says_wh
     })
     .await;
     let admin = stack.token("admin-1", Role::Admin);
-    let kim = stack.token("kim", Role::Enduser);
     stack.sync_chatflows(&admin).await;
     let price = json!({"perRequest": 4, "perInputToken": 0, "perOutputToken": 0});
-    stack.open_chatflow(&admin, "flow-a", Some(price)).await;
-    let (status, body) = stack
-        .put(
-            "credits",
-            "/api/admin/allowances/enduser",
-            &admin,
-            json!({"credits": 5, "period": "month"}),
-        )
-        .await;
+    stack.open_chatflow(&admin, flow, Some(price)).await;
+    let allowance = json!({"credits": credits, "period": "month"});
+    let path = "/api/admin/allowances/enduser";
+    let (status, body) = stack.put("credits", path, &admin, allowance).await;
     assert_eq!(status, 200, "{body}");
+    (flowise, stack, admin)
+}
+
+#[tokio::test]
+async fn the_first_prediction_of_a_period_brings_the_allowance_and_a_402_says_when_more_come() {
+    let (_flowise, stack, _) = priced_with_allowance("flow-a", 5).await;
+    let kim = stack.token("kim", Role::Enduser);
 
     // Kim has never been seen: her first prediction brings this month's 5.
     let question = json!({"chatflow_id": "flow-a", "question": "hello"});
@@ -67,28 +70,8 @@ async fn the_first_prediction_of_a_period_brings_the_allowance_and_a_402_says_wh
 
 #[tokio::test]
 async fn fifty_first_predictions_at_once_share_one_grant_and_a_402_names_credits_about_to_expire() {
-    let flowise = FlowiseDouble::start().await;
-    flowise.add_flow("flow-b", "Helper", Behaviour::answer("Hi."));
-    let stack = Stack::start_with(StackOptions {
-        functions: Some(vec!["predict", "credits"]),
-        env: vec![("FLOWISE_API_URL".into(), flowise.url.clone())],
-        ..Default::default()
-    })
-    .await;
-    let admin = stack.token("admin-1", Role::Admin);
+    let (_flowise, stack, admin) = priced_with_allowance("flow-b", 500).await;
     let lea = stack.token("lea", Role::Enduser);
-    stack.sync_chatflows(&admin).await;
-    let price = json!({"perRequest": 4, "perInputToken": 0, "perOutputToken": 0});
-    stack.open_chatflow(&admin, "flow-b", Some(price)).await;
-    let (status, body) = stack
-        .put(
-            "credits",
-            "/api/admin/allowances/enduser",
-            &admin,
-            json!({"credits": 500, "period": "month"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
     // Fifty first predictions of the month at once: one grant, 50 paid.
     let asks = (0..50).map(|_| {
         let (stack, lea) = (&stack, lea.clone());

@@ -288,32 +288,16 @@ async fn supervisors_are_warned_once_when_the_wallet_cannot_cover_the_next_perio
     for id in ["lead", "m1", "m2", "m3"] {
         user(pool, id, if id == "lead" { "zh-TW" } else { "en" }).await;
     }
+    shared::testing::team(pool, team, "Lab", &["m1", "m2", "m3"], 45).await;
     sqlx::raw_sql(&format!(
         "UPDATE user_accounts SET role = 'supervisor' WHERE user_id = 'lead';
-         INSERT INTO user_accounts (user_id, owner_kind) VALUES ('team:{team}', 'team');
-         INSERT INTO teams (id, name, account_id, created_by) VALUES ('{team}', 'Lab', 'team:{team}', 'admin');
          INSERT INTO team_supervisors (team_id, user_id) VALUES ('{team}', 'lead');
-         INSERT INTO team_members (id, team_id, user_id, added_by)
-         SELECT gen_random_uuid(), '{team}', u, 'lead' FROM unnest(ARRAY['m1','m2','m3']) u;
          INSERT INTO allowance_versions (allowance, effective_from, active, credits, period, set_by)
          VALUES ('team:{team}', now() - interval '1 day', true, 10, 'month', 'lead');"
     ))
     .execute(pool)
     .await
     .unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    let wallet = UserId::stored(format!("team:{team}"));
-    changes::allocate_existing(
-        &mut tx,
-        &wallet,
-        Credits::try_from(45).unwrap(),
-        None,
-        None,
-        &EntryMeta::default(),
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
     let smtp = TestSmtp::start().await;
     let job = Job::new(pool.clone(), limits(), None).with_mailer(common::mailer(smtp.port));
     // This period: 30 of the 45 go to the members; 15 remain for 30 next time.
