@@ -123,7 +123,9 @@ async fn short_wallets(pool: &PgPool, at: DateTime<Utc>) -> Result<u64, ApiError
 
 /// A refused prediction's event (`prediction.refused_402`), in a
 /// transaction of its own after the refusal rolled back; for webhooks
-/// only (never mailed).
+/// only (never mailed). At most one per user and minute: a user at 0 who
+/// keeps asking gets a 402 each time, but their receivers (and this
+/// table) are not flooded; the event names the first request refused.
 pub async fn refused(
     pool: &PgPool,
     user: &str,
@@ -132,8 +134,10 @@ pub async fn refused(
     available: i64,
 ) -> Result<(), ApiError> {
     sqlx::query_scalar!(
-        r#"SELECT notify('prediction.refused_402', $1::text, 'prediction.refused_402:' || $2::text,
-                         jsonb_build_object('account', $1::text, 'needed', $3::bigint, 'available', $4::bigint),
+        r#"SELECT notify('prediction.refused_402', $1::text, 'prediction.refused_402:' || $1::text || ':'
+                           || to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI'),
+                         jsonb_build_object('account', $1::text, 'request', $2::text,
+                                            'needed', $3::bigint, 'available', $4::bigint),
                          false) AS "new""#,
         user,
         request,

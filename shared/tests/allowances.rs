@@ -510,3 +510,123 @@ async fn a_job_that_crosses_a_boundary_grants_the_new_period_from_then_on() {
         "each recipient's period as the clock read then"
     );
 }
+
+#[tokio::test]
+async fn a_teams_allowance_rolls_over_only_what_its_wallet_credits_outlast_and_a_reclaim_returns_it(
+) {
+    let pg = TestPostgres::new().await;
+    let pool = &pg.pool;
+    users(pool, "enduser", &["rae"]).await;
+    // Two teams: Long's wallet credits never expire; Short's end half way
+    // through day 2.
+    let (long, short) = (
+        "0190f000-0000-7000-8000-00000000dd01",
+        "0190f000-0000-7000-8000-00000000dd02",
+    );
+    shared::testing::team(pool, long, "Long", &["rae"], 100).await;
+    shared::testing::team(pool, short, "Short", &["rae"], 100).await;
+    let d1 = month(2);
+    let d2 = d1 + Duration::days(1);
+    sqlx::query("UPDATE credit_allocations SET expires_at = $1 WHERE user_id = $2")
+        .bind(d2 + Duration::hours(12))
+        .bind(format!("team:{short}"))
+        .execute(pool)
+        .await
+        .unwrap();
+    for team in [long, short] {
+        let capped = setting(20, "day", Some(15));
+        set(
+            pool,
+            &format!("team:{team}"),
+            Some(capped),
+            d1 - Duration::hours(1),
+        )
+        .await;
+    }
+    first_request(pool, "rae", d1 + Duration::hours(1)).await;
+    assert_eq!(total(pool, "rae").await, 40);
+    // Rae spends 10 (soonest-expiring first: both shares end with day 1).
+    let mut tx = pool.begin().await.unwrap();
+    changes::deduct(
+        &mut tx,
+        &uid("rae"),
+        Credits::try_from(10).unwrap(),
+        &EntryMeta::default(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let left: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT allowance, remaining FROM credit_allocations WHERE user_id = 'rae' ORDER BY allowance",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let of = |team: &str| {
+        left.iter()
+            .find(|(a, _)| a.ends_with(team))
+            .map(|(_, r)| *r)
+            .unwrap()
+    };
+    let (long_left, short_left) = (of(long), of(short));
+    assert_eq!(long_left + short_left, 30);
+
+    // Day 2: each team's 20 arrive. Long's leftover carries, up to 15;
+    // Short's does not: its wallet credits end before day 2 does, and a
+    // transfer never outlives what it moved.
+    first_request(pool, "rae", d2 + Duration::hours(1)).await;
+    let carried: Vec<(String, i64, Option<uuid::Uuid>, Option<uuid::Uuid>)> = sqlx::query_as(
+        "SELECT a.allowance, a.credits, a.team_id, a.transfer_id FROM credit_allocations a
+          JOIN credit_transactions t ON t.allocation_id = a.id
+         WHERE t.user_id = 'rae' AND t.type = 'allowance' AND t.description = 'allowance rolled over'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let first_transfer: uuid::Uuid = sqlx::query_scalar(
+        "SELECT transfer_id FROM credit_allocations
+          WHERE user_id = 'rae' AND team_id = $1::uuid ORDER BY allocated_at LIMIT 1",
+    )
+    .bind(long)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let long_id = uuid::Uuid::parse_str(long).unwrap();
+    assert_eq!(
+        carried,
+        [(
+            format!("team:{long}"),
+            long_left.min(15),
+            Some(long_id),
+            Some(first_transfer)
+        )]
+    );
+    assert_eq!(total(pool, "rae").await, 40 + long_left.min(15));
+    let made: Vec<i64> = grants(pool, "rae").await.iter().map(|g| g.3).collect();
+    assert_eq!(made.iter().sum::<i64>(), long_left.min(15));
+
+    // Long takes back everything: the carry returns to the wallet
+    // allocation it was first drawn from. Moved, never made: the wallet
+    // and what Rae spent add up to the 100 it was given.
+    let wallet = shared::ledger::transfers::Wallet::of(long_id);
+    let mut tx = pool.begin().await.unwrap();
+    let back = shared::ledger::transfers::reclaim(
+        &mut tx,
+        &wallet,
+        &uid("rae"),
+        None,
+        false,
+        &EntryMeta::default(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(back.credits, 20 + long_left.min(15));
+    let spent_of_long = 20 - long_left;
+    let expired_unspent = long_left - long_left.min(15);
+    assert_eq!(
+        total(pool, &format!("team:{long}")).await + spent_of_long + expired_unspent,
+        100
+    );
+    assert_eq!(inconsistent_accounts(pool).await, 0);
+}

@@ -35,15 +35,20 @@ async fn priced_with_allowance(flow: &str, credits: i64) -> (FlowiseDouble, Stac
 
 #[tokio::test]
 async fn the_first_prediction_of_a_period_brings_the_allowance_and_a_402_says_when_more_come() {
-    let (_flowise, stack, _) = priced_with_allowance("flow-a", 5).await;
+    let (_flowise, stack, _) = priced_with_allowance("flow-a", 8).await;
     let kim = stack.token("kim", Role::Enduser);
 
-    // Kim has never been seen: her first prediction brings this month's 5.
+    // Kim has never been seen: her first prediction brings this month's 8.
     let question = json!({"chatflow_id": "flow-a", "question": "hello"});
     let (status, body) = stack.predict(&kim, question.clone()).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(stack.balance(&kim).await, 1);
-    let (status, body) = stack.predict(&kim, question).await;
+    assert_eq!(stack.balance(&kim).await, 4);
+    // Her second costs exactly what it held: nothing comes back, and no
+    // settlement entry is written; she has run out, and is told.
+    let (status, body) = stack.predict(&kim, question.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stack.balance(&kim).await, 0);
+    let (status, body) = stack.predict(&kim, question.clone()).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (402, Some("insufficient_credits")),
@@ -57,8 +62,25 @@ async fn the_first_prediction_of_a_period_brings_the_allowance_and_a_402_says_wh
     let at: DateTime<Utc> = serde_json::from_value(body["nextCreditsAt"].clone()).unwrap();
     assert_eq!(
         (at, body["nextCredits"].as_i64()),
-        (next, Some(5)),
+        (next, Some(8)),
         "{body}"
+    );
+    // Four more refusals within seconds: webhooks hear of a user's
+    // refusals at most once a minute (two only if a minute turned between).
+    for _ in 0..4 {
+        assert_eq!(stack.predict(&kim, question.clone()).await.0, 402);
+    }
+    let events: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT event, COUNT(*) FROM notices WHERE account = 'kim' GROUP BY event ORDER BY event",
+    )
+    .fetch_all(&stack.pg.pool)
+    .await
+    .unwrap();
+    let count = |event: &str| events.iter().find(|e| e.0 == event).map_or(0, |e| e.1);
+    assert_eq!(count("credits.exhausted"), 1, "{events:?}");
+    assert!(
+        (1..=2).contains(&count("prediction.refused_402")),
+        "{events:?}"
     );
     let grants: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM allowance_grants WHERE user_id = 'kim'")

@@ -128,6 +128,49 @@ async fn a_crossing_warns_once_however_many_changes_race_and_the_mail_is_in_its_
 }
 
 #[tokio::test]
+async fn credits_that_end_as_new_ones_arrive_warn_nobody_but_running_out_does() {
+    let pg = TestPostgres::new().await;
+    let pool = pg.pool.clone();
+    let past_due = "UPDATE credit_allocations
+                       SET allocated_at = now() - interval '2 minutes',
+                           expires_at = now() - interval '1 minute'
+                     WHERE user_id = $1";
+    // Bo's 5 credits are past due when 100 arrive: the grant's change
+    // expires the 5 (an entry down to 0), then adds the 100. One change,
+    // judged as it commits: nobody is told they ran out.
+    user(&pool, "bo", "en").await;
+    grant(&pool, "bo", 5, 30).await;
+    sqlx::query(past_due)
+        .bind("bo")
+        .execute(&pool)
+        .await
+        .unwrap();
+    grant(&pool, "bo", 100, 30).await;
+    let expired: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM credit_transactions WHERE user_id = 'bo' AND type = 'expiry'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(expired, 1);
+    assert!(notices(&pool, "bo").await.is_empty());
+    // Cy's 5 simply end, at the job's expiry: he has run out, and is told.
+    user(&pool, "cy", "en").await;
+    grant(&pool, "cy", 5, 30).await;
+    sqlx::query(past_due)
+        .bind("cy")
+        .execute(&pool)
+        .await
+        .unwrap();
+    Job::new(pool.clone(), limits(), None).run().await.unwrap();
+    assert_eq!(
+        notices(&pool, "cy").await,
+        ["credits.exhausted", "credits.low"],
+        "0 is below his threshold too (10% of the 5 he was given, rounded)"
+    );
+}
+
+#[tokio::test]
 async fn credits_about_to_expire_are_announced_once_a_week_ahead() {
     let pg = TestPostgres::new().await;
     let pool = &pg.pool;

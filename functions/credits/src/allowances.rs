@@ -29,7 +29,7 @@ pub struct AllowanceBody {
     /// `day`, `week` (from Monday) or `month`.
     #[schema(pattern = "^(day|week|month)$")]
     period: String,
-    /// Role allowances only: what may roll over into the next period.
+    /// What may roll over into the next period (`null`: nothing).
     #[schema(minimum = 0, maximum = 9007199254740991_i64)]
     rollover_cap: Option<i64>,
     /// An IANA time zone (`UTC` when absent).
@@ -38,28 +38,22 @@ pub struct AllowanceBody {
 }
 
 impl AllowanceBody {
-    /// The checked setting; `team` refuses a rollover.
-    async fn setting(self, state: &AppState, team: bool) -> Result<AllowanceSetting, ApiError> {
+    /// The checked setting.
+    async fn setting(self, state: &AppState) -> Result<AllowanceSetting, ApiError> {
         if !matches!(self.period.as_str(), "day" | "week" | "month") {
             return Err(ApiError::invalid_field(
                 "period",
                 "must be day, week or month",
             ));
         }
-        match self.rollover_cap {
-            Some(_) if team => {
-                return Err(ApiError::Unprocessable {
-                    code: "team_allowance_rollover",
-                    message: "rolloverCap: a team's allowance does not roll over; what a member leaves unspent expires with the period".into(),
-                })
-            }
-            Some(cap) if !(0..=MAX_CREDITS).contains(&cap) => {
-                return Err(ApiError::invalid_field(
-                    "rolloverCap",
-                    format!("must be from 0 to {MAX_CREDITS}"),
-                ))
-            }
-            _ => {}
+        if self
+            .rollover_cap
+            .is_some_and(|c| !(0..=MAX_CREDITS).contains(&c))
+        {
+            return Err(ApiError::invalid_field(
+                "rolloverCap",
+                format!("must be from 0 to {MAX_CREDITS}"),
+            ));
         }
         let time_zone = self.time_zone.unwrap_or_else(|| "UTC".into());
         let mut conn = state.pg.acquire().await?;
@@ -141,7 +135,7 @@ pub async fn put_role_allowance(
 ) -> Answer<AllowanceStanding> {
     user.require_admin()?;
     let key = role_key(&role)?;
-    let setting = body.setting(&state, false).await?;
+    let setting = body.setting(&state).await?;
     change(&state, &user, &key, Some(setting)).await
 }
 
@@ -173,7 +167,9 @@ pub async fn get_team_allowance(
 
 /// Sets the team's allowance (its supervisors, admins): each member gets
 /// `credits` from the wallet at the start of every period, expiring at
-/// its end; a wallet that cannot cover everyone gives what it holds.
+/// its end (or rolling over up to `rolloverCap`, never past the wallet
+/// credits it came from); a wallet that cannot cover everyone gives what
+/// it holds.
 #[utoipa::path(put, path = "/api/teams/{id}/allowance", tag = "allowances",
     params(("id" = Uuid, Path, description = "The team")), request_body = AllowanceBody,
     responses((status = 200, description = "How it stands now", body = AllowanceStanding), ApiErrors))]
@@ -184,7 +180,7 @@ pub async fn put_team_allowance(
     JsonBody(body): JsonBody<AllowanceBody>,
 ) -> Answer<AllowanceStanding> {
     teams::lead(&mut *state.pg.acquire().await?, &user, team).await?;
-    let setting = body.setting(&state, true).await?;
+    let setting = body.setting(&state).await?;
     change(&state, &user, &format!("team:{team}"), Some(setting)).await
 }
 

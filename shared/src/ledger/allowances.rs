@@ -2,8 +2,8 @@
 //! themselves at the start of every period. A role's allowance makes new
 //! credits (kind `allowance`); a team's gives each member a share of the
 //! team's wallet (a [`super::transfers::transfer`], so never more than the
-//! wallet holds). Either expires at the period's end; a role's may roll
-//! over, up to its `rolloverCap`, into the next period.
+//! wallet holds). Either expires at the period's end, or rolls over, up
+//! to its `rolloverCap`, into the next period.
 //!
 //! Each grant is made exactly once: a row of `allowance_grants`, keyed by
 //! allowance, recipient and period, is claimed before anything is
@@ -128,11 +128,13 @@ async fn make(
         reference: Some(&due.allowance),
         ..EntryMeta::default()
     };
-    let (total, carried) = roll_over(tx, user, total, due, &meta).await?;
+    // The grant first, then the rollover: the old credits end in a
+    // balance that already holds the new ones.
     let (total, granted, allocation) = match due.team_id {
-        None => mint(tx, user, total, due, &meta).await?,
+        None => mint(tx, user, total, due, None, &meta).await?,
         Some(team) => share(tx, user, total, due, team, &meta).await?,
     };
+    let (total, carried) = roll_over(tx, user, total, due, &meta).await?;
     announce(tx, user, due, granted).await?;
     sqlx::query!(
         "UPDATE allowance_grants SET credits = $4, shortfall = $5, carried = $6, allocation_id = $7
@@ -193,16 +195,22 @@ async fn announce(
     Ok(())
 }
 
-/// A role's rollover: of what was left of the allowance's allocations
-/// that ended when this period began (the last period's grant and what it
-/// carried), up to `rolloverCap` credits carry into the new period as a
-/// new allocation that ends with it (an `allowance` entry, "rolled
-/// over"); all of it ends now (an `expiry` entry each, unless the expiry
-/// came first, whose entry then says what was left). The old allocations
-/// keep their expiry, so a prediction's hold on them that comes back later
-/// is forfeited like any refund to an expired allocation: the carry is
-/// never more than the cap. Without a cap, or for a team's allowance,
-/// nothing is done here. Returns the total and what was carried.
+/// Rollover: of what was left of the allowance's allocations that ended
+/// when this period began (the last period's grant and what it carried),
+/// up to `rolloverCap` credits carry into the new period as new
+/// allocations that end with it (`allowance` entries, "rolled over");
+/// all of it ends now (an `expiry` entry each, unless the expiry came
+/// first, whose entry then says what was left). The old allocations keep
+/// their expiry, so a prediction's hold on them that comes back later is
+/// forfeited like any refund to an expired allocation: the carry is never
+/// more than the cap.
+///
+/// A team's carry keeps its transfer (so a reclaim, or a deleted member's
+/// return, sends it back to the wallet allocations it was drawn from), and
+/// carries only what was drawn from wallet credits that last to the new
+/// period's end: a transfer never outlives the credits it moved. Newest
+/// transfers carry first. Without a cap nothing is done here. Returns the
+/// total and what was carried.
 async fn roll_over(
     tx: &mut Tx<'_>,
     user: &UserId,
@@ -210,19 +218,76 @@ async fn roll_over(
     due: &Due,
     meta: &EntryMeta<'_>,
 ) -> Result<(i64, i64), LedgerError> {
-    let (Some(cap), None) = (due.rollover_cap, due.team_id) else {
+    let Some(cap) = due.rollover_cap else {
         return Ok((total, 0));
     };
+    let (mut total, left) = end_last_period(tx, user, total, due, meta).await?;
+    let meta = EntryMeta {
+        description: Some("allowance rolled over"),
+        ..*meta
+    };
+    let mut carried = 0;
+    for Left {
+        transfer,
+        lost,
+        lasts,
+    } in left
+    {
+        let carry = lost.min(cap - carried);
+        if carry <= 0 || !lasts {
+            continue;
+        }
+        let part = Due {
+            credits: carry,
+            ..due.clone()
+        };
+        let from = match (due.team_id, transfer) {
+            (Some(team), Some(transfer)) => Some((team, transfer)),
+            (None, _) => None,
+            (Some(_), None) => continue,
+        };
+        (total, _, _) = mint(tx, user, total, &part, from, &meta).await?;
+        carried += carry;
+    }
+    Ok((total, carried))
+}
+
+/// What one source of the last period's allowance credits left: a team's
+/// transfer (`None` for a role's), the credits, and whether the wallet
+/// credits it was drawn from last to the new period's end.
+struct Left {
+    transfer: Option<Uuid>,
+    lost: i64,
+    lasts: bool,
+}
+
+/// Ends the allowance's allocations that ended when `due`'s period began
+/// (an `expiry` entry each for what they still held); returns the total
+/// and what each source left, newest first.
+async fn end_last_period(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    total: i64,
+    due: &Due,
+    meta: &EntryMeta<'_>,
+) -> Result<(i64, Vec<Left>), LedgerError> {
     let ended = sqlx::query!(
-        r#"SELECT c.id, c.remaining, c.expired_at IS NOT NULL AS "expired!",
+        r#"SELECT c.id, c.remaining, c.expired_at IS NOT NULL AS "expired!", c.transfer_id,
                   COALESCE((SELECT -t.amount FROM credit_transactions t
                              WHERE t.allocation_id = c.id AND t.type = 'expiry'
-                             ORDER BY t.seq DESC LIMIT 1), 0) AS "lost_at_expiry!"
+                             ORDER BY t.seq DESC LIMIT 1), 0) AS "lost_at_expiry!",
+                  NOT EXISTS (SELECT 1 FROM credit_transactions o
+                                JOIN credit_draws d ON d.transaction_id = o.id
+                                JOIN credit_allocations a ON a.id = d.allocation_id
+                               WHERE o.transfer_id = c.transfer_id AND o.type = 'transfer'
+                                 AND o.user_id <> c.user_id AND a.expires_at < $4) AS "lasts!"
              FROM credit_allocations c
-            WHERE c.user_id = $1 AND c.allowance = $2 AND c.expires_at = $3"#,
+            WHERE c.user_id = $1 AND c.allowance = $2 AND c.expires_at = $3
+            ORDER BY c.allocated_at DESC, c.id DESC"#,
         user.as_str(),
         due.allowance,
-        due.period_start
+        due.period_start,
+        due.period_end
     )
     .fetch_all(&mut **tx)
     .await?;
@@ -230,60 +295,62 @@ async fn roll_over(
         description: Some("allowance period ended"),
         ..*meta
     };
-    let (mut total, mut left) = (total, 0);
+    let mut total = total;
+    let mut left: Vec<Left> = Vec::new();
     for allocation in ended {
-        if allocation.expired {
-            left += allocation.lost_at_expiry;
-            continue;
-        }
-        left += allocation.remaining;
-        sqlx::query!(
-            "UPDATE credit_allocations SET remaining = 0, expired_at = now() WHERE id = $1",
-            allocation.id
-        )
-        .execute(&mut **tx)
-        .await?;
-        if allocation.remaining > 0 {
-            total -= allocation.remaining;
-            let (id, lost) = (Some(allocation.id), -allocation.remaining);
-            insert_entry(tx, user, EntryKind::Expiry, lost, total, id, &expiry).await?;
+        let lost = if allocation.expired {
+            allocation.lost_at_expiry
+        } else {
+            sqlx::query!(
+                "UPDATE credit_allocations SET remaining = 0, expired_at = now() WHERE id = $1",
+                allocation.id
+            )
+            .execute(&mut **tx)
+            .await?;
+            if allocation.remaining > 0 {
+                total -= allocation.remaining;
+                let (id, lost) = (Some(allocation.id), -allocation.remaining);
+                insert_entry(tx, user, EntryKind::Expiry, lost, total, id, &expiry).await?;
+            }
+            allocation.remaining
+        };
+        let transfer = allocation.transfer_id;
+        match left.iter_mut().find(|l| l.transfer == transfer) {
+            Some(known) => known.lost += lost,
+            None => left.push(Left {
+                transfer,
+                lost,
+                lasts: allocation.lasts,
+            }),
         }
     }
-    let carried = left.min(cap);
-    if carried == 0 {
-        return Ok((total, 0));
-    }
-    let carry = Due {
-        credits: carried,
-        ..due.clone()
-    };
-    let meta = EntryMeta {
-        description: Some("allowance rolled over"),
-        ..*meta
-    };
-    let (total, _, _) = mint(tx, user, total, &carry, &meta).await?;
-    Ok((total, carried))
+    Ok((total, left))
 }
 
-/// A role's allowance: new credits, expiring at the period's end.
+/// A role's allowance, or a carry: new credits, expiring at the period's
+/// end. A team's carry names its team and transfer (`from`).
 async fn mint(
     tx: &mut Tx<'_>,
     user: &UserId,
     total: i64,
     due: &Due,
+    from: Option<(Uuid, Uuid)>,
     meta: &EntryMeta<'_>,
 ) -> Result<(i64, i64, Option<Uuid>), LedgerError> {
     check_balance_limit(total, due.credits)?;
     let allocation = sqlx::query_scalar!(
         "INSERT INTO credit_allocations
-             (id, user_id, credits, remaining, expires_at, allocated_by, notes, allowance)
-         VALUES ($1, $2, $3, $3, $4, 'system', 'allowance', $5)
+             (id, user_id, credits, remaining, expires_at, allocated_by, notes, allowance,
+              team_id, transfer_id)
+         VALUES ($1, $2, $3, $3, $4, 'system', 'allowance', $5, $6, $7)
          RETURNING id",
         Uuid::now_v7(),
         user.as_str(),
         due.credits,
         due.period_end,
-        due.allowance
+        due.allowance,
+        from.map(|f| f.0),
+        from.map(|f| f.1)
     )
     .fetch_one(&mut **tx)
     .await?;
@@ -439,8 +506,9 @@ pub struct AllowanceSetting {
     pub credits: i64,
     /// `day`, `week` (from Monday) or `month`.
     pub period: String,
-    /// What may roll over into the next period (role allowances; `null`:
-    /// nothing, the period's credits expire at its end).
+    /// What may roll over into the next period (`null`: nothing, the
+    /// period's credits expire at its end; a team's carries only what its
+    /// wallet credits outlast).
     pub rollover_cap: Option<i64>,
     /// The calendar the periods follow (an IANA name; `UTC` by default).
     pub time_zone: String,

@@ -661,6 +661,8 @@ async fn charge_reservation(
             .max(0);
         if extra > 0 {
             debit_locked(tx, user, balance, extra, EntryKind::Settlement, meta).await?;
+        } else {
+            judge_without_entry(tx, user, balance, meta).await?;
         }
         let (shortfall, uncovered) = if gateway {
             (0, excess - extra)
@@ -683,6 +685,8 @@ async fn charge_reservation(
     let after = balance + returned;
     if returned > 0 {
         insert_entry(tx, user, EntryKind::Refund, returned, after, None, meta).await?;
+    } else {
+        judge_without_entry(tx, user, after, meta).await?;
     }
     Ok(Charged {
         charged: charge,
@@ -691,6 +695,27 @@ async fn charge_reservation(
         uncovered: 0,
         after,
     })
+}
+
+/// A settlement that wrote no entry (it cost exactly what was held, or
+/// nothing more could be taken) is judged for warnings as an entry would
+/// have been, from before the hold to `after` (README "Allowances and
+/// warnings"): a user paying fixed prices is told too.
+async fn judge_without_entry(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    after: i64,
+    meta: &EntryMeta<'_>,
+) -> Result<(), LedgerError> {
+    sqlx::query_scalar!(
+        r#"SELECT warn_on_settlement($1, $2, $3) AS "judged""#,
+        user.as_str(),
+        meta.reservation_id,
+        after
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn record_settlement(

@@ -20,7 +20,7 @@ function described(s) {
 /**
  * The card of the allowance at `path` (`/api/admin/allowances/enduser`,
  * `/api/teams/<id>/allowance`): how it stands, a form to set it and a
- * button to end it. `name` says whose it is; `team`, no rollover.
+ * button to end it. `name` says whose it is; `team`, a team's (its hint).
  */
 export async function allowanceCard(status, path, name, team = false) {
   const card = h("section", { class: "card allowance", "aria-label": name });
@@ -35,13 +35,13 @@ export async function allowanceCard(status, path, name, team = false) {
     const credits = field(t("admin.credits"), { id: `${slug}-credits`, api: "credits", type: "number", min: 1, inputmode: "numeric", value: base.credits, required: true });
     const period = h("select", { id: `${slug}-period`, dataset: { field: "period" } },
       ["day", "week", "month"].map((p) => h("option", { value: p, selected: p === base.period }, t(PERIOD[p]))));
-    const cap = team ? null : field(t("allowances.cap"), { id: `${slug}-cap`, api: "rolloverCap", type: "number", min: 0, inputmode: "numeric", value: base.rolloverCap ?? "" });
+    const cap = field(t("allowances.cap"), { id: `${slug}-cap`, api: "rolloverCap", type: "number", min: 0, inputmode: "numeric", value: base.rolloverCap ?? "" });
     const zone = field(t("allowances.zone"), { id: `${slug}-zone`, api: "timeZone", value: base.timeZone, maxlength: 64 });
     const form = h("form", {
       novalidate: true,
       onsubmit: guarded(status, async () => {
         const body = { credits: Number(credits.input.value), period: period.value, timeZone: zone.input.value.trim() || "UTC" };
-        if (cap && cap.input.value !== "") body.rolloverCap = Number(cap.input.value);
+        if (cap.input.value !== "") body.rolloverCap = Number(cap.input.value);
         await api.call("credits", "PUT", path, body);
         said(status, "allowances.saved", { name });
         await draw();
@@ -49,7 +49,7 @@ export async function allowanceCard(status, path, name, team = false) {
     },
     credits.el,
     h("div", { class: "field" }, h("label", { for: `${slug}-period` }, t("allowances.period")), period),
-    cap?.el, zone.el,
+    cap.el, zone.el,
     h("div", { class: "row" },
       h("button", { type: "submit" }, t("allowances.save")),
       standing.current || standing.next ? h("button", {
