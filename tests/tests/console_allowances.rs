@@ -46,6 +46,31 @@ async fn an_admin_sets_an_allowance_and_a_webhook_and_a_user_sees_it_arrive_and_
             .await;
     }
     browser.select("#locale", "en").await;
+
+    // A team's supervisors (here the admin, who leads every team) set its
+    // allowance on the team's page, a rollover included.
+    let admin = stack.token("admin-1", shared::token::Role::Admin);
+    let new_team = serde_json::json!({"name": "Year 9"});
+    let (status, made) = stack
+        .post("credits", "/api/admin/teams", &admin, new_team)
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let team = made["id"].as_str().unwrap().to_owned();
+    browser.open(&base, &format!("teams?team={team}")).await;
+    let slug = format!("[id='-api-teams-{team}-allowance-");
+    browser.fill(&format!("{slug}credits']"), "10").await;
+    browser.fill(&format!("{slug}cap']"), "5").await;
+    browser.submit(&format!("{slug}credits']")).await;
+    browser
+        .wait_text(
+            "#main",
+            "10 credits every month (UTC). Up to 5 unspent credits roll over into the next period.",
+        )
+        .await;
+    let (_, standing) = stack
+        .get("credits", &format!("/api/teams/{team}/allowance"), &admin)
+        .await;
+    assert_eq!(standing["current"]["rolloverCap"], 5, "{standing}");
     browser.click("#signout").await;
 
     // Zoe signs up: her first look at her credits brings this month's 100.
@@ -84,4 +109,35 @@ async fn an_admin_sets_an_allowance_and_a_webhook_and_a_user_sees_it_arrive_and_
             .assert_accessible(&format!("credits with allowance {locale}"))
             .await;
     }
+
+    // Zoe's language is her account's: a browser that never saw her
+    // choice (its storage cleared) signs her in in Traditional Chinese.
+    browser.click("#signout").await;
+    browser
+        .script("localStorage.clear(); location.reload(); return true;")
+        .await;
+    sign_in(&browser, &base, "zoe", "zoe's long password").await;
+    browser.open(&base, "credits").await;
+    browser
+        .wait_text("#next-credits", "將再入帳 100 額度")
+        .await;
+
+    // Yuki never chose one: her Simplified Chinese browser's choice is
+    // kept on her profile at sign-in, so mail reaches her in it.
+    browser.click("#signout").await;
+    browser.select("#locale", "zh-CN").await;
+    stack.signed_up("yuki", "yuki's long password").await;
+    sign_in(&browser, &base, "yuki", "yuki's long password").await;
+    let mut kept = String::new();
+    for _ in 0..50 {
+        kept = sqlx::query_scalar("SELECT locale FROM user_accounts WHERE username = 'yuki'")
+            .fetch_one(&stack.pg.pool)
+            .await
+            .unwrap();
+        if kept == "zh-CN" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(kept, "zh-CN");
 }

@@ -49,6 +49,10 @@ pub struct UserView {
     pub role: Role,
     /// Whether the address is proven.
     pub is_verified: bool,
+    /// The console's language as last chosen (`en`, `zh-CN`, `zh-TW`;
+    /// `null`: never chosen, and mail is in English). The console adopts
+    /// it at sign-in.
+    pub locale: Option<String>,
     /// Whether the account is disabled.
     pub disabled: bool,
     /// Created.
@@ -69,6 +73,7 @@ impl From<&UserDoc> for UserView {
             pending_email: u.pending_email.clone(),
             role: u.role,
             is_verified: u.is_verified,
+            locale: u.locale.clone(),
             disabled: u.disabled,
             created_at: u.created_at.to_chrono(),
             updated_at: u.updated_at.to_chrono(),
@@ -105,6 +110,8 @@ pub struct SignedInUser {
     pub role: Role,
     /// Always true for a sign-in.
     pub is_verified: bool,
+    /// The console's language as last chosen (`null`: never).
+    pub locale: Option<String>,
 }
 
 /// A sign-in: the token pair and the user.
@@ -134,6 +141,7 @@ impl SignedIn {
                 email: user.email.clone(),
                 role: user.role,
                 is_verified: user.is_verified,
+                locale: user.locale.clone(),
             },
             message: None,
         }

@@ -87,9 +87,19 @@ export function currentUser() {
   return user;
 }
 
+const userListeners = [];
+
+/** Calls `f(user)` whenever a sign-in, a restored session or a proof brings the account. */
+export function onUser(f) {
+  userListeners.push(f);
+}
+
 function setSession(token, who) {
   access = token;
-  if (who) user = who;
+  if (who) {
+    user = who;
+    for (const f of userListeners) f(who);
+  }
   if (!token) user = null;
   clearTimeout(renewal);
   if (token) {

@@ -276,6 +276,20 @@ async function render() {
   document.title = `${t(`titles.${route.replace("/", "_")}`)} · ${t("app.name")}`;
 }
 
+/**
+ * The console's language is the account's (README "Allowances and
+ * warnings"): whoever chose one, in any browser, gets it when they sign
+ * in; whoever never chose keeps this browser's, which is then kept on the
+ * profile, so mail is in the language they read.
+ */
+function followLanguage(who) {
+  if (who.locale && who.locale !== locale()) {
+    setLocale(who.locale);
+  } else if (!who.locale && locale() !== "en") {
+    api.call("auth", "PUT", "/api/profile", { locale: locale() }).catch(() => {});
+  }
+}
+
 async function boot() {
   applyTheme(theme());
   await startI18n();
@@ -284,6 +298,7 @@ async function boot() {
     resetToken = new URLSearchParams(location.search).get("token") || "";
     history.replaceState(null, "", `${location.pathname.replace(/reset-password$/, "")}#/reset`);
   }
+  api.onUser(followLanguage);
   await api.restore();
   api.onSessionEnded(() => go("signin?ended=1"));
   onChange(render);
