@@ -1,5 +1,5 @@
 # Every target CI runs is here; `.ci/run` calls the same commands.
-.PHONY: screenshots run serve test fmt fmt-check clippy lint cfn-lint sam-validate openapi openapi-check sqlx-prepare sqlx-check ci release bench-ledger bench-predict bench-coldstart bench-import
+.PHONY: screenshots run serve test fmt fmt-check clippy lint cfn-lint sam-validate openapi openapi-check sqlx-prepare sqlx-check ci release bench-ledger bench-predict bench-coldstart bench-import bench-allowances
 
 ## Run the local stack: stores, mail catcher, Flowise, every function under cargo lambda watch.
 run:
@@ -70,6 +70,11 @@ bench-coldstart:
 ## the stores bound it, and it spares a release build of every function).
 bench-import:
 	./local/with-stores.sh cargo run -p e2e --bin bench-import
+
+## What allowances and warnings add to a prediction: the allowance check and
+## the warning trigger (dev profile: PostgreSQL bounds both; see BENCHMARKS.md).
+bench-allowances:
+	./local/with-stores.sh cargo run -p e2e --bin bench-allowances
 
 # Screenshots of the console's main pages (functions/console/screenshots/),
 # taken by the browser test's journey; not part of the tests.

@@ -47,45 +47,81 @@ END
 $$;
 
 -- The balance `account` had before the reservation `session` first held
--- credits (NULL: it never held any).
+-- credits (NULL: it never held any): its hold's entry, by primary key.
 CREATE FUNCTION balance_before_hold(account TEXT, session TEXT) RETURNS BIGINT
     LANGUAGE sql STABLE AS $$
-    SELECT t.balance_after - t.amount FROM credit_transactions t
-     WHERE t.user_id = account AND t.streaming_session_id = session AND t.type = 'reservation'
-     ORDER BY t.seq LIMIT 1
+    SELECT t.balance_after - t.amount
+      FROM streaming_sessions s JOIN credit_transactions t ON t.id = s.reservation_transaction_id
+     WHERE s.session_id = session AND t.user_id = account
+$$;
+
+-- What `account` holds for reservations made in this transaction: a
+-- prediction's transaction may expire old credits, bring an allowance
+-- and hold all of it, and its hold is not spending. The transaction
+-- holds the account's lock, so its entries are the account's newest.
+CREATE FUNCTION held_in_this_transaction(account TEXT) RETURNS BIGINT
+    LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(-SUM(r.amount), 0)::bigint
+      FROM (SELECT t.amount, t.type, t.xmin FROM credit_transactions t
+             WHERE t.user_id = account ORDER BY t.seq DESC LIMIT 50) r
+     WHERE r.type = 'reservation' AND r.xmin = pg_current_xact_id()::xid
 $$;
 
 -- A settled reservation is judged from before its hold to `after`.
+-- A failure is a warning in the log, never the settlement's.
 CREATE FUNCTION warn_on_settlement(account TEXT, session TEXT, after BIGINT)
-    RETURNS BOOLEAN LANGUAGE sql AS $$
-    SELECT COALESCE(warn_on_spending(account, balance_before_hold(account, session), after), false)
+    RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN COALESCE(warn_on_spending(account, balance_before_hold(account, session), after), false);
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'settlement % was not judged for warnings: %', session, SQLERRM;
+    RETURN false;
+END
 $$;
 
 -- Every entry that takes credits, and a prediction's settlement, is
 -- judged in its transaction, when it commits: from the balance before the
 -- entry (a settlement: before its hold) to the account's balance as the
--- transaction leaves it. A change that expires old credits and brings new
--- ones (a period's allowance, a grant) is one judgement, so nobody is told
--- they ran out in the instant between. A prediction's hold is not
--- spending (most of it comes back): it is judged when it settles.
+-- transaction leaves it, its own holds given back. A change that expires
+-- old credits and brings new ones (a period's allowance, a grant, both
+-- with a prediction's hold) is one judgement, so nobody is told they ran
+-- out in the instant between. A failure here is a warning in the log:
+-- it never stops the change being committed.
 CREATE OR REPLACE FUNCTION warn_on_entry() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     before BIGINT := NEW.balance_after - NEW.amount;
     after BIGINT;
 BEGIN
-    IF NEW.type = 'reservation' THEN
+    IF current_setting('fgw.quiet', true) = 'on' THEN
         RETURN NULL;
     END IF;
     IF NEW.streaming_session_id IS NOT NULL AND NEW.type IN ('refund', 'settlement') THEN
         before := COALESCE(balance_before_hold(NEW.user_id, NEW.streaming_session_id), before);
-    ELSIF NEW.amount >= 0 THEN
-        RETURN NULL;
     END IF;
     SELECT a.total_credits INTO after FROM user_accounts a WHERE a.user_id = NEW.user_id;
-    PERFORM warn_on_spending(NEW.user_id, before, after);
+    PERFORM warn_on_spending(NEW.user_id, before, after + held_in_this_transaction(NEW.user_id));
+    RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'entry % was not judged for warnings: %', NEW.id, SQLERRM;
     RETURN NULL;
 END
 $$;
 DROP TRIGGER credit_transactions_warn ON credit_transactions;
 CREATE CONSTRAINT TRIGGER credit_transactions_warn AFTER INSERT ON credit_transactions
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION warn_on_entry();
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    WHEN (NEW.type <> 'reservation'
+          AND (NEW.amount < 0 OR (NEW.streaming_session_id IS NOT NULL
+                                  AND NEW.type IN ('refund', 'settlement'))))
+    EXECUTE FUNCTION warn_on_entry();
+
+-- What an account was granted, for its default threshold, leaves out
+-- what an allowance carried over (those credits were counted when they
+-- first came).
+CREATE OR REPLACE FUNCTION low_credits_threshold(a user_accounts) RETURNS BIGINT
+    LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(a.low_credits_warning,
+                    NULLIF((SELECT COALESCE(SUM(c.credits), 0) / 10 FROM credit_allocations c
+                             WHERE c.user_id = a.user_id AND c.allocated_at > now() - interval '30 days'
+                               AND c.notes IS DISTINCT FROM 'allowance rolled over'), 0),
+                    10)
+$$;

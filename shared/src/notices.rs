@@ -8,6 +8,8 @@
 //! a `whsec_` secret), retrying with backoff for 24 hours. Nothing is sent
 //! from a request's own path: a Lambda instance freezes once it answers.
 
+use std::net::{IpAddr, SocketAddr};
+
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use futures_util::StreamExt;
@@ -188,7 +190,9 @@ pub struct Delivery {
 }
 
 /// Whether `url` may receive deliveries: `https`, or `http` to this
-/// machine (local use).
+/// machine (local use); never an address of a private network, written
+/// as one ([`literal_reachable`]; a name is checked when it is resolved,
+/// [`PublicOnly`]).
 pub fn check_url(url: &str) -> Result<(), ApiError> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|_| ApiError::invalid_field("url", "must be an absolute URL"))?;
@@ -196,6 +200,12 @@ pub fn check_url(url: &str) -> Result<(), ApiError> {
         parsed.host_str(),
         Some("localhost" | "127.0.0.1" | "[::1]" | "::1")
     );
+    if !literal_reachable(&parsed) {
+        return Err(ApiError::invalid_field(
+            "url",
+            "must not be an address of a private network",
+        ));
+    }
     match parsed.scheme() {
         "https" if parsed.host_str().is_some() => Ok(()),
         "http" if loopback => Ok(()),
@@ -203,6 +213,68 @@ pub fn check_url(url: &str) -> Result<(), ApiError> {
             "url",
             "must use https (or http to localhost, for local use)",
         )),
+    }
+}
+
+/// Whether deliveries may go to `ip`: a public address, or this machine
+/// (local use). Never a private network's (10/8, 172.16/12, 192.168/16,
+/// fc00::/7), a link-local one (169.254/16, where cloud metadata services
+/// answer; fe80::/10), a shared one (100.64/10), nor an unspecified,
+/// broadcast or multicast one: an admin's webhook must not become a way
+/// into the network the job runs in.
+pub fn reachable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || !(v4.is_private()
+                    || v4.is_link_local()
+                    || v4.is_unspecified()
+                    || v4.is_broadcast()
+                    || v4.is_multicast()
+                    || a == 0
+                    || (a == 100 && (b & 0xc0) == 64))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => reachable(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                v6.is_loopback()
+                    || !(v6.is_unspecified()
+                        || v6.is_multicast()
+                        || (first & 0xfe00) == 0xfc00
+                        || (first & 0xffc0) == 0xfe80)
+            }
+        },
+    }
+}
+
+/// Whether `url`'s host, when written as an address, is [`reachable`]
+/// (a name is: it is checked when resolved).
+fn literal_reachable(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>().map_or(true, reachable)
+}
+
+/// The resolver of the job's webhook client: a name's addresses that are
+/// not [`reachable`] are dropped, so a name that resolves (or is made to
+/// resolve, later) only to a private network's addresses is refused at
+/// the moment of sending.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let kept: Vec<SocketAddr> = found.filter(|a| reachable(a.ip())).collect();
+            if kept.is_empty() {
+                return Err(format!("{host} has no public address").into());
+            }
+            Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
@@ -423,6 +495,10 @@ async fn attempt(http: &reqwest::Client, due: &Due) -> Attempt {
         "data": due.data,
     })
     .to_string();
+    let private = reqwest::Url::parse(&due.url).map_or(true, |u| !literal_reachable(&u));
+    if private {
+        return Err((None, "the address is on a private network".into()));
+    }
     // The moment of sending: receivers refuse a timestamp minutes old.
     let timestamp = Utc::now().timestamp();
     let sent = http
@@ -652,4 +728,47 @@ pub async fn set_settings(
     .execute(pool)
     .await?;
     settings(pool, account).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::dns::Resolve;
+
+    #[test]
+    fn only_public_addresses_and_this_machine_are_reachable() {
+        for ok in [
+            "8.8.8.8",
+            "127.0.0.1",
+            "::1",
+            "2606:4700::1111",
+            "100.128.0.1",
+        ] {
+            assert!(reachable(ok.parse().unwrap()), "{ok}");
+        }
+        for no in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "fd00::1",
+            "fe80::1",
+            "::",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!reachable(no.parse().unwrap()), "{no}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_resolver_drops_private_addresses_and_keeps_this_machine() {
+        let private = PublicOnly.resolve("10.9.8.7".parse().unwrap()).await;
+        assert!(private.is_err(), "a private address is refused");
+        let local = PublicOnly.resolve("localhost".parse().unwrap()).await;
+        assert!(local.unwrap().all(|a| a.ip().is_loopback()));
+    }
 }

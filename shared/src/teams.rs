@@ -405,7 +405,8 @@ async fn query(
                                            WHERE w.user_id = v.account_id) END AS wallet_credits,
                   CASE WHEN NOT v.leads THEN
                       (SELECT COALESCE(SUM(c.credits), 0)::bigint FROM credit_allocations c
-                        WHERE c.user_id = $1 AND c.team_id = v.id) END AS given,
+                        WHERE c.user_id = $1 AND c.team_id = v.id
+                          AND c.notes IS DISTINCT FROM 'allowance rolled over') END AS given,
                   CASE WHEN NOT v.leads THEN
                       (SELECT COALESCE(SUM(c.remaining), 0)::bigint FROM credit_allocations c
                         WHERE c.user_id = $1 AND c.team_id = v.id AND c.expired_at IS NULL
@@ -485,7 +486,8 @@ pub async fn members(
     let rows = sqlx::query!(
         r#"SELECT m.user_id, a.username, a.email, m.joined_at, COUNT(*) OVER () AS "total!",
                   (SELECT COALESCE(SUM(c.credits), 0)::bigint FROM credit_allocations c
-                    WHERE c.user_id = m.user_id AND c.team_id = m.team_id) AS "given!",
+                    WHERE c.user_id = m.user_id AND c.team_id = m.team_id
+                      AND c.notes IS DISTINCT FROM 'allowance rolled over') AS "given!",
                   (SELECT COALESCE(SUM(c.remaining), 0)::bigint FROM credit_allocations c
                     WHERE c.user_id = m.user_id AND c.team_id = m.team_id AND c.expired_at IS NULL
                       AND (c.expires_at IS NULL OR c.expires_at > now())) AS "unspent!"

@@ -37,6 +37,29 @@ async fn an_admin_sets_an_allowance_and_a_webhook_and_a_user_sees_it_arrive_and_
     browser.submit("#webhook-url").await;
     let secret = browser.wait_text("#webhook-secret", "whsec_").await;
     assert!(secret.contains("shown this once"), "{secret}");
+    // A warning is recorded and the job tries to deliver it; nothing
+    // listens on port 9, so the admin's list says it is being retried, and
+    // why.
+    sqlx::query("SELECT notify('credits.low', 'someone', 'low:someone', '{}'::jsonb, false)")
+        .execute(&stack.pg.pool)
+        .await
+        .unwrap();
+    stack
+        .invoke("credit-expiry", serde_json::json!({}))
+        .await
+        .expect("the job runs");
+    browser
+        .click("button[aria-label='Deliveries to http://localhost:9/hook']")
+        .await;
+    let row = browser
+        .wait_text(
+            "#webhook-deliveries",
+            "A balance falls below its warning level",
+        )
+        .await;
+    for words in ["Retrying", "no answer"] {
+        assert!(row.contains(words), "{words} in {row}");
+    }
     browser.assert_accessible("allowances admin").await;
     for (locale, words) in [("zh-CN", "每月 100 额度"), ("zh-TW", "每月 100 額度")] {
         browser.select("#locale", locale).await;
@@ -46,6 +69,20 @@ async fn an_admin_sets_an_allowance_and_a_webhook_and_a_user_sees_it_arrive_and_
             .await;
     }
     browser.select("#locale", "en").await;
+
+    // On a 375 px phone the page fits, its deliveries table included.
+    let phone = Browser::start(375, 800).await;
+    sign_in(&phone, &base, ADMIN.0, ADMIN.2).await;
+    phone.open(&base, "admin/allowances").await;
+    phone
+        .click("button[aria-label='Deliveries to http://localhost:9/hook']")
+        .await;
+    phone.wait_text("#webhook-deliveries", "Retrying").await;
+    phone.shot("allowances admin at 375px").await;
+    assert!(
+        phone.no_horizontal_scroll().await,
+        "the admin's allowances page scrolls sideways at 375 px"
+    );
 
     // A team's supervisors (here the admin, who leads every team) set its
     // allowance on the team's page, a rollover included.
@@ -74,7 +111,7 @@ async fn an_admin_sets_an_allowance_and_a_webhook_and_a_user_sees_it_arrive_and_
     browser.click("#signout").await;
 
     // Zoe signs up: her first look at her credits brings this month's 100.
-    stack.signed_up("zoe", "zoe's long password").await;
+    let (zoe, _) = stack.signed_up("zoe", "zoe's long password").await;
     sign_in(&browser, &base, "zoe", "zoe's long password").await;
     browser.open(&base, "credits").await;
     browser.wait_text("#total-credits", "100").await;
@@ -99,6 +136,38 @@ async fn an_admin_sets_an_allowance_and_a_webhook_and_a_user_sees_it_arrive_and_
         "the choice to be told of arrivals is kept"
     );
     browser.assert_accessible("credits with allowance").await;
+
+    // Three credits of Zoe's expire in three days, and the support bot
+    // costs more than she has: her credits page and the chat's refusal say
+    // what comes next and what is about to go.
+    let three = serde_json::json!({"userId": zoe, "credits": 3, "expiryDays": 3});
+    let (status, body) = stack
+        .post("credits", "/api/credits/allocate", &admin, three)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    stack.sync_chatflows(&admin).await;
+    let dear = serde_json::json!({"perRequest": 500, "perInputToken": 0, "perOutputToken": 0});
+    stack.open_chatflow(&admin, "flow-ui", Some(dear)).await;
+    browser.open(&base, "chat").await;
+    browser.select("#chatflow", "flow-ui").await;
+    browser.fill("#question", "Hello?").await;
+    browser.click("#send").await;
+    let refusal = browser
+        .wait_text("#main", "You need 500 credits for this and have 103.")
+        .await;
+    for words in [
+        "100 more arrive on",
+        "of them expire within a week, the first on",
+    ] {
+        assert!(refusal.contains(words), "{words} in {refusal}");
+    }
+    browser.open(&base, "credits").await;
+    browser
+        .wait_text(
+            "#expiring-soon",
+            "of them expire within a week, the first on",
+        )
+        .await;
     for (locale, words) in [
         ("zh-CN", "将再到账 100 额度"),
         ("zh-TW", "將再入帳 100 額度"),

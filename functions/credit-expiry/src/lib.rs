@@ -159,11 +159,13 @@ impl Job {
 }
 
 /// The client webhook deliveries go out on: 10 s per attempt, no
-/// redirects (a receiver answers where it was registered).
+/// redirects (a receiver answers where it was registered), and only to
+/// public addresses or this machine ([`notices::PublicOnly`]).
 fn webhook_client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(std::sync::Arc::new(notices::PublicOnly))
         .build()?)
 }
 

@@ -154,6 +154,29 @@ async fn credits_that_end_as_new_ones_arrive_warn_nobody_but_running_out_does() 
     .unwrap();
     assert_eq!(expired, 1);
     assert!(notices(&pool, "bo").await.is_empty());
+    // Dee's 5 are past due too, and a prediction's transaction expires
+    // them, brings 100 and holds all of them: a hold is not spending, so
+    // nobody is told anything until it settles.
+    user(&pool, "dee", "en").await;
+    grant(&pool, "dee", 5, 30).await;
+    sqlx::query(past_due)
+        .bind("dee")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let dee = UserId::parse("userId", "dee").unwrap();
+    let (hundred, meta) = (Credits::try_from(100).unwrap(), EntryMeta::default());
+    changes::allocate(&mut tx, &dee, hundred, Some(30), None, &meta)
+        .await
+        .unwrap();
+    let session = shared::ids::ReservationId::random();
+    let flow = shared::ids::ChatflowId::parse("chatflowId", "flow").unwrap();
+    shared::ledger::reservations::reserve(&mut tx, &dee, &session, &flow, hundred, &meta)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(notices(&pool, "dee").await.is_empty());
     // Cy's 5 simply end, at the job's expiry: he has run out, and is told.
     user(&pool, "cy", "en").await;
     grant(&pool, "cy", 5, 30).await;

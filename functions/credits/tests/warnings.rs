@@ -134,6 +134,28 @@ async fn only_admins_register_webhooks_over_https_and_the_secret_is_shown_once()
             json!({"url": "not a url", "events": ["credits.low"]}),
             "url",
         ),
+        // Addresses of a private network, a cloud's metadata service and
+        // the like are refused as written (a name is checked when resolved).
+        (
+            json!({"url": "https://10.0.0.5/hook", "events": ["credits.low"]}),
+            "url",
+        ),
+        (
+            json!({"url": "https://169.254.169.254/latest/meta-data", "events": ["credits.low"]}),
+            "url",
+        ),
+        (
+            json!({"url": "https://[fd00::1]/hook", "events": ["credits.low"]}),
+            "url",
+        ),
+        (
+            json!({"url": "https://[::ffff:192.168.1.1]/hook", "events": ["credits.low"]}),
+            "url",
+        ),
+        (
+            json!({"url": "https://100.64.0.1/hook", "events": ["credits.low"]}),
+            "url",
+        ),
         (
             json!({"url": "https://hooks.example.com/in", "events": []}),
             "events",

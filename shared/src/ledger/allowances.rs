@@ -283,7 +283,7 @@ async fn end_last_period(
                                  AND o.user_id <> c.user_id AND a.expires_at < $4) AS "lasts!"
              FROM credit_allocations c
             WHERE c.user_id = $1 AND c.allowance = $2 AND c.expires_at = $3
-            ORDER BY c.allocated_at DESC, c.id DESC"#,
+            ORDER BY c.transfer_id DESC NULLS LAST, c.allocated_at DESC, c.id DESC"#,
         user.as_str(),
         due.allowance,
         due.period_start,
@@ -328,7 +328,9 @@ async fn end_last_period(
 }
 
 /// A role's allowance, or a carry: new credits, expiring at the period's
-/// end. A team's carry names its team and transfer (`from`).
+/// end, noted with `meta`'s description ("allowance rolled over" marks a
+/// carry: it is not counted again as given). A team's carry names its
+/// team and transfer (`from`).
 async fn mint(
     tx: &mut Tx<'_>,
     user: &UserId,
@@ -342,7 +344,7 @@ async fn mint(
         "INSERT INTO credit_allocations
              (id, user_id, credits, remaining, expires_at, allocated_by, notes, allowance,
               team_id, transfer_id)
-         VALUES ($1, $2, $3, $3, $4, 'system', 'allowance', $5, $6, $7)
+         VALUES ($1, $2, $3, $3, $4, 'system', COALESCE($8, 'allowance'), $5, $6, $7)
          RETURNING id",
         Uuid::now_v7(),
         user.as_str(),
@@ -350,7 +352,8 @@ async fn mint(
         due.period_end,
         due.allowance,
         from.map(|f| f.0),
-        from.map(|f| f.1)
+        from.map(|f| f.1),
+        meta.description
     )
     .fetch_one(&mut **tx)
     .await?;

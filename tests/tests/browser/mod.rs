@@ -94,12 +94,17 @@ impl Browser {
     }
 
     /// Picks the option of value `value` in the `<select>` `selector`.
+    /// Tries again while a re-render replaces the element, as `click` does.
     pub async fn select(&self, selector: &str, value: &str) {
-        self.css(selector)
-            .await
-            .select_by_value(value)
-            .await
-            .unwrap_or_else(|e| panic!("could not pick {value} in {selector}: {e}"));
+        let mut last = None;
+        for _ in 0..20 {
+            match self.css(selector).await.select_by_value(value).await {
+                Ok(()) => return,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not pick {value} in {selector}: {last:?}");
     }
 
     /// Clicks the submit button of the form that holds `field`.

@@ -29,9 +29,14 @@ export function sentence(err) {
   const vars = { ...(err?.body || {}) };
   if (vars.retryAfterSeconds === undefined) vars.retryAfterSeconds = "?";
   else vars.minutes = Math.max(1, Math.ceil(vars.retryAfterSeconds / 60));
-  // Out of credits with an allowance on its way: when, and how many.
-  if (code === "insufficient_credits" && vars.nextCreditsAt) {
-    return t("errors.insufficient_credits_next", { ...vars, nextCredits: number(vars.nextCredits), nextDay: day(vars.nextCreditsAt) });
+  if (code === "insufficient_credits") {
+    // Out of credits: when an allowance brings more, and what of the rest
+    // is about to expire.
+    const soon = vars.expiringSoon;
+    const base = vars.nextCreditsAt
+      ? t("errors.insufficient_credits_next", { ...vars, nextCredits: number(vars.nextCredits), nextDay: day(vars.nextCreditsAt) })
+      : t("errors.insufficient_credits", vars);
+    return soon ? `${base} ${t("errors.insufficient_credits_expiring", { credits: number(soon.credits), day: day(soon.expiresAt) })}` : base;
   }
   const key = `errors.${code}`;
   return has(key) ? t(key, vars) : t("errors.unknown", { status: err?.status ?? 0 });
@@ -183,8 +188,10 @@ function header(user) {
       "aria-label": t("common.language"),
       onchange: (e) => {
         setLocale(e.target.value);
-        // Mail follows the console's language: it is kept on the profile.
+        // Mail follows the console's language: it is kept on the profile
+        // (at the sign-in, when chosen before it).
         if (api.currentUser()) api.call("auth", "PUT", "/api/profile", { locale: e.target.value }).catch(() => {});
+        else chosenSignedOut = true;
       },
     },
     locales().map((l) => h("option", { value: l, selected: l === locale() }, t(`locales.${l}`))),
@@ -276,17 +283,27 @@ async function render() {
   document.title = `${t(`titles.${route.replace("/", "_")}`)} · ${t("app.name")}`;
 }
 
+/** Whether the language was chosen on this page before anyone signed in. */
+let chosenSignedOut = false;
+
 /**
  * The console's language is the account's (README "Allowances and
- * warnings"): whoever chose one, in any browser, gets it when they sign
- * in; whoever never chose keeps this browser's, which is then kept on the
- * profile, so mail is in the language they read.
+ * warnings"): a language chosen before signing in is the person's choice,
+ * and is kept on their profile; otherwise whoever chose one before, in
+ * any browser, gets it when they sign in (not remembered by this
+ * browser, which may be shared); whoever never chose keeps this
+ * browser's, which is then kept on the profile, so mail is in the
+ * language they read.
  */
 function followLanguage(who) {
-  if (who.locale && who.locale !== locale()) {
-    setLocale(who.locale);
+  const keep = () => api.call("auth", "PUT", "/api/profile", { locale: locale() }).catch(() => {});
+  if (chosenSignedOut) {
+    chosenSignedOut = false;
+    if (who.locale !== locale()) keep();
+  } else if (who.locale && who.locale !== locale()) {
+    setLocale(who.locale, false).catch(() => {});
   } else if (!who.locale && locale() !== "en") {
-    api.call("auth", "PUT", "/api/profile", { locale: locale() }).catch(() => {});
+    keep();
   }
 }
 

@@ -67,6 +67,9 @@ async function credits(main) {
     balance.nextCreditsAt
       ? h("p", { id: "next-credits" }, t("credits.nextCredits", { credits: number(balance.nextCredits), day: day(balance.nextCreditsAt) }))
       : null,
+    balance.expiringSoon
+      ? h("p", { id: "expiring-soon" }, t("credits.expiringSoon", { credits: number(balance.expiringSoon.credits), day: day(balance.expiringSoon.expiresAt) }))
+      : null,
     h("h2", {}, t("credits.allocations")),
     grants(balance.allocations, t("credits.noAllocations")),
     h("h2", {}, t("credits.transactions")),

@@ -139,7 +139,13 @@ async function webhookSection(status) {
             const page = await api.call("credits", "GET", `/api/admin/webhooks/${w.id}/deliveries?limit=50`);
             replace(deliveries, h("h4", {}, t("webhooks.deliveriesOf", { url: w.url })), table(
               [t("webhooks.when"), t("webhooks.event"), t("webhooks.state"), t("webhooks.attempts"), t("webhooks.lastStatus")],
-              page.deliveries.map((d) => [when(d.createdAt), d.event, t(`webhooks.states_${d.state}`), number(d.attempts), d.lastStatus ?? (d.lastError || "—")]),
+              page.deliveries.map((d) => [
+                when(d.createdAt),
+                t(`webhooks.event_${d.event.replace(/\./g, "_")}`),
+                t(`webhooks.states_${d.state === "pending" && d.attempts === 0 ? "queued" : d.state}`),
+                number(d.attempts),
+                d.lastStatus ?? (d.lastError || "—"),
+              ]),
               t("webhooks.noDeliveries")));
           }),
         }, t("webhooks.deliveries")),
