@@ -49,25 +49,42 @@ $$;
 -- The balance `account` had before the reservation `session` first held
 -- credits (NULL: it never held any): its hold's entry, by primary key.
 CREATE FUNCTION balance_before_hold(account TEXT, session TEXT) RETURNS BIGINT
-    LANGUAGE sql STABLE AS $$
-    SELECT t.balance_after - t.amount
-      FROM streaming_sessions s JOIN credit_transactions t ON t.id = s.reservation_transaction_id
-     WHERE s.session_id = session AND t.user_id = account
+    LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT t.balance_after - t.amount
+              FROM streaming_sessions s JOIN credit_transactions t ON t.id = s.reservation_transaction_id
+             WHERE s.session_id = session AND t.user_id = account);
+END
 $$;
 
--- What `account` holds for reservations made in this transaction: a
--- prediction's transaction may expire old credits, bring an allowance
--- and hold all of it, and its hold is not spending. The transaction
--- holds the account's lock, so its entries are the account's newest.
+-- What each account holds for reservations made in this transaction
+-- (the transaction-local setting `fgw.held`, a JSON object by account,
+-- kept by a trigger on the holds' entries): a prediction's transaction
+-- may expire old credits, bring an allowance and hold all of it, and its
+-- hold is not spending. A setting, not a look at the entries: it costs
+-- the same however many entries an account has.
+CREATE FUNCTION note_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    held JSONB := COALESCE(NULLIF(current_setting('fgw.held', true), '')::jsonb, '{}'::jsonb);
+BEGIN
+    PERFORM set_config('fgw.held',
+                       jsonb_set(held, ARRAY[NEW.user_id],
+                                 to_jsonb(COALESCE((held ->> NEW.user_id)::bigint, 0) - NEW.amount))::text,
+                       true);
+    RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'hold % was not noted for warnings: %', NEW.id, SQLERRM;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER credit_transactions_hold AFTER INSERT ON credit_transactions
+    FOR EACH ROW WHEN (NEW.type = 'reservation') EXECUTE FUNCTION note_hold();
+
 CREATE FUNCTION held_in_this_transaction(account TEXT) RETURNS BIGINT
     LANGUAGE sql STABLE AS $$
-    SELECT COALESCE(-SUM(r.amount), 0)::bigint
-      FROM (SELECT t.amount, t.type, t.xmin FROM credit_transactions t
-             WHERE t.user_id = account ORDER BY t.seq DESC LIMIT 50) r
-     WHERE r.type = 'reservation' AND r.xmin = pg_current_xact_id()::xid
+    SELECT COALESCE((NULLIF(current_setting('fgw.held', true), '')::jsonb ->> account)::bigint, 0)
 $$;
 
--- A settled reservation is judged from before its hold to `after`.
 -- A failure is a warning in the log, never the settlement's.
 CREATE FUNCTION warn_on_settlement(account TEXT, session TEXT, after BIGINT)
     RETURNS BOOLEAN LANGUAGE plpgsql AS $$
@@ -116,12 +133,16 @@ CREATE CONSTRAINT TRIGGER credit_transactions_warn AFTER INSERT ON credit_transa
 
 -- What an account was granted, for its default threshold, leaves out
 -- what an allowance carried over (those credits were counted when they
--- first came).
+-- first came). In PL/pgSQL, so its plan is kept: PostgreSQL plans a SQL
+-- function that is not inlined on every call, and this one runs for
+-- every entry that takes credits.
 CREATE OR REPLACE FUNCTION low_credits_threshold(a user_accounts) RETURNS BIGINT
-    LANGUAGE sql STABLE AS $$
-    SELECT COALESCE(a.low_credits_warning,
+    LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN COALESCE(a.low_credits_warning,
                     NULLIF((SELECT COALESCE(SUM(c.credits), 0) / 10 FROM credit_allocations c
                              WHERE c.user_id = a.user_id AND c.allocated_at > now() - interval '30 days'
                                AND c.notes IS DISTINCT FROM 'allowance rolled over'), 0),
-                    10)
+                    10);
+END
 $$;
