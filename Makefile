@@ -79,4 +79,4 @@ bench-allowances:
 # Screenshots of the console's main pages (functions/console/screenshots/),
 # taken by the browser test's journey; not part of the tests.
 screenshots:
-	SCREENSHOTS_DIR=$(CURDIR)/functions/console/screenshots ./local/test.sh -E 'binary(console_browser) | binary(console_newcomer)'
+	SCREENSHOTS_DIR=$(CURDIR)/functions/console/screenshots ./local/test.sh -E 'binary(console_browser) | binary(console_newcomer) | binary(console_teams) | binary(console_allowances)'

@@ -61,6 +61,13 @@ async fn an_admin_sets_an_allowance_and_a_webhook_and_a_user_sees_it_arrive_and_
         assert!(row.contains(words), "{words} in {row}");
     }
     browser.assert_accessible("allowances admin").await;
+    // An admin's ten pages and the tools share one row at 1280 px.
+    let header = browser
+        .script("return document.querySelector('header.top').getBoundingClientRect().height")
+        .await
+        .as_f64()
+        .unwrap();
+    assert!(header < 70.0, "the admin's header wraps: {header} px high");
     for (locale, words) in [("zh-CN", "每月 100 额度"), ("zh-TW", "每月 100 額度")] {
         browser.select("#locale", locale).await;
         browser.wait_text("#main", words).await;
@@ -161,6 +168,15 @@ async fn an_admin_sets_an_allowance_and_a_webhook_and_a_user_sees_it_arrive_and_
     ] {
         assert!(refusal.contains(words), "{words} in {refusal}");
     }
+    let retry = browser
+        .script("return document.querySelector('#main .error button') !== null")
+        .await;
+    assert_eq!(
+        retry,
+        serde_json::json!(false),
+        "no Try again when out of credits"
+    );
+    browser.shot("a refusal that says what comes next").await;
     browser.open(&base, "credits").await;
     browser
         .wait_text(
@@ -168,6 +184,7 @@ async fn an_admin_sets_an_allowance_and_a_webhook_and_a_user_sees_it_arrive_and_
             "of them expire within a week, the first on",
         )
         .await;
+    browser.shot("credits with what expires soon").await;
     for (locale, words) in [
         ("zh-CN", "将再到账 100 额度"),
         ("zh-TW", "將再入帳 100 額度"),

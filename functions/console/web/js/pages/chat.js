@@ -289,7 +289,9 @@ export async function chatPage(main, { query }) {
         if (question.value === text) question.value = "";
         ask(text, err.code === "network" ? key : crypto.randomUUID());
       };
-      replace(status, errorBox(err, retry));
+      // Out of credits, sending again cannot help: the sentence says when
+      // more arrive.
+      replace(status, errorBox(err, err.code === "insufficient_credits" ? undefined : retry));
     } finally {
       state.running = false;
       state.messageId = null;
