@@ -65,8 +65,10 @@ $$;
 -- the same however many entries an account has.
 CREATE FUNCTION note_hold() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    held JSONB := COALESCE(NULLIF(current_setting('fgw.held', true), '')::jsonb, '{}'::jsonb);
+    held JSONB;
 BEGIN
+    -- Every step inside the block its handler covers.
+    held := COALESCE(NULLIF(current_setting('fgw.held', true), '')::jsonb, '{}'::jsonb);
     PERFORM set_config('fgw.held',
                        jsonb_set(held, ARRAY[NEW.user_id],
                                  to_jsonb(COALESCE((held ->> NEW.user_id)::bigint, 0) - NEW.amount))::text,
@@ -106,12 +108,13 @@ $$;
 -- it never stops the change being committed.
 CREATE OR REPLACE FUNCTION warn_on_entry() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    before BIGINT := NEW.balance_after - NEW.amount;
+    before BIGINT;
     after BIGINT;
 BEGIN
     IF current_setting('fgw.quiet', true) = 'on' THEN
         RETURN NULL;
     END IF;
+    before := NEW.balance_after - NEW.amount;
     IF NEW.streaming_session_id IS NOT NULL AND NEW.type IN ('refund', 'settlement') THEN
         before := COALESCE(balance_before_hold(NEW.user_id, NEW.streaming_session_id), before);
     END IF;

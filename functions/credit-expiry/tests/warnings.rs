@@ -177,6 +177,22 @@ async fn credits_that_end_as_new_ones_arrive_warn_nobody_but_running_out_does() 
         .unwrap();
     tx.commit().await.unwrap();
     assert!(notices(&pool, "dee").await.is_empty());
+    // Whatever the setting the holds are noted in says, a hold is made:
+    // a warning never stops a change.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL fgw.held = 'not json'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let other = shared::ids::ReservationId::random();
+    let two = Credits::try_from(2).unwrap();
+    changes::allocate(&mut tx, &dee, two, Some(30), None, &meta)
+        .await
+        .unwrap();
+    shared::ledger::reservations::reserve(&mut tx, &dee, &other, &flow, two, &meta)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     // Cy's 5 simply end, at the job's expiry: he has run out, and is told.
     user(&pool, "cy", "en").await;
     grant(&pool, "cy", 5, 30).await;

@@ -289,9 +289,7 @@ export async function chatPage(main, { query }) {
         if (question.value === text) question.value = "";
         ask(text, err.code === "network" ? key : crypto.randomUUID());
       };
-      // Out of credits, sending again cannot help: the sentence says when
-      // more arrive.
-      replace(status, errorBox(err, err.code === "insufficient_credits" ? undefined : retry));
+      replace(status, errorBox(err, retry));
     } finally {
       state.running = false;
       state.messageId = null;
