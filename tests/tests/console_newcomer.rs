@@ -295,6 +295,8 @@ async fn errors_show_at_their_field() {
     // A range that ends before it starts, in Chinese.
     browser.open(&base, "admin/usage").await;
     browser.select("#locale", "zh-TW").await;
+    // The page is drawn again in Chinese: set the dates on that one.
+    browser.wait_text("#main h1", "用量儀表板").await;
     browser.css("#range-from").await;
     set_field(&browser, "from", "2026-12-10").await;
     set_field(&browser, "to", "2026-12-01").await;
