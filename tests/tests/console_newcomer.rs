@@ -453,17 +453,25 @@ async fn money_reads_as_people_think_of_it() {
     browser.fill("#question", "Hi").await;
     browser.click("#send").await;
     browser.wait_text("#messages", "This answer cost").await;
-    let left: i64 = browser
-        .css("#balance")
-        .await
-        .text()
-        .await
-        .unwrap()
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap();
+    // The balance is drawn again once the answer is settled: wait for it.
+    let mut left = 30;
+    for _ in 0..100 {
+        left = browser
+            .css("#balance")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap();
+        if left < 30 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let cost = 30 - left;
     assert!(cost >= 2, "{cost}");
 
