@@ -17,7 +17,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::primitives::{check_balance_limit, insert_entry, try_lock_account, Locked, Tx};
+use super::primitives::{
+    check_balance_limit, end_allocation, insert_entry, try_lock_account, Locked, Tx,
+};
 use super::transfers::{self, Wallet};
 use super::types::{Credits, EntryKind, EntryMeta, LedgerError};
 use crate::ids::UserId;
@@ -301,18 +303,9 @@ async fn end_last_period(
         let lost = if allocation.expired {
             allocation.lost_at_expiry
         } else {
-            sqlx::query!(
-                "UPDATE credit_allocations SET remaining = 0, expired_at = now() WHERE id = $1",
-                allocation.id
-            )
-            .execute(&mut **tx)
-            .await?;
-            if allocation.remaining > 0 {
-                total -= allocation.remaining;
-                let (id, lost) = (Some(allocation.id), -allocation.remaining);
-                insert_entry(tx, user, EntryKind::Expiry, lost, total, id, &expiry).await?;
-            }
-            allocation.remaining
+            let (id, remaining) = (allocation.id, allocation.remaining);
+            total = end_allocation(tx, user, id, remaining, total, &expiry).await?;
+            remaining
         };
         let transfer = allocation.transfer_id;
         match left.iter_mut().find(|l| l.transfer == transfer) {

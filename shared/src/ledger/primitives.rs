@@ -117,21 +117,54 @@ pub async fn expire_due(
     };
     let (mut balance, mut count) = (total, 0);
     for allocation in due {
-        sqlx::query!(
-            "UPDATE credit_allocations SET remaining = 0, expired_at = now() WHERE id = $1",
-            allocation.id
+        balance = end_allocation(
+            tx,
+            user,
+            allocation.id,
+            allocation.remaining,
+            balance,
+            &meta,
         )
-        .execute(&mut **tx)
         .await?;
         if allocation.remaining > 0 {
-            balance -= allocation.remaining;
-            let kind = EntryKind::Expiry;
-            let lost = -allocation.remaining;
-            insert_entry(tx, user, kind, lost, balance, Some(allocation.id), &meta).await?;
             count += 1;
         }
     }
     Ok((count, total - balance))
+}
+
+/// Ends the allocation `id` of the locked account now: what it still
+/// held (`remaining`) goes, with an `expiry` entry when that was more
+/// than 0. Returns the account's total after it, from `total` before.
+pub(super) async fn end_allocation(
+    tx: &mut Tx<'_>,
+    user: &UserId,
+    id: Uuid,
+    remaining: i64,
+    total: i64,
+    meta: &EntryMeta<'_>,
+) -> Result<i64, LedgerError> {
+    sqlx::query!(
+        "UPDATE credit_allocations SET remaining = 0, expired_at = now() WHERE id = $1",
+        id
+    )
+    .execute(&mut **tx)
+    .await?;
+    if remaining == 0 {
+        return Ok(total);
+    }
+    let after = total - remaining;
+    insert_entry(
+        tx,
+        user,
+        EntryKind::Expiry,
+        -remaining,
+        after,
+        Some(id),
+        meta,
+    )
+    .await?;
+    Ok(after)
 }
 
 /// Locks the account and expires what is due: the start of every change.
